@@ -1,0 +1,23 @@
+"""HTTP handlers: request parsing, error mapping and the routes table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.context import AppContext
+from handlers.health import HealthHandler, LivezHandler, ReadyzHandler
+from handlers.ocr import OcrHandler, TaskHandler
+
+
+def routes(ctx: AppContext) -> list[tuple[str, type, dict[str, Any]]]:
+    shared = {"ctx": ctx}
+    return [
+        (r"/ocr_service", OcrHandler, shared),
+        (r"/ocr_service/tasks/([0-9a-f]{1,64})", TaskHandler, shared),
+        (r"/livez", LivezHandler, {}),
+        (r"/readyz", ReadyzHandler, shared),
+        (r"/health", HealthHandler, shared),
+    ]
+
+
+__all__ = ["AppContext", "routes"]

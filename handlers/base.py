@@ -1,0 +1,59 @@
+"""JSON request handler base: every response, errors included, is JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from tornado import web
+
+from handlers.errors import ApiError, error_body
+
+log = logging.getLogger("ocr_server")
+
+
+class JsonHandler(web.RequestHandler):
+    # Extra fields for the access log line (task id, cache hit).
+    log_fields: dict[str, Any]
+
+    def initialize(self, **kwargs: Any) -> None:
+        self.log_fields = {}
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+
+    def write_json(self, body: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(body, ensure_ascii=False))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            if exc.retry_after is not None:
+                self.set_header("Retry-After", str(exc.retry_after))
+            body = error_body(exc.code, exc.message)
+        elif isinstance(exc, web.HTTPError) and status_code < 500:
+            body = error_body("http_error", exc.log_message or self._reason)
+        elif status_code < 500:
+            body = error_body("http_error", self._reason)
+        else:
+            body = error_body("internal_error", "internal server error")
+        self.log_fields["error"] = body["error"]["code"]
+        self.finish(json.dumps(body))
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, ApiError):
+            # Client-facing failures are expected: no traceback in the log.
+            if not self._finished:
+                self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
+            return
+        super()._handle_request_exception(e)
+
+
+class NotFoundHandler(JsonHandler):
+    def prepare(self) -> None:
+        raise ApiError(404, "not_found", f"no such endpoint: {self.request.path}")

@@ -1,0 +1,21 @@
+"""What the handlers share: settings, the cached OCR service and the pool."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cache import OcrService
+from ocr_pool import WorkerPool
+from settings import Settings
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    ocr: OcrService
+    pool: WorkerPool
+    engine_identity: str
+    allowed_roots: list[Path]
+    started: float = field(default_factory=time.monotonic)

@@ -1,0 +1,41 @@
+"""API errors and how pool/engine failures map onto HTTP status codes."""
+
+from __future__ import annotations
+
+from ocr_pool import PoolError
+
+
+class ApiError(Exception):
+    """A failure reported to the client as {"error": {"code", "message"}}."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+# Codes raised by the engine (models.errors) or the pool, and the status each deserves.
+STATUS_BY_CODE = {
+    "unsupported_image": 415,
+    "image_too_large": 413,
+    "image_too_small": 422,
+    "queue_full": 503,
+    "no_worker": 503,
+    "shutting_down": 503,
+    "cancelled": 503,
+    "timeout": 504,
+    "worker_crashed": 500,
+    "ocr_failed": 500,
+}
+RETRY_AFTER_BY_CODE = {"queue_full": 1, "no_worker": 10, "shutting_down": 5, "cancelled": 1}
+
+
+def api_error_from_pool(error: PoolError) -> ApiError:
+    code = error.code
+    return ApiError(STATUS_BY_CODE.get(code, 500), code, error.message, RETRY_AFTER_BY_CODE.get(code))
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}

@@ -1,0 +1,41 @@
+"""Liveness, readiness and a JSON health summary."""
+
+from __future__ import annotations
+
+import time
+
+from handlers.base import JsonHandler
+from handlers.context import AppContext
+
+
+class LivezHandler(JsonHandler):
+    def get(self) -> None:
+        self.write_json({"status": "alive"})
+
+
+class ReadyzHandler(JsonHandler):
+    ctx: AppContext
+
+    def get(self) -> None:
+        ready = self.ctx.pool.ready_count
+        self.write_json({"status": "ready" if ready else "not_ready", "workers_ready": ready}, 200 if ready else 503)
+
+
+class HealthHandler(JsonHandler):
+    ctx: AppContext
+
+    def get(self) -> None:
+        pool = self.ctx.pool
+        ready = pool.ready_count
+        self.write_json(
+            {
+                "status": "ok" if ready else "degraded",
+                "uptime_s": round(time.monotonic() - self.ctx.started, 1),
+                "engine": self.ctx.settings.ocr.engine,
+                "model_identity": self.ctx.engine_identity,
+                "workers": pool.stats(),
+                "queue": {"depth": pool.queue_depth, "capacity": pool.queue_size},
+                "ocr_runs": pool.tasks_run,
+                "cache": self.ctx.ocr.stats(),
+            }
+        )

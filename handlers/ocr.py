@@ -1,0 +1,172 @@
+"""POST /ocr_service and GET /ocr_service/tasks/<id>."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from typing import Any
+
+from tornado import web
+
+from cache import Computation, TaskRecord
+from handlers.base import JsonHandler
+from handlers.context import AppContext
+from handlers.errors import ApiError, api_error_from_pool
+from handlers.files import read_image_file, resolve_allowed_path
+from handlers.request_parsing import OcrRequest, parse_ocr_request
+from ocr_pool import PoolError
+
+# Room for multipart boundaries and form fields on top of the image byte limit.
+FORM_OVERHEAD_BYTES = 64 * 1024
+# Bodies declared larger than this are refused before reading anything; below it an
+# oversized body is drained (not buffered) so the client can read a clean 413.
+DRAIN_LIMIT_FACTOR = 4
+
+
+def result_body(task_id: str, image_hash: str, result: dict[str, Any], cached: bool) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "status": "done",
+        "image_hash": image_hash,
+        "cached": cached,
+        "text_lines": result["text_lines"],
+        "image_size": result["image_size"],
+        "det_used": result.get("det_used"),
+        "timing": dict(result.get("timing", {})),
+    }
+
+
+@web.stream_request_body
+class OcrHandler(JsonHandler):
+    ctx: AppContext
+
+    def prepare(self) -> None:
+        self._start = time.perf_counter()
+        self._chunks: list[bytes] = []
+        self._received = 0
+        self._too_large = False
+        self._computation: Computation | None = None
+        self._max_bytes = self.ctx.settings.web_server.max_body_bytes
+        body_limit = self._max_bytes + FORM_OVERHEAD_BYTES
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None:
+            try:
+                declared_bytes = int(declared)
+            except ValueError:
+                raise ApiError(400, "malformed_body", "invalid Content-Length") from None
+            if declared_bytes > body_limit * DRAIN_LIMIT_FACTOR:
+                raise ApiError(413, "body_too_large", f"the request body exceeds {self._max_bytes} bytes")
+            self._too_large = declared_bytes > body_limit
+        if self.request.method == "POST":
+            self.request.connection.set_max_body_size(body_limit * DRAIN_LIMIT_FACTOR)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self._max_bytes + FORM_OVERHEAD_BYTES:
+            self._too_large = True
+        if self._too_large:
+            self._chunks.clear()  # keep draining, never buffer an oversized body
+            return
+        self._chunks.append(chunk)
+
+    async def post(self) -> None:
+        if self._too_large:
+            raise ApiError(413, "body_too_large", f"the request body exceeds {self._max_bytes} bytes")
+        body = b"".join(self._chunks)
+        self._chunks = []
+        request = parse_ocr_request(
+            self.request.headers.get("Content-Type", ""), body, self.request.query_arguments, self.request.headers
+        )
+        image_bytes = await self._image_bytes(request)
+        if not image_bytes:
+            raise ApiError(400, "empty_file", "the image is empty (0 bytes)")
+        if len(image_bytes) > self._max_bytes:
+            raise ApiError(413, "file_too_large", f"the image exceeds {self._max_bytes} bytes")
+        image_hash = hashlib.sha256(image_bytes).hexdigest()
+        params = {"det": request.det}
+        key = self.ctx.ocr.cache_key(image_hash, params)
+        self.log_fields["image_hash"] = image_hash[:12]
+        try:
+            if request.block:
+                await self._answer_blocking(key, image_hash, image_bytes, params)
+            else:
+                self._answer_task(self.ctx.ocr.submit_task(key, image_hash, image_bytes, params))
+        except PoolError as exc:
+            raise api_error_from_pool(exc) from None
+
+    async def _image_bytes(self, request: OcrRequest) -> bytes:
+        if request.file_type == "file":
+            assert request.file_body is not None
+            return request.file_body
+        assert request.filename is not None
+        path = resolve_allowed_path(request.filename, self.ctx.settings.base_dir, self.ctx.allowed_roots)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, read_image_file, path, self._max_bytes)
+
+    async def _answer_blocking(self, key: str, image_hash: str, image_bytes: bytes, params: dict[str, Any]) -> None:
+        task_id = uuid.uuid4().hex
+        cached = self.ctx.ocr.lookup(key)
+        if cached is not None:
+            self._finish_result(task_id, image_hash, cached, True, None)
+            return
+        computation = self.ctx.ocr.join(key, image_bytes, params)
+        self._computation = computation
+        task_id = computation.job.id
+        self.log_fields["task_id"] = task_id
+        try:
+            result = await computation.future
+        finally:
+            self._release()
+        self._finish_result(task_id, image_hash, result, False, computation.job.queue_wait_ms)
+
+    def _finish_result(
+        self, task_id: str, image_hash: str, result: dict[str, Any], cached: bool, queue_wait_ms: float | None
+    ) -> None:
+        body = result_body(task_id, image_hash, result, cached)
+        if not cached:
+            body["timing"]["queue_wait"] = queue_wait_ms
+        body["timing"]["request"] = round((time.perf_counter() - self._start) * 1000, 2)
+        self.log_fields["cached"] = cached
+        self.write_json(body)
+
+    def _answer_task(self, record: TaskRecord) -> None:
+        self.log_fields["task_id"] = record.task_id
+        self.set_header("Location", f"/ocr_service/tasks/{record.task_id}")
+        self.write_json(
+            {
+                "task_id": record.task_id,
+                "status": record.status,
+                "image_hash": record.image_hash,
+                "status_url": f"/ocr_service/tasks/{record.task_id}",
+            },
+            status=202,
+        )
+
+    def _release(self) -> None:
+        if self._computation is not None:
+            computation, self._computation = self._computation, None
+            self.ctx.ocr.release(computation)
+
+    def on_connection_close(self) -> None:
+        # The client gave up: a queued task nobody else waits for is dropped.
+        self._release()
+        super().on_connection_close()
+
+
+class TaskHandler(JsonHandler):
+    ctx: AppContext
+
+    def get(self, task_id: str) -> None:
+        record = self.ctx.ocr.get_task(task_id)
+        if record is None:
+            raise ApiError(404, "task_not_found", "no such task (unknown id, or it expired)")
+        if record.result is not None:
+            self.write_json(result_body(record.task_id, record.image_hash, record.result, record.cached))
+            return
+        body: dict[str, Any] = {"task_id": record.task_id, "status": record.status, "image_hash": record.image_hash}
+        if record.error is not None:
+            error = api_error_from_pool(record.error)
+            body["error"] = {"code": error.code, "message": error.message, "http_status": error.status}
+        self.write_json(body)

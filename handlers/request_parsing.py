@@ -1,0 +1,133 @@
+"""Turn a POST /ocr_service body (form, multipart or JSON) into an OcrRequest.
+
+Pure functions: no I/O, so every malformed-input case is unit-testable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
+
+from handlers.errors import ApiError
+
+FILE_FIELDS = ("file", "image")
+TRUE_WORDS = {"true", "1", "yes", "on"}
+FALSE_WORDS = {"false", "0", "no", "off"}
+DET_MODES = ("on", "off", "auto")
+# Detection on by default: whole pages are the common case. `auto` skips it for
+# images shaped like one text line; `off` always recognises the image as one line.
+DEFAULT_DET = "auto"
+
+
+@dataclass(frozen=True)
+class OcrRequest:
+    file_type: str  # "filename" | "file"
+    filename: str | None
+    file_body: bytes | None
+    block: bool
+    det: str
+
+
+def parse_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    raise ApiError(400, "invalid_field", f"{name} must be true or false, got {json.dumps(value)[:100]}")
+
+
+def parse_det(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() in DET_MODES:
+        return value.strip().lower()
+    try:
+        return "on" if parse_bool("det", value) else "off"
+    except ApiError:
+        raise ApiError(400, "invalid_field", "det must be true, false or auto") from None
+
+
+def _single(name: str, values: list[Any]) -> Any:
+    if len(values) > 1:
+        raise ApiError(400, "duplicate_field", f"field {name} was given {len(values)} times")
+    return values[0]
+
+
+def _decode_text(name: str, value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, "invalid_field", f"field {name} is not UTF-8 text") from None
+    return value
+
+
+def parse_form_body(content_type: str, body: bytes, headers: Any = None) -> tuple[dict[str, Any], list[HTTPFile]]:
+    """Fields (single values) and uploaded files of a form or multipart body."""
+    arguments: dict[str, list[bytes]] = {}
+    files: dict[str, list[HTTPFile]] = {}
+    try:
+        parse_body_arguments(content_type, body, arguments, files, headers)
+    except HTTPInputError as exc:
+        raise ApiError(400, "malformed_body", f"cannot parse the request body: {exc}") from None
+    fields = {name: _decode_text(name, _single(name, values)) for name, values in arguments.items()}
+    uploads = [f for name in FILE_FIELDS for f in files.get(name, [])]
+    return fields, uploads
+
+
+def parse_json_body(body: bytes) -> tuple[dict[str, Any], list[HTTPFile]]:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "malformed_body", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "malformed_body", "the JSON body must be an object")
+    return data, []
+
+
+def parse_ocr_request(content_type: str, body: bytes, query: dict[str, list[bytes]], headers: Any = None) -> OcrRequest:
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type == "application/json" or (not media_type and body.lstrip()[:1] == b"{"):
+        fields, uploads = parse_json_body(body)
+    elif media_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        fields, uploads = parse_form_body(content_type, body, headers)
+    elif not body:
+        fields, uploads = {}, []
+    else:
+        raise ApiError(
+            415 if media_type else 400,
+            "unsupported_content_type",
+            "send multipart/form-data, application/x-www-form-urlencoded or application/json",
+        )
+    # Query-string fields are accepted too; the body wins.
+    for name, values in query.items():
+        if name not in fields and name not in FILE_FIELDS:
+            fields[name] = _decode_text(name, _single(name, values))
+
+    if len(uploads) > 1:
+        raise ApiError(400, "duplicate_field", "send exactly one file part (named file or image)")
+    file_type = fields.get("file_type")
+    if file_type is None:
+        file_type = "file" if uploads else "filename" if "filename" in fields else None
+    if file_type not in ("filename", "file"):
+        if file_type is None:
+            raise ApiError(400, "missing_field", "file_type is required: filename or file")
+        raise ApiError(400, "invalid_field", "file_type must be filename or file")
+
+    block = parse_bool("block_flag", fields.get("block_flag", True))
+    det = parse_det(fields.get("det", DEFAULT_DET))
+    if file_type == "filename":
+        filename = fields.get("filename")
+        if not isinstance(filename, str) or not filename:
+            raise ApiError(400, "missing_field", "filename is required when file_type is filename")
+        return OcrRequest("filename", filename, None, block, det)
+    if not uploads:
+        raise ApiError(400, "missing_field", "upload the image as a multipart file part named file")
+    return OcrRequest("file", None, uploads[0].body, block, det)

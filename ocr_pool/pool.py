@@ -1,0 +1,416 @@
+"""A supervised pool of OCR worker processes, driven from the asyncio event loop.
+
+Why not concurrent.futures / pebble / loky: the service needs to know which task runs
+on which process (to retry a crashed worker's task once, and to kill exactly the worker
+whose task passed its deadline), to recycle workers one at a time, and to bound the
+queue. Those fit in one small supervisor built on multiprocessing primitives: one
+duplex pipe per worker, the process sentinel for liveness, and loop.add_reader for both,
+so the event loop is never blocked waiting on a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import multiprocessing
+import time
+import uuid
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from ocr_pool.errors import (
+    NoWorkerError,
+    PoolClosedError,
+    PoolError,
+    QueueFullError,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkerStartError,
+)
+from ocr_pool.worker import worker_main
+
+log = logging.getLogger("ocr_pool")
+
+# A crashed worker's task is tried this many times in all before it fails.
+MAX_ATTEMPTS = 2
+RETIRE_GRACE_S = 10.0
+MAX_RESTART_BACKOFF_S = 30.0
+
+
+class Job:
+    """One OCR task: queued, then running on a worker, then done or failed."""
+
+    def __init__(self, payload: bytes, params: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.id = uuid.uuid4().hex
+        self.payload = payload
+        self.params = params
+        self.state = "queued"
+        self.attempts = 0
+        self.future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.submitted = time.monotonic()
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.worker: WorkerHandle | None = None
+
+    @property
+    def queue_wait_ms(self) -> float | None:
+        if self.started is None:
+            return None
+        return round((self.started - self.submitted) * 1000, 1)
+
+
+class WorkerHandle:
+    """The parent's view of one worker process."""
+
+    def __init__(self, wid: int, process: BaseProcess, conn: Connection, task_limit: int) -> None:
+        self.wid = wid
+        self.process = process
+        self.conn = conn
+        self.task_limit = task_limit
+        self.state = "starting"  # starting | idle | busy | retiring
+        self.tasks_done = 0
+        self.job: Job | None = None
+        self.started = time.monotonic()
+        self.load_ms: float | None = None
+        self.load_error: str | None = None
+        # Set when the parent ends the worker on purpose: recycled | timeout | shutdown.
+        self.exit_reason: str | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        *,
+        size: int,
+        max_tasks: int,
+        queue_size: int,
+        task_timeout: float,
+        start_timeout: float,
+        engine_options: Any,
+        threads: int = 1,
+        factory: str = "models:create_engine",
+    ) -> None:
+        self.size = size
+        self.max_tasks = max_tasks
+        self.queue_size = queue_size
+        self.task_timeout = task_timeout
+        self.start_timeout = start_timeout
+        self._options = engine_options
+        self._threads = threads
+        self._factory = factory
+        # spawn, not fork: the parent runs threads (executors) and must never hand a
+        # half-initialised runtime to a child; models load only in the child.
+        self._ctx = multiprocessing.get_context("spawn")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._workers: list[WorkerHandle] = []
+        self._queue: collections.deque[Job] = collections.deque()
+        self._ids = itertools.count()
+        self._closing = False
+        self._changed = asyncio.Event()
+        self._start_failures = 0
+        self._last_start_error: str | None = None
+        self._initial_ready = False
+        self.tasks_run = 0
+        self.restarts: collections.Counter[str] = collections.Counter()
+        self.identity: str | None = None
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    async def start(self, wait: bool = True) -> None:
+        self._loop = asyncio.get_running_loop()
+        for index in range(self.size):
+            # Stagger the first generation's limits so workers do not all recycle at once.
+            self._spawn(max(1, self.max_tasks - (index * self.max_tasks) // self.size))
+        if wait:
+            await self.wait_ready()
+
+    async def wait_ready(self) -> None:
+        """Wait until every first-generation worker loaded; raise if one failed to."""
+        while True:
+            if self._last_start_error and not self._initial_ready:
+                raise WorkerStartError(self._last_start_error)
+            if self.ready_count >= self.size:
+                self._initial_ready = True
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop taking work, let queued and running tasks finish within `grace`, stop workers."""
+        self._closing = True
+        deadline = time.monotonic() + grace
+        while (self._queue or any(w.state == "busy" for w in self._workers)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        while self._queue:
+            self._fail(self._queue.popleft(), PoolClosedError("the server is shutting down"))
+        for worker in list(self._workers):
+            if worker.job is not None:
+                self._fail(worker.job, PoolClosedError("the server is shutting down"))
+            worker.exit_reason = "shutdown"
+            self._send(worker, None)
+        stop_by = time.monotonic() + 5.0
+        while self._workers and time.monotonic() < stop_by:
+            await asyncio.sleep(0.05)
+        for worker in list(self._workers):
+            worker.process.kill()
+        while self._workers and time.monotonic() < stop_by + 5.0:
+            await asyncio.sleep(0.05)
+
+    # ---- public API --------------------------------------------------------------
+
+    def submit(self, payload: bytes, params: dict[str, Any]) -> Job:
+        assert self._loop is not None, "start() the pool first"
+        if self._closing:
+            raise PoolClosedError("the server is shutting down")
+        if self.ready_count == 0 and self._start_failures > 0:
+            raise NoWorkerError(f"no OCR worker could start: {self._last_start_error}")
+        if len(self._queue) >= self.queue_size:
+            raise QueueFullError(f"the OCR queue is full ({self.queue_size} tasks waiting)")
+        job = Job(payload, params, self._loop)
+        job.timer = self._loop.call_later(self.task_timeout, self._on_timeout, job)
+        self._queue.append(job)
+        self._dispatch()
+        return job
+
+    def cancel(self, job: Job) -> bool:
+        """Drop a task that has not started yet; a running task is left to finish."""
+        if job.state != "queued":
+            return False
+        try:
+            self._queue.remove(job)
+        except ValueError:
+            return False
+        job.state = "cancelled"
+        self._fail(job, TaskCancelledError("no client waits for this task any more"))
+        return True
+
+    @property
+    def ready_count(self) -> int:
+        return sum(1 for w in self._workers if w.state in ("idle", "busy"))
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "configured": self.size,
+            "alive": len(self._workers),
+            "ready": self.ready_count,
+            "busy": sum(1 for w in self._workers if w.state == "busy"),
+            "restarts": dict(self.restarts),
+            "last_start_error": self._last_start_error,
+            "workers": [
+                {
+                    "pid": w.pid,
+                    "state": w.state,
+                    "tasks_done": w.tasks_done,
+                    "task_limit": w.task_limit,
+                    "load_ms": w.load_ms,
+                }
+                for w in self._workers
+            ],
+        }
+
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in self._workers if w.pid is not None]
+
+    # ---- workers -----------------------------------------------------------------
+
+    def _spawn(self, task_limit: int) -> None:
+        assert self._loop is not None
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        wid = next(self._ids)
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(child_conn, self._factory, self._options, self._threads),
+            name=f"ocr-worker-{wid}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        worker = WorkerHandle(wid, process, parent_conn, task_limit)
+        self._workers.append(worker)
+        self._loop.add_reader(parent_conn.fileno(), self._on_message, worker)
+        self._loop.add_reader(process.sentinel, self._on_exit, worker)
+        worker.timer = self._loop.call_later(self.start_timeout, self._on_start_timeout, worker)
+        log.info("worker %d starting (pid %s, task limit %d)", wid, process.pid, task_limit)
+
+    def _send(self, worker: WorkerHandle, message: Any) -> None:
+        try:
+            worker.conn.send(message)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass  # the worker is gone; _on_exit will see to its task
+
+    def _on_message(self, worker: WorkerHandle) -> None:
+        assert self._loop is not None
+        try:
+            message = worker.conn.recv()
+        except (EOFError, OSError):
+            self._loop.remove_reader(worker.conn.fileno())
+            return
+        kind = message[0]
+        if kind == "ready":
+            if worker.timer:
+                worker.timer.cancel()
+            info = message[1]
+            worker.load_ms = info.get("load_ms")
+            self.identity = info.get("identity") or self.identity
+            worker.state = "idle"
+            self._start_failures = 0
+            log.info("worker %d ready (pid %s, loaded in %s ms)", worker.wid, worker.pid, worker.load_ms)
+            for other in self._workers:
+                self._maybe_retire(other)
+        elif kind == "load_failed":
+            worker.load_error = message[1]
+            log.error("worker %d failed to load the engine: %s", worker.wid, message[1])
+        elif kind in ("done", "error"):
+            self._on_reply(worker, message)
+        self._dispatch()
+        self._changed.set()
+
+    def _on_reply(self, worker: WorkerHandle, message: tuple[Any, ...]) -> None:
+        job, worker.job = worker.job, None
+        worker.tasks_done += 1
+        self.tasks_run += 1
+        if worker.state == "busy":
+            worker.state = "idle"
+        if job is not None and job.id == message[1] and not job.future.done():
+            job.finished = time.monotonic()
+            if job.timer:
+                job.timer.cancel()
+            if message[0] == "done":
+                job.state = "done"
+                job.future.set_result(message[2])
+            else:
+                self._fail(job, TaskFailedError(message[2], message[3]))
+        self._maybe_retire(worker)
+
+    def _maybe_retire(self, worker: WorkerHandle) -> None:
+        """Recycle a worker past its task limit, one worker at a time."""
+        if self._closing or worker.state != "idle" or worker.tasks_done < worker.task_limit:
+            return
+        if any(w.state == "starting" for w in self._workers):
+            return  # another replacement is loading; keep serving until it is ready
+        worker.state = "retiring"
+        worker.exit_reason = "recycled"
+        self._send(worker, None)
+        assert self._loop is not None
+        self._loop.call_later(RETIRE_GRACE_S, self._kill_if_alive, worker)
+        self._spawn(self.max_tasks)
+
+    def _kill_if_alive(self, worker: WorkerHandle) -> None:
+        if worker in self._workers and worker.process.is_alive():
+            worker.process.kill()
+
+    def _on_start_timeout(self, worker: WorkerHandle) -> None:
+        if worker.state == "starting" and worker in self._workers:
+            worker.load_error = f"the engine did not load within {self.start_timeout:g} s"
+            worker.process.kill()
+
+    def _on_exit(self, worker: WorkerHandle) -> None:
+        assert self._loop is not None
+        for fd in (worker.conn.fileno(), worker.process.sentinel):
+            self._loop.remove_reader(fd)
+        worker.process.join(timeout=1.0)
+        worker.conn.close()
+        if worker.timer:
+            worker.timer.cancel()
+        if worker in self._workers:
+            self._workers.remove(worker)
+        was_starting = worker.state == "starting"
+        reason = worker.exit_reason or ("start_failed" if was_starting else "crashed")
+        self.restarts[reason] += 1
+        if reason != "recycled" and reason != "shutdown":
+            log.warning(
+                "worker %d (pid %s) exited with code %s: %s",
+                worker.wid, worker.pid, worker.process.exitcode, reason,
+            )
+        if was_starting and reason == "start_failed":
+            self._start_failures += 1
+            self._last_start_error = worker.load_error or (
+                f"worker exited with code {worker.process.exitcode} while loading the engine"
+            )
+        job = worker.job
+        if job is not None and not job.future.done():
+            job.worker = None
+            if job.attempts < MAX_ATTEMPTS:
+                log.warning("retrying task %s after its worker died", job.id)
+                job.state = "queued"
+                self._queue.appendleft(job)
+            else:
+                self._fail(job, WorkerCrashedError("the OCR worker died while processing this image"))
+        if not self._closing and reason not in ("recycled", "shutdown"):
+            delay = 0.0
+            if self._start_failures:
+                delay = min(MAX_RESTART_BACKOFF_S, 0.5 * 2 ** (self._start_failures - 1))
+            self._loop.call_later(delay, self._respawn)
+        if self.ready_count == 0 and self._start_failures and not self._has_live_worker():
+            # Nothing can serve the queue now: fail fast rather than time out.
+            while self._queue:
+                self._fail(self._queue.popleft(), NoWorkerError(f"no OCR worker could start: {self._last_start_error}"))
+        self._dispatch()
+        self._changed.set()
+
+    def _has_live_worker(self) -> bool:
+        return any(w.state in ("idle", "busy", "retiring") for w in self._workers)
+
+    def _respawn(self) -> None:
+        if self._closing:
+            return
+        if sum(1 for w in self._workers if w.state != "retiring") < self.size:
+            self._spawn(self.max_tasks)
+
+    # ---- tasks -------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while self._queue:
+            worker = next((w for w in self._workers if w.state == "idle"), None)
+            if worker is None:
+                return
+            job = self._queue.popleft()
+            if job.future.done():
+                continue
+            job.state = "running"
+            job.attempts += 1
+            job.worker = worker
+            job.started = job.started or time.monotonic()
+            worker.state = "busy"
+            worker.job = job
+            self._send(worker, (job.id, job.payload, job.params))
+
+    def _on_timeout(self, job: Job) -> None:
+        if job.future.done():
+            return
+        if job.state == "queued":
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                pass
+        elif job.worker is not None:
+            job.worker.exit_reason = "timeout"
+            job.worker.process.kill()
+        self._fail(job, TaskTimeoutError(f"OCR did not finish within {self.task_timeout:g} s"))
+
+    def _fail(self, job: Job, error: PoolError) -> None:
+        if job.future.done():
+            return
+        if job.timer:
+            job.timer.cancel()
+        if job.state not in ("cancelled",):
+            job.state = "failed"
+        job.finished = time.monotonic()
+        job.future.set_exception(error)
+        # Mark the exception as seen: a task nobody awaits any more must not log noise.
+        job.future.exception()

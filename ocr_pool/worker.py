@@ -1,0 +1,74 @@
+"""The worker process: load one engine, then serve tasks from a pipe until told to stop.
+
+Protocol (parent <-> child over one duplex multiprocessing Connection):
+  child  -> ("ready", {"pid", "identity", "load_ms"})  | ("load_failed", message)
+  parent -> (task_id, image_bytes, params)             | None  (finish and exit)
+  child  -> ("done", task_id, result) | ("error", task_id, code, message)
+The engine is created here, in the child, so no model state ever crosses a fork and
+each process owns exactly one (not thread-safe) inference engine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+# Libraries read these at import time; one value per worker keeps N workers from
+# oversubscribing the cores with N x cores threads.
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def load_factory(path: str) -> Callable[[Any], Any]:
+    """Resolve "package.module:function" to the engine factory."""
+    module_name, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def worker_main(conn: Connection, factory_path: str, options: Any, threads: int) -> None:
+    # Ctrl-C in a terminal signals the whole process group; the parent decides
+    # when workers stop, so the child ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in THREAD_ENV_VARS:
+        os.environ[name] = str(threads)
+    started = time.perf_counter()
+    try:
+        engine = load_factory(factory_path)(options)
+    except BaseException as exc:  # report every load failure, then exit
+        conn.send(("load_failed", f"{type(exc).__name__}: {exc}"))
+        conn.close()
+        return
+    load_ms = round((time.perf_counter() - started) * 1000, 1)
+    conn.send(("ready", {"pid": os.getpid(), "identity": getattr(engine, "identity", ""), "load_ms": load_ms}))
+    serve(conn, engine)
+
+
+def serve(conn: Connection, engine: Any) -> None:
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # parent went away
+        if message is None:
+            return
+        task_id, image_bytes, params = message
+        try:
+            result = engine.recognize(image_bytes, **params)
+        except Exception as exc:
+            code = getattr(exc, "code", None)
+            if isinstance(code, str):
+                reply: tuple[Any, ...] = ("error", task_id, code, str(exc))
+            else:
+                traceback.print_exc()
+                reply = ("error", task_id, "ocr_failed", f"OCR failed: {type(exc).__name__}: {exc}")
+        else:
+            reply = ("done", task_id, result)
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, OSError):
+            return

@@ -1,0 +1,161 @@
+"""OCR web server: `python server.py [--config config.json] [--port N]`.
+
+Without --config the embedded defaults apply (bundled PP-OCR models, in-memory cache,
+port 8888 on 127.0.0.1). The request path reads top to bottom:
+server.py -> handlers/ -> cache/ -> ocr_pool/ -> models/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+from tornado import httpserver, netutil, web
+
+from cache import OcrService
+from handlers import AppContext, routes
+from handlers.base import NotFoundHandler
+from models import ModelLoadError, check_model_files, model_identity
+from ocr_pool import WorkerPool, WorkerStartError
+from settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("ocr_server")
+access_log = logging.getLogger("ocr_server.access")
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """One access-log line per request: method, path, status, latency, task id, cache hit."""
+    status = handler.get_status()
+    fields: dict[str, Any] = getattr(handler, "log_fields", {}) or {}
+    extra = " ".join(f"{key}={value}" for key, value in fields.items())
+    level = logging.INFO if status < 500 else logging.ERROR
+    access_log.log(
+        level,
+        "%s %s %d %.1fms %s",
+        handler.request.method,
+        handler.request.path,
+        status,
+        1000.0 * handler.request.request_time(),
+        extra,
+    )
+
+
+def build_context(settings: Settings) -> AppContext:
+    options = settings.engine_options()
+    check_model_files(options)  # fail at start-up, naming the path, not at the first request
+    identity = model_identity(options)
+    process = settings.ocr.process
+    pool = WorkerPool(
+        size=process.number,
+        max_tasks=process.max_task_number,
+        queue_size=process.queue_size,
+        task_timeout=process.task_timeout,
+        start_timeout=process.start_timeout,
+        engine_options=options,
+        threads=options.cpu_threads,
+    )
+    service = settings.service
+    ocr = OcrService(
+        pool,
+        engine_identity=identity,
+        cache_capacity=service.img_number,
+        cache_ttl=service.time,
+        task_capacity=service.task_number,
+        # A finished task is kept at least as long as a cached result.
+        task_ttl=max(service.time, 300.0) + process.task_timeout,
+    )
+    return AppContext(
+        settings=settings,
+        ocr=ocr,
+        pool=pool,
+        engine_identity=identity,
+        allowed_roots=settings.allowed_root_paths(),
+    )
+
+
+def build_app(ctx: AppContext) -> web.Application:
+    return web.Application(
+        routes(ctx),
+        default_handler_class=NotFoundHandler,
+        log_function=log_request,
+    )
+
+
+async def serve(settings: Settings) -> int:
+    ctx = build_context(settings)
+    app = build_app(ctx)
+    web_settings = settings.web_server
+    server = httpserver.HTTPServer(app, xheaders=False)
+    sockets = netutil.bind_sockets(web_settings.port, address=web_settings.host)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    log.info("listening on http://%s:%d (engine %s, %d workers)", web_settings.host, port, settings.ocr.engine,
+             settings.ocr.process.number)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await ctx.pool.start(wait=False)
+    startup = asyncio.ensure_future(ctx.pool.wait_ready())
+    stopper = asyncio.ensure_future(stop.wait())
+    started = time.monotonic()
+    await asyncio.wait({startup, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    if startup.done():
+        if startup.exception() is not None:
+            error = startup.exception()
+            assert isinstance(error, WorkerStartError)
+            log.error("cannot start the OCR workers: %s", error.message)
+            exit_code = 1
+            stop.set()
+        else:
+            log.info("all %d workers ready in %.1f s", settings.ocr.process.number, time.monotonic() - started)
+    await stop.wait()
+    startup.cancel()
+
+    log.info("shutting down: no new connections, finishing in-flight work")
+    server.stop()
+    await ctx.pool.close(grace=web_settings.shutdown_grace)
+    await server.close_all_connections()
+    log.info("stopped")
+    return exit_code
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="OCR web server (PP-OCR in a pool of worker processes)")
+    parser.add_argument("--config", help="path to config.json (default: embedded defaults)")
+    parser.add_argument("--port", type=int, help="override web_server.port (0 picks a free port)")
+    parser.add_argument("--host", help="override web_server.host")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings(args.config)
+        if args.port is not None or args.host is not None:
+            settings = settings.with_listen(port=args.port, host=args.host)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(serve(settings))
+    except ModelLoadError as exc:
+        print(f"model error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

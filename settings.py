@@ -1,0 +1,206 @@
+"""Server configuration: config.json's shape, its embedded defaults and its validation.
+
+The shape follows the original OCRWebServer project (``web_server.port``,
+``ocr.process.number``, ``ocr.process.max_task_number``, ``ocr.predict_system.*``,
+``service.time``, ``service.img_number``) and adds what a production deployment needs.
+Unknown keys and wrong types fail at start-up with the key's dotted path in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models import EngineOptions
+
+REPO_DIR = Path(__file__).resolve().parent
+ENGINES = ("onnxruntime", "paddle")
+
+
+class ConfigError(ValueError):
+    """config.json is unreadable, has an unknown key or a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class WebServerSettings:
+    port: int = 8888
+    # Loopback by default: exposing the service is a deliberate choice ("0.0.0.0").
+    host: str = "127.0.0.1"
+    # Upload limit, enforced from Content-Length and while streaming the body.
+    max_body_bytes: int = 20 * 1024 * 1024
+    # `filename` requests may only read inside these folders (relative to config.json).
+    allowed_roots: tuple[str, ...] = ("./imgs",)
+    # Seconds in-flight work may take to finish after SIGTERM.
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    number: int = 2
+    max_task_number: int = 200
+    # Tasks waiting for a worker; beyond this new work gets 503 + Retry-After.
+    queue_size: int = 64
+    # Seconds from submission to result; past it the worker is killed and the client gets 504.
+    task_timeout: float = 60.0
+    # Seconds a worker may take to import its engine and load the models.
+    start_timeout: float = 180.0
+
+
+@dataclass(frozen=True)
+class OcrSettings:
+    engine: str = "onnxruntime"
+    process: ProcessSettings = field(default_factory=ProcessSettings)
+    # Engine options (see models.EngineOptions); cpu_threads defaults to cores / workers.
+    predict_system: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    # Cache TTL in seconds (original meaning of service.time).
+    time: float = 600.0
+    # Cache capacity in images (original meaning of service.img_number).
+    img_number: int = 1000
+    # Finished fire-and-forget tasks kept for polling (each kept at least `time` seconds
+    # unless this many newer ones push it out).
+    task_number: int = 10000
+
+
+@dataclass(frozen=True)
+class Settings:
+    web_server: WebServerSettings = field(default_factory=WebServerSettings)
+    ocr: OcrSettings = field(default_factory=OcrSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    # Directory relative paths (allowed roots, filenames) are resolved against.
+    base_dir: str = str(REPO_DIR)
+
+    def engine_options(self) -> EngineOptions:
+        options = dict(self.ocr.predict_system)
+        if "cpu_threads" not in options:
+            cores = os.cpu_count() or 1
+            options["cpu_threads"] = max(1, cores // self.ocr.process.number)
+        for key in ("det_model_dir", "cls_model_dir", "rec_model_dir", "rec_char_dict_path"):
+            if options.get(key):
+                options[key] = str(Path(self.base_dir, options[key]))
+        return EngineOptions(engine=self.ocr.engine, **options)
+
+    def with_listen(self, port: int | None = None, host: str | None = None) -> Settings:
+        """A copy listening elsewhere (command-line overrides)."""
+        changes = {name: value for name, value in (("port", port), ("host", host)) if value is not None}
+        return dataclasses.replace(self, web_server=dataclasses.replace(self.web_server, **changes))
+
+    def allowed_root_paths(self) -> list[Path]:
+        return [Path(os.path.realpath(Path(self.base_dir, root))) for root in self.web_server.allowed_roots]
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        (item_hint, *_rest) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item_hint) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    """Build dataclass `cls` from a JSON object, checking keys and types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]} (allowed: {', '.join(sorted(names))})")
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        key_path = f"{path}.{name}" if path else name
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, key_path)
+            continue
+        if not _type_ok(value, hint):
+            raise ConfigError(f"{key_path}: expected {_type_name(hint)}, got {json.dumps(value)}")
+        values[name] = tuple(value) if typing.get_origin(hint) is tuple else value
+    return cls(**values)
+
+
+def _check_predict_system(options: dict[str, Any]) -> None:
+    hints = typing.get_type_hints(EngineOptions)
+    allowed = {f.name for f in dataclasses.fields(EngineOptions)} - {"engine"}
+    for name, value in options.items():
+        key_path = f"ocr.predict_system.{name}"
+        if name not in allowed:
+            raise ConfigError(f"unknown key {key_path} (allowed: {', '.join(sorted(allowed))})")
+        if not _type_ok(value, hints[name]):
+            raise ConfigError(f"{key_path}: expected {_type_name(hints[name])}, got {json.dumps(value)}")
+
+
+def _check_ranges(settings: Settings) -> None:
+    web, proc, svc = settings.web_server, settings.ocr.process, settings.service
+    checks = [
+        (0 <= web.port <= 65535, "web_server.port must be 0..65535"),
+        (web.max_body_bytes > 0, "web_server.max_body_bytes must be > 0"),
+        (len(web.allowed_roots) > 0, "web_server.allowed_roots must name at least one folder"),
+        (proc.number >= 1, "ocr.process.number must be >= 1"),
+        (proc.max_task_number >= 1, "ocr.process.max_task_number must be >= 1"),
+        (proc.queue_size >= 1, "ocr.process.queue_size must be >= 1"),
+        (proc.task_timeout > 0, "ocr.process.task_timeout must be > 0"),
+        (proc.start_timeout > 0, "ocr.process.start_timeout must be > 0"),
+        (svc.time >= 0, "service.time must be >= 0"),
+        (svc.img_number >= 0, "service.img_number must be >= 0"),
+        (svc.task_number >= 1, "service.task_number must be >= 1"),
+        (settings.ocr.engine in ENGINES, f"ocr.engine must be one of {', '.join(ENGINES)}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def settings_from_dict(data: dict[str, Any], base_dir: str | Path = REPO_DIR) -> Settings:
+    data = dict(data)
+    if "base_dir" in data:
+        raise ConfigError("unknown key base_dir")
+    data["base_dir"] = str(base_dir)
+    settings = _build(Settings, data, "")
+    _check_predict_system(settings.ocr.predict_system)
+    _check_ranges(settings)
+    return settings
+
+
+def load_settings(path: str | Path | None) -> Settings:
+    """Read config.json; None means the embedded defaults."""
+    if path is None:
+        return settings_from_dict({})
+    config_path = Path(path)
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {config_path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{config_path} is not valid JSON: {exc}") from exc
+    return settings_from_dict(data, base_dir=config_path.resolve().parent)
