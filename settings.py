@@ -135,7 +135,8 @@ def _build(cls: type, data: Any, path: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{path}." if path else ""
-        raise ConfigError(f"unknown key {where}{unknown[0]} (allowed: {', '.join(sorted(names))})")
+        allowed = ", ".join(sorted(names - {"base_dir"}))
+        raise ConfigError(f"unknown key {where}{unknown[0]} (allowed: {allowed})")
     values: dict[str, Any] = {}
     for name, value in data.items():
         hint = hints[name]

@@ -39,7 +39,7 @@ def worker_main(conn: Connection, factory_path: str, options: Any, threads: int)
     started = time.perf_counter()
     try:
         engine = load_factory(factory_path)(options)
-    except BaseException as exc:  # report every load failure, then exit
+    except BaseException as exc:  # noqa: BLE001 - any load failure is reported, then the child exits
         conn.send(("load_failed", f"{type(exc).__name__}: {exc}"))
         conn.close()
         return
@@ -59,7 +59,7 @@ def serve(conn: Connection, engine: Any) -> None:
         task_id, image_bytes, params = message
         try:
             result = engine.recognize(image_bytes, **params)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad task must not kill the worker
             code = getattr(exc, "code", None)
             if isinstance(code, str):
                 reply: tuple[Any, ...] = ("error", task_id, code, str(exc))

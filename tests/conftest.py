@@ -1,0 +1,172 @@
+"""Shared test fixtures: the real server on a free loopback port, real images."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from PIL import Image, ImageDraw, ImageFont
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+GT_DIR = SHARED / "data" / "ocr-gt"
+LOAD_DIR = SHARED / "data" / "load"
+ARTIFACTS = REPO / "artifacts"
+
+
+def require_shared() -> None:
+    if not (GT_DIR / "manifest.jsonl").is_file():
+        pytest.skip(f"shared test data not found at {SHARED} (expected ../shared beside the repo)")
+
+
+def gt_manifest() -> list[dict[str, Any]]:
+    require_shared()
+    with open(GT_DIR / "manifest.jsonl", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def gt_entry(predicate: Any) -> dict[str, Any]:
+    for entry in gt_manifest():
+        if predicate(entry):
+            return entry
+    pytest.skip("no matching image in the shared ground-truth set")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def text_image(text: str, size: int = 48) -> bytes:
+    """A PNG of `text` in black on white: OCR-able, and unique bytes per text."""
+    font = ImageFont.load_default(size=size)
+    left, top, right, bottom = font.getbbox(text)
+    image = Image.new("RGB", (right - left + 2 * size, bottom - top + 2 * size), "white")
+    ImageDraw.Draw(image).text((size - left, size - top), text, fill="black", font=font)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+# No look-alike pairs (0/O, 1/I, 5/S, 8/B, 2/Z): a misread must mean a real failure.
+UNAMBIGUOUS = "ACDEFHKLMNPRTUWXY34679"
+
+
+def random_word(length: int = 8) -> str:
+    return "".join(random.choices(UNAMBIGUOUS, k=length))
+
+
+@dataclass
+class RunningServer:
+    url: str
+    pid: int
+    config_path: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    # A folder inside the server's allowed roots that tests may write to.
+    images_dir: Path | None = None
+
+    def health(self) -> dict[str, Any]:
+        return requests.get(f"{self.url}/health", timeout=10).json()
+
+    def ocr_upload(self, data: bytes, timeout: float = 120, **fields: Any) -> requests.Response:
+        form = {"file_type": "file", **fields}
+        return requests.post(
+            f"{self.url}/ocr_service", data=form, files={"file": ("image.png", data)}, timeout=timeout
+        )
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM the server we started (by its PID) and wait for a clean exit."""
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                return self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+                raise
+        return self.process.returncode
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def base_config(**process: Any) -> dict[str, Any]:
+    roots = [str(p) for p in (LOAD_DIR, GT_DIR) if p.is_dir()]
+    return {
+        "web_server": {"allowed_roots": roots or ["./imgs"]},
+        "ocr": {"process": {"number": 2, **process}},
+        "service": {"time": 600, "img_number": 1000},
+    }
+
+
+def start_server(workdir: Path, config: dict[str, Any], ready_timeout: float = 180) -> RunningServer:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "config.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    log_path = workdir / "server.log"
+    port = free_port()
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "server.py"), "--config", str(config_path), "--port", str(port)],
+            cwd=REPO,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    server = RunningServer(f"http://127.0.0.1:{port}", process.pid, config_path, log_path, process)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log_text()[-3000:]}")
+        try:
+            if requests.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"server not ready within {ready_timeout} s:\n{server.log_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def ocr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One real server (2 real workers, real models) shared by the read-only tests."""
+    workdir = tmp_path_factory.mktemp("ocr_server")
+    config = base_config()
+    images = workdir / "imgs"
+    images.mkdir()
+    config["web_server"]["allowed_roots"].append(str(images))
+    server = start_server(workdir, config)
+    server.images_dir = images
+    yield server
+    assert server.stop() == 0, server.log_text()[-3000:]
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Any]:
+    """Start extra servers with their own config; each is stopped by PID afterwards."""
+    started: list[RunningServer] = []
+
+    def factory(config: dict[str, Any], name: str = "server") -> RunningServer:
+        server = start_server(tmp_path / f"{name}-{len(started)}", config)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        if server.process.poll() is None:
+            server.stop()

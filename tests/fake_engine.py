@@ -1,0 +1,39 @@
+"""A stand-in engine for fast unit tests of the pool: behaviour is chosen by the payload.
+
+b"sleep:S"  sleeps S seconds, then answers
+b"crash"    kills its own process (as a segfault or OOM kill would)
+b"bad"      raises an input error with a code, as models.ImageDecodeError does
+anything else answers {"text_lines": [{"text": payload}], "pid": worker pid}
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+
+class CodedError(Exception):
+    code = "unsupported_image"
+
+
+class FakeEngine:
+    identity = "fake"
+
+    def recognize(self, image_bytes: bytes, **params: Any) -> dict[str, Any]:
+        if image_bytes.startswith(b"sleep:"):
+            time.sleep(float(image_bytes[6:]))
+        elif image_bytes == b"crash":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif image_bytes == b"bad":
+            raise CodedError("not an image")
+        return {"text_lines": [{"text": image_bytes.decode(errors="replace")}], "pid": os.getpid(), "params": params}
+
+
+def create_engine(options: Any) -> FakeEngine:
+    if isinstance(options, dict) and options.get("fail_load"):
+        raise FileNotFoundError("/models/missing/inference.pdmodel")
+    if isinstance(options, dict) and options.get("load_delay"):
+        time.sleep(options["load_delay"])
+    return FakeEngine()

@@ -1,0 +1,289 @@
+"""The OCR service end to end: real server, real worker processes, real PP-OCR models."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from bench.common import cer, normalize_lines
+from tests.conftest import GT_DIR, RunningServer, base_config, gt_entry, random_word, text_image
+
+
+def ocr_text(body: dict) -> list[str]:
+    return [line["text"] for line in body["text_lines"]]
+
+
+def test_upload_reads_rendered_text(ocr_server: RunningServer) -> None:
+    word = random_word()
+    response = ocr_server.ocr_upload(text_image(f"TOTAL {word}"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "done"
+    assert body["cached"] is False
+    assert len(body["image_hash"]) == 64
+    assert word in " ".join(ocr_text(body))
+    line = body["text_lines"][0]
+    assert 0.0 <= line["confidence"] <= 1.0
+    assert len(line["box"]) == 4 and all(len(point) == 2 for point in line["box"])
+    assert set(body["timing"]) >= {"det", "rec", "queue_wait", "request"}
+
+
+def test_upload_reads_a_real_receipt(ocr_server: RunningServer) -> None:
+    entry = gt_entry(lambda e: e["source"].lower().startswith("sroie"))
+    data = (GT_DIR / entry["image"]).read_bytes()
+    response = ocr_server.ocr_upload(data)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["image_size"] == [entry["width"], entry["height"]]
+    # Sorted-line CER also charges differently split lines; see bench/RESULTS-engine.md.
+    assert cer(normalize_lines(entry["lines"]), normalize_lines(ocr_text(body))) < 0.35
+
+
+def test_filename_mode_with_original_client_bodies(ocr_server: RunningServer) -> None:
+    assert ocr_server.images_dir is not None
+    word = random_word()
+    path = ocr_server.images_dir / f"{word}.png"
+    path.write_bytes(text_image(f"NO {word}"))
+    url = f"{ocr_server.url}/ocr_service"
+    # The original project's clients: JSON with a real boolean, and form fields with "True".
+    as_json = requests.post(url, json={"file_type": "filename", "filename": str(path), "block_flag": True}, timeout=120)
+    as_form = requests.post(url, data={"file_type": "filename", "filename": str(path), "block_flag": "True"}, timeout=120)
+    for response in (as_json, as_form):
+        assert response.status_code == 200, response.text
+        assert word in " ".join(ocr_text(response.json()))
+    assert as_form.json()["cached"] is True
+    assert as_json.json()["image_hash"] == as_form.json()["image_hash"]
+
+
+def test_filename_change_on_disk_is_not_served_stale(ocr_server: RunningServer) -> None:
+    assert ocr_server.images_dir is not None
+    path = ocr_server.images_dir / "changing.png"
+    first, second = random_word(), random_word()
+    path.write_bytes(text_image(first))
+    body1 = requests.post(f"{ocr_server.url}/ocr_service", data={"filename": str(path)}, timeout=120).json()
+    path.write_bytes(text_image(second))
+    body2 = requests.post(f"{ocr_server.url}/ocr_service", data={"filename": str(path)}, timeout=120).json()
+    assert first in " ".join(ocr_text(body1))
+    assert second in " ".join(ocr_text(body2))
+    assert body2["cached"] is False
+
+
+def test_block_flag_false_then_poll(ocr_server: RunningServer) -> None:
+    word = random_word()
+    started = time.monotonic()
+    response = ocr_server.ocr_upload(text_image(word), block_flag="False")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] in ("queued", "running")
+    assert body["status_url"] == f"/ocr_service/tasks/{body['task_id']}"
+    while True:
+        polled = requests.get(ocr_server.url + body["status_url"], timeout=10)
+        assert polled.status_code == 200
+        if polled.json()["status"] == "done":
+            break
+        assert polled.json()["status"] in ("queued", "running")
+        assert time.monotonic() - started < 60, "task did not finish"
+        time.sleep(0.1)
+    done = polled.json()
+    assert word in " ".join(ocr_text(done))
+    assert done["task_id"] == body["task_id"]
+    missing = requests.get(f"{ocr_server.url}/ocr_service/tasks/{'0' * 32}", timeout=10)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "task_not_found"
+
+
+def test_second_request_is_a_cache_hit_without_ocr(ocr_server: RunningServer) -> None:
+    data = text_image(random_word())
+    first = ocr_server.ocr_upload(data).json()
+    runs_before = ocr_server.health()["ocr_runs"]
+    second = ocr_server.ocr_upload(data).json()
+    assert first["cached"] is False and second["cached"] is True
+    assert second["text_lines"] == first["text_lines"]
+    assert ocr_server.health()["ocr_runs"] == runs_before
+
+
+def test_concurrent_identical_requests_run_ocr_once(ocr_server: RunningServer) -> None:
+    data = text_image(random_word())
+    runs_before = ocr_server.health()["ocr_runs"]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+        responses = list(pool.map(lambda _: ocr_server.ocr_upload(data), range(50)))
+    assert [r.status_code for r in responses] == [200] * 50
+    assert len({tuple(map(str, r.json()["text_lines"])) for r in responses}) == 1
+    assert ocr_server.health()["ocr_runs"] - runs_before == 1
+
+
+def wait_for(predicate, timeout: float = 60, message: str = "condition not reached") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.2)
+
+
+def test_recycling_after_max_tasks_loses_no_request(server_factory) -> None:
+    server = server_factory(base_config(number=2, max_task_number=3), name="recycle")
+    pids_before = {w["pid"] for w in server.health()["workers"]["workers"]}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        responses = list(pool.map(lambda i: server.ocr_upload(text_image(f"R{i} {random_word(4)}")), range(30)))
+    assert [r.status_code for r in responses] == [200] * 30
+    # One worker reloads at a time, so a worker may serve a few tasks past its limit
+    # while another reloads; by now both first-generation workers must be gone.
+    wait_for(lambda: server.health()["workers"]["ready"] == 2, message="pool not back to full strength")
+    health = server.health()
+    assert health["workers"]["restarts"].get("recycled", 0) >= 2
+    assert "crashed" not in health["workers"]["restarts"]
+    assert pids_before.isdisjoint({w["pid"] for w in health["workers"]["workers"]})
+    assert server.stop() == 0
+
+
+# ---- errors ----------------------------------------------------------------------
+
+
+def error_of(response: requests.Response) -> str:
+    assert response.headers["Content-Type"].startswith("application/json")
+    return response.json()["error"]["code"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "malformed_body"),
+        ({"json": {"file_type": "url", "filename": "x.png"}}, 400, "invalid_field"),
+        ({"json": {"file_type": "filename", "filename": "x.png", "block_flag": "maybe"}}, 400, "invalid_field"),
+        ({"json": {"file_type": "filename"}}, 400, "missing_field"),
+        ({"data": {"file_type": "file"}}, 400, "missing_field"),
+        ({"json": {"file_type": "filename", "filename": "/etc/passwd"}}, 403, "forbidden_path"),
+        ({"json": {"file_type": "filename", "filename": "/proc/self/environ"}}, 403, "forbidden_path"),
+        ({"data": b"<xml/>", "headers": {"Content-Type": "text/xml"}}, 415, "unsupported_content_type"),
+    ],
+)
+def test_malformed_requests_get_json_errors(ocr_server: RunningServer, kwargs: dict, status: int, code: str) -> None:
+    response = requests.post(f"{ocr_server.url}/ocr_service", timeout=30, **kwargs)
+    assert response.status_code == status, response.text
+    assert error_of(response) == code
+
+
+def test_missing_file_inside_roots_is_404(ocr_server: RunningServer) -> None:
+    assert ocr_server.images_dir is not None
+    response = requests.post(
+        f"{ocr_server.url}/ocr_service", json={"filename": str(ocr_server.images_dir / "nope.png")}, timeout=30
+    )
+    assert response.status_code == 404
+    assert error_of(response) == "file_not_found"
+
+
+def test_image_errors_from_the_engine(ocr_server: RunningServer) -> None:
+    not_image = ocr_server.ocr_upload(b"this is a text file, not an image\n" * 10)
+    assert not_image.status_code == 415 and error_of(not_image) == "unsupported_image"
+    # A PNG header that declares 20000 x 20000 pixels: refused before decoding.
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    too_large = ocr_server.ocr_upload(bomb)
+    assert too_large.status_code == 413 and error_of(too_large) == "image_too_large"
+    empty = ocr_server.ocr_upload(b"")
+    assert empty.status_code == 400 and error_of(empty) == "empty_file"
+    # Errors are not cached and did not break anything: a good image still works.
+    assert ocr_server.ocr_upload(text_image(random_word())).status_code == 200
+
+
+def test_upload_over_the_byte_limit_is_413(ocr_server: RunningServer) -> None:
+    response = ocr_server.ocr_upload(b"\0" * (21 * 1024 * 1024))
+    assert response.status_code == 413
+    assert error_of(response) == "body_too_large"
+
+
+def test_unknown_endpoint_is_json_404(ocr_server: RunningServer) -> None:
+    response = requests.get(f"{ocr_server.url}/nope", timeout=10)
+    assert response.status_code == 404 and error_of(response) == "not_found"
+
+
+def test_full_queue_gets_503_with_retry_after(server_factory) -> None:
+    server = server_factory(base_config(number=1, queue_size=1), name="queue")
+    images = [text_image(" ".join(random_word() for _ in range(6))) for _ in range(12)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
+        responses = list(pool.map(server.ocr_upload, images))
+    statuses = sorted(r.status_code for r in responses)
+    assert 200 in statuses and 503 in statuses, statuses
+    assert set(statuses) <= {200, 503}
+    refused = next(r for r in responses if r.status_code == 503)
+    assert error_of(refused) == "queue_full"
+    assert int(refused.headers["Retry-After"]) >= 1
+
+
+def test_task_past_timeout_gets_504_and_the_worker_is_replaced(server_factory) -> None:
+    entry = gt_entry(lambda e: e["width"] * e["height"] > 1_500_000)
+    server = server_factory(base_config(number=1, task_timeout=0.2), name="timeout")
+    pid_before = server.health()["workers"]["workers"][0]["pid"]
+    response = server.ocr_upload((GT_DIR / entry["image"]).read_bytes())
+    assert response.status_code == 504, response.text
+    assert error_of(response) == "timeout"
+    wait_for(
+        lambda: [w["pid"] for w in server.health()["workers"]["workers"] if w["state"] == "idle"] not in ([], [pid_before]),
+        message="worker not replaced",
+    )
+    health = server.health()
+    assert health["workers"]["restarts"]["timeout"] == 1
+    assert health["workers"]["workers"][0]["pid"] != pid_before
+
+
+def test_broken_model_path_fails_at_start_naming_the_path(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"ocr": {"predict_system": {"det_model_dir": str(tmp_path / "missing_det")}}}))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "server.py"), "--config", str(config), "--port", "0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode != 0
+    assert "missing_det" in result.stderr
+
+
+def test_bad_config_fails_at_start_with_the_key(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"ocr": {"process": {"number": "two"}}}))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "server.py"), "--config", str(config)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "ocr.process.number" in result.stderr
+
+
+def test_repo_config_json_matches_the_embedded_defaults() -> None:
+    from settings import REPO_DIR, load_settings
+
+    from_file = load_settings(REPO_DIR / "config.json")
+    embedded = load_settings(None)
+    assert from_file.web_server == embedded.web_server
+    assert from_file.ocr.process == embedded.ocr.process
+    assert from_file.service == embedded.service
+    assert from_file.engine_options() == embedded.engine_options()
+
+
+def test_sigterm_stops_workers_and_exits_zero(server_factory) -> None:
+    import psutil
+
+    server = server_factory(base_config(number=2), name="sigterm")
+    worker_pids = [w["pid"] for w in server.health()["workers"]["workers"]]
+    assert server.stop() == 0
+    time.sleep(0.5)
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in worker_pids)
