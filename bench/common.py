@@ -1,0 +1,108 @@
+"""Shared helpers for benchmarks and tests: data location, text normalisation, CER.
+
+Kept free of any ``models`` import so tests and bench scripts can use it
+without loading an engine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+OCR_GT = SHARED / "data" / "ocr-gt"
+LOAD_DIR = SHARED / "data" / "load"
+
+# CJK / typographic punctuation that NFKC leaves alone but that OCR output and
+# hand-typed ground truth spell inconsistently.
+_PUNCT = str.maketrans(
+    {
+        "。": ".",
+        "、": ",",
+        "‘": "'",
+        "’": "'",
+        "‚": "'",
+        "‛": "'",
+        "`": "'",
+        "´": "'",
+        "“": '"',
+        "”": '"',
+        "„": '"',
+        "「": '"',
+        "」": '"',
+        "『": '"',
+        "』": '"',
+        "【": "[",
+        "】": "]",
+        "《": "<",
+        "》": ">",
+        "〈": "<",
+        "〉": ">",
+        "–": "-",
+        "—": "-",
+        "−": "-",
+        "‐": "-",
+        "·": ".",
+        "•": ".",
+    }
+)
+_WS = re.compile(r"\s+")
+
+
+def normalize_line(text: str) -> str:
+    """NFKC (full-width -> half-width), unify punctuation, fold whitespace."""
+    text = unicodedata.normalize("NFKC", text).translate(_PUNCT)
+    return _WS.sub(" ", text).strip()
+
+
+def normalize_lines(lines: Iterable[str]) -> str:
+    """Order-independent page text: normalised non-empty lines, sorted, '\\n'-joined.
+
+    Sorting removes reading-order disagreements between detector and ground
+    truth; line *splits* that differ still cost a few characters.
+    """
+    return "\n".join(sorted(n for n in (normalize_line(x) for x in lines) if n))
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (unit costs), O(len(a)*len(b)) time, O(len(b)) memory."""
+    if a == b:
+        return 0
+    if len(a) < len(b):
+        a, b = b, a
+    if not b:
+        return len(a)
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def cer(reference: str, hypothesis: str) -> float:
+    """Character error rate = edits / len(reference); empty reference: 0 or 1."""
+    if not reference:
+        return 0.0 if not hypothesis else 1.0
+    return edit_distance(reference, hypothesis) / len(reference)
+
+
+def page_cer(gt_lines: Iterable[str], ocr_lines: Iterable[str]) -> tuple[int, int]:
+    """(edits, reference chars) after normalisation, for micro-averaging."""
+    ref, hyp = normalize_lines(gt_lines), normalize_lines(ocr_lines)
+    return edit_distance(ref, hyp), len(ref)
+
+
+def load_manifest(root: Path = OCR_GT) -> list[dict]:
+    with open(root / "manifest.jsonl", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def load_files(root: Path = LOAD_DIR) -> list[dict]:
+    with open(root / "load_manifest.jsonl", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

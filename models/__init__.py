@@ -1,0 +1,50 @@
+"""PP-OCRv4 OCR engine with onnxruntime and paddle backends.
+
+Importing this package is cheap: paddle/onnxruntime are imported only by
+``create_engine`` (i.e. inside worker processes).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    ImageDecodeError,
+    ImageError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    ModelLoadError,
+)
+from .options import EngineOptions, check_model_files, model_identity
+
+if TYPE_CHECKING:
+    from .pipeline import OcrEngine
+
+
+def create_engine(options: EngineOptions) -> OcrEngine:
+    from .pipeline import create_engine as _create
+
+    return _create(options)
+
+
+def __getattr__(name: str) -> Any:
+    # OcrEngine lives with the cv2/numpy heavy pipeline; load it on demand.
+    if name == "OcrEngine":
+        from .pipeline import OcrEngine
+
+        return OcrEngine
+    raise AttributeError(name)
+
+
+__all__ = [
+    "EngineOptions",
+    "ImageDecodeError",
+    "ImageError",
+    "ImageTooLargeError",
+    "ImageTooSmallError",
+    "ModelLoadError",
+    "OcrEngine",
+    "check_model_files",
+    "create_engine",
+    "model_identity",
+]

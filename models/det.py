@@ -1,0 +1,130 @@
+"""DB text detection: image -> quadrilaterals in original pixel coordinates."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from . import _upstream
+from .sessions import Session
+
+# The DB net wants sides that are multiples of 32 and sees too little context
+# on very flat inputs; such images get letterboxed before detection.
+_MIN_SIDE = 32
+_MAX_ASPECT = 8.0
+
+
+class TextDetector:
+    def __init__(
+        self,
+        session: Session,
+        limit_side_len: int = 960,
+        thresh: float = 0.3,
+        box_thresh: float = 0.5,
+        unclip_ratio: float = 1.6,
+    ) -> None:
+        du = _upstream.det_utils()
+        self.session = session
+        # limit_type="max": only shrink, never upscale small images.
+        self.pre = du.DetPreProcess(limit_side_len=limit_side_len, limit_type="max")
+        self.post = du.DBPostProcess(
+            thresh=thresh,
+            box_thresh=box_thresh,
+            max_candidates=1000,
+            unclip_ratio=unclip_ratio,
+            score_mode="fast",
+            use_dilation=True,
+        )
+
+    def __call__(self, img: np.ndarray) -> list[np.ndarray]:
+        """Return float32 (4, 2) boxes, clockwise from top-left."""
+        padded, (top, left) = _letterbox(img)
+        x = self.pre(padded)
+        if x is None:
+            return []
+        pred = self.session.run(x)[0]
+        boxes, _scores = self.post(pred, padded.shape[:2])
+        h, w = img.shape[:2]
+        out: list[np.ndarray] = []
+        for box in boxes:
+            b = _order_clockwise(np.asarray(box, dtype=np.float32))
+            b[:, 0] = np.clip(b[:, 0] - left, 0, w - 1)
+            b[:, 1] = np.clip(b[:, 1] - top, 0, h - 1)
+            if np.linalg.norm(b[0] - b[1]) <= 3 or np.linalg.norm(b[0] - b[3]) <= 3:
+                continue  # slivers left after clipping to the real image
+            out.append(b)
+        return out
+
+
+def _letterbox(img: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pad tiny or very flat images with their own border colour."""
+    h, w = img.shape[:2]
+    want_h = max(h, _MIN_SIDE, int(w / _MAX_ASPECT))
+    want_w = max(w, _MIN_SIDE)
+    if want_h == h and want_w == w:
+        return img, (0, 0)
+    top = (want_h - h) // 2
+    left = (want_w - w) // 2
+    edge = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    colour = [int(v) for v in np.median(edge, axis=0)]
+    padded = cv2.copyMakeBorder(
+        img, top, want_h - h - top, left, want_w - w - left, cv2.BORDER_CONSTANT, value=colour
+    )
+    return padded, (top, left)
+
+
+def _order_clockwise(pts: np.ndarray) -> np.ndarray:
+    """tl, tr, br, bl: left pair / right pair by x, then each pair by y."""
+    by_x = pts[np.argsort(pts[:, 0], kind="stable")]
+    left = by_x[:2][np.argsort(by_x[:2, 1], kind="stable")]
+    right = by_x[2:][np.argsort(by_x[2:, 1], kind="stable")]
+    return np.array([left[0], right[0], right[1], left[1]], dtype=np.float32)
+
+
+def sort_reading_order(boxes: list[np.ndarray]) -> list[int]:
+    """Indices of ``boxes`` top-to-bottom, then left-to-right within a line.
+
+    Boxes join the current line when their vertical centre lies inside the
+    line's running vertical extent (shrunk a little), which copes with slightly
+    skewed lines better than a fixed pixel tolerance.
+    """
+    if not boxes:
+        return []
+    info = []
+    for i, b in enumerate(boxes):
+        ys, xs = b[:, 1], b[:, 0]
+        info.append((float(ys.min()), float(ys.max()), float(xs.min()), i))
+    info.sort(key=lambda t: ((t[0] + t[1]) / 2, t[2]))
+    lines: list[list[tuple[float, float, float, int]]] = []
+    cur_top = cur_bot = 0.0
+    for item in info:
+        top, bot = item[0], item[1]
+        centre = (top + bot) / 2
+        if lines:
+            band = (cur_bot - cur_top) * 0.25
+            if cur_top + band <= centre <= cur_bot - band:
+                lines[-1].append(item)
+                cur_top, cur_bot = min(cur_top, top), max(cur_bot, bot)
+                continue
+        lines.append([item])
+        cur_top, cur_bot = top, bot
+    order: list[int] = []
+    for line in lines:
+        order += [it[3] for it in sorted(line, key=lambda t: t[2])]
+    return order
+
+
+def crop_box(img: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Perspective-rectify one quadrilateral; tall crops are turned to horizontal."""
+    w = int(max(np.linalg.norm(box[0] - box[1]), np.linalg.norm(box[2] - box[3])))
+    h = int(max(np.linalg.norm(box[0] - box[3]), np.linalg.norm(box[1] - box[2])))
+    w, h = max(w, 1), max(h, 1)
+    dst = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
+    m = cv2.getPerspectiveTransform(box.astype(np.float32), dst)
+    crop = cv2.warpPerspective(
+        img, m, (w, h), borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_CUBIC
+    )
+    if h / w >= 1.5:
+        # Vertical text column: the recogniser reads left-to-right only.
+        crop = np.ascontiguousarray(np.rot90(crop))
+    return crop

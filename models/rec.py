@@ -1,0 +1,53 @@
+"""CRNN/SVTR text-line recognition with CTC decoding (PP-OCRv4 rec)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _upstream
+from .cls import resize_norm
+from .errors import ModelLoadError
+from .sessions import Session
+
+_SHAPE = (3, 48, 320)
+_BATCH = 6
+
+
+def read_char_dict(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [line.rstrip("\r\n") for line in fh]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"cannot read rec char dict {path}: {exc}") from exc
+
+
+class TextRecognizer:
+    def __init__(self, session: Session, characters: list[str]) -> None:
+        self.session = session
+        # CTCLabelDecode adds the CTC blank (index 0) and a trailing space.
+        self.decode = _upstream.rec_utils().CTCLabelDecode(character=list(characters))
+        self.num_classes = len(self.decode.character)
+
+    def check(self) -> None:
+        """Run one dummy line; the class count must match the dictionary."""
+        probs = self.session.run(np.zeros((1, *_SHAPE), dtype=np.float32))[0]
+        if probs.shape[-1] != self.num_classes:
+            raise ModelLoadError(
+                f"rec model {self.session.path} predicts {probs.shape[-1]} classes but the "
+                f"character dict gives {self.num_classes} (dict + blank + space)"
+            )
+
+    def __call__(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
+        # Similar widths in one batch => little padding => less wasted compute.
+        order = np.argsort([c.shape[1] / float(c.shape[0]) for c in crops])
+        c, h, w = _SHAPE
+        for start in range(0, len(crops), _BATCH):
+            idx = order[start : start + _BATCH]
+            ratio = max([w / h] + [crops[i].shape[1] / float(crops[i].shape[0]) for i in idx])
+            width = int(h * ratio)
+            batch = np.stack([resize_norm(crops[i], _SHAPE, width) for i in idx])
+            probs = self.session.run(batch)[0]
+            for i, (text, score) in zip(idx, self.decode(probs)):
+                results[i] = (text, float(score))
+        return results

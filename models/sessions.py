@@ -1,0 +1,103 @@
+"""Inference backends with one interface: ``run(batch) -> list[ndarray]``.
+
+paddle / onnxruntime are imported inside the constructors so that importing
+this module (or anything in ``models``) stays cheap for the parent process.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .errors import ModelLoadError
+from .options import PADDLE_MODEL_FILE, PADDLE_PARAMS_FILE
+
+
+class Session(Protocol):
+    path: Path
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]: ...
+
+    def character_list(self) -> list[str] | None: ...
+
+
+class OrtSession:
+    def __init__(self, path: Path, cpu_threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.path = path
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = cpu_threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        # Det input shapes change with every image; the CPU arena keeps the
+        # peak for each shape and RSS creeps up.  Plain malloc keeps it flat.
+        so.enable_cpu_mem_arena = False
+        # Spinning worker threads burn the other core that a sibling worker
+        # process needs.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self._sess = ort.InferenceSession(
+                str(path), sess_options=so, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
+        self._input = self._sess.get_inputs()[0].name
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        return self._sess.run(None, {self._input: x})
+
+    def character_list(self) -> list[str] | None:
+        meta = self._sess.get_modelmeta().custom_metadata_map
+        chars = meta.get("character")
+        return chars.splitlines() if chars else None
+
+
+class PaddleSession:
+    def __init__(
+        self, model_dir: Path, cpu_threads: int = 1, enable_mkldnn: bool = False
+    ) -> None:
+        # glog chatter goes to stderr of every worker otherwise.
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        os.environ.setdefault("FLAGS_call_stack_level", "0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "No ccache found" on import
+            from paddle import inference
+
+        self.path = model_dir
+        cfg = inference.Config(
+            str(model_dir / PADDLE_MODEL_FILE), str(model_dir / PADDLE_PARAMS_FILE)
+        )
+        cfg.disable_gpu()
+        cfg.disable_glog_info()
+        cfg.set_cpu_math_library_num_threads(cpu_threads)
+        if enable_mkldnn:
+            cfg.enable_mkldnn()
+            # oneDNN caches a kernel per input shape; without a cap a long-lived
+            # worker that sees many image sizes grows without bound.
+            cfg.set_mkldnn_cache_capacity(10)
+        else:
+            cfg.disable_mkldnn()
+        cfg.enable_memory_optim()
+        cfg.switch_ir_optim(True)
+        try:
+            self._pred = inference.create_predictor(cfg)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load paddle model {model_dir}: {exc}") from exc
+        self._in = self._pred.get_input_handle(self._pred.get_input_names()[0])
+        self._outs = [self._pred.get_output_handle(n) for n in self._pred.get_output_names()]
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        self._in.reshape(list(x.shape))
+        self._in.copy_from_cpu(np.ascontiguousarray(x))
+        self._pred.run()
+        return [o.copy_to_cpu() for o in self._outs]
+
+    def character_list(self) -> list[str] | None:
+        return None  # paddle inference models carry no metadata
