@@ -18,7 +18,7 @@ from typing import Any
 from tornado import httpserver, netutil, web
 
 from cache import OcrService
-from handlers import AppContext, routes
+from handlers import AppContext, ServiceMetrics, routes
 from handlers.base import NotFoundHandler
 from models import ModelLoadError, check_model_files, model_identity
 from ocr_pool import WorkerPool, WorkerStartError
@@ -30,6 +30,9 @@ access_log = logging.getLogger("ocr_server.access")
 
 def log_request(handler: web.RequestHandler) -> None:
     """One access-log line per request: method, path, status, latency, task id, cache hit."""
+    metrics = handler.application.settings.get("metrics")
+    if metrics is not None:
+        metrics.observe_request(handler)
     status = handler.get_status()
     fields: dict[str, Any] = getattr(handler, "log_fields", {}) or {}
     extra = " ".join(f"{key}={value}" for key, value in fields.items())
@@ -79,10 +82,12 @@ def build_context(settings: Settings) -> AppContext:
 
 
 def build_app(ctx: AppContext) -> web.Application:
+    metrics = ServiceMetrics(ctx)
     return web.Application(
-        routes(ctx),
+        routes(ctx, metrics),
         default_handler_class=NotFoundHandler,
         log_function=log_request,
+        metrics=metrics,
     )
 
 

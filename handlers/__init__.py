@@ -6,12 +6,14 @@ from typing import Any
 
 from handlers.context import AppContext
 from handlers.health import HealthHandler, LivezHandler, ReadyzHandler
+from handlers.metrics import MetricsHandler, ServiceMetrics
 from handlers.ocr import OcrHandler, TaskHandler
 
 
-def routes(ctx: AppContext) -> list[tuple[str, type, dict[str, Any]]]:
+def routes(ctx: AppContext, metrics: ServiceMetrics) -> list[tuple[str, type, dict[str, Any]]]:
     shared = {"ctx": ctx}
     return [
+        (r"/metrics", MetricsHandler, {"metrics": metrics}),
         (r"/ocr_service", OcrHandler, shared),
         (r"/ocr_service/tasks/([0-9a-f]{1,64})", TaskHandler, shared),
         (r"/livez", LivezHandler, {}),
@@ -20,4 +22,4 @@ def routes(ctx: AppContext) -> list[tuple[str, type, dict[str, Any]]]:
     ]
 
 
-__all__ = ["AppContext", "routes"]
+__all__ = ["AppContext", "ServiceMetrics", "routes"]

@@ -9,11 +9,14 @@ from handlers.context import AppContext
 
 
 class LivezHandler(JsonHandler):
+    endpoint = "/livez"
+
     def get(self) -> None:
         self.write_json({"status": "alive"})
 
 
 class ReadyzHandler(JsonHandler):
+    endpoint = "/readyz"
     ctx: AppContext
 
     def get(self) -> None:
@@ -22,6 +25,7 @@ class ReadyzHandler(JsonHandler):
 
 
 class HealthHandler(JsonHandler):
+    endpoint = "/health"
     ctx: AppContext
 
     def get(self) -> None:
@@ -34,7 +38,7 @@ class HealthHandler(JsonHandler):
                 "engine": self.ctx.settings.ocr.engine,
                 "model_identity": self.ctx.engine_identity,
                 "workers": pool.stats(),
-                "queue": {"depth": pool.queue_depth, "capacity": pool.queue_size},
+                "queue": {"depth": pool.queue_depth, "capacity": pool.queue_size, "cancelled": pool.tasks_cancelled},
                 "ocr_runs": pool.tasks_run,
                 "cache": self.ctx.ocr.stats(),
             }

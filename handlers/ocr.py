@@ -40,6 +40,7 @@ def result_body(task_id: str, image_hash: str, result: dict[str, Any], cached: b
 
 @web.stream_request_body
 class OcrHandler(JsonHandler):
+    endpoint = "/ocr_service"
     ctx: AppContext
 
     def prepare(self) -> None:
@@ -156,6 +157,7 @@ class OcrHandler(JsonHandler):
 
 
 class TaskHandler(JsonHandler):
+    endpoint = "/ocr_service/tasks/{task_id}"
     ctx: AppContext
 
     def get(self, task_id: str) -> None:

@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import time
 import uuid
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -73,7 +74,7 @@ class WorkerHandle:
         self.process = process
         self.conn = conn
         self.task_limit = task_limit
-        self.state = "starting"  # starting | idle | busy | retiring
+        self.state = "starting"  # starting | idle | busy | retiring | stopping
         self.tasks_done = 0
         self.job: Job | None = None
         self.started = time.monotonic()
@@ -122,7 +123,10 @@ class WorkerPool:
         self._last_start_error: str | None = None
         self._initial_ready = False
         self.tasks_run = 0
+        self.tasks_cancelled = 0
         self.restarts: collections.Counter[str] = collections.Counter()
+        # Called with each job that completed on a worker (for metrics).
+        self.on_task_finished: Callable[[Job], None] | None = None
         self.identity: str | None = None
 
     # ---- lifecycle -------------------------------------------------------------
@@ -192,6 +196,7 @@ class WorkerPool:
         except ValueError:
             return False
         job.state = "cancelled"
+        self.tasks_cancelled += 1
         self._fail(job, TaskCancelledError("no client waits for this task any more"))
         return True
 
@@ -222,6 +227,9 @@ class WorkerPool:
                 for w in self._workers
             ],
         }
+
+    def running_count(self) -> int:
+        return sum(1 for w in self._workers if w.job is not None)
 
     def worker_pids(self) -> list[int]:
         return [w.pid for w in self._workers if w.pid is not None]
@@ -295,6 +303,8 @@ class WorkerPool:
                 job.future.set_result(message[2])
             else:
                 self._fail(job, TaskFailedError(message[2], message[3]))
+            if self.on_task_finished is not None:
+                self.on_task_finished(job)
         self._maybe_retire(worker)
 
     def _maybe_retire(self, worker: WorkerHandle) -> None:
@@ -400,6 +410,7 @@ class WorkerPool:
                 pass
         elif job.worker is not None:
             job.worker.exit_reason = "timeout"
+            job.worker.state = "stopping"  # not ready any more, even before its exit is seen
             job.worker.process.kill()
         self._fail(job, TaskTimeoutError(f"OCR did not finish within {self.task_timeout:g} s"))
 

@@ -1,0 +1,109 @@
+"""Prometheus metrics: request counts and latency, queue wait, OCR time, pool and cache state.
+
+Event metrics (requests, queue wait, OCR time) are observed as they happen; state
+(queue depth, workers, cache counters, worker RSS) is read from the pool and the cache
+at scrape time, so those modules stay free of any metrics dependency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from tornado import web
+
+from handlers.context import AppContext
+from ocr_pool import Job
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class _StateCollector(Collector):
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    def collect(self) -> Iterator[Metric]:
+        pool, ocr = self.ctx.pool, self.ctx.ocr
+        stats = pool.stats()
+        yield _gauge("ocr_queue_depth", "Tasks waiting for a worker", pool.queue_depth)
+        yield _gauge("ocr_tasks_in_flight", "Tasks running on a worker", pool.running_count())
+        yield _gauge("ocr_workers_ready", "Workers with models loaded", pool.ready_count)
+        yield _gauge("ocr_workers_busy", "Workers running a task", stats["busy"])
+        yield _counter("ocr_tasks_run", "OCR tasks executed by workers", pool.tasks_run)
+        yield _counter("ocr_tasks_cancelled", "Queued tasks dropped because no client waited", pool.tasks_cancelled)
+        restarts = CounterMetricFamily("ocr_worker_restarts", "Worker replacements by reason", labels=["reason"])
+        for reason in ("recycled", "crashed", "timeout", "start_failed"):
+            restarts.add_metric([reason], pool.restarts.get(reason, 0))
+        yield restarts
+        yield _counter("ocr_cache_hits", "Requests answered from the result cache", ocr.hits)
+        yield _counter("ocr_cache_misses", "Requests not found in the result cache", ocr.misses)
+        yield _counter("ocr_cache_evictions", "Results evicted by the LRU bound", ocr.results.evictions)
+        yield _counter("ocr_cache_shared", "Requests that joined an identical in-flight run", ocr.shared)
+        yield _gauge("ocr_cache_entries", "Results in the cache", len(ocr.results))
+        rss = GaugeMetricFamily("ocr_worker_rss_bytes", "Resident memory of each worker", labels=["pid"])
+        for pid in pool.worker_pids():
+            try:
+                rss.add_metric([str(pid)], psutil.Process(pid).memory_info().rss)
+            except psutil.Error:
+                continue  # the worker exited between listing and reading
+        yield rss
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+class ServiceMetrics:
+    """All metrics of one server, in a registry of its own."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "ocr_http_requests", "HTTP requests by endpoint and status", ["endpoint", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ocr_http_request_duration_seconds", "HTTP request latency", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "ocr_queue_wait_seconds", "Time a task waited for a worker", buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+        self.ocr_time = Histogram(
+            "ocr_task_duration_seconds", "Time a worker spent on a task", buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+        self.registry.register(_StateCollector(ctx))
+        ctx.pool.on_task_finished = self.observe_task
+
+    def observe_task(self, job: Job) -> None:
+        if job.started is not None:
+            self.queue_wait.observe(job.started - job.submitted)
+            if job.finished is not None:
+                self.ocr_time.observe(job.finished - job.started)
+
+    def observe_request(self, handler: web.RequestHandler) -> None:
+        endpoint = getattr(handler, "endpoint", "other")
+        self.requests.labels(endpoint, handler.request.method, str(handler.get_status())).inc()
+        self.latency.labels(endpoint).observe(handler.request.request_time())
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsHandler(web.RequestHandler):
+    endpoint = "/metrics"
+
+    def initialize(self, metrics: ServiceMetrics, **_: Any) -> None:
+        self.metrics = metrics
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(self.metrics.exposition())

@@ -1,0 +1,383 @@
+"""Hostile input, resource limits, worker faults and overload — on the real server."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from tests.conftest import (
+    LOAD_DIR,
+    RunningServer,
+    base_config,
+    random_word,
+    require_shared,
+    start_server,
+    text_image,
+)
+
+
+def error_code(response: requests.Response) -> str:
+    assert response.headers["Content-Type"].startswith("application/json"), response.text[:200]
+    return response.json()["error"]["code"]
+
+
+def post(server: RunningServer, timeout: float = 60, **kwargs: object) -> requests.Response:
+    return requests.post(f"{server.url}/ocr_service", timeout=timeout, **kwargs)  # type: ignore[arg-type]
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def declared_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width x height pixels (a decompression bomb)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(
+        b"IEND", b""
+    )
+
+
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return out.getvalue()
+
+
+# ---- filename mode ------------------------------------------------------------------
+
+
+def test_paths_outside_the_roots_are_refused_alike(ocr_server: RunningServer) -> None:
+    assert ocr_server.images_dir is not None
+    inside = ocr_server.images_dir
+    (inside / "escape").symlink_to("/etc/passwd")
+    candidates = [
+        "/etc/passwd",
+        "/etc/no-such-file-anywhere",
+        "/proc/self/environ",
+        str(inside / ".." / ".." / ".." / "etc" / "passwd"),
+        str(inside / "escape"),
+        "/dev/zero",
+        "../../../../../../etc/shadow",
+    ]
+    answers = set()
+    for filename in candidates:
+        response = post(ocr_server, json={"file_type": "filename", "filename": filename})
+        assert response.status_code == 403, (filename, response.text)
+        answers.add(response.text)
+    # Same answer whether or not the file exists: nothing leaks about the host.
+    assert len(answers) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "code"),
+    [
+        ("bad\x00name.png", 400, "invalid_filename"),
+        ("x" * 5000, 400, "invalid_filename"),
+        ("y" * 300 + ".png", 400, "invalid_filename"),
+    ],
+)
+def test_malformed_filenames_are_400(ocr_server: RunningServer, name: str, status: int, code: str) -> None:
+    assert ocr_server.images_dir is not None
+    response = post(ocr_server, json={"file_type": "filename", "filename": str(ocr_server.images_dir / name)})
+    assert response.status_code == status, response.text
+    assert error_code(response) == code
+
+
+def test_directories_and_fifos_inside_roots_are_not_read(ocr_server: RunningServer) -> None:
+    assert ocr_server.images_dir is not None
+    fifo = ocr_server.images_dir / "pipe.png"
+    os.mkfifo(fifo)
+    folder = ocr_server.images_dir / "folder.png"
+    folder.mkdir()
+    for path in (fifo, folder, ocr_server.images_dir):
+        started = time.monotonic()
+        response = post(ocr_server, json={"file_type": "filename", "filename": str(path)}, timeout=10)
+        assert response.status_code == 400 and error_code(response) == "not_a_file"
+        assert time.monotonic() - started < 5  # a FIFO must never be opened and block
+
+
+# ---- uploads ------------------------------------------------------------------------
+
+
+def _upload_cases() -> list[tuple[str, bytes, int, str]]:
+    good_jpeg = encoded(Image.new("RGB", (200, 80), "white"), "JPEG")
+    good_png = text_image("TRUNCATED")
+    return [
+        ("zero bytes", b"", 400, "empty_file"),
+        ("truncated jpeg", good_jpeg[: len(good_jpeg) // 3], 415, "unsupported_image"),
+        ("truncated png", good_png[: len(good_png) // 2], 415, "unsupported_image"),
+        ("corrupt jpeg", good_jpeg[:200] + bytes(range(256)) * 4, 415, "unsupported_image"),
+        ("text named .jpg", b"Dear team,\nplease find attached\n" * 20, 415, "unsupported_image"),
+        ("decompression bomb", declared_png(30000, 30000), 413, "image_too_large"),
+        ("1x1 image", encoded(Image.new("RGB", (1, 1), "white"), "PNG"), 422, "image_too_small"),
+    ]
+
+
+@pytest.mark.parametrize(("label", "data", "status", "code"), _upload_cases(), ids=[c[0] for c in _upload_cases()])
+def test_bad_uploads_get_typed_errors(ocr_server: RunningServer, label: str, data: bytes, status: int, code: str) -> None:
+    response = post(ocr_server, data={"file_type": "file"}, files={"file": ("photo.jpg", data, "image/jpeg")})
+    assert response.status_code == status, (label, response.text)
+    assert error_code(response) == code
+
+
+def test_malformed_multipart_and_fields(ocr_server: RunningServer) -> None:
+    png = text_image("DUP")
+    two_files = post(ocr_server, data={"file_type": "file"}, files=[("file", ("a.png", png)), ("file", ("b.png", png))])
+    assert two_files.status_code == 400 and error_code(two_files) == "duplicate_field"
+    two_fields = post(ocr_server, data={"file_type": ["file", "file"]}, files={"file": ("a.png", png)})
+    assert two_fields.status_code == 400 and error_code(two_fields) == "duplicate_field"
+    no_boundary = post(ocr_server, data=b"--x\r\n\r\n", headers={"Content-Type": "multipart/form-data"})
+    assert no_boundary.status_code == 400 and error_code(no_boundary) == "malformed_body"
+    json_list = post(ocr_server, json=["file_type", "file"])
+    assert json_list.status_code == 400 and error_code(json_list) == "malformed_body"
+    bad_flag = post(ocr_server, data={"file_type": "file", "block_flag": "perhaps"}, files={"file": ("a.png", png)})
+    assert bad_flag.status_code == 400 and error_code(bad_flag) == "invalid_field"
+
+
+def test_oversized_upload_is_refused_before_the_body_is_buffered(ocr_server: RunningServer) -> None:
+    # Declare a huge body and send only its start: the answer must come without the rest.
+    with socket.create_connection(("127.0.0.1", int(ocr_server.url.rsplit(":", 1)[1])), timeout=10) as sock:
+        sock.sendall(
+            b"POST /ocr_service HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 1000000000\r\n\r\n" + b"\0" * 4096
+        )
+        reply = sock.recv(65536).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 413"), reply[:200]
+    assert '"body_too_large"' in reply
+
+
+st_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "file_type": st.sampled_from(["file", "filename", "url", "", "FILE"]) | st.text(max_size=10),
+        "block_flag": st.sampled_from(["True", "false", "1", "0", "yes", "maybe", ""]) | st.text(max_size=5),
+        "det": st.sampled_from(["on", "off", "auto", "true", "x"]),
+        "filename": st.text(max_size=40) | st.sampled_from(["../../etc/passwd", "/proc/self/environ", "."]),
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def seed_images() -> list[bytes]:
+    return [
+        text_image("FUZZ 42"),
+        encoded(Image.new("RGB", (64, 32), "white"), "JPEG"),
+        encoded(Image.new("L", (40, 40), "gray"), "BMP"),
+    ]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fields=st_fields, seed=st.integers(0, 2), mutation=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=8), cut=st.integers(0, 5000), as_json=st.booleans())
+def test_fuzzed_requests_never_get_5xx(
+    ocr_server: RunningServer, seed_images: list[bytes], fields: dict, seed: int, mutation: list, cut: int, as_json: bool
+) -> None:
+    data = bytearray(seed_images[seed])
+    for offset, value in mutation:
+        if offset < len(data):
+            data[offset] = value
+    data = data[: max(cut, 1)] if cut < len(data) else data
+    if as_json:
+        response = post(ocr_server, json=fields, timeout=60)
+    else:
+        response = post(ocr_server, data=fields, files={"file": ("f.jpg", bytes(data))}, timeout=60)
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert "error" in response.json()
+    elif response.status_code == 202:
+        assert response.json()["status_url"]
+
+
+def test_server_still_answers_after_fuzzing(ocr_server: RunningServer) -> None:
+    word = random_word()
+    response = ocr_server.ocr_upload(text_image(word))
+    assert response.status_code == 200 and word in " ".join(t["text"] for t in response.json()["text_lines"])
+
+
+# ---- awkward real files -----------------------------------------------------------
+
+
+def _texts(response: requests.Response) -> str:
+    assert response.status_code == 200, response.text
+    return " ".join(line["text"] for line in response.json()["text_lines"])
+
+
+def test_cmyk_and_alpha_variants_read_like_the_original(ocr_server: RunningServer) -> None:
+    require_shared()
+    by_name = {name: post(ocr_server, json={"filename": str(LOAD_DIR / name)}, timeout=120) for name in (
+        "ocrmypdf__resources_baiona.png", "ocrmypdf__resources_baiona_cmyk.jpg", "ocrmypdf__resources_baiona_alpha.png")}
+    original = _texts(by_name["ocrmypdf__resources_baiona.png"])
+    assert len(original) > 20
+    for name in ("ocrmypdf__resources_baiona_cmyk.jpg", "ocrmypdf__resources_baiona_alpha.png"):
+        text = _texts(by_name[name])
+        common = sum(1 for a, b in zip(sorted(original), sorted(text)) if a == b)
+        assert common / len(original) > 0.9, (name, text)
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        ("rapidocr_tests__test_files_issue_170.png", None),  # 1-bit
+        ("paddleocr_doc_imgs__imgs_en_img_12.jpg", None),  # a PNG named .jpg
+        ("rapidocr_tests__test_files_black_font_color_transparent.png", None),  # black text on transparency
+        ("rapidocr_tests__test_files_img_exif_orientation.jpg", None),  # EXIF orientation 3
+    ],
+)
+def test_awkward_load_files_are_read(ocr_server: RunningServer, name: str, needle: str | None) -> None:
+    require_shared()
+    response = post(ocr_server, json={"filename": str(LOAD_DIR / name)}, timeout=120)
+    text = _texts(response)
+    assert len(text.strip()) >= 3, (name, text)
+    confident = [line for line in response.json()["text_lines"] if line["confidence"] > 0.8]
+    assert confident, f"{name}: no confidently read line"
+
+
+# ---- faults and overload -----------------------------------------------------------
+
+
+def test_kill_9_worker_with_20_requests_in_flight(server_factory) -> None:
+    server = server_factory(base_config(number=2), name="kill9")
+    images = [text_image(" ".join(random_word() for _ in range(8)), size=40) for _ in range(20)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        futures = [pool.submit(server.ocr_upload, image, 60) for image in images]
+        time.sleep(0.3)
+        victim = server.health()["workers"]["workers"][0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        responses = [f.result(timeout=90) for f in futures]
+    for response in responses:
+        assert response.status_code == 200 or (response.status_code >= 500 and "error" in response.json())
+    assert sum(r.status_code == 200 for r in responses) >= 19
+    while server.health()["workers"]["ready"] < 2:
+        assert time.monotonic() - killed_at < 30, "pool not back to full strength within 30 s"
+        time.sleep(0.1)
+    health = server.health()
+    assert health["workers"]["restarts"]["crashed"] == 1
+    assert health["cache"]["in_flight"] == 0
+    assert victim not in [w["pid"] for w in health["workers"]["workers"]]
+
+
+def test_recycling_under_load_500_requests(server_factory) -> None:
+    server = server_factory(base_config(number=2, max_task_number=20, queue_size=64), name="recycle500")
+    images = [text_image(f"N{i} {random_word(4)}", size=24) for i in range(500)]
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=8)
+    session.mount("http://", adapter)
+
+    def send(image: bytes) -> int:
+        return session.post(
+            f"{server.url}/ocr_service", data={"file_type": "file"}, files={"file": ("i.png", image)}, timeout=120
+        ).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(send, images))
+    assert statuses.count(200) == 500, {s: statuses.count(s) for s in set(statuses)}
+    restarts = server.health()["workers"]["restarts"]
+    assert restarts.get("recycled", 0) >= 10 and "crashed" not in restarts
+
+
+def test_overload_gets_quick_503_and_health_stays_fast(server_factory) -> None:
+    server = server_factory(base_config(number=1, queue_size=4), name="overload")
+    images = [text_image(" ".join(random_word() for _ in range(10)), size=40) for _ in range(40)]
+    health_latencies: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
+            health_latencies.append(time.monotonic() - started)
+            time.sleep(0.05)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+
+    def timed(image: bytes) -> tuple[int, float, str | None]:
+        started = time.monotonic()
+        response = server.ocr_upload(image, 120)
+        return response.status_code, time.monotonic() - started, response.headers.get("Retry-After")
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
+            results = list(pool.map(timed, images))
+    finally:
+        stop.set()
+        prober.join()
+    refused = [r for r in results if r[0] == 503]
+    admitted = [r for r in results if r[0] == 200]
+    assert len(refused) >= 20 and len(admitted) >= 5 and len(refused) + len(admitted) == 40
+    assert all(r[2] is not None for r in refused)
+    assert max(r[1] for r in refused) < 5.0, "refusals must be quick"
+    assert health_latencies and max(health_latencies) < 1.0
+
+
+def test_client_disconnect_while_queued_drops_the_task(server_factory) -> None:
+    require_shared()
+    big = (LOAD_DIR / "paddleocr_doc_imgs__xfund_demo_gt_zh_train_0.jpg").read_bytes()
+    server = server_factory(base_config(number=1), name="disconnect")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        busy = pool.submit(server.ocr_upload, big, 120)
+        time.sleep(0.5)  # the only worker is now busy
+        queued_png = text_image(random_word())
+        body = (
+            b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"q.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + queued_png + b"\r\n--b--\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=10) as sock:
+            sock.sendall(
+                b"POST /ocr_service HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            )
+            time.sleep(0.3)
+            assert server.health()["queue"]["depth"] == 1
+        assert busy.result(timeout=120).status_code == 200
+    time.sleep(0.5)
+    health = server.health()
+    assert health["queue"]["cancelled"] == 1
+    assert health["ocr_runs"] == 1
+
+
+def test_sigterm_finishes_in_flight_work_and_exits_zero(server_factory) -> None:
+    import psutil
+
+    server = server_factory(base_config(number=2), name="sigterm-inflight")
+    worker_pids = [w["pid"] for w in server.health()["workers"]["workers"]]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(server.ocr_upload, text_image(" ".join(random_word() for _ in range(10))), 60)
+                   for _ in range(4)]
+        time.sleep(0.2)
+        os.kill(server.pid, signal.SIGTERM)
+        statuses = [f.result(timeout=60).status_code for f in futures]
+    assert server.process.wait(timeout=60) == 0
+    assert statuses == [200] * 4
+    time.sleep(0.3)
+    alive = [pid for pid in worker_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert alive == []
+
+
+def test_relative_roots_and_filenames_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    workdir = tmp_path / "deploy"
+    (workdir / "pictures").mkdir(parents=True)
+    word = random_word()
+    (workdir / "pictures" / "w.png").write_bytes(text_image(word))
+    config = base_config(number=1)
+    config["web_server"]["allowed_roots"] = ["./pictures"]
+    server = start_server(workdir, config)
+    try:
+        assert word in _texts(post(server, json={"filename": "pictures/w.png"}))
+        assert post(server, json={"filename": "config.json"}).status_code == 403
+    finally:
+        assert server.stop() == 0

@@ -1,0 +1,163 @@
+"""Worker pool protocol with a fake engine: fast checks of crash, timeout, recycle, queue."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from ocr_pool import (
+    NoWorkerError,
+    QueueFullError,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkerPool,
+    WorkerStartError,
+)
+
+
+def make_pool(**overrides: Any) -> WorkerPool:
+    options = {
+        "size": 2, "max_tasks": 100, "queue_size": 50, "task_timeout": 20.0, "start_timeout": 30.0,
+        "engine_options": {}, "factory": "tests.fake_engine:create_engine",
+    }
+    options.update(overrides)
+    return WorkerPool(**options)
+
+
+def run(test: Callable[[WorkerPool], Awaitable[None]], **overrides: Any) -> None:
+    async def main() -> None:
+        pool = make_pool(**overrides)
+        await pool.start()
+        try:
+            await asyncio.wait_for(test(pool), timeout=60)
+        finally:
+            await pool.close(grace=1)
+        assert pool.worker_pids() == []
+
+    asyncio.run(main())
+
+
+def test_results_come_back_from_worker_processes() -> None:
+    async def check(pool: WorkerPool) -> None:
+        jobs = [pool.submit(f"text {i}".encode(), {"det": "on"}) for i in range(10)]
+        results = await asyncio.gather(*(job.future for job in jobs))
+        assert [r["text_lines"][0]["text"] for r in results] == [f"text {i}" for i in range(10)]
+        assert {r["pid"] for r in results} <= set(pool.worker_pids())
+        assert os.getpid() not in {r["pid"] for r in results}
+        assert pool.tasks_run == 10
+
+    run(check)
+
+
+def test_engine_errors_keep_their_code_and_the_worker() -> None:
+    async def check(pool: WorkerPool) -> None:
+        pids = set(pool.worker_pids())
+        with pytest.raises(TaskFailedError) as error:
+            await pool.submit(b"bad", {}).future
+        assert error.value.code == "unsupported_image"
+        assert set(pool.worker_pids()) == pids
+
+    run(check)
+
+
+def test_crashed_worker_task_is_retried_once_then_fails_cleanly() -> None:
+    async def check(pool: WorkerPool) -> None:
+        with pytest.raises(WorkerCrashedError):
+            await pool.submit(b"crash", {}).future
+        assert pool.restarts["crashed"] == 2
+        # The pool heals and keeps serving.
+        result = await pool.submit(b"after", {}).future
+        assert result["text_lines"][0]["text"] == "after"
+
+    run(check)
+
+
+def test_killed_worker_in_flight_task_succeeds_on_retry() -> None:
+    async def check(pool: WorkerPool) -> None:
+        job = pool.submit(b"sleep:1.0", {})
+        await asyncio.sleep(0.3)
+        assert job.state == "running" and job.worker is not None
+        os.kill(job.worker.pid, signal.SIGKILL)
+        result = await job.future
+        assert result["text_lines"][0]["text"] == "sleep:1.0"
+        assert job.attempts == 2
+
+    run(check)
+
+
+def test_timeout_kills_only_that_worker() -> None:
+    async def check(pool: WorkerPool) -> None:
+        slow = pool.submit(b"sleep:30", {})
+        fast = pool.submit(b"fast", {})
+        with pytest.raises(TaskTimeoutError):
+            await slow.future
+        assert (await fast.future)["text_lines"][0]["text"] == "fast"
+        while pool.ready_count < 2:
+            await asyncio.sleep(0.05)
+        assert pool.restarts["timeout"] == 1
+
+    run(check, task_timeout=1.0)
+
+
+def test_full_queue_refuses_new_work() -> None:
+    async def check(pool: WorkerPool) -> None:
+        running = pool.submit(b"sleep:0.5", {})
+        queued = pool.submit(b"queued", {})
+        with pytest.raises(QueueFullError):
+            pool.submit(b"refused", {})
+        await asyncio.gather(running.future, queued.future)
+
+    run(check, size=1, queue_size=1)
+
+
+def test_cancel_drops_a_queued_task_only() -> None:
+    async def check(pool: WorkerPool) -> None:
+        running = pool.submit(b"sleep:0.5", {})
+        queued = pool.submit(b"queued", {})
+        await asyncio.sleep(0.1)
+        assert pool.cancel(running) is False
+        assert pool.cancel(queued) is True
+        with pytest.raises(TaskCancelledError):
+            await queued.future
+        await running.future
+        assert pool.tasks_run == 1
+
+    run(check, size=1)
+
+
+def test_workers_recycle_one_at_a_time_without_failures() -> None:
+    async def check(pool: WorkerPool) -> None:
+        jobs = [pool.submit(b"sleep:0.02", {}) for _ in range(40)]
+        results = await asyncio.gather(*(job.future for job in jobs))
+        assert len(results) == 40
+        assert pool.restarts["recycled"] >= 5
+        assert "crashed" not in pool.restarts
+
+    run(check, max_tasks=4)
+
+
+def test_first_generation_limits_are_staggered() -> None:
+    async def check(pool: WorkerPool) -> None:
+        limits = sorted(w["task_limit"] for w in pool.stats()["workers"])
+        assert limits == [50, 100]
+
+    run(check)
+
+
+def test_engine_that_cannot_load_fails_start_with_its_message() -> None:
+    async def main() -> None:
+        pool = make_pool(engine_options={"fail_load": True}, size=1)
+        with pytest.raises(WorkerStartError, match="inference.pdmodel"):
+            await pool.start()
+        with pytest.raises(NoWorkerError):
+            pool.submit(b"x", {})
+        await pool.close(grace=0)
+
+    asyncio.run(main())
