@@ -18,6 +18,7 @@ from typing import Any
 from tornado import httpserver, netutil, web
 
 from cache import OcrService
+from cache.redis_store import RedisStore
 from handlers import AppContext, ServiceMetrics, routes
 from handlers.base import NotFoundHandler
 from models import ModelLoadError, check_model_files, model_identity
@@ -63,14 +64,26 @@ def build_context(settings: Settings) -> AppContext:
         threads=options.cpu_threads,
     )
     service = settings.service
+    # A finished task is kept at least as long as a cached result.
+    task_ttl = max(service.time, 300.0) + process.task_timeout
+    shared = None
+    if service.backend == "redis":
+        shared = RedisStore(
+            service.redis_url,
+            prefix=service.redis_prefix,
+            result_ttl=service.time,
+            max_results=service.img_number,
+            task_ttl=task_ttl,
+            claim_ttl=process.task_timeout + 5.0,
+        )
     ocr = OcrService(
         pool,
         engine_identity=identity,
         cache_capacity=service.img_number,
         cache_ttl=service.time,
         task_capacity=service.task_number,
-        # A finished task is kept at least as long as a cached result.
-        task_ttl=max(service.time, 300.0) + process.task_timeout,
+        task_ttl=task_ttl,
+        shared=shared,
     )
     return AppContext(
         settings=settings,
@@ -107,6 +120,9 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    if ctx.ocr.shared is not None and not await ctx.ocr.shared.ping():
+        log.warning("Redis at %s is unreachable; serving without the shared cache until it is back",
+                    settings.service.redis_url)
     await ctx.pool.start(wait=False)
     startup = asyncio.ensure_future(ctx.pool.wait_ready())
     stopper = asyncio.ensure_future(stop.wait())
@@ -129,6 +145,8 @@ async def serve(settings: Settings) -> int:
     server.stop()
     await ctx.pool.close(grace=web_settings.shutdown_grace)
     await server.close_all_connections()
+    if ctx.ocr.shared is not None:
+        await ctx.ocr.shared.close()
     log.info("stopped")
     return exit_code
 

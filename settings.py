@@ -21,6 +21,7 @@ from models import EngineOptions
 
 REPO_DIR = Path(__file__).resolve().parent
 ENGINES = ("onnxruntime", "paddle")
+BACKENDS = ("memory", "redis")
 
 
 class ConfigError(ValueError):
@@ -69,6 +70,11 @@ class ServiceSettings:
     # Finished fire-and-forget tasks kept for polling (each kept at least `time` seconds
     # unless this many newer ones push it out).
     task_number: int = 10000
+    # "memory" (this process only) or "redis" (shared by every node using the same Redis).
+    backend: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Key prefix, so several deployments (or engine versions) can share one Redis.
+    redis_prefix: str = "ocr:"
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,7 @@ def _check_ranges(settings: Settings) -> None:
         (svc.img_number >= 0, "service.img_number must be >= 0"),
         (svc.task_number >= 1, "service.task_number must be >= 1"),
         (settings.ocr.engine in ENGINES, f"ocr.engine must be one of {', '.join(ENGINES)}"),
+        (svc.backend in BACKENDS, f"service.backend must be one of {', '.join(BACKENDS)}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -5,6 +5,8 @@
 - Running computations live in a separate in-flight table, so identical requests share
   one OCR run and eviction from the cache can never touch work still in progress.
 - Fire-and-forget requests get a task record that clients poll by id.
+- With a shared store (Redis), results and task records are visible to every node, and
+  a claim key makes one node compute an image while the others wait for its result.
 """
 
 from __future__ import annotations
@@ -15,21 +17,35 @@ import time
 import uuid
 from typing import Any
 
+from cache.redis_store import RedisStore
 from cache.ttl_lru import TTLLRUCache
-from ocr_pool import Job, PoolError, WorkerPool
+from ocr_pool import Job, PoolError, TaskTimeoutError, WorkerPool
+
+REMOTE_POLL_S = 0.05
 
 
 class Computation:
-    """One OCR run, shared by every request waiting for the same cache key."""
+    """One OCR run, shared by every local request waiting for the same cache key.
 
-    def __init__(self, key: str, job: Job) -> None:
+    Usually a job on this node's pool; with a shared store it may instead be a wait for
+    another node's run of the same image (job is None until this node computes itself).
+    """
+
+    def __init__(self, key: str, future: asyncio.Future[dict[str, Any]]) -> None:
         self.key = key
-        self.job = job
+        self.future = future
+        self.job: Job | None = None
+        self.claim: str | None = None
         self.waiters = 0
+        self.poller: asyncio.Task[None] | None = None
 
     @property
-    def future(self) -> asyncio.Future[dict[str, Any]]:
-        return self.job.future
+    def state(self) -> str:
+        return self.job.state if self.job is not None else "queued"
+
+    @property
+    def task_id(self) -> str:
+        return self.job.id if self.job is not None else uuid.uuid4().hex
 
 
 class TaskRecord:
@@ -50,9 +66,19 @@ class TaskRecord:
             return "done"
         if self.error is not None:
             return "failed"
-        if self.computation is not None and self.computation.job.state == "running":
+        if self.computation is not None and self.computation.state == "running":
             return "running"
         return "queued"
+
+    def view(self) -> dict[str, Any]:
+        """What a poll returns (and what a shared store keeps)."""
+        body: dict[str, Any] = {"task_id": self.task_id, "status": self.status, "image_hash": self.image_hash}
+        if self.result is not None:
+            body["result"] = self.result
+            body["cached"] = self.cached
+        if self.error is not None:
+            body["error"] = {"code": self.error.code, "message": self.error.message}
+        return body
 
 
 class OcrService:
@@ -65,15 +91,17 @@ class OcrService:
         cache_ttl: float,
         task_capacity: int,
         task_ttl: float,
+        shared: RedisStore | None = None,
     ) -> None:
         self.pool = pool
         self.engine_identity = engine_identity
+        self.shared = shared
         self.results: TTLLRUCache[dict[str, Any]] = TTLLRUCache(cache_capacity, cache_ttl)
         self.tasks: TTLLRUCache[TaskRecord] = TTLLRUCache(task_capacity, task_ttl)
         self._in_flight: dict[str, Computation] = {}
         self.hits = 0
         self.misses = 0
-        self.shared = 0
+        self.shared_waits = 0
 
     def cache_key(self, image_hash: str, params: dict[str, Any]) -> str:
         return f"{image_hash}|{self.engine_identity}|{json.dumps(params, sort_keys=True)}"
@@ -82,57 +110,138 @@ class OcrService:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    def lookup(self, key: str) -> dict[str, Any] | None:
+    async def lookup(self, key: str) -> dict[str, Any] | None:
         result = self.results.get(key)
+        if result is None and self.shared is not None:
+            result = await self.shared.get_result(key)
+            if result is not None:
+                self.results.set(key, result)
         if result is None:
             self.misses += 1
         else:
             self.hits += 1
         return result
 
-    def join(self, key: str, payload: bytes, params: dict[str, Any]) -> Computation:
+    async def join(self, key: str, payload: bytes, params: dict[str, Any]) -> Computation:
         """Wait on the in-flight run for `key`, starting one if there is none.
 
-        Raises PoolError (queue full, no worker, shutting down) when a new run cannot start.
+        Raises PoolError (queue full, no worker, shutting down) when a run cannot start.
         """
         computation = self._in_flight.get(key)
-        if computation is None:
-            job = self.pool.submit(payload, params)
-            computation = Computation(key, job)
-            self._in_flight[key] = computation
-            job.future.add_done_callback(lambda future: self._finished(computation, future))
-        else:
-            self.shared += 1
+        if computation is None and self.shared is not None:
+            claim = await self.shared.claim(key)
+            computation = self._in_flight.get(key)  # another local request may have started it meanwhile
+            if computation is None:
+                computation = self._new_computation(key)
+                if claim is None:
+                    # Another node computes this image: wait for its result.
+                    self._in_flight[key] = computation
+                    computation.poller = asyncio.ensure_future(self._wait_for_other_node(computation, payload, params))
+                else:
+                    self._start_job(computation, payload, params, claim)
+            elif claim is not None:
+                await self.shared.release(key, claim)
+        elif computation is None:
+            computation = self._new_computation(key)
+            self._start_job(computation, payload, params, None)
+        if computation.waiters > 0:
+            self.shared_waits += 1
         computation.waiters += 1
         return computation
+
+    def _new_computation(self, key: str) -> Computation:
+        computation = Computation(key, asyncio.get_running_loop().create_future())
+        computation.future.add_done_callback(lambda _: self._forget(computation))
+        return computation
+
+    def _start_job(self, computation: Computation, payload: bytes, params: dict[str, Any], claim: str | None) -> None:
+        """Submit to the pool (raising PoolError at once if it cannot take the task)."""
+        try:
+            job = self.pool.submit(payload, params)
+        except PoolError:
+            if claim is not None and self.shared is not None:
+                asyncio.ensure_future(self.shared.release(computation.key, claim))
+            raise
+        computation.job, computation.claim = job, claim
+        self._in_flight[computation.key] = computation
+        job.future.add_done_callback(lambda future: asyncio.ensure_future(self._job_finished(computation, future)))
+
+    async def _job_finished(self, computation: Computation, future: asyncio.Future[dict[str, Any]]) -> None:
+        error = future.exception()
+        # Only successes are cached: a timeout or crash must be retried next time.
+        if error is None:
+            result = future.result()
+            self.results.set(computation.key, result)
+            if self.shared is not None:
+                await self.shared.put_result(computation.key, result)
+        if self.shared is not None and computation.claim is not None:
+            await self.shared.release(computation.key, computation.claim)
+        if not computation.future.done():
+            if error is None:
+                computation.future.set_result(future.result())
+            else:
+                computation.future.set_exception(error)
+                computation.future.exception()  # seen: nobody may be waiting any more
+
+    async def _wait_for_other_node(self, computation: Computation, payload: bytes, params: dict[str, Any]) -> None:
+        assert self.shared is not None
+        deadline = time.monotonic() + self.pool.task_timeout
+        try:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(REMOTE_POLL_S)
+                result = await self.shared.get_result(computation.key)
+                if result is not None:
+                    self.results.set(computation.key, result)
+                    computation.future.set_result(result)
+                    return
+                if not await self.shared.claim_held(computation.key):
+                    # The other node gave up (failure, crash, Redis down): compute here.
+                    claim = await self.shared.claim(computation.key)
+                    if claim is None:
+                        continue  # a third node was faster; keep waiting for it
+                    self._start_job(computation, payload, params, claim)
+                    return
+            raise TaskTimeoutError(f"OCR did not finish within {self.pool.task_timeout:g} s")
+        except PoolError as error:
+            if not computation.future.done():
+                computation.future.set_exception(error)
+                computation.future.exception()
+
+    def _forget(self, computation: Computation) -> None:
+        if self._in_flight.get(computation.key) is computation:
+            del self._in_flight[computation.key]
 
     def release(self, computation: Computation) -> None:
         """A waiter left; drop a task nobody waits for that has not started yet."""
         computation.waiters -= 1
-        if computation.waiters <= 0 and not computation.future.done():
-            self.pool.cancel(computation.job)
+        if computation.waiters > 0 or computation.future.done():
+            return
+        if computation.job is not None:
+            self.pool.cancel(computation.job)  # its failure then reaches computation.future
+        elif computation.poller is not None:
+            computation.poller.cancel()
+            self._forget(computation)
 
-    def _finished(self, computation: Computation, future: asyncio.Future[dict[str, Any]]) -> None:
-        if self._in_flight.get(computation.key) is computation:
-            del self._in_flight[computation.key]
-        # Only successes are cached: a timeout or crash must be retried next time.
-        if not future.cancelled() and future.exception() is None:
-            self.results.set(computation.key, future.result())
+    # ---- fire-and-forget tasks ------------------------------------------------------------
 
-    def submit_task(self, key: str, image_hash: str, payload: bytes, params: dict[str, Any]) -> TaskRecord:
+    async def submit_task(self, key: str, image_hash: str, payload: bytes, params: dict[str, Any]) -> TaskRecord:
         """Start (or join) the OCR run for a fire-and-forget request and return its record."""
         record = TaskRecord(image_hash)
-        cached = self.lookup(key)
+        cached = await self.lookup(key)
         if cached is not None:
             record.result, record.cached = cached, True
         else:
-            computation = self.join(key, payload, params)  # never released: the task must run
+            computation = await self.join(key, payload, params)  # never released: the task must run
             record.computation = computation
-            computation.future.add_done_callback(lambda future: self._task_finished(record, future))
+            computation.future.add_done_callback(
+                lambda future: asyncio.ensure_future(self._task_finished(record, future))
+            )
         self.tasks.set(record.task_id, record)
+        if self.shared is not None:
+            await self.shared.put_task(record.task_id, record.view())
         return record
 
-    def _task_finished(self, record: TaskRecord, future: asyncio.Future[dict[str, Any]]) -> None:
+    async def _task_finished(self, record: TaskRecord, future: asyncio.Future[dict[str, Any]]) -> None:
         error = future.exception()
         if isinstance(error, PoolError):
             record.error = error
@@ -142,19 +251,28 @@ class OcrService:
             record.result = future.result()
         # Keep the finished record a full TTL from now, not from submission.
         self.tasks.set(record.task_id, record)
+        if self.shared is not None:
+            await self.shared.put_task(record.task_id, record.view())
 
-    def get_task(self, task_id: str) -> TaskRecord | None:
-        return self.tasks.get(task_id)
+    async def task_view(self, task_id: str) -> dict[str, Any] | None:
+        record = self.tasks.get(task_id)
+        if record is not None:
+            return record.view()
+        if self.shared is not None:
+            return await self.shared.get_task(task_id)
+        return None
 
     def stats(self) -> dict[str, Any]:
         return {
+            "backend": "redis" if self.shared is not None else "memory",
             "size": len(self.results),
             "capacity": self.results.capacity,
             "ttl_s": self.results.ttl,
             "hits": self.hits,
             "misses": self.misses,
-            "shared_in_flight": self.shared,
+            "shared_in_flight": self.shared_waits,
             "evictions": self.results.evictions,
             "in_flight": len(self._in_flight),
             "tasks_kept": len(self.tasks),
+            "shared_store": self.shared.stats() if self.shared is not None else None,
         }

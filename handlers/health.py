@@ -31,9 +31,11 @@ class HealthHandler(JsonHandler):
     def get(self) -> None:
         pool = self.ctx.pool
         ready = pool.ready_count
+        shared = self.ctx.ocr.shared
+        healthy = ready > 0 and (shared is None or shared.connected)
         self.write_json(
             {
-                "status": "ok" if ready else "degraded",
+                "status": "ok" if healthy else "degraded",
                 "uptime_s": round(time.monotonic() - self.ctx.started, 1),
                 "engine": self.ctx.settings.ocr.engine,
                 "model_identity": self.ctx.engine_identity,

@@ -42,7 +42,7 @@ class _StateCollector(Collector):
         yield _counter("ocr_cache_hits", "Requests answered from the result cache", ocr.hits)
         yield _counter("ocr_cache_misses", "Requests not found in the result cache", ocr.misses)
         yield _counter("ocr_cache_evictions", "Results evicted by the LRU bound", ocr.results.evictions)
-        yield _counter("ocr_cache_shared", "Requests that joined an identical in-flight run", ocr.shared)
+        yield _counter("ocr_cache_shared", "Requests that joined an identical in-flight run", ocr.shared_waits)
         yield _gauge("ocr_cache_entries", "Results in the cache", len(ocr.results))
         rss = GaugeMetricFamily("ocr_worker_rss_bytes", "Resident memory of each worker", labels=["pid"])
         for pid in pool.worker_pids():
@@ -51,6 +51,9 @@ class _StateCollector(Collector):
             except psutil.Error:
                 continue  # the worker exited between listing and reading
         yield rss
+        if ocr.shared is not None:
+            yield _gauge("ocr_shared_store_up", "1 when the shared Redis store is reachable", int(ocr.shared.connected))
+            yield _counter("ocr_shared_store_errors", "Failed calls to the shared Redis store", ocr.shared.errors)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -13,7 +13,7 @@ from tornado import web
 from cache import Computation, TaskRecord
 from handlers.base import JsonHandler
 from handlers.context import AppContext
-from handlers.errors import ApiError, api_error_from_pool
+from handlers.errors import STATUS_BY_CODE, ApiError, api_error_from_pool
 from handlers.files import read_image_file, resolve_allowed_path
 from handlers.request_parsing import OcrRequest, parse_ocr_request
 from ocr_pool import PoolError
@@ -93,7 +93,7 @@ class OcrHandler(JsonHandler):
             if request.block:
                 await self._answer_blocking(key, image_hash, image_bytes, params)
             else:
-                self._answer_task(self.ctx.ocr.submit_task(key, image_hash, image_bytes, params))
+                self._answer_task(await self.ctx.ocr.submit_task(key, image_hash, image_bytes, params))
         except PoolError as exc:
             raise api_error_from_pool(exc) from None
 
@@ -108,19 +108,20 @@ class OcrHandler(JsonHandler):
 
     async def _answer_blocking(self, key: str, image_hash: str, image_bytes: bytes, params: dict[str, Any]) -> None:
         task_id = uuid.uuid4().hex
-        cached = self.ctx.ocr.lookup(key)
+        cached = await self.ctx.ocr.lookup(key)
         if cached is not None:
             self._finish_result(task_id, image_hash, cached, True, None)
             return
-        computation = self.ctx.ocr.join(key, image_bytes, params)
+        computation = await self.ctx.ocr.join(key, image_bytes, params)
         self._computation = computation
-        task_id = computation.job.id
+        task_id = computation.task_id
         self.log_fields["task_id"] = task_id
         try:
             result = await computation.future
         finally:
             self._release()
-        self._finish_result(task_id, image_hash, result, False, computation.job.queue_wait_ms)
+        queue_wait = computation.job.queue_wait_ms if computation.job is not None else None
+        self._finish_result(task_id, image_hash, result, False, queue_wait)
 
     def _finish_result(
         self, task_id: str, image_hash: str, result: dict[str, Any], cached: bool, queue_wait_ms: float | None
@@ -160,15 +161,15 @@ class TaskHandler(JsonHandler):
     endpoint = "/ocr_service/tasks/{task_id}"
     ctx: AppContext
 
-    def get(self, task_id: str) -> None:
-        record = self.ctx.ocr.get_task(task_id)
-        if record is None:
+    async def get(self, task_id: str) -> None:
+        view = await self.ctx.ocr.task_view(task_id)
+        if view is None:
             raise ApiError(404, "task_not_found", "no such task (unknown id, or it expired)")
-        if record.result is not None:
-            self.write_json(result_body(record.task_id, record.image_hash, record.result, record.cached))
+        if view["status"] == "done":
+            self.write_json(result_body(view["task_id"], view["image_hash"], view["result"], view["cached"]))
             return
-        body: dict[str, Any] = {"task_id": record.task_id, "status": record.status, "image_hash": record.image_hash}
-        if record.error is not None:
-            error = api_error_from_pool(record.error)
-            body["error"] = {"code": error.code, "message": error.message, "http_status": error.status}
+        body = {key: view[key] for key in ("task_id", "status", "image_hash")}
+        if "error" in view:
+            code = view["error"]["code"]
+            body["error"] = {**view["error"], "http_status": STATUS_BY_CODE.get(code, 500)}
         self.write_json(body)

@@ -1,0 +1,207 @@
+"""Results, task records and in-flight claims shared by several server nodes through Redis.
+
+Every call degrades instead of failing: when Redis is unreachable the node keeps serving
+from its local cache, reports `connected: false`, and tries Redis again after a short
+back-off (a circuit breaker, so a dead Redis costs no latency per request).
+
+Keys (all under `prefix`):
+  result:<cache key>   JSON result, EX = cache TTL
+  lru                  ZSET cache key -> last use time; bounds the result count (true LRU)
+  task:<task id>       JSON task view, EX = task TTL
+  claim:<cache key>    token of the node computing this key, PX = task timeout
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("ocr_cache.redis")
+
+# Delete a claim only if it is still ours (it may have expired and been re-taken).
+RELEASE_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+RETRY_AFTER_FAILURE_S = 2.0
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for /health and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class RedisStore:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        result_ttl: float,
+        max_results: int,
+        task_ttl: float,
+        claim_ttl: float,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.result_ttl = result_ttl
+        self.max_results = max_results
+        self.task_ttl = task_ttl
+        self.claim_ttl = claim_ttl
+        self.node_id = uuid.uuid4().hex[:12]
+        self._client = aioredis.Redis.from_url(
+            url, socket_connect_timeout=0.5, socket_timeout=1.0, health_check_interval=10
+        )
+        self._release = self._client.register_script(RELEASE_SCRIPT)
+        self.connected = True
+        self.errors = 0
+        self._down_until = 0.0
+        self.last_error: str | None = None
+
+    # ---- circuit breaker ----------------------------------------------------------
+
+    def _available(self) -> bool:
+        return self.connected or time.monotonic() >= self._down_until
+
+    def _failed(self, exc: Exception) -> None:
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self.connected:
+            log.warning("Redis unreachable, serving without the shared cache: %s", self.last_error)
+        self.connected = False
+        self._down_until = time.monotonic() + RETRY_AFTER_FAILURE_S
+
+    def _succeeded(self) -> None:
+        if not self.connected:
+            log.info("Redis reachable again at %s", redact(self.url))
+        self.connected = True
+
+    # ---- results ------------------------------------------------------------------
+
+    async def get_result(self, key: str) -> dict[str, Any] | None:
+        if not self._available() or self.result_ttl <= 0 or self.max_results <= 0:
+            return None
+        try:
+            raw = await self._client.get(self.prefix + "result:" + key)
+            if raw is not None:
+                await self._client.zadd(self.prefix + "lru", {key: time.time()})
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return None
+        self._succeeded()
+        return None if raw is None else json.loads(raw)
+
+    async def put_result(self, key: str, result: dict[str, Any]) -> None:
+        if not self._available() or self.result_ttl <= 0 or self.max_results <= 0:
+            return
+        lru = self.prefix + "lru"
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(self.prefix + "result:" + key, json.dumps(result), ex=max(1, int(self.result_ttl)))
+                pipe.zadd(lru, {key: time.time()})
+                pipe.zcard(lru)
+                *_, count = await pipe.execute()
+            if count > self.max_results:
+                # Evict the least recently used beyond the bound.
+                evicted = await self._client.zpopmin(lru, count - self.max_results)
+                if evicted:
+                    await self._client.delete(*(self.prefix + "result:" + k.decode() for k, _ in evicted))
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return
+        self._succeeded()
+
+    # ---- in-flight claims --------------------------------------------------------------
+
+    async def claim(self, key: str) -> str | None:
+        """Try to become the node that computes `key`: a token if we are, else None.
+
+        With Redis down every node computes for itself (the token "local").
+        """
+        if not self._available():
+            return "local"
+        token = f"{self.node_id}:{uuid.uuid4().hex[:8]}"
+        try:
+            won = await self._client.set(
+                self.prefix + "claim:" + key, token, nx=True, px=max(1, int(self.claim_ttl * 1000))
+            )
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return "local"
+        self._succeeded()
+        return token if won else None
+
+    async def claim_held(self, key: str) -> bool:
+        if not self._available():
+            return False
+        try:
+            held = await self._client.exists(self.prefix + "claim:" + key)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return False
+        self._succeeded()
+        return bool(held)
+
+    async def release(self, key: str, token: str) -> None:
+        if token == "local" or not self._available():
+            return
+        try:
+            await self._release(keys=[self.prefix + "claim:" + key], args=[token])
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+
+    # ---- tasks --------------------------------------------------------------------------
+
+    async def put_task(self, task_id: str, view: dict[str, Any]) -> None:
+        if not self._available():
+            return
+        try:
+            await self._client.set(self.prefix + "task:" + task_id, json.dumps(view), ex=max(1, int(self.task_ttl)))
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return
+        self._succeeded()
+
+    async def get_task(self, task_id: str) -> dict[str, Any] | None:
+        if not self._available():
+            return None
+        try:
+            raw = await self._client.get(self.prefix + "task:" + task_id)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return None
+        self._succeeded()
+        return None if raw is None else json.loads(raw)
+
+    async def ping(self) -> bool:
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return False
+        self._succeeded()
+        return True
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "backend": "redis",
+            "url": redact(self.url),
+            "connected": self.connected,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "node_id": self.node_id,
+        }

@@ -1,0 +1,198 @@
+"""Two server nodes sharing one real Redis, real nginx in front (all on loopback)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import REPO, RunningServer, base_config, free_port, random_word, start_server, text_image
+
+REDIS = shutil.which("redis-server")
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+pytestmark = pytest.mark.skipif(
+    REDIS is None or NGINX is None, reason="needs Debian's redis-server and nginx (.ci/run installs them)"
+)
+
+
+class RedisServer:
+    def __init__(self, workdir: Path, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.log = workdir / f"redis-{port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert REDIS is not None
+        self.process = subprocess.Popen(
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru", "--logfile", str(self.log)],
+        )
+        wait_until(lambda: _redis_ping(self.port), "redis did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+
+
+def _redis_ping(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def wait_until(predicate, message: str, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.1)
+
+
+def nginx_config(node_ports: list[int], listen_port: int, workdir: Path) -> str:
+    """The repo's deploy/nginx.conf, pointed at this test's ports and temp folder."""
+    text = (REPO / "deploy" / "nginx.conf").read_text()
+    servers = "".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;\n" for port in node_ports)
+    text = re.sub(r"(?m)^\s*server 127\.0\.0\.1:\d+ .*\n", "", text)
+    text = text.replace("        least_conn;\n", "        least_conn;\n" + servers)
+    text = re.sub(r"listen 127\.0\.0\.1:\d+;", f"listen 127.0.0.1:{listen_port};", text)
+    text = text.replace("pid /tmp/ocr-nginx.pid;", f"pid {workdir}/nginx.pid;\ndaemon off;")
+    text = text.replace("worker_processes auto;", "worker_processes 1;")
+    temp = "".join(
+        f"    {kind}_temp_path {workdir}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return text.replace("http {\n", "http {\n" + temp, 1)
+
+
+class Cluster:
+    def __init__(self, redis: RedisServer, nodes: list[RunningServer], nginx: subprocess.Popen[bytes], url: str) -> None:
+        self.redis = redis
+        self.nodes = nodes
+        self.nginx = nginx
+        self.url = url
+
+    def ocr_runs(self) -> int:
+        return sum(node.health()["ocr_runs"] for node in self.nodes if node.process.poll() is None)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    redis = RedisServer(tmp_path, free_port())
+    redis.start()
+    nodes: list[RunningServer] = []
+    nginx: subprocess.Popen[bytes] | None = None
+    try:
+        for index in range(2):
+            config = base_config(number=1)
+            config["service"].update({"backend": "redis", "redis_url": redis.url, "redis_prefix": "ocr-test:"})
+            nodes.append(start_server(tmp_path / f"node{index}", config))
+        listen = free_port()
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(nginx_config([int(n.url.rsplit(":", 1)[1]) for n in nodes], listen, tmp_path))
+        assert NGINX is not None
+        nginx = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp_path)], stderr=open(tmp_path / "nginx.err", "wb"))
+        url = f"http://127.0.0.1:{listen}"
+        wait_until(lambda: _http_ok(url + "/livez"), "nginx did not start")
+        yield Cluster(redis, nodes, nginx, url)
+    finally:
+        if nginx is not None and nginx.poll() is None:
+            os.kill(nginx.pid, signal.SIGTERM)
+            nginx.wait(timeout=20)
+        for node in nodes:
+            if node.process.poll() is None:
+                node.stop()
+        redis.stop()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def upload(url: str, data: bytes, **fields: str) -> requests.Response:
+    return requests.post(
+        f"{url}/ocr_service", data={"file_type": "file", **fields}, files={"file": ("i.png", data)}, timeout=120
+    )
+
+
+def test_result_from_node_1_is_a_cache_hit_on_node_2(cluster: Cluster) -> None:
+    node1, node2 = cluster.nodes
+    data = text_image(random_word())
+    first = upload(node1.url, data)
+    second = upload(node2.url, data)
+    assert first.status_code == second.status_code == 200
+    assert first.json()["cached"] is False and second.json()["cached"] is True
+    assert second.json()["text_lines"] == first.json()["text_lines"]
+    assert node2.health()["ocr_runs"] == 0
+
+
+def test_task_submitted_to_node_1_is_polled_on_node_2(cluster: Cluster) -> None:
+    node1, node2 = cluster.nodes
+    word = random_word()
+    submitted = upload(node1.url, text_image(word), block_flag="false")
+    assert submitted.status_code == 202
+    status_url = node2.url + submitted.json()["status_url"]
+    wait_until(lambda: requests.get(status_url, timeout=5).json()["status"] == "done", "task not done via node 2")
+    body = requests.get(status_url, timeout=5).json()
+    assert word in " ".join(line["text"] for line in body["text_lines"])
+
+
+def test_identical_requests_over_both_nodes_run_ocr_once(cluster: Cluster) -> None:
+    data = text_image(" ".join(random_word() for _ in range(6)))
+    before = cluster.ocr_runs()
+    targets = [node.url for node in cluster.nodes] * 10 + [cluster.url] * 10
+    with concurrent.futures.ThreadPoolExecutor(max_workers=30) as pool:
+        responses = list(pool.map(lambda url: upload(url, data), targets))
+    assert [r.status_code for r in responses] == [200] * 30
+    assert len({str(r.json()["text_lines"]) for r in responses}) == 1
+    assert cluster.ocr_runs() - before == 1
+
+
+def test_nginx_keeps_serving_when_a_node_dies(cluster: Cluster) -> None:
+    import psutil
+
+    victim = cluster.nodes[1]
+    worker_pids = [w["pid"] for w in victim.health()["workers"]["workers"]]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.process.wait(timeout=10)
+    statuses = [upload(cluster.url, text_image(random_word())).status_code for _ in range(6)]
+    assert statuses == [200] * 6
+    # The killed node's workers see their pipe close and exit on their own: no orphans.
+    wait_until(
+        lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in worker_pids),
+        "workers of the killed node are still running",
+    )
+
+
+def test_redis_outage_degrades_without_client_errors(cluster: Cluster) -> None:
+    node1 = cluster.nodes[0]
+    cluster.redis.stop()
+    statuses = [upload(cluster.url, text_image(random_word())).status_code for _ in range(4)]
+    assert statuses == [200] * 4
+    health = node1.health()
+    assert health["status"] == "degraded"
+    assert health["cache"]["shared_store"]["connected"] is False
+    metrics = requests.get(f"{node1.url}/metrics", timeout=5).text
+    assert "ocr_shared_store_up 0.0" in metrics
+    # Redis comes back: the node reconnects by itself.
+    cluster.redis.start()
+    time.sleep(2.2)  # past the circuit breaker's back-off
+    assert upload(node1.url, text_image(random_word())).status_code == 200
+    health = node1.health()
+    assert health["cache"]["shared_store"]["connected"] is True and health["status"] == "ok"
