@@ -104,7 +104,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         conf = tmp_path / "nginx.conf"
         conf.write_text(nginx_config([int(n.url.rsplit(":", 1)[1]) for n in nodes], listen, tmp_path))
         assert NGINX is not None
-        nginx = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp_path)], stderr=open(tmp_path / "nginx.err", "wb"))
+        with open(tmp_path / "nginx.err", "wb") as nginx_log:
+            nginx = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp_path)], stderr=nginx_log)
         url = f"http://127.0.0.1:{listen}"
         wait_until(lambda: _http_ok(url + "/livez"), "nginx did not start")
         yield Cluster(redis, nodes, nginx, url)

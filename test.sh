@@ -1,0 +1,20 @@
+#!/usr/bin/env sh
+# Set up everything the test suite needs on a fresh Debian machine, then run it.
+# System packages (the tests drive them for real): redis-server and nginx for the
+# scale-out tests, chromium for the WebUI browser test. Installed only when missing.
+set -eu
+cd "$(dirname "$0")"
+
+missing=""
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing="$missing nginx"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+python -m pip install -q -r requirements.txt
+exec python -m pytest "$@"
