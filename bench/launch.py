@@ -1,0 +1,79 @@
+"""Start and stop a real server for benchmarks (loopback, free port, own config)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 10) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
+        return json.loads(response.read())
+
+
+@dataclass
+class BenchServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    workdir: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def health(self) -> dict[str, Any]:
+        return get_json(f"{self.url}/health")
+
+    def stop(self) -> int:
+        """SIGTERM by PID, then wait; SIGKILL only if it does not exit."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                return self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+        return self.process.wait(timeout=10)
+
+
+def start_server(config: dict[str, Any], ready_timeout: float = 180) -> BenchServer:
+    workdir = Path(tempfile.mkdtemp(prefix="ocr-bench-"))
+    config_path = workdir / "config.json"
+    config_path.write_text(json.dumps(config))
+    port = free_port()
+    with open(workdir / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "server.py"), "--config", str(config_path), "--port", str(port),
+             "--log-level", "WARNING"],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        )
+    server = BenchServer(f"http://127.0.0.1:{port}", process, workdir)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {(workdir / 'server.log').read_text()[-2000:]}")
+        try:
+            if get_json(f"{server.url}/readyz", timeout=2).get("status") == "ready":
+                return server
+        except OSError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError("server not ready in time")
