@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 def get_json(url: str, timeout: float = 10) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())
 
 

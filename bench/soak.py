@@ -27,7 +27,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.launch import start_server  # noqa: E402
+from bench.launch import start_server
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "load"
 MB = 1024 * 1024
