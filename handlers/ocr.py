@@ -135,16 +135,16 @@ class OcrHandler(JsonHandler):
 
     def _answer_task(self, record: TaskRecord) -> None:
         self.log_fields["task_id"] = record.task_id
-        self.set_header("Location", f"/ocr_service/tasks/{record.task_id}")
-        self.write_json(
-            {
-                "task_id": record.task_id,
-                "status": record.status,
-                "image_hash": record.image_hash,
-                "status_url": f"/ocr_service/tasks/{record.task_id}",
-            },
-            status=202,
-        )
+        status_url = f"/ocr_service/tasks/{record.task_id}"
+        self.set_header("Location", status_url)
+        if record.result is not None:
+            # Already cached: the answer is complete now, no need to poll.
+            body = result_body(record.task_id, record.image_hash, record.result, record.cached)
+            self.log_fields["cached"] = record.cached
+        else:
+            body = {"task_id": record.task_id, "status": record.status, "image_hash": record.image_hash}
+        body["status_url"] = status_url
+        self.write_json(body, status=202)
 
     def _release(self) -> None:
         if self._computation is not None:

@@ -91,6 +91,9 @@ def test_block_flag_false_then_poll(ocr_server: RunningServer) -> None:
     done = polled.json()
     assert word in " ".join(ocr_text(done))
     assert done["task_id"] == body["task_id"]
+    # The same image again, fire-and-forget: already cached, so the answer is complete at once.
+    again = ocr_server.ocr_upload(text_image(word), block_flag="false").json()
+    assert again["status"] == "done" and again["cached"] is True and again["text_lines"] == done["text_lines"]
     missing = requests.get(f"{ocr_server.url}/ocr_service/tasks/{'0' * 32}", timeout=10)
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "task_not_found"
