@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench.common import cer, normalize_lines
+from bench.common import bag_cer, cer, normalize_lines
 from tests.conftest import GT_DIR, RunningServer, base_config, gt_entry, random_word, text_image
 
 
@@ -39,8 +39,12 @@ def test_upload_reads_a_real_receipt(ocr_server: RunningServer) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["image_size"] == [entry["width"], entry["height"]]
-    # Sorted-line CER also charges differently split lines; see bench/RESULTS-engine.md.
-    assert cer(normalize_lines(entry["lines"]), normalize_lines(ocr_text(body))) < 0.35
+    # This receipt measured 24.6% case-folded sorted-line CER (mostly lines split
+    # differently from the ground truth) and ~3% order-free character error on the
+    # bench (bench/RESULTS-engine.md); the bounds leave room, a wrong engine fails both.
+    assert cer(normalize_lines(entry["lines"], True), normalize_lines(ocr_text(body), True)) < 0.35
+    edits, chars = bag_cer(entry["lines"], ocr_text(body))
+    assert edits / chars < 0.08
 
 
 def test_filename_mode_with_original_client_bodies(ocr_server: RunningServer) -> None:
@@ -238,21 +242,24 @@ def test_task_past_timeout_gets_504_and_the_worker_is_replaced(server_factory) -
     assert health["workers"]["workers"][0]["pid"] != pid_before
 
 
-def test_broken_model_path_fails_at_start_naming_the_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broken", ["missing_det", "garbage_det.onnx"])
+def test_broken_model_path_fails_at_start_naming_the_path(tmp_path: Path, broken: str) -> None:
     import json
     import subprocess
     import sys
 
     from tests.conftest import REPO
 
+    if broken.endswith(".onnx"):
+        (tmp_path / broken).write_bytes(b"not a model at all\n" * 100)
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"ocr": {"predict_system": {"det_model_dir": str(tmp_path / "missing_det")}}}))
+    config.write_text(json.dumps({"ocr": {"predict_system": {"det_model_dir": str(tmp_path / broken)}}}))
     result = subprocess.run(
         [sys.executable, str(REPO / "server.py"), "--config", str(config), "--port", "0"],
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode != 0
-    assert "missing_det" in result.stderr
+    assert broken in result.stderr
 
 
 def test_bad_config_fails_at_start_with_the_key(tmp_path: Path) -> None:
