@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -53,19 +54,21 @@ _PUNCT = str.maketrans(
 _WS = re.compile(r"\s+")
 
 
-def normalize_line(text: str) -> str:
+def normalize_line(text: str, casefold: bool = False) -> str:
     """NFKC (full-width -> half-width), unify punctuation, fold whitespace."""
     text = unicodedata.normalize("NFKC", text).translate(_PUNCT)
-    return _WS.sub(" ", text).strip()
+    text = _WS.sub(" ", text).strip()
+    return text.casefold() if casefold else text
 
 
-def normalize_lines(lines: Iterable[str]) -> str:
+def normalize_lines(lines: Iterable[str], casefold: bool = False) -> str:
     """Order-independent page text: normalised non-empty lines, sorted, '\\n'-joined.
 
     Sorting removes reading-order disagreements between detector and ground
     truth; line *splits* that differ still cost a few characters.
+    ``casefold`` is for ground truth typed in capitals (SROIE receipts).
     """
-    return "\n".join(sorted(n for n in (normalize_line(x) for x in lines) if n))
+    return "\n".join(sorted(n for n in (normalize_line(x, casefold) for x in lines) if n))
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -92,10 +95,26 @@ def cer(reference: str, hypothesis: str) -> float:
     return edit_distance(reference, hypothesis) / len(reference)
 
 
-def page_cer(gt_lines: Iterable[str], ocr_lines: Iterable[str]) -> tuple[int, int]:
+def page_cer(gt_lines: Iterable[str], ocr_lines: Iterable[str], casefold: bool = False) -> tuple[int, int]:
     """(edits, reference chars) after normalisation, for micro-averaging."""
-    ref, hyp = normalize_lines(gt_lines), normalize_lines(ocr_lines)
+    ref, hyp = normalize_lines(gt_lines, casefold), normalize_lines(ocr_lines, casefold)
     return edit_distance(ref, hyp), len(ref)
+
+
+def bag_cer(gt_lines: Iterable[str], ocr_lines: Iterable[str]) -> tuple[int, int]:
+    """Order-free error: multiset difference of characters (case and spaces ignored).
+
+    Diagnostic only.  It is a lower bound of the edit distance that ignores
+    line splits, reading order and the word spaces PP-OCR often drops in
+    English, so CER minus this is roughly the segmentation/spacing share.
+    """
+
+    def chars(lines: Iterable[str]) -> Counter:
+        return Counter("".join(normalize_line(x, True) for x in lines).replace(" ", ""))
+
+    ref, hyp = chars(gt_lines), chars(ocr_lines)
+    missing, extra = sum((ref - hyp).values()), sum((hyp - ref).values())
+    return max(missing, extra), sum(ref.values())
 
 
 def load_manifest(root: Path = OCR_GT) -> list[dict]:
