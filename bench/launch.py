@@ -60,9 +60,19 @@ def start_server(config: dict[str, Any], ready_timeout: float = 180) -> BenchSer
     port = free_port()
     with open(workdir / "server.log", "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, str(REPO / "server.py"), "--config", str(config_path), "--port", str(port),
-             "--log-level", "WARNING"],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                str(REPO / "server.py"),
+                "--config",
+                str(config_path),
+                "--port",
+                str(port),
+                "--log-level",
+                "WARNING",
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     server = BenchServer(f"http://127.0.0.1:{port}", process, workdir)
     deadline = time.monotonic() + ready_timeout

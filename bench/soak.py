@@ -67,8 +67,10 @@ def main() -> int:
 
     config = {"ocr": {"process": {"number": args.workers, "max_task_number": args.max_task_number}}}
     server = start_server(config)
-    print(f"server pid {server.pid}, {args.workers} workers, max_task_number {args.max_task_number}, "
-          f"{len(images)} images, concurrency {args.concurrency}, {args.duration:g} s")
+    print(
+        f"server pid {server.pid}, {args.workers} workers, max_task_number {args.max_task_number}, "
+        f"{len(images)} images, concurrency {args.concurrency}, {args.duration:g} s"
+    )
     stop_at = time.monotonic() + args.duration
     counts = {"ok": 0, "errors": 0}
     lock = threading.Lock()
@@ -104,9 +106,11 @@ def main() -> int:
                     if value is not None:
                         samples.setdefault(pid, []).append(value)
                         cells.append(f"{pid}:{value:.0f}")
-                print(f"{time.monotonic() - started:6.0f} {rss_mb(server.pid) or 0:8.0f} {' '.join(cells):<40} "
-                      f"{health['workers']['restarts'].get('recycled', 0):>8} {counts['ok']:>6} {counts['errors']:>4}",
-                      flush=True)
+                print(
+                    f"{time.monotonic() - started:6.0f} {rss_mb(server.pid) or 0:8.0f} {' '.join(cells):<40} "
+                    f"{health['workers']['restarts'].get('recycled', 0):>8} {counts['ok']:>6} {counts['errors']:>4}",
+                    flush=True,
+                )
     finally:
         health = server.health()
         exit_code = server.stop()
@@ -115,10 +119,14 @@ def main() -> int:
     print("\nsummary")
     print(f"  requests ok {counts['ok']}, errors {counts['errors']}, server exit code {exit_code}")
     print(f"  worker restarts: {health['workers']['restarts']}")
-    print(f"  worker generations sampled: {len(samples)}; peak worker RSS {max(max(s) for s in samples.values()):.0f} MB")
+    print(
+        f"  worker generations sampled: {len(samples)}; peak worker RSS {max(max(s) for s in samples.values()):.0f} MB"
+    )
     if growth:
-        print(f"  RSS growth within a generation (last - first sample): median {statistics.median(growth):+.1f} MB, "
-              f"max {max(growth):+.1f} MB")
+        print(
+            f"  RSS growth within a generation (last - first sample): median {statistics.median(growth):+.1f} MB, "
+            f"max {max(growth):+.1f} MB"
+        )
     return 0 if counts["errors"] == 0 else 1
 
 

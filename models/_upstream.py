@@ -26,7 +26,7 @@ def _helper(subpath: str) -> ModuleType:
         spec = importlib.util.find_spec(pkg)
         if spec is None or not spec.submodule_search_locations:
             continue
-        base = list(spec.submodule_search_locations)[0]
+        base = next(iter(spec.submodule_search_locations))
         path = f"{base}/{subpath}.py"
         name = f"_models_upstream_{pkg}_{subpath.replace('/', '_')}"
         mod_spec = importlib.util.spec_from_file_location(name, path)

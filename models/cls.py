@@ -23,7 +23,7 @@ def resize_norm(img: np.ndarray, shape: tuple[int, int, int], width: int | None 
     c, target_h, target_w = shape
     target_w = width or target_w
     h, w = img.shape[:2]
-    resized_w = min(target_w, max(1, int(math.ceil(target_h * w / float(h)))))
+    resized_w = min(target_w, max(1, math.ceil(target_h * w / float(h))))
     resized = cv2.resize(img, (resized_w, target_h)).astype(np.float32)
     resized = resized.transpose((2, 0, 1)) / 127.5 - 1.0
     out = np.zeros((c, target_h, target_w), dtype=np.float32)

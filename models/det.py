@@ -25,6 +25,7 @@ class TextDetector:
     ) -> None:
         du = _upstream.det_utils()
         self.session = session
+        self.limit_side_len = limit_side_len
         # limit_type="max": only shrink, never upscale small images.
         self.pre = du.DetPreProcess(limit_side_len=limit_side_len, limit_type="max")
         self.post = du.DBPostProcess(
@@ -38,38 +39,48 @@ class TextDetector:
 
     def __call__(self, img: np.ndarray) -> list[np.ndarray]:
         """Return float32 (4, 2) boxes, clockwise from top-left."""
-        padded, (top, left) = _letterbox(img)
+        h, w = img.shape[:2]
+        scale = 1.0
+        src = img
+        if _needs_letterbox(h, w) and max(h, w) > self.limit_side_len:
+            # Shrink *before* padding: letterboxing a 20000x8 strip at full
+            # size would allocate a 20000x2500 canvas.
+            scale = self.limit_side_len / max(h, w)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            src = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        padded, (top, left) = _letterbox(src)
         x = self.pre(padded)
         if x is None:
             return []
         pred = self.session.run(x)[0]
         boxes, _scores = self.post(pred, padded.shape[:2])
-        h, w = img.shape[:2]
         out: list[np.ndarray] = []
         for box in boxes:
             b = _order_clockwise(np.asarray(box, dtype=np.float32))
-            b[:, 0] = np.clip(b[:, 0] - left, 0, w - 1)
-            b[:, 1] = np.clip(b[:, 1] - top, 0, h - 1)
+            b[:, 0] = np.clip((b[:, 0] - left) / scale, 0, w - 1)
+            b[:, 1] = np.clip((b[:, 1] - top) / scale, 0, h - 1)
             if np.linalg.norm(b[0] - b[1]) <= 3 or np.linalg.norm(b[0] - b[3]) <= 3:
                 continue  # slivers left after clipping to the real image
             out.append(b)
         return out
 
 
+def _needs_letterbox(h: int, w: int) -> bool:
+    return h < _MIN_SIDE or w < _MIN_SIDE or w > _MAX_ASPECT * h
+
+
 def _letterbox(img: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     """Pad tiny or very flat images with their own border colour."""
     h, w = img.shape[:2]
+    if not _needs_letterbox(h, w):
+        return img, (0, 0)
     want_h = max(h, _MIN_SIDE, int(w / _MAX_ASPECT))
     want_w = max(w, _MIN_SIDE)
-    if want_h == h and want_w == w:
-        return img, (0, 0)
     top = (want_h - h) // 2
     left = (want_w - w) // 2
     edge = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     colour = [int(v) for v in np.median(edge, axis=0)]
-    padded = cv2.copyMakeBorder(
-        img, top, want_h - h - top, left, want_w - w - left, cv2.BORDER_CONSTANT, value=colour
-    )
+    padded = cv2.copyMakeBorder(img, top, want_h - h - top, left, want_w - w - left, cv2.BORDER_CONSTANT, value=colour)
     return padded, (top, left)
 
 
@@ -121,9 +132,7 @@ def crop_box(img: np.ndarray, box: np.ndarray) -> np.ndarray:
     w, h = max(w, 1), max(h, 1)
     dst = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
     m = cv2.getPerspectiveTransform(box.astype(np.float32), dst)
-    crop = cv2.warpPerspective(
-        img, m, (w, h), borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_CUBIC
-    )
+    crop = cv2.warpPerspective(img, m, (w, h), borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_CUBIC)
     if h / w >= 1.5:
         # Vertical text column: the recogniser reads left-to-right only.
         crop = np.ascontiguousarray(np.rot90(crop))

@@ -50,9 +50,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageDecodeError(f"cannot identify image: {type(exc).__name__}") from exc
 
 
-def decode_image(
-    data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 8
-) -> np.ndarray:
+def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 8) -> np.ndarray:
     """Decode ``data`` into a contiguous uint8 HxWx3 BGR array (EXIF-upright)."""
     src = img = _open(data, max_pixels)
     try:
@@ -83,8 +81,7 @@ def decode_image(
 def _upright(img: Image.Image) -> Image.Image:
     try:
         return ImageOps.exif_transpose(img)
-    except Exception:
-        # A malformed EXIF block is no reason to reject otherwise good pixels.
+    except Exception:  # noqa: BLE001 - a malformed EXIF block is no reason to reject good pixels
         return img
 
 
@@ -96,15 +93,13 @@ def _to_bgr(img: Image.Image) -> np.ndarray:
         a = np.asarray(img, dtype=np.float64)
         top = float(a.max()) if a.size else 0.0
         if top > 255.0:
-            a = a * (255.0 / (65535.0 if top <= 65535.0 else top))
+            a = a * (255.0 / max(65535.0, top))
         gray = np.clip(a, 0, 255).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
 
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode in ("LA", "La", "PA", "RGBa"):
-        img = img.convert("RGBA")
-    elif mode == "RGBA" or (mode == "L" and "transparency" in img.info):
+    elif mode in ("RGBA", "LA", "La", "PA", "RGBa") or (mode == "L" and "transparency" in img.info):
         img = img.convert("RGBA")
     elif mode != "RGB":
         # 1-bit, L, CMYK (PIL inverts Adobe CMYK JPEGs), YCbCr, LAB, HSV...

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
 import time
 from typing import Any
 
@@ -27,6 +30,22 @@ DET_MODES = ("on", "off", "auto")
 # groups; the aspect floor keeps small square icons/logos on the det path.
 AUTO_MAX_LINE_HEIGHT = 80
 AUTO_MIN_ASPECT = 1.5
+
+
+def _load_malloc_trim():
+    # glibc keeps freed image/tensor buffers in its arenas; every new image
+    # size then leaves RSS at the high-water mark (onnxruntime worker: ~580 MB
+    # after 40 images vs ~140 MB with trimming, for ~1-3 ms per call).
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # musl or no libc symbol
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
 
 
 def looks_like_single_line(width: int, height: int) -> bool:
@@ -69,6 +88,13 @@ class OcrEngine:
             self.classifier([img])
 
     def recognize(self, image_bytes: bytes, det: str = "on") -> dict[str, Any]:
+        try:
+            return self._recognize(image_bytes, det)
+        finally:
+            if _malloc_trim is not None:
+                _malloc_trim(0)
+
+    def _recognize(self, image_bytes: bytes, det: str) -> dict[str, Any]:
         if det not in DET_MODES:
             raise ValueError(f"det must be one of {DET_MODES}, got {det!r}")
         t0 = time.perf_counter()
@@ -114,7 +140,7 @@ class OcrEngine:
                 {
                     "text": text,
                     "confidence": round(float(score), 4),
-                    "box": [[int(round(float(x))), int(round(float(y)))] for x, y in box],
+                    "box": [[round(float(x)), round(float(y))] for x, y in box],
                 }
             )
         return {
@@ -150,10 +176,7 @@ def create_engine(options: EngineOptions) -> OcrEngine:
     else:
         chars = rec.character_list()
         if not chars:
-            raise ModelLoadError(
-                f"rec model {paths.rec} has no embedded 'character' metadata; "
-                "set rec_char_dict_path"
-            )
+            raise ModelLoadError(f"rec model {paths.rec} has no embedded 'character' metadata; set rec_char_dict_path")
         characters = chars
     engine = OcrEngine(options, det, cls, rec, characters, model_identity(options))
     try:

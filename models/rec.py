@@ -11,6 +11,10 @@ from .sessions import Session
 
 _SHAPE = (3, 48, 320)
 _BATCH = 6
+# Longest line (width/height) fed to the recogniser unsqueezed.  UW-III lines
+# reach ~41; beyond 160 (7680 px at height 48) a pathological 20000x8 input
+# would otherwise build a huge tensor, so such lines are squeezed instead.
+_MAX_RATIO = 160.0
 
 
 def read_char_dict(path: str) -> list[str]:
@@ -41,10 +45,11 @@ class TextRecognizer:
         results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
         # Similar widths in one batch => little padding => less wasted compute.
         order = np.argsort([c.shape[1] / float(c.shape[0]) for c in crops])
-        c, h, w = _SHAPE
+        _c, h, w = _SHAPE
         for start in range(0, len(crops), _BATCH):
             idx = order[start : start + _BATCH]
             ratio = max([w / h] + [crops[i].shape[1] / float(crops[i].shape[0]) for i in idx])
+            ratio = min(ratio, _MAX_RATIO)
             width = int(h * ratio)
             batch = np.stack([resize_norm(crops[i], _SHAPE, width) for i in idx])
             probs = self.session.run(batch)[0]

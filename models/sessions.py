@@ -43,9 +43,7 @@ class OrtSession:
         # process needs.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._sess = ort.InferenceSession(
-                str(path), sess_options=so, providers=["CPUExecutionProvider"]
-            )
+            self._sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
         self._input = self._sess.get_inputs()[0].name
@@ -60,9 +58,7 @@ class OrtSession:
 
 
 class PaddleSession:
-    def __init__(
-        self, model_dir: Path, cpu_threads: int = 1, enable_mkldnn: bool = False
-    ) -> None:
+    def __init__(self, model_dir: Path, cpu_threads: int = 1, enable_mkldnn: bool = False) -> None:
         # glog chatter goes to stderr of every worker otherwise.
         os.environ.setdefault("GLOG_minloglevel", "2")
         os.environ.setdefault("FLAGS_call_stack_level", "0")
@@ -71,9 +67,7 @@ class PaddleSession:
             from paddle import inference
 
         self.path = model_dir
-        cfg = inference.Config(
-            str(model_dir / PADDLE_MODEL_FILE), str(model_dir / PADDLE_PARAMS_FILE)
-        )
+        cfg = inference.Config(str(model_dir / PADDLE_MODEL_FILE), str(model_dir / PADDLE_PARAMS_FILE))
         cfg.disable_gpu()
         cfg.disable_glog_info()
         cfg.set_cpu_math_library_num_threads(cpu_threads)

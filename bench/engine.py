@@ -1,0 +1,177 @@
+"""Engine speed / memory benchmark (not a test).
+
+    python bench/engine.py [--engines onnxruntime,paddle+mkldnn] [--n 100] [--rss-images 200]
+
+For each engine spec ("onnxruntime", "paddle", "paddle+mkldnn") it measures,
+each in a fresh spawned process so RSS numbers are clean:
+
+* 1 process x 1 thread (also model load time incl. warm-up);
+* 1 process x 2 threads;
+* 2 processes x 1 thread (both pull images from one shared counter, timing
+  starts when both have loaded; img/s = images / slower worker's wall time).
+
+Then a memory soak: one 1-thread worker per engine (run side by side, so
+their speed is not reported) recognises ``--rss-images`` images by cycling
+the same list; RSS is sampled after load, after the first pass over the list
+and at the end.  Growth after the first pass is a leak, not new shapes.
+
+Images: every file of shared/data/ocr-gt and shared/data/load, shuffled with a
+fixed seed; the first ``--n`` are used.  ms/image is the wall time of
+``OcrEngine.recognize`` (decode + det + cls + rec), det="auto".
+Default run: about 10 minutes on 2 cores; ``--n 20 --rss-images 60`` ~3 min.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.common import LOAD_DIR, OCR_GT, load_files, load_manifest
+
+
+def _options(spec: str, threads: int):
+    from models import EngineOptions
+
+    engine, _, flag = spec.partition("+")
+    return EngineOptions(engine=engine, cpu_threads=threads, enable_mkldnn=flag == "mkldnn")
+
+
+def _worker(spec: str, threads: int, paths: list[str], total: int, barrier, queue, counter=None) -> None:
+    import psutil
+
+    from models import create_engine
+
+    proc = psutil.Process()
+    blobs = [Path(p).read_bytes() for p in paths]
+    t = time.perf_counter()
+    eng = create_engine(_options(spec, threads))
+    load_s = time.perf_counter() - t
+    rss_load = proc.memory_info().rss
+    if barrier is not None:
+        barrier.wait()
+    ms: list[float] = []
+    rss_pass = 0
+    t0 = time.perf_counter()
+    i = -1
+    while True:
+        if counter is None:
+            i += 1
+        else:
+            # Shared work queue, like the server's pool: no static shards,
+            # so one worker drawing all the big receipts cannot skew img/s.
+            with counter.get_lock():
+                i = counter.value
+                counter.value += 1
+        if i >= total:
+            break
+        t = time.perf_counter()
+        eng.recognize(blobs[i % len(blobs)], det="auto")
+        ms.append((time.perf_counter() - t) * 1000)
+        if i + 1 == len(blobs):
+            rss_pass = proc.memory_info().rss
+    wall = time.perf_counter() - t0
+    queue.put(
+        {
+            "load_s": load_s,
+            "rss_load": rss_load,
+            "rss_pass": rss_pass or proc.memory_info().rss,
+            "rss_end": proc.memory_info().rss,
+            "ms": ms,
+            "wall": wall,
+            "n_first": min(len(blobs), total) if counter is None else len(ms),
+        }
+    )
+
+
+def _soak(specs: list[str], paths: list[str], total: int) -> dict[str, dict]:
+    ctx = get_context("spawn")
+    queues = {s: ctx.Queue() for s in specs}
+    workers = [ctx.Process(target=_worker, args=(s, 1, paths, total, None, queues[s])) for s in specs]
+    for w in workers:
+        w.start()
+    out = {s: queues[s].get() for s in specs}
+    for w in workers:
+        w.join()
+    return out
+
+
+def _run(spec: str, threads: int, procs: int, paths: list[str]) -> dict:
+    ctx = get_context("spawn")
+    queue = ctx.Queue()
+    barrier = ctx.Barrier(procs) if procs > 1 else None
+    counter = ctx.Value("i", 0)
+    workers = [
+        ctx.Process(target=_worker, args=(spec, threads, paths, len(paths), barrier, queue, counter))
+        for _ in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    results = [queue.get() for _ in workers]
+    for w in workers:
+        w.join()
+    all_ms = [m for r in results for m in r["ms"]]
+    return {
+        "median_ms": statistics.median(all_ms),
+        "mean_ms": statistics.fmean(all_ms),
+        "ips": len(all_ms) / max(r["wall"] for r in results),
+        "load_s": max(r["load_s"] for r in results),
+        "rss_end": max(r["rss_end"] for r in results),
+        "n": len(all_ms),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--engines", default="onnxruntime,paddle+mkldnn", help="comma list of onnxruntime | paddle | paddle+mkldnn"
+    )
+    ap.add_argument("--n", type=int, default=50, help="images per speed setup")
+    ap.add_argument("--rss-images", type=int, default=200, help="images per worker in the memory soak (0: skip)")
+    ap.add_argument("--setups", default="1x1,1x2,2x1", help="PROCSxTHREADS list")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    paths = [str(OCR_GT / r["image"]) for r in load_manifest(OCR_GT)]
+    paths += [str(LOAD_DIR / r["image"]) for r in load_files(LOAD_DIR)]
+    random.Random(args.seed).shuffle(paths)
+    paths = paths[: args.n]
+    specs = [s.strip() for s in args.engines.split(",") if s.strip()]
+    mb = 1 / 2**20
+    print(f"{len(paths)} images/setup, det=auto, {os.cpu_count()} CPUs")
+    print(
+        f"{'engine':15s} {'setup':10s} {'median ms':>9s} {'mean ms':>8s} {'img/s':>6s} {'load s':>6s} {'RSS end':>8s}"
+    )
+    for spec in specs:
+        for setup in args.setups.split(","):
+            procs, threads = (int(v) for v in setup.split("x"))
+            r = _run(spec, threads, procs, paths)
+            label = f"{procs}p x {threads}t"
+            print(
+                f"{spec:15s} {label:10s} {r['median_ms']:9.1f} {r['mean_ms']:8.1f} {r['ips']:6.2f} "
+                f"{r['load_s']:6.2f} {r['rss_end'] * mb:7.0f}M",
+                flush=True,
+            )
+    if args.rss_images:
+        print(f"\nmemory soak: {args.rss_images} images per worker, cycling the {len(paths)} images above")
+        print(f"{'engine':15s} {'RSS load':>9s} {'RSS pass1':>9s} {'RSS end':>9s} {'growth after pass1':>19s}")
+        for spec, r in _soak(specs, paths, args.rss_images).items():
+            grow = (r["rss_end"] - r["rss_pass"]) * mb
+            print(
+                f"{spec:15s} {r['rss_load'] * mb:8.0f}M {r['rss_pass'] * mb:8.0f}M {r['rss_end'] * mb:8.0f}M "
+                f"{grow:+17.1f}M"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

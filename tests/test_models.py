@@ -1,0 +1,338 @@
+"""Tests for the OCR engine package (``models``).
+
+Real-image tests use the shared data set beside the repo (../shared) and are
+skipped with a message when it is absent.  Each backend is loaded once per
+module.  CER thresholds come from bench/RESULTS-engine.md (measured CER plus
+head-room for float noise between runtimes / CPUs).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.common import cer, load_files, load_manifest, normalize_lines
+from models import (
+    EngineOptions,
+    ImageDecodeError,
+    ImageError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    ModelLoadError,
+    check_model_files,
+    create_engine,
+    model_identity,
+)
+from models.det import sort_reading_order
+from models.image_io import decode_image
+from models.pipeline import looks_like_single_line
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+OCR_GT = SHARED / "data" / "ocr-gt"
+LOAD = SHARED / "data" / "load"
+BACKENDS = ["onnxruntime", "paddle"]
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared test data not found at {path} (expected ../shared beside the repo)")
+    return path
+
+
+# --- helpers to build images in memory ------------------------------------
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A syntactically valid PNG that *declares* width x height (tiny IDAT)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def _text_image(size=(240, 60)) -> Image.Image:
+    img = Image.new("RGB", size, "white")
+    arr = np.asarray(img).copy()
+    arr[20:40, 10 : size[0] - 10] = 0
+    return Image.fromarray(arr)
+
+
+# --- pure decode tests (no models) ---------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "1", "P", "CMYK", "RGBA", "LA", "I;16", "I"])
+def test_decode_modes_to_bgr(mode: str) -> None:
+    src = _text_image().convert(mode if mode not in ("I;16", "I") else "L")
+    fmt = "JPEG" if mode == "CMYK" else ("TIFF" if mode == "I" else "PNG")
+    if mode == "I;16":
+        arr16 = (np.asarray(src, dtype=np.uint16) * 257).astype(np.uint16)
+        src = Image.fromarray(arr16)
+    elif mode == "I":
+        src = Image.fromarray(np.asarray(src, dtype=np.int32) * 257)
+    arr = decode_image(_encode(src, fmt))
+    assert arr.dtype == np.uint8 and arr.shape == (60, 240, 3) and arr.flags.c_contiguous
+    # Text stays dark, background stays light: 16-bit data was rescaled, not clipped.
+    assert arr[30, 100].max() < 80 and arr[5, 5].min() > 180
+
+
+def test_alpha_composited_on_white() -> None:
+    img = Image.new("RGBA", (100, 40), (0, 0, 0, 0))  # fully transparent black
+    img.paste((0, 0, 0, 255), (10, 10, 90, 30))  # opaque black text bar
+    arr = decode_image(_encode(img, "PNG"))
+    assert arr[2, 2].tolist() == [255, 255, 255] and arr[20, 50].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "TIFF", "WEBP", "JPEG"])
+def test_decode_other_formats(fmt: str) -> None:
+    assert decode_image(_encode(_text_image(), fmt)).shape == (60, 240, 3)
+
+
+def test_exif_orientation_applied() -> None:
+    img = _text_image((200, 50))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    arr = decode_image(_encode(img, "JPEG", exif=exif))
+    assert arr.shape[:2] == (200, 50)
+
+
+@pytest.mark.parametrize(
+    "data,err",
+    [
+        (b"", ImageDecodeError),
+        (b"hello, this is plainly a text file\n" * 20, ImageDecodeError),
+        (b"GIF89a" + b"\x00" * 100, ImageDecodeError),
+        (_png_header_only(20000, 20000), ImageTooLargeError),
+        (_png_header_only(8000, 8000), ImageTooLargeError),  # 64 MP > 50 MP
+        (_png_header_only(100_000, 4), ImageTooSmallError),
+    ],
+    ids=["zero-bytes", "text", "gif-garbage", "png-20000x20000", "png-8000x8000", "png-too-thin"],
+)
+def test_bad_bytes_raise_typed_errors_quickly(data: bytes, err: type[ImageError]) -> None:
+    t = time.perf_counter()
+    with pytest.raises(err) as info:
+        decode_image(data)
+    assert time.perf_counter() - t < 1.0
+    assert info.value.code == err.code
+
+
+def test_truncated_and_tiny_images() -> None:
+    jpeg = _encode(_text_image((400, 300)), "JPEG", quality=95)
+    for cut in (len(jpeg) // 2, 200, 20):
+        with pytest.raises(ImageDecodeError):
+            decode_image(jpeg[:cut])
+    png = _encode(_text_image((400, 300)), "PNG")
+    with pytest.raises(ImageDecodeError):
+        decode_image(png[: len(png) // 2])
+    with pytest.raises(ImageTooSmallError) as info:
+        decode_image(_encode(Image.new("RGB", (1, 1)), "PNG"))
+    assert info.value.code == "image_too_small"
+
+
+def test_error_codes() -> None:
+    assert ImageDecodeError.code == "unsupported_image"
+    assert ImageTooLargeError.code == "image_too_large"
+    assert ImageTooSmallError.code == "image_too_small"
+    assert all(issubclass(e, ImageError) for e in (ImageDecodeError, ImageTooLargeError, ImageTooSmallError))
+
+
+def test_custom_pixel_limit() -> None:
+    data = _encode(_text_image((400, 300)), "PNG")
+    with pytest.raises(ImageTooLargeError):
+        decode_image(data, max_pixels=100_000)
+    assert decode_image(data, max_pixels=120_000).shape == (300, 400, 3)
+
+
+# --- cheap parent-side API -------------------------------------------------
+
+
+def test_parent_side_api_does_not_import_runtimes() -> None:
+    code = (
+        "import sys, models\n"
+        "for e in ('onnxruntime', 'paddle'):\n"
+        "    o = models.EngineOptions(engine=e)\n"
+        "    models.check_model_files(o); models.model_identity(o)\n"
+        "bad = [m for m in ('onnxruntime', 'paddle') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+def test_model_identity_stable_and_distinct() -> None:
+    ort, pd = EngineOptions(), EngineOptions(engine="paddle")
+    assert model_identity(ort) == model_identity(EngineOptions())
+    assert model_identity(ort) != model_identity(pd)
+    assert model_identity(ort).startswith("onnxruntime:")
+    # Output-affecting option => different cache key; thread count => same.
+    assert model_identity(ort) != model_identity(EngineOptions(drop_score=0.6))
+    assert model_identity(ort) == model_identity(EngineOptions(cpu_threads=2))
+
+
+@pytest.mark.parametrize("engine", BACKENDS)
+def test_missing_model_files_are_named(engine: str, tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    opts = EngineOptions(engine=engine, det_model_dir=str(missing))
+    with pytest.raises(ModelLoadError, match="nope"):
+        check_model_files(opts)
+    with pytest.raises(ModelLoadError, match="nope"):
+        create_engine(opts)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model at all")
+    if engine == "onnxruntime":
+        with pytest.raises(ModelLoadError, match="broken.onnx"):
+            create_engine(EngineOptions(rec_model_dir=str(broken)))
+    bad_dict = tmp_path / "keys.txt"
+    bad_dict.write_text("a\nb\n", encoding="utf-8")
+    with pytest.raises(ModelLoadError, match="classes"):
+        create_engine(EngineOptions(engine=engine, rec_char_dict_path=str(bad_dict)))
+    with pytest.raises(ModelLoadError, match="engine"):
+        check_model_files(EngineOptions(engine="tesseract"))
+
+
+def test_reading_order_and_auto_rule() -> None:
+    def box(x0, y0, x1, y1):
+        return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32)
+
+    boxes = [box(300, 102, 400, 122), box(10, 100, 200, 120), box(10, 10, 400, 30), box(10, 200, 50, 220)]
+    assert sort_reading_order(boxes) == [2, 1, 0, 3]
+    assert looks_like_single_line(1346, 39)  # UW-III line
+    assert looks_like_single_line(94, 24)  # licence plate
+    assert not looks_like_single_line(709, 132)  # 4-line paragraph
+    assert not looks_like_single_line(40, 40)  # icon-like square
+
+
+# --- real models ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def engine(request):
+    # Paddle runs with oneDNN here: identical text (see RESULTS-engine.md) and
+    # ~2.5x faster, which keeps this module inside its time budget.
+    opts = EngineOptions(engine=request.param, enable_mkldnn=request.param == "paddle")
+    return create_engine(opts)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def light_engine(request):
+    # The load-set test checks that awkward files flow through every stage
+    # without errors, not accuracy; a small det side keeps the dense 4000 px
+    # scans from dominating the suite's run time.
+    opts = EngineOptions(engine=request.param, enable_mkldnn=request.param == "paddle", det_limit_side_len=480)
+    return create_engine(opts)
+
+
+@pytest.fixture(scope="module")
+def gt_rows() -> dict[str, dict]:
+    _need(OCR_GT / "manifest.jsonl")
+    return {Path(r["image"]).name: r for r in load_manifest(OCR_GT)}
+
+
+def _page_cer(row: dict, result: dict) -> float:
+    # Case-insensitive: SROIE ground truth is typed in capitals.  Licence
+    # plates carry a printed separator dot that their ground truth omits.
+    ocr = [t["text"].replace("·", "") if row["source"] == "lpr_plates" else t["text"] for t in result["text_lines"]]
+    return cer(normalize_lines(row["lines"], casefold=True), normalize_lines(ocr, casefold=True))
+
+
+# Thresholds: measured CER (bench/RESULTS-engine.md; identical for both
+# backends) plus head-room for float differences across CPUs / runtime versions.
+@pytest.mark.parametrize(
+    "name,det,max_cer",
+    [
+        ("sroie_290.jpg", "on", 0.08),  # receipt, measured 2.2%
+        ("funsd_85540866.png", "on", 0.10),  # fax form, measured 3.5%
+        ("uw3_test_010002.png", "auto", 0.03),  # UW-III line, measured 0%
+        ("uw3_test_010002.png", "off", 0.03),
+        ("plate_001.jpg", "auto", 0.15),  # Chinese plate, measured 0% (1 char slack)
+        ("plate_001.jpg", "off", 0.15),
+    ],
+)
+def test_real_images_cer(engine, gt_rows, name: str, det: str, max_cer: float) -> None:
+    row = gt_rows[name]
+    result = engine.recognize((OCR_GT / row["image"]).read_bytes(), det=det)
+    json.dumps(result)  # plain JSON types only
+    assert _page_cer(row, result) <= max_cer, [t["text"] for t in result["text_lines"]]
+    if det == "auto":
+        assert result["det_used"] is False
+    if det == "off":
+        w, h = result["image_size"]
+        assert [line["box"] for line in result["text_lines"]] == [[[0, 0], [w, 0], [w, h], [0, h]]]
+
+
+def test_result_shape(engine, gt_rows) -> None:
+    row = gt_rows["sroie_010.jpg"]
+    r = engine.recognize((OCR_GT / row["image"]).read_bytes())
+    assert set(r) == {"text_lines", "image_size", "timing", "det_used"}
+    assert r["det_used"] is True and r["image_size"] == [row["width"], row["height"]]
+    assert set(r["timing"]) == {"decode", "det", "cls", "rec", "total"}
+    tops = [min(p[1] for p in line["box"]) for line in r["text_lines"]]
+    assert tops[0] == min(tops)  # reading order starts at the top
+    for line in r["text_lines"]:
+        assert isinstance(line["text"], str) and type(line["confidence"]) is float
+        assert line["confidence"] == round(line["confidence"], 4) and line["confidence"] >= 0.5
+        assert len(line["box"]) == 4 and all(type(v) is int for p in line["box"] for v in p)
+    assert engine.identity == model_identity(engine.options)
+
+
+def _load_rows() -> list[dict]:
+    if not (LOAD / "load_manifest.jsonl").exists():
+        return []
+    return load_files(LOAD)
+
+
+@pytest.mark.parametrize("row", _load_rows() or [None], ids=lambda r: r["image"] if r else "no-data")
+def test_load_images_decode_and_recognise(light_engine, row) -> None:
+    if row is None:
+        _need(LOAD / "load_manifest.jsonl")
+    data = (LOAD / row["image"]).read_bytes()
+    r = light_engine.recognize(data, det="auto")
+    w, h = row["width"], row["height"]
+    if row.get("exif_orientation") in (5, 6, 7, 8):
+        w, h = h, w
+    assert r["image_size"] == [w, h]
+    json.dumps(r)
+
+
+def test_extreme_aspect_ratio_is_bounded(engine) -> None:
+    img = Image.new("L", (20000, 8), 255)
+    data = _encode(img, "PNG")
+    for det in ("on", "off", "auto"):
+        t = time.perf_counter()
+        r = engine.recognize(data, det=det)
+        assert r["image_size"] == [20000, 8]
+        assert time.perf_counter() - t < 10
+
+
+def test_exif_rotated_file(engine) -> None:
+    path = _need(LOAD / "rapidocr_tests__test_files_img_exif_orientation.jpg")
+    data = path.read_bytes()
+    raw = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    arr = decode_image(data)
+    assert arr.shape[:2] == raw.shape[:2]  # orientation 3 = 180 degrees, same size
+    assert np.abs(arr[:, :, ::-1].astype(int) - raw[::-1, ::-1].astype(int)).mean() < 1.0
+    r = engine.recognize(data)
+    assert r["image_size"] == [752, 306] and r["text_lines"]
+    # Upright text reads with high confidence; upside-down text would not.
+    assert max(line["confidence"] for line in r["text_lines"]) > 0.9
