@@ -8,11 +8,17 @@ from handlers.context import AppContext
 from handlers.health import HealthHandler, LivezHandler, ReadyzHandler
 from handlers.metrics import MetricsHandler, ServiceMetrics
 from handlers.ocr import OcrHandler, TaskHandler
+from handlers.openapi import OpenApiHandler
+from handlers.webui import STATIC_DIR, IndexHandler, StaticHandler
 
 
 def routes(ctx: AppContext, metrics: ServiceMetrics) -> list[tuple[str, type, dict[str, Any]]]:
     shared = {"ctx": ctx}
+    static = {"path": str(STATIC_DIR)}
     return [
+        (r"/", IndexHandler, static),
+        (r"/static/(.*)", StaticHandler, static),
+        (r"/openapi.json", OpenApiHandler, {}),
         (r"/metrics", MetricsHandler, {"metrics": metrics}),
         (r"/ocr_service", OcrHandler, shared),
         (r"/ocr_service/tasks/([0-9a-f]{1,64})", TaskHandler, shared),

@@ -42,6 +42,8 @@ def result_body(task_id: str, image_hash: str, result: dict[str, Any], cached: b
 class OcrHandler(JsonHandler):
     endpoint = "/ocr_service"
     ctx: AppContext
+    # Class default: on_connection_close may run for requests prepare() never saw (405).
+    _computation: Computation | None = None
 
     def prepare(self) -> None:
         self._start = time.perf_counter()

@@ -1,0 +1,428 @@
+"""GET /openapi.json: an OpenAPI 3.0 description of every endpoint.
+
+The spec is built in Python rather than kept as a JSON file so that the enumerations
+(detection modes, boolean words, error codes) come from the code that enforces them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from handlers.base import JsonHandler
+from handlers.errors import STATUS_BY_CODE
+from handlers.request_parsing import DEFAULT_DET, DET_MODES, FALSE_WORDS, TRUE_WORDS
+
+API_VERSION = "0.1.0"
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {JSON: {"schema": schema}}
+
+
+def _codes_for(status: int) -> list[str]:
+    return sorted(code for code, code_status in STATUS_BY_CODE.items() if code_status == status)
+
+
+# Error codes POST /ocr_service raises itself, by status; engine and pool codes are
+# added from STATUS_BY_CODE so a new one there shows up here without an edit.
+OCR_HANDLER_ERROR_CODES: dict[int, list[str]] = {
+    400: [
+        "malformed_body",
+        "invalid_field",
+        "duplicate_field",
+        "missing_field",
+        "unsupported_content_type",
+        "empty_file",
+        "invalid_filename",
+        "not_a_file",
+        "unreadable_file",
+    ],
+    403: ["forbidden_path"],
+    404: ["file_not_found"],
+    413: ["body_too_large", "file_too_large"],
+    415: ["unsupported_content_type"],
+    500: ["internal_error"],
+}
+
+OCR_ERROR_MEANINGS = {
+    400: "Malformed or incomplete request, or an unusable `filename`.",
+    403: "`filename` lies outside the folders this server may read (`web_server.allowed_roots`).",
+    404: "`filename` names no file.",
+    413: "The body, the file or the decoded image (pixels) is larger than the limits.",
+    415: "Neither a supported request encoding nor a decodable image.",
+    422: "The image decodes but is too small to read.",
+    500: "The OCR worker failed on this image.",
+    503: "Overloaded, no worker ready, or shutting down: retry after `Retry-After` seconds.",
+    504: "The OCR task ran longer than `ocr.process.task_timeout`.",
+}
+
+
+def _error_response(status: int, meaning: str, codes: list[str], retry_after: bool = False) -> dict[str, Any]:
+    description = meaning + (f" Error codes: {', '.join(codes)}." if codes else "")
+    response: dict[str, Any] = {"description": description, "content": _json_content(_ref("Error"))}
+    if retry_after:
+        response["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        }
+    return response
+
+
+def _schemas() -> dict[str, Any]:
+    number_or_null = {"type": "number", "nullable": True}
+    result_properties: dict[str, Any] = {
+        "task_id": {"type": "string"},
+        "status": {"type": "string", "enum": ["done"]},
+        "image_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "SHA-256 of the image bytes."},
+        "cached": {"type": "boolean", "description": "True when the result came from the cache."},
+        "text_lines": {"type": "array", "items": _ref("TextLine"), "description": "In reading order."},
+        "image_size": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0},
+            "minItems": 2,
+            "maxItems": 2,
+            "description": "[width, height] of the decoded, EXIF-upright image.",
+        },
+        "det_used": {"type": "boolean", "nullable": True, "description": "Whether text detection ran."},
+        "timing": _ref("Timing"),
+    }
+    task_status = {"type": "string", "enum": ["queued", "running", "done", "failed"]}
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": {"type": "string", "description": "Stable machine-readable code."},
+                        "message": {"type": "string", "description": "For people; may change."},
+                    },
+                }
+            },
+        },
+        "TextLine": {
+            "type": "object",
+            "required": ["text", "confidence", "box"],
+            "properties": {
+                "text": {"type": "string"},
+                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                "box": {
+                    "type": "array",
+                    "description": "Four [x, y] corners in image pixels, clockwise from top-left.",
+                    "minItems": 4,
+                    "maxItems": 4,
+                    "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+                },
+            },
+        },
+        "Timing": {
+            "type": "object",
+            "description": "Milliseconds per stage; `queue_wait` is null for cached results.",
+            "properties": {
+                name: number_or_null for name in ("decode", "det", "cls", "rec", "total", "queue_wait", "request")
+            },
+            "additionalProperties": number_or_null,
+        },
+        "OcrResult": {
+            "type": "object",
+            "required": ["task_id", "status", "image_hash", "cached", "text_lines", "image_size", "timing"],
+            "properties": result_properties,
+        },
+        "TaskAccepted": {
+            "type": "object",
+            "description": "A task for `block_flag=false`. An already cached image is `done` at once and "
+            "carries the result fields too.",
+            "required": ["task_id", "status", "image_hash", "status_url"],
+            "properties": {**result_properties, "status": task_status, "status_url": {"type": "string"}},
+        },
+        "TaskPending": {
+            "type": "object",
+            "required": ["task_id", "status", "image_hash"],
+            "properties": {
+                "task_id": {"type": "string"},
+                "status": {"type": "string", "enum": ["queued", "running", "failed"]},
+                "image_hash": result_properties["image_hash"],
+                "error": {
+                    "type": "object",
+                    "description": "Why a `failed` task failed, with the status a blocking request would have had.",
+                    "required": ["code", "message", "http_status"],
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "http_status": {"type": "integer"},
+                    },
+                },
+            },
+        },
+        "Readiness": {
+            "type": "object",
+            "required": ["status", "workers_ready"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ready", "not_ready"]},
+                "workers_ready": {"type": "integer", "minimum": 0},
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status", "uptime_s", "engine", "model_identity", "workers", "queue", "ocr_runs", "cache"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "degraded"]},
+                "uptime_s": {"type": "number"},
+                "engine": {"type": "string"},
+                "model_identity": {"type": "string"},
+                "workers": {"type": "object", "description": "Pool state: configured, alive, ready, busy, restarts."},
+                "queue": {
+                    "type": "object",
+                    "properties": {
+                        "depth": {"type": "integer"},
+                        "capacity": {"type": "integer"},
+                        "cancelled": {"type": "integer"},
+                    },
+                },
+                "ocr_runs": {"type": "integer"},
+                "cache": {"type": "object", "description": "Result cache counters and backend."},
+            },
+        },
+    }
+
+
+def _ocr_request_body() -> dict[str, Any]:
+    det = {
+        "type": "string",
+        "enum": list(DET_MODES),
+        "default": DEFAULT_DET,
+        "description": "`on`: detect text lines (pages); `off`: read the image as one line; `auto`: skip "
+        "detection for images shaped like one line. Booleans are accepted as on/off.",
+    }
+    block_words = sorted(TRUE_WORDS | FALSE_WORDS)
+    block_text = {
+        "type": "string",
+        "enum": ["true", "false"],
+        "default": "true",
+        "description": f"`false` answers 202 with a task to poll. Case-insensitive; also {', '.join(block_words)}.",
+    }
+    filename = {
+        "type": "string",
+        "minLength": 1,
+        "description": "Path of an image on the server, inside `web_server.allowed_roots` "
+        "(relative paths are resolved from the server's folder).",
+    }
+    return {
+        "required": True,
+        "description": "The image as an upload (multipart) or as a server-side path (any encoding). "
+        "The same fields may also be sent in the query string; body fields win.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file_type": {"type": "string", "enum": ["file", "filename"], "default": "file"},
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The image (`image` is an alias).",
+                        },
+                        "filename": filename,
+                        "block_flag": block_text,
+                        "det": det,
+                    },
+                }
+            },
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["filename"],
+                    "properties": {
+                        "file_type": {"type": "string", "enum": ["filename"], "default": "filename"},
+                        "filename": filename,
+                        "block_flag": block_text,
+                        "det": det,
+                    },
+                }
+            },
+            JSON: {
+                "schema": {
+                    "type": "object",
+                    "required": ["filename"],
+                    "properties": {
+                        "file_type": {"type": "string", "enum": ["filename"], "default": "filename"},
+                        "filename": filename,
+                        "block_flag": {"type": "boolean", "default": True, "description": block_text["description"]},
+                        "det": det,
+                    },
+                }
+            },
+        },
+    }
+
+
+def _json_ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": _json_content(schema)}
+
+
+@functools.cache
+def build_spec() -> dict[str, Any]:
+    ocr_errors = {
+        str(status): _error_response(
+            status, meaning, sorted(set(OCR_HANDLER_ERROR_CODES.get(status, []) + _codes_for(status))), status == 503
+        )
+        for status, meaning in OCR_ERROR_MEANINGS.items()
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "OCR web server",
+            "version": API_VERSION,
+            "description": 'PP-OCR over HTTP. Every error is JSON: `{"error": {"code", "message"}}`.',
+        },
+        "paths": {
+            "/ocr_service": {
+                "post": {
+                    "operationId": "runOcr",
+                    "summary": "Read the text in an image",
+                    "requestBody": _ocr_request_body(),
+                    "responses": {
+                        "200": _json_ok("The OCR result (`block_flag` true, the default).", _ref("OcrResult")),
+                        "202": {
+                            **_json_ok("A task to poll at `status_url` (`block_flag=false`).", _ref("TaskAccepted")),
+                            "headers": {"Location": {"description": "The task's URL.", "schema": {"type": "string"}}},
+                            "links": {
+                                "GetTask": {
+                                    "operationId": "getTask",
+                                    "parameters": {"task_id": "$response.body#/task_id"},
+                                }
+                            },
+                        },
+                        **ocr_errors,
+                    },
+                }
+            },
+            "/ocr_service/tasks/{task_id}": {
+                "get": {
+                    "operationId": "getTask",
+                    "summary": "Poll a task created with block_flag=false",
+                    "parameters": [
+                        {
+                            "name": "task_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json_ok(
+                            "The result once `done`; otherwise the status (and the error of a `failed` task).",
+                            {"oneOf": [_ref("OcrResult"), _ref("TaskPending")]},
+                        ),
+                        "404": _error_response(
+                            404, "Unknown or expired task id, or a malformed one.", ["not_found", "task_not_found"]
+                        ),
+                    },
+                }
+            },
+            "/livez": {
+                "get": {
+                    "operationId": "livez",
+                    "summary": "Liveness: the process answers",
+                    "responses": {
+                        "200": _json_ok(
+                            "Alive.",
+                            {
+                                "type": "object",
+                                "required": ["status"],
+                                "properties": {"status": {"type": "string", "enum": ["alive"]}},
+                            },
+                        )
+                    },
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Readiness: at least one OCR worker has its models loaded",
+                    "responses": {
+                        "200": _json_ok("Ready.", _ref("Readiness")),
+                        "503": _json_ok("No worker ready yet (starting) or any more.", _ref("Readiness")),
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Workers, queue and cache state as JSON",
+                    "responses": {"200": _json_ok("The state; `degraded` when no worker is ready.", _ref("Health"))},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/": {
+                "get": {
+                    "operationId": "webui",
+                    "summary": "The WebUI: upload an image and see the boxes and text",
+                    "responses": {
+                        "200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+                    },
+                }
+            },
+            "/static/{path}": {
+                "get": {
+                    "operationId": "webuiStatic",
+                    "summary": "The WebUI's script and stylesheet",
+                    "parameters": [
+                        {"name": "path", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+                    ],
+                    "responses": {
+                        "200": {"description": "The file.", "content": {"*/*": {"schema": {"type": "string"}}}},
+                        "403": _error_response(403, "The path leads out of the static folder.", ["forbidden_path"]),
+                        "404": _error_response(404, "No such file.", ["not_found"]),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {"200": _json_ok("OpenAPI 3.0 document.", {"type": "object"})},
+                }
+            },
+        },
+        "components": {"schemas": _schemas()},
+    }
+
+
+@functools.cache
+def spec_json() -> str:
+    return json.dumps(build_spec(), indent=1)
+
+
+class OpenApiHandler(JsonHandler):
+    endpoint = "/openapi.json"
+
+    def get(self) -> None:
+        # No-store from JsonHandler is wrong here: the document changes only with a deploy.
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("Access-Control-Allow-Origin", "*")  # so hosted API viewers can read it
+        self.finish(spec_json())
