@@ -1,0 +1,100 @@
+"""What an operator relies on: probes, metrics, access log."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.conftest import REPO, RunningServer, base_config, free_port, random_word, text_image
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 if absent)."""
+    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)\n"
+    match = re.search(pattern, text)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_readyz_is_503_until_a_worker_has_loaded(tmp_path: Path) -> None:
+    # The paddle backend takes a few seconds to import and load: a window to observe.
+    config = base_config(number=1)
+    config["ocr"]["engine"] = "paddle"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    port = free_port()
+    with open(tmp_path / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "server.py"), "--config", str(tmp_path / "config.json"), "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    server = RunningServer(f"http://127.0.0.1:{port}", process.pid, tmp_path / "config.json", tmp_path / "server.log",
+                           process)
+    try:
+        seen: list[tuple[int, int]] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                ready = requests.get(f"{server.url}/readyz", timeout=2)
+                live = requests.get(f"{server.url}/livez", timeout=2)
+            except requests.ConnectionError:
+                time.sleep(0.05)
+                continue
+            seen.append((ready.status_code, live.status_code))
+            if ready.status_code == 200:
+                break
+            assert ready.json()["workers_ready"] == 0
+            assert server.health()["status"] == "degraded"
+            time.sleep(0.05)
+        assert seen[0] == (503, 200), "the service must answer (live, not ready) while models load"
+        assert seen[-1] == (200, 200)
+        assert server.health()["engine"] == "paddle"
+        # The paddle backend reads as well as the default one.
+        word = random_word()
+        assert word in " ".join(t["text"] for t in server.ocr_upload(text_image(word)).json()["text_lines"])
+    finally:
+        assert server.stop() == 0
+
+
+def test_metrics_count_requests_tasks_cache_and_workers(ocr_server: RunningServer) -> None:
+    before = requests.get(f"{ocr_server.url}/metrics", timeout=10).text
+    image = text_image(random_word())
+    for _ in range(3):
+        assert ocr_server.ocr_upload(image).status_code == 200
+    assert ocr_server.ocr_upload(b"not an image").status_code == 415
+    response = requests.get(f"{ocr_server.url}/metrics", timeout=10)
+    assert response.headers["Content-Type"].startswith("text/plain")
+    after = response.text
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("ocr_http_requests_total", endpoint="/ocr_service", method="POST", status="200") == 3
+    assert delta("ocr_http_requests_total", endpoint="/ocr_service", method="POST", status="415") == 1
+    assert delta("ocr_http_request_duration_seconds_count", endpoint="/ocr_service") == 4
+    assert delta("ocr_cache_hits_total") == 2
+    assert delta("ocr_tasks_run_total") == 2  # one image OCR'd, one refused by the engine
+    assert delta("ocr_task_duration_seconds_count") == 2
+    assert delta("ocr_queue_wait_seconds_count") == 2
+    for reason in ("recycled", "crashed", "timeout"):
+        assert f'ocr_worker_restarts_total{{reason="{reason}"}}' in after
+    for pid in (w["pid"] for w in ocr_server.health()["workers"]["workers"]):
+        assert metric(after, "ocr_worker_rss_bytes", pid=str(pid)) > 50e6
+    assert "ocr_queue_depth " in after and "ocr_tasks_in_flight " in after and "ocr_cache_evictions_total" in after
+
+
+def test_access_log_has_one_line_per_request_with_task_and_cache(ocr_server: RunningServer) -> None:
+    image = text_image(random_word())
+    first = ocr_server.ocr_upload(image).json()
+    ocr_server.ocr_upload(image)
+    time.sleep(0.2)
+    lines = [line for line in ocr_server.log_text().splitlines() if "ocr_server.access" in line]
+    mine = [line for line in lines if first["image_hash"][:12] in line]
+    assert len(mine) == 2
+    assert re.search(r"POST /ocr_service 200 [0-9.]+ms .*task_id=" + first["task_id"] + r".*cached=False", mine[0])
+    assert re.search(r"POST /ocr_service 200 [0-9.]+ms .*cached=True", mine[1])
