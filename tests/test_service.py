@@ -183,8 +183,13 @@ def test_missing_file_inside_roots_is_404(ocr_server: RunningServer) -> None:
 
 
 def test_image_errors_from_the_engine(ocr_server: RunningServer) -> None:
-    not_image = ocr_server.ocr_upload(b"this is a text file, not an image\n" * 10)
+    text_file = b"this is a text file, not an image\n" * 10
+    runs_before = ocr_server.health()["ocr_runs"]
+    not_image = ocr_server.ocr_upload(text_file)
     assert not_image.status_code == 415 and error_of(not_image) == "unsupported_image"
+    # A failure is not cached: the same bytes again go to a worker again.
+    again = ocr_server.ocr_upload(text_file)
+    assert again.status_code == 415 and ocr_server.health()["ocr_runs"] == runs_before + 2
     # A PNG header that declares 20000 x 20000 pixels: refused before decoding.
     import struct
     import zlib
