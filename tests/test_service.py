@@ -302,3 +302,36 @@ def test_sigterm_stops_workers_and_exits_zero(server_factory) -> None:
     assert server.stop() == 0
     time.sleep(0.5)
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in worker_pids)
+
+
+def test_embedded_defaults_serve_the_original_client_flow() -> None:
+    """`python server.py` with no config: bundled models, ./imgs root, original client body."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "server.py"), "--port", str(port)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, "server did not become ready"
+            try:
+                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        body = {"file_type": "filename", "filename": "./imgs/sample_invoice.png", "block_flag": True}
+        response = requests.post(f"{url}/ocr_service", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        text = " ".join(ocr_text(response.json()))
+        assert "INVOICE" in text and "91.50" in text and "Thank you for your business" in text
+    finally:
+        process.terminate()
+        assert process.wait(timeout=60) == 0
