@@ -21,6 +21,7 @@ from cache import OcrService
 from cache.redis_store import RedisStore
 from handlers import AppContext, ServiceMetrics, routes
 from handlers.base import NotFoundHandler
+from handlers.upload_budget import UploadBudget
 from models import ModelLoadError, check_model_files, model_identity
 from ocr_pool import WorkerPool, WorkerStartError
 from settings import ConfigError, Settings, load_settings
@@ -91,6 +92,7 @@ def build_context(settings: Settings) -> AppContext:
         pool=pool,
         engine_identity=identity,
         allowed_roots=settings.allowed_root_paths(),
+        upload_budget=UploadBudget(settings.web_server.max_buffered_bytes),
     )
 
 

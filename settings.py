@@ -35,6 +35,8 @@ class WebServerSettings:
     host: str = "127.0.0.1"
     # Upload limit, enforced from Content-Length and while streaming the body.
     max_body_bytes: int = 20 * 1024 * 1024
+    # Request bodies held in memory at once, all requests together; past it: 503.
+    max_buffered_bytes: int = 512 * 1024 * 1024
     # `filename` requests may only read inside these folders (relative to config.json).
     allowed_roots: tuple[str, ...] = ("./imgs",)
     # Seconds in-flight work may take to finish after SIGTERM.
@@ -172,6 +174,7 @@ def _check_ranges(settings: Settings) -> None:
     checks = [
         (0 <= web.port <= 65535, "web_server.port must be 0..65535"),
         (web.max_body_bytes > 0, "web_server.max_body_bytes must be > 0"),
+        (web.max_buffered_bytes >= web.max_body_bytes, "web_server.max_buffered_bytes must be >= max_body_bytes"),
         (len(web.allowed_roots) > 0, "web_server.allowed_roots must name at least one folder"),
         (proc.number >= 1, "ocr.process.number must be >= 1"),
         (proc.max_task_number >= 1, "ocr.process.max_task_number must be >= 1"),

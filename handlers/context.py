@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cache import OcrService
+from handlers.upload_budget import UploadBudget
 from ocr_pool import WorkerPool
 from settings import Settings
 
@@ -18,4 +19,5 @@ class AppContext:
     pool: WorkerPool
     engine_identity: str
     allowed_roots: list[Path]
+    upload_budget: UploadBudget
     started: float = field(default_factory=time.monotonic)

@@ -44,12 +44,15 @@ class OcrHandler(JsonHandler):
     ctx: AppContext
     # Class default: on_connection_close may run for requests prepare() never saw (405).
     _computation: Computation | None = None
+    _held = 0
 
     def prepare(self) -> None:
         self._start = time.perf_counter()
         self._chunks: list[bytes] = []
         self._received = 0
         self._too_large = False
+        self._over_budget = False
+        self._held = 0  # bytes of this body counted against the shared upload budget
         self._computation: Computation | None = None
         self._max_bytes = self.ctx.settings.web_server.max_body_bytes
         body_limit = self._max_bytes + FORM_OVERHEAD_BYTES
@@ -69,14 +72,27 @@ class OcrHandler(JsonHandler):
         self._received += len(chunk)
         if self._received > self._max_bytes + FORM_OVERHEAD_BYTES:
             self._too_large = True
-        if self._too_large:
+        if not (self._too_large or self._over_budget) and not self.ctx.upload_budget.take(len(chunk)):
+            self._over_budget = True
+        if self._too_large or self._over_budget:
             self._chunks.clear()  # keep draining, never buffer an oversized body
+            self._give_back()
             return
+        self._held += len(chunk)
         self._chunks.append(chunk)
+
+    def _give_back(self) -> None:
+        self.ctx.upload_budget.give_back(self._held)
+        self._held = 0
+
+    def on_finish(self) -> None:
+        self._give_back()
 
     async def post(self) -> None:
         if self._too_large:
             raise ApiError(413, "body_too_large", f"the request body exceeds {self._max_bytes} bytes")
+        if self._over_budget:
+            raise ApiError(503, "server_busy", "too many uploads in progress; retry shortly", retry_after=1)
         body = b"".join(self._chunks)
         self._chunks = []
         request = parse_ocr_request(
@@ -156,6 +172,7 @@ class OcrHandler(JsonHandler):
     def on_connection_close(self) -> None:
         # The client gave up: a queued task nobody else waits for is dropped.
         self._release()
+        self._give_back()
         super().on_connection_close()
 
 

@@ -49,6 +49,7 @@ OCR_HANDLER_ERROR_CODES: dict[int, list[str]] = {
     413: ["body_too_large", "file_too_large"],
     415: ["unsupported_content_type"],
     500: ["internal_error"],
+    503: ["server_busy"],
 }
 
 OCR_ERROR_MEANINGS = {

@@ -381,3 +381,25 @@ def test_relative_roots_and_filenames_resolve_against_the_config_folder(tmp_path
         assert post(server, json={"filename": "config.json"}).status_code == 403
     finally:
         assert server.stop() == 0
+
+
+def test_burst_of_uploads_past_the_memory_budget_gets_503(server_factory) -> None:
+    config = base_config(number=1)
+    config["web_server"].update({"max_body_bytes": 600_000, "max_buffered_bytes": 1_000_000})
+    server = server_factory(config, name="budget")
+    port = int(server.url.rsplit(":", 1)[1])
+    # Request A declares 650 kB and sends 560 kB of it, then stalls, holding its buffer.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as held:
+        held.sendall(
+            b"POST /ocr_service HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 650000\r\n\r\n" + b"\0" * 560_000
+        )
+        time.sleep(0.5)
+        refused = server.ocr_upload(b"\0" * 500_000)
+        assert refused.status_code == 503 and error_code(refused) == "server_busy"
+        assert refused.headers["Retry-After"] == "1"
+    # A's connection is gone: its bytes are given back and uploads are accepted again.
+    time.sleep(0.5)
+    word = random_word()
+    accepted = server.ocr_upload(text_image(word) + b"\0" * 400_000)
+    assert accepted.status_code == 200 and word in _texts(accepted)
