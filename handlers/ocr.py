@@ -23,6 +23,12 @@ FORM_OVERHEAD_BYTES = 64 * 1024
 # Bodies declared larger than this are refused before reading anything; below it an
 # oversized body is drained (not buffered) so the client can read a clean 413.
 DRAIN_LIMIT_FACTOR = 4
+# Above this, sha256 (about 0.5 ms per MB measured here) runs in a thread, off the event loop.
+HASH_OFF_LOOP_BYTES = 512 * 1024
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def result_body(task_id: str, image_hash: str, result: dict[str, Any], cached: bool) -> dict[str, Any]:
@@ -103,7 +109,12 @@ class OcrHandler(JsonHandler):
             raise ApiError(400, "empty_file", "the image is empty (0 bytes)")
         if len(image_bytes) > self._max_bytes:
             raise ApiError(413, "file_too_large", f"the image exceeds {self._max_bytes} bytes")
-        image_hash = hashlib.sha256(image_bytes).hexdigest()
+        if len(image_bytes) > HASH_OFF_LOOP_BYTES:
+            # hashlib releases the GIL: a big image is hashed without stalling the loop.
+            loop = asyncio.get_running_loop()
+            image_hash = await loop.run_in_executor(None, sha256_hex, image_bytes)
+        else:
+            image_hash = sha256_hex(image_bytes)
         params = {"det": request.det}
         key = self.ctx.ocr.cache_key(image_hash, params)
         self.log_fields["image_hash"] = image_hash[:12]
