@@ -17,8 +17,8 @@ FILE_FIELDS = ("file", "image")
 TRUE_WORDS = {"true", "1", "yes", "on"}
 FALSE_WORDS = {"false", "0", "no", "off"}
 DET_MODES = ("on", "off", "auto")
-# Detection on by default: whole pages are the common case. `auto` skips it for
-# images shaped like one text line; `off` always recognises the image as one line.
+# `auto` by default: detection for pages and photos, skipped for images shaped like a
+# single text line (which detection would lose); `on`/`off` force either way.
 DEFAULT_DET = "auto"
 
 
