@@ -257,17 +257,21 @@ def test_kill_9_worker_with_20_requests_in_flight(server_factory) -> None:
         victim = server.health()["workers"]["workers"][0]["pid"]
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
+        # Recovery is measured while the other requests are still being served.
+        while True:
+            workers = server.health()["workers"]
+            if workers["ready"] == 2 and victim not in [w["pid"] for w in workers["workers"]]:
+                break
+            assert time.monotonic() - killed_at < 15, "pool not back to full strength within 15 s"
+            time.sleep(0.02)
+        print(f"pool back to full strength {time.monotonic() - killed_at:.2f} s after kill -9")
         responses = [f.result(timeout=90) for f in futures]
     for response in responses:
         assert response.status_code == 200 or (response.status_code >= 500 and "error" in response.json())
     assert sum(r.status_code == 200 for r in responses) >= 19
-    while server.health()["workers"]["ready"] < 2:
-        assert time.monotonic() - killed_at < 30, "pool not back to full strength within 30 s"
-        time.sleep(0.1)
     health = server.health()
     assert health["workers"]["restarts"]["crashed"] == 1
     assert health["cache"]["in_flight"] == 0
-    assert victim not in [w["pid"] for w in health["workers"]["workers"]]
 
 
 def test_recycling_under_load_500_requests(server_factory) -> None:
