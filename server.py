@@ -18,16 +18,20 @@ from typing import Any
 from tornado import httpserver, netutil, web
 
 from cache import OcrService
-from cache.redis_store import RedisStore
+from cache.redis_store import RedisStore, redact
 from handlers import AppContext, ServiceMetrics, routes
 from handlers.base import NotFoundHandler
 from handlers.upload_budget import UploadBudget
 from models import ModelLoadError, check_model_files, model_identity
-from ocr_pool import WorkerPool, WorkerStartError
+from ocr_pool import WorkerPool
 from settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("ocr_server")
 access_log = logging.getLogger("ocr_server.access")
+
+
+class ListenError(RuntimeError):
+    """The HTTP port cannot be bound."""
 
 
 def log_request(handler: web.RequestHandler) -> None:
@@ -111,7 +115,10 @@ async def serve(settings: Settings) -> int:
     app = build_app(ctx)
     web_settings = settings.web_server
     server = httpserver.HTTPServer(app, xheaders=False)
-    sockets = netutil.bind_sockets(web_settings.port, address=web_settings.host)
+    try:
+        sockets = netutil.bind_sockets(web_settings.port, address=web_settings.host)
+    except OSError as exc:  # the port is taken, or the address is not on this machine
+        raise ListenError(f"cannot listen on {web_settings.host}:{web_settings.port}: {exc.strerror or exc}") from exc
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     log.info("listening on http://%s:%d (engine %s, %d workers)", web_settings.host, port, settings.ocr.engine,
@@ -124,7 +131,7 @@ async def serve(settings: Settings) -> int:
 
     if ctx.ocr.shared is not None and not await ctx.ocr.shared.ping():
         log.warning("Redis at %s is unreachable; serving without the shared cache until it is back",
-                    settings.service.redis_url)
+                    redact(settings.service.redis_url))
     await ctx.pool.start(wait=False)
     startup = asyncio.ensure_future(ctx.pool.wait_ready())
     stopper = asyncio.ensure_future(stop.wait())
@@ -134,8 +141,7 @@ async def serve(settings: Settings) -> int:
     if startup.done():
         if startup.exception() is not None:
             error = startup.exception()
-            assert isinstance(error, WorkerStartError)
-            log.error("cannot start the OCR workers: %s", error.message)
+            log.error("cannot start the OCR workers: %s", getattr(error, "message", error))
             exit_code = 1
             stop.set()
         else:
@@ -179,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(serve(settings))
     except ModelLoadError as exc:
         print(f"model error: {exc}", file=sys.stderr)
+        return 2
+    except ListenError as exc:
+        print(exc, file=sys.stderr)
         return 2
 
 

@@ -335,3 +335,19 @@ def test_embedded_defaults_serve_the_original_client_flow() -> None:
     finally:
         process.terminate()
         assert process.wait(timeout=60) == 0
+
+
+def test_port_in_use_fails_with_a_clear_message(ocr_server: RunningServer) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    port = ocr_server.url.rsplit(":", 1)[1]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "server.py"), "--port", port],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
