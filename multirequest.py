@@ -59,7 +59,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 SCENARIOS = ("distinct", "same-uncached", "same-cached", "mixed")
 ALL_SCENARIOS = ("distinct", "same-uncached", "same-cached")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-DEFAULT_IMAGES_DIR = Path(__file__).resolve().parent.parent / "shared" / "data" / "load"
+SHARED_LOAD_DIR = Path(__file__).resolve().parent.parent / "shared" / "data" / "load"
+# The shared load set when it sits beside the checkout, else the repo's own sample images.
+DEFAULT_IMAGES_DIR = SHARED_LOAD_DIR if SHARED_LOAD_DIR.is_dir() else Path(__file__).resolve().parent / "imgs"
 
 # Published by the original project for 50 concurrent clients (mean / max seconds).
 ORIGINAL_PUBLISHED: dict[str, dict[str, float]] = {
