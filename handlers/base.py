@@ -45,14 +45,6 @@ class JsonHandler(web.RequestHandler):
         self.log_fields["error"] = body["error"]["code"]
         self.finish(json.dumps(body))
 
-    def _handle_request_exception(self, e: BaseException) -> None:
-        if isinstance(e, ApiError):
-            # Client-facing failures are expected: no traceback in the log.
-            if not self._finished:
-                self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
-            return
-        super()._handle_request_exception(e)
-
 
 class NotFoundHandler(JsonHandler):
     def prepare(self) -> None:

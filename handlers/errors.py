@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from tornado import web
+
 from ocr_pool import PoolError
 
 
-class ApiError(Exception):
-    """A failure reported to the client as {"error": {"code", "message"}}."""
+class ApiError(web.HTTPError):
+    """A failure reported to the client as {"error": {"code", "message"}}.
+
+    An HTTPError, so Tornado answers with its status and logs no traceback; no
+    log_message either: the access log line already records the status and code.
+    """
 
     def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
+        super().__init__(status)
         self.status = status
         self.code = code
         self.message = message
