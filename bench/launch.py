@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -42,43 +43,49 @@ class BenchServer:
     def health(self) -> dict[str, Any]:
         return get_json(f"{self.url}/health")
 
-    def stop(self) -> int:
-        """SIGTERM by PID, then wait; SIGKILL only if it does not exit."""
+    def stop(self, grace: float = 60.0) -> int:
+        """SIGTERM by PID; if it does not exit in time, SIGKILL its own process group
+        (it was started in a session of its own, so that reaches its workers too)."""
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGTERM)
             try:
-                return self.process.wait(timeout=60)
+                return self.process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
         return self.process.wait(timeout=10)
 
+    def log_tail(self, chars: int = 3000) -> str:
+        with contextlib.suppress(OSError):
+            return (self.workdir / "server.log").read_text(errors="replace")[-chars:]
+        return ""
 
-def start_server(config: dict[str, Any], ready_timeout: float = 180) -> BenchServer:
-    workdir = Path(tempfile.mkdtemp(prefix="ocr-bench-"))
+
+def start_server(
+    config: dict[str, Any],
+    ready_timeout: float = 180,
+    log_level: str = "WARNING",
+    workdir: Path | None = None,
+) -> BenchServer:
+    """Start server.py with `config` on a free loopback port and wait until it is ready."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="ocr-bench-"))
     config_path = workdir / "config.json"
-    config_path.write_text(json.dumps(config))
+    config_path.write_text(json.dumps(config, indent=2))
     port = free_port()
     with open(workdir / "server.log", "wb") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                str(REPO / "server.py"),
-                "--config",
-                str(config_path),
-                "--port",
-                str(port),
-                "--log-level",
-                "WARNING",
-            ],
+            [sys.executable, str(REPO / "server.py"), "--config", str(config_path), "--port", str(port),
+             "--log-level", log_level],
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
-        )
+            start_new_session=True,
+        )  # fmt: skip
     server = BenchServer(f"http://127.0.0.1:{port}", process, workdir)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {(workdir / 'server.log').read_text()[-2000:]}")
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log_tail()}")
         try:
             if get_json(f"{server.url}/readyz", timeout=2).get("status") == "ready":
                 return server
@@ -86,4 +93,4 @@ def start_server(config: dict[str, Any], ready_timeout: float = 180) -> BenchSer
             pass
         time.sleep(0.2)
     server.stop()
-    raise RuntimeError("server not ready in time")
+    raise RuntimeError(f"server not ready within {ready_timeout:g} s:\n{server.log_tail()}")

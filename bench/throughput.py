@@ -32,9 +32,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +44,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import multirequest as mr
+from bench.launch import BenchServer, start_server
 
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "load"
 
@@ -158,66 +156,11 @@ def measure_parallel_engines(images: list[Path], processes: int, single_s: dict[
     }
 
 
-# ---------------------------------------------------------------- server process
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServerProcess:
-    """``python server.py`` on a free loopback port with a temporary config."""
-
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
-        self.workdir = workdir
-        self.config_path = workdir / "config.json"
-        self.config_path.write_text(json.dumps(config, indent=2))
-        self.log_path = workdir / "server.log"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, str(REPO / "server.py"), "--config", str(self.config_path), "--port", str(self.port)],
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, so a forced stop reaches its workers
-            )
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, grace: float = 60.0) -> int | None:
-        """SIGTERM by PID, then SIGKILL to its own process group if it does not exit."""
-        proc = self.process
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        return proc.returncode
-
-    def log_tail(self, chars: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-chars:]
-        return ""
-
-
 # ---------------------------------------------------------------- server measurements
 
 
 async def measure_server(
-    server: ServerProcess,
+    server: BenchServer,
     images: list[Path],
     engine_s: dict[str, float],
     parallel_rate: float | None,
@@ -429,8 +372,10 @@ def main(argv: list[str] | None = None) -> int:
             },
             "service": {"time": 3600, "img_number": 10000},
         }
-        server = ServerProcess(Path(tmp), config)
-        server.start()
+        # INFO: the access log stays on, as in production.
+        server = start_server(
+            config, ready_timeout=max(1.0, min(180.0, deadline - time.monotonic())), log_level="INFO", workdir=Path(tmp)
+        )
         try:
             measured = asyncio.run(
                 measure_server(
@@ -439,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             code = server.stop()
-            print(f"server (pid {server.process.pid if server.process else '-'}) stopped, exit code {code}")
+            print(f"server (pid {server.pid}) stopped, exit code {code}")
 
     for line in headline(engine, parallel, measured, args.workers):
         print(line)
