@@ -17,7 +17,8 @@ import json
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -31,6 +32,7 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 return 0
 """
 RETRY_AFTER_FAILURE_S = 2.0
+T = TypeVar("T")
 
 
 def redact(url: str) -> str:
@@ -87,26 +89,39 @@ class RedisStore:
             log.info("Redis reachable again at %s", redact(self.url))
         self.connected = True
 
+    async def _guarded(self, operation: Callable[[], Awaitable[T]], fallback: T) -> T:
+        """Run one Redis operation; `fallback` while Redis is down or when it fails."""
+        if not self._available():
+            return fallback
+        try:
+            value = await operation()
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return fallback
+        self._succeeded()
+        return value
+
     # ---- results ------------------------------------------------------------------
 
     async def get_result(self, key: str) -> dict[str, Any] | None:
-        if not self._available() or self.result_ttl <= 0 or self.max_results <= 0:
+        if self.result_ttl <= 0 or self.max_results <= 0:
             return None
-        try:
+
+        async def read() -> bytes | None:
             raw = await self._client.get(self.prefix + "result:" + key)
             if raw is not None:
                 await self._client.zadd(self.prefix + "lru", {key: time.time()})
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            return None
-        self._succeeded()
+            return raw
+
+        raw = await self._guarded(read, None)
         return None if raw is None else json.loads(raw)
 
     async def put_result(self, key: str, result: dict[str, Any]) -> None:
-        if not self._available() or self.result_ttl <= 0 or self.max_results <= 0:
+        if self.result_ttl <= 0 or self.max_results <= 0:
             return
         lru = self.prefix + "lru"
-        try:
+
+        async def write() -> None:
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.set(self.prefix + "result:" + key, json.dumps(result), ex=max(1, int(self.result_ttl)))
                 pipe.zadd(lru, {key: time.time()})
@@ -117,10 +132,8 @@ class RedisStore:
                 evicted = await self._client.zpopmin(lru, count - self.max_results)
                 if evicted:
                     await self._client.delete(*(self.prefix + "result:" + k.decode() for k, _ in evicted))
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            return
-        self._succeeded()
+
+        await self._guarded(write, None)
 
     # ---- in-flight claims --------------------------------------------------------------
 
@@ -129,69 +142,49 @@ class RedisStore:
 
         With Redis down every node computes for itself (the token "local").
         """
-        if not self._available():
-            return "local"
         token = f"{self.node_id}:{uuid.uuid4().hex[:8]}"
-        try:
-            won = await self._client.set(
-                self.prefix + "claim:" + key, token, nx=True, px=max(1, int(self.claim_ttl * 1000))
-            )
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            return "local"
-        self._succeeded()
-        return token if won else None
+
+        async def take() -> str | None:
+            claim_ms = max(1, int(self.claim_ttl * 1000))
+            won = await self._client.set(self.prefix + "claim:" + key, token, nx=True, px=claim_ms)
+            return token if won else None
+
+        return await self._guarded(take, "local")
 
     async def claim_held(self, key: str) -> bool:
-        if not self._available():
-            return False
-        try:
-            held = await self._client.exists(self.prefix + "claim:" + key)
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            return False
-        self._succeeded()
-        return bool(held)
+        async def held() -> bool:
+            return bool(await self._client.exists(self.prefix + "claim:" + key))
+
+        return await self._guarded(held, False)
 
     async def release(self, key: str, token: str) -> None:
-        if token == "local" or not self._available():
+        if token == "local":
             return
-        try:
+
+        async def drop() -> None:
             await self._release(keys=[self.prefix + "claim:" + key], args=[token])
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
+
+        await self._guarded(drop, None)
 
     # ---- tasks --------------------------------------------------------------------------
 
     async def put_task(self, task_id: str, view: dict[str, Any]) -> None:
-        if not self._available():
-            return
-        try:
+        async def write() -> None:
             await self._client.set(self.prefix + "task:" + task_id, json.dumps(view), ex=max(1, int(self.task_ttl)))
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            return
-        self._succeeded()
+
+        await self._guarded(write, None)
 
     async def get_task(self, task_id: str) -> dict[str, Any] | None:
-        if not self._available():
-            return None
-        try:
-            raw = await self._client.get(self.prefix + "task:" + task_id)
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            return None
-        self._succeeded()
+        async def read() -> bytes | None:
+            return await self._client.get(self.prefix + "task:" + task_id)
+
+        raw = await self._guarded(read, None)
         return None if raw is None else json.loads(raw)
 
     async def ping(self) -> bool:
-        try:
-            await self._client.ping()
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            return False
-        self._succeeded()
-        return True
+        """Check Redis now, even while the circuit breaker holds off other calls."""
+        self._down_until = 0.0
+        return await self._guarded(self._client.ping, False)
 
     async def close(self) -> None:
         await self._client.aclose()
