@@ -218,8 +218,22 @@ def _ocr_request_body() -> dict[str, Any]:
         "type": "string",
         "minLength": 1,
         "description": "Path of an image on the server, inside `web_server.allowed_roots` "
-        "(relative paths are resolved from the server's folder).",
+        "(relative paths are resolved from the folder of the server's config.json).",
     }
+
+    def by_filename(block_flag: dict[str, Any]) -> dict[str, Any]:
+        """A server-side path request; form and JSON bodies differ only in block_flag's type."""
+        return {
+            "type": "object",
+            "required": ["filename"],
+            "properties": {
+                "file_type": {"type": "string", "enum": ["filename"], "default": "filename"},
+                "filename": filename,
+                "block_flag": block_flag,
+                "det": det,
+            },
+        }
+
     return {
         "required": True,
         "description": "The image as an upload (multipart) or as a server-side path (any encoding). "
@@ -242,29 +256,9 @@ def _ocr_request_body() -> dict[str, Any]:
                     },
                 }
             },
-            "application/x-www-form-urlencoded": {
-                "schema": {
-                    "type": "object",
-                    "required": ["filename"],
-                    "properties": {
-                        "file_type": {"type": "string", "enum": ["filename"], "default": "filename"},
-                        "filename": filename,
-                        "block_flag": block_text,
-                        "det": det,
-                    },
-                }
-            },
+            "application/x-www-form-urlencoded": {"schema": by_filename(block_text)},
             JSON: {
-                "schema": {
-                    "type": "object",
-                    "required": ["filename"],
-                    "properties": {
-                        "file_type": {"type": "string", "enum": ["filename"], "default": "filename"},
-                        "filename": filename,
-                        "block_flag": {"type": "boolean", "default": True, "description": block_text["description"]},
-                        "det": det,
-                    },
-                }
+                "schema": by_filename({"type": "boolean", "default": True, "description": block_text["description"]})
             },
         },
     }
