@@ -1,7 +1,8 @@
 #!/usr/bin/env sh
 # Set up everything the test suite needs on a fresh Debian machine, then run it.
 # System packages (the tests drive them for real): redis-server and nginx for the
-# scale-out tests, chromium for the WebUI browser test. Installed only when missing.
+# scale-out tests, chromium for the WebUI browser test, wrk for the cache-hit benchmark
+# tool's test. Installed only when missing.
 set -eu
 cd "$(dirname "$0")"
 
@@ -9,6 +10,7 @@ missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing="$missing nginx"
 [ -x /usr/bin/chromium ] || missing="$missing chromium"
+command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
 if [ -n "$missing" ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -72,15 +72,16 @@ def start_server(
     config_path = workdir / "config.json"
     config_path.write_text(json.dumps(config, indent=2))
     port = free_port()
+    argv = [str(REPO / "server.py"), "--config", str(config_path), "--port", str(port), "--log-level", log_level]
+    return start_process(argv, port, workdir, ready_timeout)
+
+
+def start_process(argv: list[str], port: int, workdir: Path, ready_timeout: float = 180) -> BenchServer:
+    """Run `python argv...` (a server listening on 127.0.0.1:port) and wait until /readyz says ready."""
     with open(workdir / "server.log", "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, str(REPO / "server.py"), "--config", str(config_path), "--port", str(port),
-             "--log-level", log_level],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+            [sys.executable, *argv], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     server = BenchServer(f"http://127.0.0.1:{port}", process, workdir)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:

@@ -10,7 +10,8 @@ One run measures, on this machine:
 3. the ratio server / (cores x single engine).  Because a level's request list need not
    be one exact pass over the images, the ratio is computed for the exact mix sent:
    ``sum(engine seconds of each image sent) / (cores x wall seconds)``;
-4. cache-hit latency p50/p99 at concurrency 50 (and at 1, for reference);
+4. cache-hit latency p50/p99 at concurrency 50 (and at 1, for reference), with the Python
+   client and, when installed, with wrk beside the Tornado floor (see bench/hit_latency.py);
 5. the number of OCR runs (``/health`` ``ocr_runs`` delta) for 50 concurrent identical
    uncached requests (must be 1).
 
@@ -44,6 +45,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import multirequest as mr
+from bench import hit_latency
 from bench.launch import BenchServer, start_server
 
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "load"
@@ -293,6 +295,8 @@ def headline(engine: dict[str, Any], parallel: dict[str, Any] | None, server: di
             f"cache-hit latency at concurrency {s['concurrency']}: p50 {mr.fmt_seconds(lat['p50'])}, "
             f"p99 {mr.fmt_seconds(lat['p99'])}{target}"
         )
+    if server.get("wrk_hits"):
+        lines += hit_latency.report(server["wrk_hits"])
     ident = server["identical"]
     if ident is not None:
         lines.append(
@@ -316,6 +320,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--levels", default="1,2,8,50", help="comma-separated concurrency levels")
     p.add_argument("--workers", type=int, default=cores, help="ocr.process.number (default: cores)")
     p.add_argument("--cached-requests", type=int, default=1000, help="cache-hit requests at concurrency 50")
+    p.add_argument("--skip-wrk", action="store_true", help="skip the cache-hit comparison driven by wrk")
     p.add_argument("--identical", type=int, default=50, help="concurrent identical uncached requests")
     p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout, seconds")
     p.add_argument("--deadline", type=float, default=1500.0, help="overall time limit, seconds")
@@ -382,6 +387,13 @@ def main(argv: list[str] | None = None) -> int:
                     server, images, engine["per_image_s"], parallel and parallel["work_rate"], args, deadline
                 )
             )
+            # The same hits driven by wrk (C client) beside the least Tornado can do, when installed.
+            if not args.skip_wrk and time.monotonic() < deadline:
+                measured["wrk_hits"] = hit_latency.compare(
+                    server, mr.default_same_image(images), [1, 50], 5.0, Path(tmp), args.workers
+                )
+                if measured["wrk_hits"] is None:
+                    print("wrk not installed: cache hits measured with the Python client only", file=sys.stderr)
         finally:
             code = server.stop()
             print(f"server (pid {server.pid}) stopped, exit code {code}")

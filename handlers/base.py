@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
+import orjson
 from tornado import web
 
 from handlers.errors import ApiError, error_body
 
 log = logging.getLogger("ocr_server")
+
+# orjson: a cached result (hundreds of boxes) encodes ~8x faster than with json, which is
+# most of a cache hit's cost after HTTP parsing and hashing. Writes UTF-8, never NaN.
+JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def encode_json(body: Any) -> bytes:
+    return orjson.dumps(body, option=JSON_OPTIONS)
 
 
 class JsonHandler(web.RequestHandler):
@@ -28,7 +36,7 @@ class JsonHandler(web.RequestHandler):
 
     def write_json(self, body: Any, status: int = 200) -> None:
         self.set_status(status)
-        self.finish(json.dumps(body, ensure_ascii=False))
+        self.finish(encode_json(body))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -43,7 +51,7 @@ class JsonHandler(web.RequestHandler):
         else:
             body = error_body("internal_error", "internal server error")
         self.log_fields["error"] = body["error"]["code"]
-        self.finish(json.dumps(body))
+        self.finish(encode_json(body))
 
 
 class NotFoundHandler(JsonHandler):

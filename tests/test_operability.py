@@ -49,7 +49,9 @@ def test_readyz_is_503_until_a_worker_has_loaded(tmp_path: Path) -> None:
             if ready.status_code == 200:
                 break
             assert ready.json()["workers_ready"] == 0
-            assert server.health()["status"] == "degraded"
+            # The worker may finish loading between the two calls: /health must agree with itself.
+            health = server.health()
+            assert health["status"] == ("ok" if health["workers"]["ready"] else "degraded")
             time.sleep(0.05)
         assert seen[0] == (503, 200), "the service must answer (live, not ready) while models load"
         assert seen[-1] == (200, 200)

@@ -47,6 +47,21 @@ def test_upload_reads_a_real_receipt(ocr_server: RunningServer) -> None:
     assert edits / chars < 0.08
 
 
+def test_chinese_document_comes_back_as_utf8_json(ocr_server: RunningServer) -> None:
+    entry = gt_entry(lambda e: e["image"].endswith("pp_00059985.jpg"))
+    response = ocr_server.ocr_upload((GT_DIR / entry["image"]).read_bytes())
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "application/json; charset=UTF-8"
+    lines = ocr_text(response.json())
+    # Characters are sent as UTF-8, not as \u escapes: a plain-text reader sees them too.
+    assert lines[0].encode() in response.content
+    assert any("\u4e00" <= char <= "\u9fff" for char in "".join(lines))
+    # This page measured 6 of 171 characters wrong (3.5%, order-free); a wrong dictionary
+    # or a mangled encoding gets nearly every character wrong.
+    edits, chars = bag_cer(entry["lines"], lines)
+    assert edits / chars < 0.10, f"{edits}/{chars} characters wrong: {lines}"
+
+
 def test_filename_mode_with_original_client_bodies(ocr_server: RunningServer) -> None:
     assert ocr_server.images_dir is not None
     word = random_word()

@@ -1,0 +1,258 @@
+"""Cache-hit latency measured with wrk: this server against the least Tornado can do.
+
+A Python load client on a 2-core machine takes a core from the server it measures, so
+this benchmark drives the hits with wrk (a C load generator; Debian package `wrk`). One
+run, on this machine:
+
+1. start the real server (one worker: after the first upload every request is a hit);
+2. upload the image once (the one miss) and keep the answer;
+3. wrk posts that same multipart upload over C keep-alive connections for D seconds, for
+   each C in --connections: p50 / p90 / p99 latency and requests/s; the /health hit
+   counter must grow by exactly the number of requests wrk completed;
+4. the same wrk runs against bench/tornado_floor.py, which only reads the upload and
+   answers the same bytes: once with one process (like this server's one event loop) and
+   once with one process per core;
+5. prints our figures beside the floor's and the ratios.
+
+In a closed loop of C connections, latency = C / throughput (Little's law): p99 under
+5 ms at 50 connections needs at least 10,000 requests/s; the floor shows what Tornado
+on this machine can reach at all.
+
+    python bench/hit_latency.py                       # ~1 min
+    python bench/hit_latency.py --connections 1,8,50 --duration 10 --json hits.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import multirequest as mr
+from bench.launch import BenchServer, free_port, start_process, start_server
+
+DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "load"
+FALLBACK_IMAGE = REPO / "imgs" / "sample_invoice.png"
+TARGET_P99_S = 0.005
+
+WRK_SCRIPT = """\
+local f = assert(io.open(os.getenv("HIT_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = os.getenv("HIT_CONTENT_TYPE")
+"""
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if match is None:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    """The figures of a `wrk --latency` report: percentiles (s), requests, req/s, failures."""
+    percentiles = {
+        f"p{m.group(1)}": _seconds(m.group(2)) for m in re.finditer(r"^\s+(\d+)%\s+(\S+)\s*$", output, re.MULTILINE)
+    }
+    done = re.search(r"^\s*(\d+) requests in ([\d.]+\w+),", output, re.MULTILINE)
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    if done is None or rate is None or "p50" not in percentiles:
+        raise ValueError(f"unrecognised wrk output:\n{output}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    return {
+        "requests": int(done.group(1)),
+        "duration_s": _seconds(done.group(2)),
+        "requests_per_s": float(rate.group(1)),
+        "latency_s": percentiles,
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": sum(int(x) for x in socket_errors.groups()) if socket_errors else 0,
+    }
+
+
+def run_wrk(wrk: str, url: str, script: Path, env: dict[str, str], connections: int, duration: float) -> dict[str, Any]:
+    threads = max(1, min(connections, os.cpu_count() or 1))
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", str(script), url]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=duration + 60, env={**os.environ, **env}, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    figures = parse_wrk(done.stdout)
+    figures["connections"] = connections
+    return figures
+
+
+def post_once(url: str, body: bytes, content_type: str) -> bytes:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return response.read()
+
+
+def hit_count(server: BenchServer) -> int:
+    return int(server.health()["cache"]["hits"])
+
+
+def measure_wrk_series(
+    wrk: str, url: str, script: Path, env: dict[str, str], connections: list[int], duration: float,
+    server: BenchServer | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One wrk run per connection count (after a short warm-up); with `server`, checks every request hit."""
+    run_wrk(wrk, url, script, env, max(connections), 1.0)  # warm-up: connections, caches, branch predictors
+    series = []
+    for count in connections:
+        before = hit_count(server) if server is not None else None
+        figures = run_wrk(wrk, url, script, env, count, duration)
+        if server is not None and before is not None:
+            # wrk counts only completed responses; requests cut off at the end may still hit.
+            figures["hits"] = hit_count(server) - before
+        series.append(figures)
+    return series
+
+
+def compare(
+    server: BenchServer, image: Path, connections: list[int], duration: float, workdir: Path, floor_processes: int
+) -> dict[str, Any] | None:
+    """wrk against `server` and against the Tornado floor; None when wrk is not installed."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    boundary = f"hit{uuid.uuid4().hex}"
+    body, content_type = mr.build_multipart({"file_type": "file"}, "file", image.name, image.read_bytes(), boundary)
+    body_path = workdir / "hit-body.bin"
+    body_path.write_bytes(body)
+    script = workdir / "hit.lua"
+    script.write_text(WRK_SCRIPT)
+    env = {"HIT_BODY": str(body_path), "HIT_CONTENT_TYPE": content_type}
+    answer = post_once(f"{server.url}/ocr_service", body, content_type)  # the one miss; fills the cache
+    answer_path = workdir / "hit-answer.json"
+    answer_path.write_bytes(answer)
+
+    out: dict[str, Any] = {
+        "client": subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False).stdout.split(
+            " Copyright"
+        )[0],
+        "image": image.name,
+        "upload_bytes": len(body),
+        "answer_bytes": len(answer),
+        "server": measure_wrk_series(wrk, f"{server.url}/ocr_service", script, env, connections, duration, server),
+        "floor": {},
+    }
+    for processes in sorted({1, floor_processes}):
+        port = free_port()
+        floor_dir = Path(tempfile.mkdtemp(prefix=f"floor{processes}-", dir=workdir))
+        argv = [str(REPO / "bench" / "tornado_floor.py"), "--port", str(port), "--response", str(answer_path),
+                "--processes", str(processes)]  # fmt: skip
+        floor = start_process(argv, port, floor_dir, ready_timeout=30)
+        try:
+            out["floor"][processes] = measure_wrk_series(
+                wrk, f"{floor.url}/ocr_service", script, env, connections, duration
+            )
+        finally:
+            floor.stop(grace=10)
+    return out
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def report(result: dict[str, Any]) -> list[str]:
+    lines = [
+        (
+            f"cache hits with {result['client']}: {result['image']} ({result['upload_bytes']} B upload, "
+            f"{result['answer_bytes']} B answer)"
+        ),
+        f"{'':24} {'conns':>5} {'req/s':>8} {'p50':>10} {'p90':>10} {'p99':>10}  notes",
+    ]
+    rows = [("this server (1 loop)", result["server"])]
+    rows += [(f"Tornado floor, {n} proc", series) for n, series in sorted(result["floor"].items())]
+    for name, series in rows:
+        for s in series:
+            lat = s["latency_s"]
+            notes = []
+            if "hits" in s:
+                notes.append(f"hits {s['hits']} for {s['requests']} answered")
+            if s["non_2xx"] or s["socket_errors"]:
+                notes.append(f"non-2xx {s['non_2xx']}, socket errors {s['socket_errors']}")
+            lines.append(
+                f"{name:24} {s['connections']:>5} {s['requests_per_s']:>8.0f} {_ms(lat['p50']):>10} "
+                f"{_ms(lat.get('p90', float('nan'))):>10} {_ms(lat['p99']):>10}  {'; '.join(notes)}"
+            )
+    floor1 = {s["connections"]: s for s in result["floor"].get(1, [])}
+    for s in result["server"]:
+        f = floor1.get(s["connections"])
+        if f is None:
+            continue
+        lines.append(
+            f"at {s['connections']} connections: this server / 1-process floor = "
+            f"{s['requests_per_s'] / f['requests_per_s']:.2f} x throughput, "
+            f"{s['latency_s']['p99'] / f['latency_s']['p99']:.2f} x p99"
+        )
+    for n, series in sorted(result["floor"].items()):
+        for s in series:
+            if s["connections"] == 50:
+                met = "below" if s["latency_s"]["p99"] < TARGET_P99_S else "above"
+                lines.append(
+                    f"floor with {n} process(es) at 50 connections: p99 {_ms(s['latency_s']['p99'])} "
+                    f"({met} the 5 ms target; Little's law needs {50 / TARGET_P99_S:.0f} req/s, "
+                    f"the floor does {s['requests_per_s']:.0f})"
+                )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--image", type=Path, default=None, help="image to upload (default: the load set's same-image)")
+    p.add_argument("--connections", default="1,50", help="comma-separated wrk connection counts")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    p.add_argument("--floor-processes", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--json", dest="json_path", type=Path, default=None)
+    args = p.parse_args(argv)
+    connections = [int(x) for x in args.connections.split(",") if x.strip()]
+    image = args.image
+    if image is None:
+        image = mr.default_same_image(mr.list_images(DEFAULT_IMAGES)) if DEFAULT_IMAGES.is_dir() else FALLBACK_IMAGE
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="bench-hits-") as tmp:
+        workdir = Path(tmp)
+        config = {"web_server": {"host": "127.0.0.1"}, "ocr": {"process": {"number": 1}}}
+        # INFO: the access log stays on, as in production.
+        server = start_server(config, log_level="INFO", workdir=workdir)
+        started = time.monotonic()
+        try:
+            result = compare(server, image, connections, args.duration, workdir, args.floor_processes)
+        finally:
+            server.stop()
+    assert result is not None
+    for line in report(result):
+        print(line)
+    print(f"({time.monotonic() - started:.0f} s)")
+    if args.json_path is not None:
+        args.json_path.write_text(json.dumps(result, indent=2) + "\n")
+    failures = sum(s["non_2xx"] + s["socket_errors"] for s in result["server"])
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

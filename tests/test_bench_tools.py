@@ -1,0 +1,94 @@
+"""The cache-hit benchmark's tools: the wrk report parser, the Tornado floor server, a short real run."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from bench import hit_latency
+from bench.launch import free_port, start_process
+from tests.conftest import RunningServer, text_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A report as wrk 4.1 prints it with --latency (the layout the parser must read).
+WRK_REPORT = """\
+Running 5s test @ http://127.0.0.1:8890/ocr_service
+  2 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    20.81ms  812.44us  31.22ms   93.10%
+    Req/Sec     1.20k    45.31     1.29k    71.00%
+  Latency Distribution
+     50%   20.78ms
+     75%   20.97ms
+     90%   21.17ms
+     99%   21.73ms
+  11953 requests in 5.00s, 37.60MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:   2389.21
+Transfer/sec:      7.52MB
+"""
+
+
+def test_parse_wrk_reads_percentiles_counts_and_failures() -> None:
+    figures = hit_latency.parse_wrk(WRK_REPORT)
+    assert figures["requests"] == 11953
+    assert figures["duration_s"] == pytest.approx(5.0)
+    assert figures["requests_per_s"] == pytest.approx(2389.21)
+    assert figures["latency_s"] == pytest.approx({"p50": 0.02078, "p75": 0.02097, "p90": 0.02117, "p99": 0.02173})
+    assert figures["non_2xx"] == 4
+    assert figures["socket_errors"] == 3
+
+
+def test_parse_wrk_reads_microseconds_and_refuses_other_text() -> None:
+    fast = WRK_REPORT.replace("20.78ms", "544.00us").replace("  Socket errors: connect 0, read 2, write 0, timeout 1\n", "")
+    figures = hit_latency.parse_wrk(fast)
+    assert figures["latency_s"]["p50"] == pytest.approx(544e-6)
+    assert figures["socket_errors"] == 0
+    with pytest.raises(ValueError, match="unrecognised wrk output"):
+        hit_latency.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
+
+
+def test_tornado_floor_answers_the_given_bytes_and_stops_its_children(tmp_path: Path) -> None:
+    answer = tmp_path / "answer.json"
+    answer.write_bytes('{"text_lines": [{"text": "合计 42"}]}'.encode())
+    port = free_port()
+    argv = [str(REPO / "bench" / "tornado_floor.py"), "--port", str(port), "--response", str(answer), "--processes", "2"]
+    floor = start_process(argv, port, tmp_path, ready_timeout=30)
+    try:
+        children = psutil.Process(floor.pid).children()
+        assert len(children) == 1
+        for _ in range(4):
+            response = requests.post(f"{floor.url}/ocr_service", data=b"x" * 100_000, timeout=10)
+            assert response.status_code == 200
+            assert response.content == answer.read_bytes()
+    finally:
+        floor.process.send_signal(signal.SIGTERM)
+        assert floor.process.wait(timeout=10) == 0
+    deadline = time.monotonic() + 5
+    while any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children):
+        assert time.monotonic() < deadline, "floor child still running after the parent stopped"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (Debian package wrk; test.sh installs it)")
+def test_short_wrk_comparison_against_the_real_server(ocr_server: RunningServer, tmp_path: Path) -> None:
+    image = tmp_path / "hit.png"
+    image.write_bytes(text_image("HIT 4711"))
+    result = hit_latency.compare(ocr_server, image, [2], 1.0, tmp_path, floor_processes=2)  # type: ignore[arg-type]
+    assert result is not None
+    [ours] = result["server"]
+    assert ours["requests"] > 0 and ours["non_2xx"] == 0 and ours["socket_errors"] == 0
+    # Every request wrk saw answered was a cache hit (requests cut off at the end may hit too).
+    assert ours["hits"] >= ours["requests"]
+    assert b"4711" in (tmp_path / "hit-answer.json").read_bytes()
+    assert sorted(result["floor"]) == [1, 2]
+    lines = hit_latency.report(result)
+    assert any("this server / 1-process floor" in line for line in lines)
