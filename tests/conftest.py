@@ -7,10 +7,7 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +16,8 @@ from typing import Any
 import pytest
 import requests
 from PIL import Image, ImageDraw, ImageFont
+
+from bench import launch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -43,12 +42,6 @@ def gt_entry(predicate: Any) -> dict[str, Any]:
         if predicate(entry):
             return entry
     pytest.skip("no matching image in the shared ground-truth set")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def text_image(text: str, size: int = 48) -> bytes:
@@ -115,31 +108,15 @@ def base_config(**process: Any) -> dict[str, Any]:
 
 
 def start_server(workdir: Path, config: dict[str, Any], ready_timeout: float = 180) -> RunningServer:
+    """server.py with `config` on a free loopback port (the benchmarks' launcher), ready to serve."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config_path = workdir / "config.json"
-    config_path.write_text(json.dumps(config, indent=2))
-    log_path = workdir / "server.log"
-    port = free_port()
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, str(REPO / "server.py"), "--config", str(config_path), "--port", str(port)],
-            cwd=REPO,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    server = RunningServer(f"http://127.0.0.1:{port}", process.pid, config_path, log_path, process)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log_text()[-3000:]}")
-        try:
-            if requests.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"server not ready within {ready_timeout} s:\n{server.log_text()[-3000:]}")
+    try:
+        launched = launch.start_server(config, ready_timeout=ready_timeout, log_level="INFO", workdir=workdir)
+    except RuntimeError as exc:
+        raise RuntimeError(str(exc)) from None  # the message already carries the server's log tail
+    return RunningServer(
+        launched.url, launched.pid, workdir / "config.json", workdir / "server.log", launched.process
+    )
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import REPO, RunningServer, base_config, free_port, random_word, text_image
+from bench.launch import free_port
+from tests.conftest import REPO, RunningServer, base_config, random_word, text_image
 
 
 def metric(text: str, name: str, **labels: str) -> float:

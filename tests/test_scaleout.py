@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO, RunningServer, base_config, free_port, random_word, start_server, text_image
+from bench.launch import free_port
+from tests.conftest import REPO, RunningServer, base_config, random_word, start_server, text_image
 
 REDIS = shutil.which("redis-server")
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)

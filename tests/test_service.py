@@ -324,7 +324,8 @@ def test_embedded_defaults_serve_the_original_client_flow() -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO, free_port
+    from bench.launch import free_port
+    from tests.conftest import REPO
 
     port = free_port()
     process = subprocess.Popen(
