@@ -10,15 +10,16 @@ run, on this machine:
    each C in --connections: p50 / p90 / p99 latency and requests/s; the /health hit
    counter must grow by exactly the number of requests wrk completed;
 4. the same wrk runs against bench/tornado_floor.py, which only reads the upload and
-   answers the same bytes: once with one process (like this server's one event loop) and
-   once with one process per core;
+   answers the same bytes, as a web.Application handler and as a bare delegate of
+   Tornado's HTTP server: each with one process (like this server's one event loop) and
+   with one process per core;
 5. prints our figures beside the floor's and the ratios.
 
 In a closed loop of C connections, latency = C / throughput (Little's law): p99 under
 5 ms at 50 connections needs at least 10,000 requests/s; the floor shows what Tornado
 on this machine can reach at all.
 
-    python bench/hit_latency.py                       # ~1 min
+    python bench/hit_latency.py                       # ~1.5 min
     python bench/hit_latency.py --connections 1,8,50 --duration 10 --json hits.json
 """
 
@@ -48,6 +49,9 @@ from bench.launch import BenchServer, free_port, start_process, start_server
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "load"
 FALLBACK_IMAGE = REPO / "imgs" / "sample_invoice.png"
 TARGET_P99_S = 0.005
+# bench/tornado_floor.py --layer: a web.Application handler, and Tornado's HTTP server alone.
+FLOOR_LAYERS = ("web", "http")
+FLOOR_NAMES = {"web": "Tornado web floor", "http": "Tornado HTTP floor"}
 
 WRK_SCRIPT = """\
 local f = assert(io.open(os.getenv("HIT_BODY"), "rb"))
@@ -156,18 +160,19 @@ def compare(
         "server": measure_wrk_series(wrk, f"{server.url}/ocr_service", script, env, connections, duration, server),
         "floor": {},
     }
-    for processes in sorted({1, floor_processes}):
-        port = free_port()
-        floor_dir = Path(tempfile.mkdtemp(prefix=f"floor{processes}-", dir=workdir))
-        argv = [str(REPO / "bench" / "tornado_floor.py"), "--port", str(port), "--response", str(answer_path),
-                "--processes", str(processes)]  # fmt: skip
-        floor = start_process(argv, port, floor_dir, ready_timeout=30)
-        try:
-            out["floor"][processes] = measure_wrk_series(
-                wrk, f"{floor.url}/ocr_service", script, env, connections, duration
-            )
-        finally:
-            floor.stop(grace=10)
+    for layer in FLOOR_LAYERS:
+        for processes in sorted({1, floor_processes}):
+            port = free_port()
+            floor_dir = Path(tempfile.mkdtemp(prefix=f"floor-{layer}{processes}-", dir=workdir))
+            argv = [str(REPO / "bench" / "tornado_floor.py"), "--port", str(port), "--response", str(answer_path),
+                    "--processes", str(processes), "--layer", layer]  # fmt: skip
+            floor = start_process(argv, port, floor_dir, ready_timeout=30)
+            try:
+                out["floor"][f"{layer}-{processes}"] = measure_wrk_series(
+                    wrk, f"{floor.url}/ocr_service", script, env, connections, duration
+                )
+            finally:
+                floor.stop(grace=10)
     return out
 
 
@@ -181,10 +186,12 @@ def report(result: dict[str, Any]) -> list[str]:
             f"cache hits with {result['client']}: {result['image']} ({result['upload_bytes']} B upload, "
             f"{result['answer_bytes']} B answer)"
         ),
-        f"{'':24} {'conns':>5} {'req/s':>8} {'p50':>10} {'p90':>10} {'p99':>10}  notes",
+        f"{'':28} {'conns':>5} {'req/s':>8} {'p50':>10} {'p90':>10} {'p99':>10}  notes",
     ]
     rows = [("this server (1 loop)", result["server"])]
-    rows += [(f"Tornado floor, {n} proc", series) for n, series in sorted(result["floor"].items())]
+    for key, series in result["floor"].items():
+        layer, processes = key.split("-")
+        rows.append((f"{FLOOR_NAMES[layer]}, {processes} proc", series))
     for name, series in rows:
         for s in series:
             lat = s["latency_s"]
@@ -194,28 +201,32 @@ def report(result: dict[str, Any]) -> list[str]:
             if s["non_2xx"] or s["socket_errors"]:
                 notes.append(f"non-2xx {s['non_2xx']}, socket errors {s['socket_errors']}")
             lines.append(
-                f"{name:24} {s['connections']:>5} {s['requests_per_s']:>8.0f} {_ms(lat['p50']):>10} "
+                f"{name:28} {s['connections']:>5} {s['requests_per_s']:>8.0f} {_ms(lat['p50']):>10} "
                 f"{_ms(lat.get('p90', float('nan'))):>10} {_ms(lat['p99']):>10}  {'; '.join(notes)}"
             )
-    floor1 = {s["connections"]: s for s in result["floor"].get(1, [])}
+    floor1 = {s["connections"]: s for s in result["floor"].get("web-1", [])}
     for s in result["server"]:
         f = floor1.get(s["connections"])
         if f is None:
             continue
         lines.append(
-            f"at {s['connections']} connections: this server / 1-process floor = "
+            f"at {s['connections']} connections: this server / 1-process web floor = "
             f"{s['requests_per_s'] / f['requests_per_s']:.2f} x throughput, "
             f"{s['latency_s']['p99'] / f['latency_s']['p99']:.2f} x p99"
         )
-    for n, series in sorted(result["floor"].items()):
+    for key, series in result["floor"].items():
+        layer, processes = key.split("-")
         for s in series:
             if s["connections"] == 50:
                 met = "below" if s["latency_s"]["p99"] < TARGET_P99_S else "above"
                 lines.append(
-                    f"floor with {n} process(es) at 50 connections: p99 {_ms(s['latency_s']['p99'])} "
-                    f"({met} the 5 ms target; Little's law needs {50 / TARGET_P99_S:.0f} req/s, "
-                    f"the floor does {s['requests_per_s']:.0f})"
+                    f"{FLOOR_NAMES[layer]}, {processes} process(es), 50 connections: {s['requests_per_s']:.0f} req/s, "
+                    f"p50 {_ms(s['latency_s']['p50'])}, p99 {_ms(s['latency_s']['p99'])} ({met} the 5 ms target)"
                 )
+    lines.append(
+        f"(closed loop, Little's law: p99 < {_ms(TARGET_P99_S)} at 50 connections needs at least "
+        f"{50 / TARGET_P99_S:.0f} req/s, and a tail no longer than the median)"
+    )
     return lines
 
 

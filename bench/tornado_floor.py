@@ -1,14 +1,20 @@
 """The least work a Tornado server can do for a cache hit: the yardstick for bench/hit_latency.py.
 
-POST /ocr_service reads the whole upload (Tornado's HTTP parsing, the body in memory) and
-answers a fixed JSON body read from --response (the real server's cached answer, so both
-send the same bytes back). No multipart parsing, no hashing, no cache, no access log.
-GET /readyz answers {"status": "ready"} so the benchmark launcher can wait for it.
+POST /ocr_service reads the whole upload and answers a fixed JSON body read from --response
+(the real server's cached answer, so both send the same bytes back). No multipart parsing,
+no hashing, no cache, no access log. GET /readyz answers {"status": "ready"} so the benchmark
+launcher can wait for it. Two layers:
+
+- `--layer web` (default): a tornado.web.Application with one RequestHandler, the body
+  collected into request.body, as any Tornado web service does;
+- `--layer http`: Tornado's HTTP server alone with a bare HTTPMessageDelegate that drops
+  the body chunks and answers: no routing, no RequestHandler. Nothing built on Tornado
+  can answer faster.
 
 With --processes N it forks N processes sharing one listening socket before any event
 loop exists; SIGTERM to the parent stops the children by PID, then the parent.
 
-    python bench/tornado_floor.py --port 8899 --response answer.json [--processes 2]
+    python bench/tornado_floor.py --port 8899 --response answer.json [--processes 2] [--layer http]
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tornado import httpserver, netutil, web
+from tornado import httpserver, httputil, netutil, web
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
@@ -40,12 +46,47 @@ class ReadyHandler(web.RequestHandler):
         self.finish({"status": "ready"})
 
 
-async def serve(sockets: list, body: bytes) -> None:
-    app = web.Application(
-        [(r"/ocr_service", FixedAnswerHandler, {"body": body}), (r"/readyz", ReadyHandler)],
-        log_function=lambda handler: None,
-    )
-    server = httpserver.HTTPServer(app, max_body_size=MAX_BODY_BYTES)
+class BareAnswer(httputil.HTTPMessageDelegate):
+    """One request at the HTTP layer: ignore the body, answer `body` (or ready, for GET /readyz)."""
+
+    def __init__(self, connection: httputil.HTTPConnection, body: bytes) -> None:
+        self.connection = connection
+        self.body = body
+
+    def headers_received(
+        self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine, headers: httputil.HTTPHeaders
+    ) -> None:
+        if isinstance(start_line, httputil.RequestStartLine) and start_line.method == "GET":
+            self.body = b'{"status": "ready"}'
+
+    def data_received(self, chunk: bytes) -> None:
+        pass
+
+    def finish(self) -> None:
+        headers = httputil.HTTPHeaders({"Content-Type": "application/json; charset=UTF-8"})
+        headers["Content-Length"] = str(len(self.body))
+        self.connection.write_headers(httputil.ResponseStartLine("HTTP/1.1", 200, "OK"), headers)
+        self.connection.write(self.body)
+        self.connection.finish()
+
+
+class BareServer(httputil.HTTPServerConnectionDelegate):
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        return BareAnswer(request_conn, self.body)
+
+
+async def serve(sockets: list, body: bytes, layer: str) -> None:
+    if layer == "http":
+        target: httputil.HTTPServerConnectionDelegate = BareServer(body)
+    else:
+        target = web.Application(
+            [(r"/ocr_service", FixedAnswerHandler, {"body": body}), (r"/readyz", ReadyHandler)],
+            log_function=lambda handler: None,
+        )
+    server = httpserver.HTTPServer(target, max_body_size=MAX_BODY_BYTES)
     server.add_sockets(sockets)
     await asyncio.Event().wait()
 
@@ -66,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--response", type=Path, required=True, help="file with the JSON body to answer")
     p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--layer", choices=("web", "http"), default="web")
     args = p.parse_args(argv)
     body = args.response.read_bytes()
     sockets = netutil.bind_sockets(args.port, "127.0.0.1")
@@ -88,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGTERM, stop_children)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(sockets, body))
+        asyncio.run(serve(sockets, body, args.layer))
     return 0
 
 

@@ -56,11 +56,13 @@ def test_parse_wrk_reads_microseconds_and_refuses_other_text() -> None:
         hit_latency.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
 
 
-def test_tornado_floor_answers_the_given_bytes_and_stops_its_children(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layer", ["web", "http"])
+def test_tornado_floor_answers_the_given_bytes_and_stops_its_children(tmp_path: Path, layer: str) -> None:
     answer = tmp_path / "answer.json"
     answer.write_bytes('{"text_lines": [{"text": "合计 42"}]}'.encode())
     port = free_port()
-    argv = [str(REPO / "bench" / "tornado_floor.py"), "--port", str(port), "--response", str(answer), "--processes", "2"]
+    argv = [str(REPO / "bench" / "tornado_floor.py"), "--port", str(port), "--response", str(answer), "--processes", "2",
+            "--layer", layer]  # fmt: skip
     floor = start_process(argv, port, tmp_path, ready_timeout=30)
     try:
         children = psutil.Process(floor.pid).children()
@@ -89,6 +91,6 @@ def test_short_wrk_comparison_against_the_real_server(ocr_server: RunningServer,
     # Every request wrk saw answered was a cache hit (requests cut off at the end may hit too).
     assert ours["hits"] >= ours["requests"]
     assert b"4711" in (tmp_path / "hit-answer.json").read_bytes()
-    assert sorted(result["floor"]) == [1, 2]
+    assert sorted(result["floor"]) == ["http-1", "http-2", "web-1", "web-2"]
     lines = hit_latency.report(result)
-    assert any("this server / 1-process floor" in line for line in lines)
+    assert any("this server / 1-process web floor" in line for line in lines)
