@@ -66,21 +66,28 @@ def start_server(
     ready_timeout: float = 180,
     log_level: str = "WARNING",
     workdir: Path | None = None,
+    new_session: bool = True,
 ) -> BenchServer:
-    """Start server.py with `config` on a free loopback port and wait until it is ready."""
+    """Start server.py with `config` on a free loopback port and wait until it is ready.
+
+    new_session: run it in a session of its own (benchmarks: stop() can then reach its
+    workers by process group); tests keep it in theirs, so a Ctrl-C reaches it too.
+    """
     workdir = workdir or Path(tempfile.mkdtemp(prefix="ocr-bench-"))
     config_path = workdir / "config.json"
     config_path.write_text(json.dumps(config, indent=2))
     port = free_port()
     argv = [str(REPO / "server.py"), "--config", str(config_path), "--port", str(port), "--log-level", log_level]
-    return start_process(argv, port, workdir, ready_timeout)
+    return start_process(argv, port, workdir, ready_timeout, new_session)
 
 
-def start_process(argv: list[str], port: int, workdir: Path, ready_timeout: float = 180) -> BenchServer:
+def start_process(
+    argv: list[str], port: int, workdir: Path, ready_timeout: float = 180, new_session: bool = True
+) -> BenchServer:
     """Run `python argv...` (a server listening on 127.0.0.1:port) and wait until /readyz says ready."""
     with open(workdir / "server.log", "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, *argv], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, *argv], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session
         )
     server = BenchServer(f"http://127.0.0.1:{port}", process, workdir)
     deadline = time.monotonic() + ready_timeout

@@ -110,10 +110,9 @@ def base_config(**process: Any) -> dict[str, Any]:
 def start_server(workdir: Path, config: dict[str, Any], ready_timeout: float = 180) -> RunningServer:
     """server.py with `config` on a free loopback port (the benchmarks' launcher), ready to serve."""
     workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        launched = launch.start_server(config, ready_timeout=ready_timeout, log_level="INFO", workdir=workdir)
-    except RuntimeError as exc:
-        raise RuntimeError(str(exc)) from None  # the message already carries the server's log tail
+    launched = launch.start_server(
+        config, ready_timeout=ready_timeout, log_level="INFO", workdir=workdir, new_session=False
+    )
     return RunningServer(
         launched.url, launched.pid, workdir / "config.json", workdir / "server.log", launched.process
     )
