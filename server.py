@@ -114,7 +114,12 @@ async def serve(settings: Settings) -> int:
     ctx = build_context(settings)
     app = build_app(ctx)
     web_settings = settings.web_server
-    server = httpserver.HTTPServer(app, xheaders=False)
+    server = httpserver.HTTPServer(
+        app,
+        xheaders=False,
+        idle_connection_timeout=web_settings.idle_timeout,
+        body_timeout=web_settings.body_timeout,
+    )
     try:
         sockets = netutil.bind_sockets(web_settings.port, address=web_settings.host)
     except OSError as exc:  # the port is taken, or the address is not on this machine

@@ -41,6 +41,12 @@ class WebServerSettings:
     allowed_roots: tuple[str, ...] = ("./imgs",)
     # Seconds in-flight work may take to finish after SIGTERM.
     shutdown_grace: float = 30.0
+    # Seconds a connection may sit without a complete request head (idle keep-alive,
+    # slow headers) before it is closed.
+    idle_timeout: float = 60.0
+    # Seconds a client may take to send a request body. A stalled upload is cut, so it
+    # cannot hold its share of max_buffered_bytes (and a connection) for ever.
+    body_timeout: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,8 @@ def _check_ranges(settings: Settings) -> None:
         (web.max_body_bytes > 0, "web_server.max_body_bytes must be > 0"),
         (web.max_buffered_bytes >= web.max_body_bytes, "web_server.max_buffered_bytes must be >= max_body_bytes"),
         (len(web.allowed_roots) > 0, "web_server.allowed_roots must name at least one folder"),
+        (web.idle_timeout > 0, "web_server.idle_timeout must be > 0"),
+        (web.body_timeout > 0, "web_server.body_timeout must be > 0"),
         (proc.number >= 1, "ocr.process.number must be >= 1"),
         (proc.max_task_number >= 1, "ocr.process.max_task_number must be >= 1"),
         (proc.queue_size >= 1, "ocr.process.queue_size must be >= 1"),

@@ -43,5 +43,10 @@ class HealthHandler(JsonHandler):
                 "queue": {"depth": pool.queue_depth, "capacity": pool.queue_size, "cancelled": pool.tasks_cancelled},
                 "ocr_runs": pool.tasks_run,
                 "cache": self.ctx.ocr.stats(),
+                "uploads": {
+                    "buffered_bytes": self.ctx.upload_budget.used,
+                    "max_buffered_bytes": self.ctx.upload_budget.limit,
+                    "refused": self.ctx.upload_budget.refused,
+                },
             }
         )

@@ -44,6 +44,9 @@ class _StateCollector(Collector):
         yield _counter("ocr_cache_evictions", "Results evicted by the LRU bound", ocr.results.evictions)
         yield _counter("ocr_cache_shared", "Requests that joined an identical in-flight run", ocr.shared_waits)
         yield _gauge("ocr_cache_entries", "Results in the cache", len(ocr.results))
+        budget = self.ctx.upload_budget
+        yield _gauge("ocr_upload_buffered_bytes", "Request-body bytes held in memory now", budget.used)
+        yield _counter("ocr_uploads_refused", "Uploads answered 503 because max_buffered_bytes was in use", budget.refused)
         rss = GaugeMetricFamily("ocr_worker_rss_bytes", "Resident memory of each worker", labels=["pid"])
         for pid in pool.worker_pids():
             try:

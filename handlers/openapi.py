@@ -194,6 +194,15 @@ def _schemas() -> dict[str, Any]:
                 },
                 "ocr_runs": {"type": "integer"},
                 "cache": {"type": "object", "description": "Result cache counters and backend."},
+                "uploads": {
+                    "type": "object",
+                    "description": "Request bodies held in memory now, the limit, and uploads refused for it.",
+                    "properties": {
+                        "buffered_bytes": {"type": "integer", "minimum": 0},
+                        "max_buffered_bytes": {"type": "integer"},
+                        "refused": {"type": "integer", "minimum": 0},
+                    },
+                },
             },
         },
     }

@@ -407,3 +407,63 @@ def test_burst_of_uploads_past_the_memory_budget_gets_503(server_factory) -> Non
     word = random_word()
     accepted = server.ocr_upload(text_image(word) + b"\0" * 400_000)
     assert accepted.status_code == 200 and word in _texts(accepted)
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> float | None:
+    """Seconds until the server closed `sock` (reads EOF or a reset), or None if still open."""
+    started = time.monotonic()
+    sock.settimeout(0.2)
+    while time.monotonic() - started < within:
+        try:
+            if sock.recv(65536) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return time.monotonic() - started
+    return None
+
+
+def test_stalled_upload_is_cut_and_its_memory_given_back(server_factory) -> None:
+    config = base_config(number=1)
+    config["web_server"].update(
+        {"max_body_bytes": 600_000, "max_buffered_bytes": 1_000_000, "body_timeout": 2.0, "idle_timeout": 30.0}
+    )
+    server = server_factory(config, name="stall")
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+        stalled.sendall(
+            b"POST /ocr_service HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 650000\r\n\r\n" + b"\0" * 560_000
+        )
+        time.sleep(0.5)
+        assert server.health()["uploads"]["buffered_bytes"] == 560_000
+        busy = server.ocr_upload(b"\0" * 500_000)
+        assert busy.status_code == 503 and error_code(busy) == "server_busy"
+        # The client never sends the rest: past body_timeout the server hangs up on it.
+        waited = _closed_by_server(stalled, within=30)
+        assert waited is not None, "a stalled upload kept its connection"
+    health = server.health()
+    assert health["uploads"]["buffered_bytes"] == 0
+    assert health["uploads"]["refused"] >= 1
+    word = random_word()
+    accepted = server.ocr_upload(text_image(word) + b"\0" * 400_000)
+    assert accepted.status_code == 200 and word in _texts(accepted)
+
+
+def test_idle_and_slow_header_connections_are_closed(server_factory) -> None:
+    config = base_config(number=1)
+    config["web_server"].update({"idle_timeout": 1.5})
+    server = server_factory(config, name="idle")
+    port = int(server.url.rsplit(":", 1)[1])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as silent,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as slow_head,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as keep_alive,
+    ):
+        slow_head.sendall(b"POST /ocr_service HTTP/1.1\r\nHost: x\r\n")  # the head never ends
+        keep_alive.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"200 OK" in keep_alive.recv(65536)
+        for sock in (silent, slow_head, keep_alive):
+            assert _closed_by_server(sock, within=30) is not None
+    assert requests.get(f"{server.url}/livez", timeout=10).status_code == 200
