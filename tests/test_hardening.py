@@ -387,17 +387,24 @@ def test_relative_roots_and_filenames_resolve_against_the_config_folder(tmp_path
         assert server.stop() == 0
 
 
+def start_stalled_upload(port: int, declared: int, sent: int) -> socket.socket:
+    """A connection that declares a `declared`-byte upload, sends `sent` bytes of it and stops."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        b"POST /ocr_service HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        + f"Content-Length: {declared}\r\n\r\n".encode()
+        + b"\0" * sent
+    )
+    return sock
+
+
 def test_burst_of_uploads_past_the_memory_budget_gets_503(server_factory) -> None:
     config = base_config(number=1)
     config["web_server"].update({"max_body_bytes": 600_000, "max_buffered_bytes": 1_000_000})
     server = server_factory(config, name="budget")
     port = int(server.url.rsplit(":", 1)[1])
     # Request A declares 650 kB and sends 560 kB of it, then stalls, holding its buffer.
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as held:
-        held.sendall(
-            b"POST /ocr_service HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            b"Content-Length: 650000\r\n\r\n" + b"\0" * 560_000
-        )
+    with start_stalled_upload(port, declared=650_000, sent=560_000):
         time.sleep(0.5)
         refused = server.ocr_upload(b"\0" * 500_000)
         assert refused.status_code == 503 and error_code(refused) == "server_busy"
@@ -431,11 +438,7 @@ def test_stalled_upload_is_cut_and_its_memory_given_back(server_factory) -> None
     )
     server = server_factory(config, name="stall")
     port = int(server.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
-        stalled.sendall(
-            b"POST /ocr_service HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            b"Content-Length: 650000\r\n\r\n" + b"\0" * 560_000
-        )
+    with start_stalled_upload(port, declared=650_000, sent=560_000) as stalled:
         time.sleep(0.5)
         assert server.health()["uploads"]["buffered_bytes"] == 560_000
         busy = server.ocr_upload(b"\0" * 500_000)
