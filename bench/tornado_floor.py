@@ -12,7 +12,7 @@ launcher can wait for it. Two layers:
   can answer faster.
 
 With --processes N it forks N processes sharing one listening socket before any event
-loop exists; SIGTERM to the parent stops the children by PID, then the parent.
+loop exists; SIGTERM to the parent stops it, then it stops its children by PID.
 
     python bench/tornado_floor.py --port 8899 --response answer.json [--processes 2] [--layer http]
 """
@@ -88,7 +88,12 @@ async def serve(sockets: list, body: bytes, layer: str) -> None:
         )
     server = httpserver.HTTPServer(target, max_body_size=MAX_BODY_BYTES)
     server.add_sockets(sockets)
-    await asyncio.Event().wait()
+    # SIGTERM through the loop: the stop runs as ordinary code, never as an exception
+    # raised wherever the signal happened to land.
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    server.stop()
 
 
 def fork_children(count: int) -> list[int]:
@@ -111,26 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     body = args.response.read_bytes()
     sockets = netutil.bind_sockets(args.port, "127.0.0.1")
-    is_parent = True
-    children: list[int] = []
-    if args.processes > 1:
-        children = fork_children(args.processes - 1)
-        is_parent = bool(children)
-
-    if is_parent and children:
-
-        def stop_children(signum: int, frame: object) -> None:
-            for pid in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-            for pid in children:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
-            sys.exit(0)
-
-        signal.signal(signal.SIGTERM, stop_children)
+    # Empty in the children, and in the parent when there is only one process.
+    children = fork_children(args.processes - 1) if args.processes > 1 else []
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(sockets, body, args.layer))
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in children:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
     return 0
 
 
