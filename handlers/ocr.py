@@ -62,20 +62,35 @@ class OcrHandler(JsonHandler):
         self._computation: Computation | None = None
         self._max_bytes = self.ctx.settings.web_server.max_body_bytes
         body_limit = self._max_bytes + FORM_OVERHEAD_BYTES
+        self._drain_limit = body_limit * DRAIN_LIMIT_FACTOR
         declared = self.request.headers.get("Content-Length")
         if declared is not None:
             try:
                 declared_bytes = int(declared)
             except ValueError:
                 raise ApiError(400, "malformed_body", "invalid Content-Length") from None
-            if declared_bytes > body_limit * DRAIN_LIMIT_FACTOR:
-                raise ApiError(413, "body_too_large", f"the request body exceeds {self._max_bytes} bytes")
+            if declared_bytes > self._drain_limit:
+                raise self._body_too_large()
             self._too_large = declared_bytes > body_limit
         if self.request.method == "POST":
-            self.request.connection.set_max_body_size(body_limit * DRAIN_LIMIT_FACTOR)
+            # Room above the drain limit so that a chunked body (no declared length) gets our
+            # JSON 413 from data_received, not Tornado's bare 400, when it passes the limit.
+            self.request.connection.set_max_body_size(self._drain_limit * 2)
+
+    def _body_too_large(self) -> ApiError:
+        return ApiError(413, "body_too_large", f"the request body exceeds {self._max_bytes} bytes")
 
     def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return  # answered early; Tornado closes the connection after the answer
         self._received += len(chunk)
+        if self._received > self._drain_limit:
+            # A chunked body past what we drain: answer now; the connection then closes.
+            self._chunks.clear()
+            self._give_back()
+            error = self._body_too_large()
+            self.send_error(error.status_code, exc_info=(type(error), error, None))
+            return
         if self._received > self._max_bytes + FORM_OVERHEAD_BYTES:
             self._too_large = True
         if not (self._too_large or self._over_budget) and not self.ctx.upload_budget.take(len(chunk)):
@@ -96,7 +111,7 @@ class OcrHandler(JsonHandler):
 
     async def post(self) -> None:
         if self._too_large:
-            raise ApiError(413, "body_too_large", f"the request body exceeds {self._max_bytes} bytes")
+            raise self._body_too_large()
         if self._over_budget:
             raise ApiError(503, "server_busy", "too many uploads in progress; retry shortly", retry_after=1)
         body = b"".join(self._chunks)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
+import itertools
 import os
+import select
 import signal
 import socket
 import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -470,3 +474,51 @@ def test_idle_and_slow_header_connections_are_closed(server_factory) -> None:
         for sock in (silent, slow_head, keep_alive):
             assert _closed_by_server(sock, within=30) is not None
     assert requests.get(f"{server.url}/livez", timeout=10).status_code == 200
+
+
+def _send_chunked(port: int, pieces: Iterator[bytes]) -> bytes:
+    """POST a chunked multipart body piece by piece; stop sending once the server answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /ocr_service HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        try:
+            for piece in pieces:
+                if select.select([sock], [], [], 0)[0]:
+                    break  # answered early: read it before the close can reset it
+                sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            else:
+                sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = b""
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := sock.recv(65536):
+                reply += chunk
+                if b"\r\n\r\n" in reply and reply.endswith(b"}"):
+                    break
+        return reply
+
+
+def test_chunked_uploads_are_read_and_limited(server_factory) -> None:
+    config = base_config(number=1)
+    config["web_server"].update({"max_body_bytes": 100_000})
+    server = server_factory(config, name="chunked")
+    port = int(server.url.rsplit(":", 1)[1])
+    word = random_word()
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    image = text_image(word)
+    body = head + image + b"\r\n--b--\r\n"
+    ok = _send_chunked(port, (body[i : i + 1000] for i in range(0, len(body), 1000)))
+    assert ok.startswith(b"HTTP/1.1 200"), ok[:300]
+    assert word.encode() in ok
+
+    # Over max_body_bytes but within what the server drains: answered 413 after the body.
+    over = _send_chunked(port, iter([head] + [b"\0" * 50_000] * 4 + [b"\r\n--b--\r\n"]))
+    assert over.startswith(b"HTTP/1.1 413") and b'"body_too_large"' in over, over[:300]
+    # Far past it, with no length declared: a JSON 413 as soon as it is passed, then the close.
+    endless = _send_chunked(port, itertools.chain([head], itertools.repeat(b"\0" * 65_536, 200)))
+    assert endless.startswith(b"HTTP/1.1 413") and b'"body_too_large"' in endless, endless[:300]
+    assert server.health()["uploads"]["buffered_bytes"] == 0
+    assert server.ocr_upload(image).status_code == 200
