@@ -14,6 +14,8 @@ class LivezHandler(JsonHandler):
     def get(self) -> None:
         self.write_json({"status": "alive"})
 
+    head = get  # load balancers that probe with HEAD get the status without the body
+
 
 class ReadyzHandler(JsonHandler):
     endpoint = "/readyz"
@@ -22,6 +24,8 @@ class ReadyzHandler(JsonHandler):
     def get(self) -> None:
         ready = self.ctx.pool.ready_count
         self.write_json({"status": "ready" if ready else "not_ready", "workers_ready": ready}, 200 if ready else 503)
+
+    head = get
 
 
 class HealthHandler(JsonHandler):

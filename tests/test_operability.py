@@ -37,16 +37,18 @@ def test_readyz_is_503_until_a_worker_has_loaded(tmp_path: Path) -> None:
     server = RunningServer(f"http://127.0.0.1:{port}", process.pid, tmp_path / "config.json", tmp_path / "server.log",
                            process)
     try:
-        seen: list[tuple[int, int]] = []
+        seen: list[tuple[int, int, int]] = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
+                probe = requests.head(f"{server.url}/readyz", timeout=2)  # load balancers probe with HEAD too
                 ready = requests.get(f"{server.url}/readyz", timeout=2)
                 live = requests.get(f"{server.url}/livez", timeout=2)
             except requests.ConnectionError:
                 time.sleep(0.05)
                 continue
-            seen.append((ready.status_code, live.status_code))
+            assert probe.content == b""
+            seen.append((ready.status_code, live.status_code, probe.status_code))
             if ready.status_code == 200:
                 break
             assert ready.json()["workers_ready"] == 0
@@ -54,8 +56,9 @@ def test_readyz_is_503_until_a_worker_has_loaded(tmp_path: Path) -> None:
             health = server.health()
             assert health["status"] == ("ok" if health["workers"]["ready"] else "degraded")
             time.sleep(0.05)
-        assert seen[0] == (503, 200), "the service must answer (live, not ready) while models load"
-        assert seen[-1] == (200, 200)
+        assert seen[0] == (503, 200, 503), "the service must answer (live, not ready) while models load"
+        assert seen[-1][:2] == (200, 200)
+        assert requests.head(f"{server.url}/readyz", timeout=2).status_code == 200
         assert server.health()["engine"] == "paddle"
         # The paddle backend reads as well as the default one.
         word = random_word()
