@@ -15,13 +15,14 @@ import sys
 import time
 from typing import Any
 
-from tornado import httpserver, netutil, web
+from tornado import netutil, web
 
 from cache import OcrService
 from cache.redis_store import RedisStore, redact
 from handlers import AppContext, ServiceMetrics, routes
 from handlers.base import NotFoundHandler
 from handlers.upload_budget import UploadBudget
+from http_listener import GuardedHTTPServer, raise_descriptor_limit
 from models import ModelLoadError, check_model_files, model_identity
 from ocr_pool import WorkerPool
 from settings import ConfigError, Settings, load_settings
@@ -114,7 +115,7 @@ async def serve(settings: Settings) -> int:
     ctx = build_context(settings)
     app = build_app(ctx)
     web_settings = settings.web_server
-    server = httpserver.HTTPServer(
+    server = GuardedHTTPServer(
         app,
         xheaders=False,
         idle_connection_timeout=web_settings.idle_timeout,
@@ -186,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    before, after = raise_descriptor_limit()  # each connection, worker pipe and open image is one
+    if after != before:
+        log.info("file descriptor limit raised from %d to %d", before, after)
     try:
         return asyncio.run(serve(settings))
     except ModelLoadError as exc:

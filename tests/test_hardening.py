@@ -7,6 +7,7 @@ import contextlib
 import io
 import itertools
 import os
+import resource
 import select
 import signal
 import socket
@@ -17,6 +18,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
@@ -522,3 +524,37 @@ def test_chunked_uploads_are_read_and_limited(server_factory) -> None:
     assert endless.startswith(b"HTTP/1.1 413") and b'"body_too_large"' in endless, endless[:300]
     assert server.health()["uploads"]["buffered_bytes"] == 0
     assert server.ocr_upload(image).status_code == 200
+
+
+def test_out_of_file_descriptors_pauses_accepting_and_recovers(server_factory) -> None:
+    server = server_factory(base_config(number=1), name="fds")
+    port = int(server.url.rsplit(":", 1)[1])
+    process = psutil.Process(server.pid)
+    # A low descriptor limit for the running server, so a modest flood exhausts it.
+    limit = process.num_fds() + 40
+    resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (limit, limit))
+    flood = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(80)]
+    try:
+        time.sleep(1.0)
+        cpu_before = sum(process.cpu_times()[:2])
+        time.sleep(2.0)
+        busy_seconds = sum(process.cpu_times()[:2]) - cpu_before
+        # Out of descriptors the server waits, instead of retrying accept() in a tight loop.
+        assert busy_seconds < 0.5, f"the server burnt {busy_seconds:.2f} s of CPU in 2 s while out of descriptors"
+    finally:
+        for sock in flood:
+            sock.close()
+    log = server.log_text()
+    assert log.count("Too many open files") <= 3, "one warning per run of pauses, not a line per accept()"
+    assert "pausing accept" in log
+    # Descriptors are free again: the server accepts and answers.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert requests.get(f"{server.url}/livez", timeout=5).status_code == 200
+            break
+        except requests.ConnectionError:
+            assert time.monotonic() < deadline, "the server did not accept connections again"
+            time.sleep(0.2)
+    word = random_word()
+    assert word in _texts(server.ocr_upload(text_image(word)))

@@ -1,0 +1,113 @@
+"""The HTTP listener: Tornado's HTTPServer, made to survive running out of file descriptors.
+
+When the process is at its descriptor limit (a connection flood, a leak elsewhere),
+accept() fails with EMFILE while the listening socket stays readable. Tornado's accept
+handler then raises on every turn of the event loop: one core at 100% and an error
+logged per attempt (tens of thousands of lines a second). Here accepting pauses for
+ACCEPT_PAUSE_S instead, as nginx does, and resumes by itself; the connections waiting in
+the kernel's backlog are accepted once descriptors are free again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import resource
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from tornado import httpserver
+
+log = logging.getLogger("ocr_server")
+
+ACCEPT_PAUSE_S = 0.5
+# Connections accepted per readiness event before yielding to other work (as Tornado does).
+ACCEPT_BATCH = 128
+OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# Where to raise the soft descriptor limit when the hard limit is "unlimited".
+FD_LIMIT_WHEN_UNLIMITED = 1 << 20
+
+
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = FD_LIMIT_WHEN_UNLIMITED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return soft, target
+        except (ValueError, OSError):
+            pass
+    return soft, soft
+
+
+class AcceptLoop:
+    """Accepts connections on one listening socket, pausing while descriptors run out."""
+
+    def __init__(self, sock: socket.socket, on_connection: Callable[[socket.socket, Any], None]) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.on_connection = on_connection
+        self.loop = asyncio.get_running_loop()
+        self.pauses = 0
+        self._resume_timer: asyncio.TimerHandle | None = None
+        self._starved = False  # in a run of pauses; logged once per run
+        self._stopped = False
+        sock.setblocking(False)
+        self.loop.add_reader(self.fd, self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                connection, address = self.sock.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:
+                continue  # the client gave up while waiting in the backlog
+            except OSError as exc:
+                if exc.errno in OUT_OF_DESCRIPTORS:
+                    self._pause(exc)
+                    return
+                raise
+            if self._starved:
+                self._starved = False
+                log.warning("accepting connections again after %d pauses", self.pauses)
+            self.on_connection(connection, address)
+
+    def _pause(self, exc: OSError) -> None:
+        self.pauses += 1
+        if not self._starved:
+            self._starved = True
+            log.warning("cannot accept connections (%s); pausing accept for %.1f s at a time", exc.strerror, ACCEPT_PAUSE_S)
+        self.loop.remove_reader(self.fd)
+        self._resume_timer = self.loop.call_later(ACCEPT_PAUSE_S, self._resume)
+
+    def _resume(self) -> None:
+        self._resume_timer = None
+        if not self._stopped:
+            self.loop.add_reader(self.fd, self._accept)
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+        else:
+            self.loop.remove_reader(self.fd)
+
+
+class GuardedHTTPServer(httpserver.HTTPServer):
+    """HTTPServer whose sockets are served by AcceptLoop instead of Tornado's accept handler.
+
+    TCPServer keeps, per listening socket, the socket and a function that unregisters it;
+    stop() calls that function and closes the socket, so it works unchanged.
+    """
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        self.accept_loops: list[AcceptLoop] = getattr(self, "accept_loops", [])
+        for sock in sockets:
+            accept_loop = AcceptLoop(sock, self._handle_connection)
+            self.accept_loops.append(accept_loop)
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = accept_loop.stop
