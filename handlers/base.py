@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -21,18 +22,38 @@ def encode_json(body: Any) -> bytes:
     return orjson.dumps(body, option=JSON_OPTIONS)
 
 
+# A caller's X-Request-ID is echoed and logged, so one request can be followed across services.
+REQUEST_ID_HEADER = "X-Request-ID"
+MAX_REQUEST_ID_CHARS = 128
+_NOT_ID_CHARS = re.compile(r"[^A-Za-z0-9._:/+=-]")
+
+
+def clean_request_id(value: str | None) -> str | None:
+    """The id as it may appear in a header and a log line: bounded, no spaces or controls."""
+    if not value:
+        return None
+    return _NOT_ID_CHARS.sub("_", value[:MAX_REQUEST_ID_CHARS])
+
+
 class JsonHandler(web.RequestHandler):
-    # Extra fields for the access log line (task id, cache hit).
+    # Extra fields for the access log line (request id, task id, cache hit).
     log_fields: dict[str, Any]
+    request_id: str | None = None
 
     def initialize(self, **kwargs: Any) -> None:
         self.log_fields = {}
+        if self.request_id:
+            self.log_fields["request_id"] = self.request_id
         for name, value in kwargs.items():
             setattr(self, name, value)
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
+        # Runs again when an error clears the headers, so the id survives into error answers.
+        self.request_id = clean_request_id(self.request.headers.get(REQUEST_ID_HEADER))
+        if self.request_id:
+            self.set_header(REQUEST_ID_HEADER, self.request_id)
 
     def write_json(self, body: Any, status: int = 200) -> None:
         self.set_status(status)

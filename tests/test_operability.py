@@ -104,3 +104,26 @@ def test_access_log_has_one_line_per_request_with_task_and_cache(ocr_server: Run
     assert len(mine) == 2
     assert re.search(r"POST /ocr_service 200 [0-9.]+ms .*task_id=" + first["task_id"] + r".*cached=False", mine[0])
     assert re.search(r"POST /ocr_service 200 [0-9.]+ms .*cached=True", mine[1])
+
+
+def test_request_id_is_echoed_and_logged(ocr_server: RunningServer) -> None:
+    image = text_image(random_word())
+    answered = requests.post(
+        f"{ocr_server.url}/ocr_service",
+        data={"file_type": "file"},
+        files={"file": ("a.png", image)},
+        headers={"X-Request-ID": "billing-42 retry\t1"},
+        timeout=120,
+    )
+    assert answered.status_code == 200
+    # Spaces and controls would split a log line: they become "_".
+    assert answered.headers["X-Request-ID"] == "billing-42_retry_1"
+    missing = requests.get(f"{ocr_server.url}/ocr_service/tasks/nope", headers={"X-Request-ID": "r-7"}, timeout=10)
+    assert missing.status_code == 404 and missing.headers["X-Request-ID"] == "r-7"
+    long_id = requests.get(f"{ocr_server.url}/livez", headers={"X-Request-ID": "x" * 500}, timeout=10)
+    assert long_id.headers["X-Request-ID"] == "x" * 128
+    assert "X-Request-ID" not in requests.get(f"{ocr_server.url}/livez", timeout=10).headers
+    time.sleep(0.2)
+    log = ocr_server.log_text()
+    assert re.search(r"POST /ocr_service 200 .*request_id=billing-42_retry_1 .*task_id=" + answered.json()["task_id"], log)
+    assert re.search(r"GET /ocr_service/tasks/nope 404 .*request_id=r-7", log)
