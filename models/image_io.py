@@ -15,7 +15,29 @@ from PIL import Image, ImageFile, ImageOps
 
 from .errors import ImageDecodeError, ImageTooLargeError, ImageTooSmallError
 
-ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
+# PIL format names read here; for GIF and multi-page TIFF, the first frame.
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF")
+SUPPORTED_TEXT = "JPEG, PNG, WebP, BMP, TIFF or GIF"
+
+# Leading bytes -> what the file is, to name it in an error instead of "cannot identify".
+_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+    (b"%PDF-", 0, "a PDF document"),
+    (b"PK\x03\x04", 0, "a ZIP archive (or an Office document)"),
+    (b"\x00\x00\x00\x0cjP  ", 0, "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", 0, "JPEG 2000"),
+    (b"ftypheic", 4, "HEIC"),
+    (b"ftypheix", 4, "HEIC"),
+    (b"ftypmif1", 4, "HEIF"),
+    (b"ftypavif", 4, "AVIF"),
+    (b"\x00\x00\x01\x00", 0, "an ICO icon"),
+)
+_SUPPORTED_KINDS = {"JPEG", "PNG", "GIF", "BMP", "TIFF", "WebP"}
 
 # Truncated files must fail, not be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -47,7 +69,36 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(str(exc)) from exc
     except Exception as exc:  # UnidentifiedImageError, SyntaxError, struct.error...
-        raise ImageDecodeError(f"cannot identify image: {type(exc).__name__}") from exc
+        raise ImageDecodeError(unreadable_message(data)) from exc
+
+
+def sniff_kind(data: bytes) -> str | None:
+    """What the leading bytes say the file is (None when they match nothing known)."""
+    for magic, offset, kind in _SIGNATURES:
+        if data[offset : offset + len(magic)] == magic:
+            return kind
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[:2] == b"BM" and data[6:10] == b"\x00\x00\x00\x00":  # "BM", file size, reserved zeros
+        return "BMP"
+    head = data[:256].lstrip().lower()
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in data[:4096].lower()):
+        return "an SVG drawing"
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    return None
+
+
+def unreadable_message(data: bytes) -> str:
+    """Why `data` cannot be opened, naming what it looks like."""
+    kind = sniff_kind(data)
+    if kind in _SUPPORTED_KINDS:
+        return f"corrupt {kind} image: its header cannot be read"
+    if kind == "a PDF document":
+        return f"the file is a PDF document, which is not supported: send its pages as images ({SUPPORTED_TEXT})"
+    if kind is not None:
+        return f"the file is {kind}, which is not supported: send {SUPPORTED_TEXT}"
+    return f"the file is not an image in a supported format: send {SUPPORTED_TEXT}"
 
 
 def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 8) -> np.ndarray:

@@ -105,9 +105,37 @@ def test_alpha_composited_on_white() -> None:
     assert arr[2, 2].tolist() == [255, 255, 255] and arr[20, 50].tolist() == [0, 0, 0]
 
 
-@pytest.mark.parametrize("fmt", ["BMP", "TIFF", "WEBP", "JPEG"])
+@pytest.mark.parametrize("fmt", ["BMP", "TIFF", "WEBP", "JPEG", "GIF"])
 def test_decode_other_formats(fmt: str) -> None:
     assert decode_image(_encode(_text_image(), fmt)).shape == (60, 240, 3)
+
+
+def test_animated_gif_reads_its_first_frame() -> None:
+    text, blank = _text_image(), Image.new("RGB", (240, 60), "white")
+    out = io.BytesIO()
+    text.save(out, format="GIF", save_all=True, append_images=[blank], duration=100)
+    arr = decode_image(out.getvalue())
+    assert arr.shape == (60, 240, 3) and arr.min() < 128  # the text frame, not the blank one
+
+
+@pytest.mark.parametrize(
+    "data,names",
+    [
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", ["PDF", "pages as images"]),
+        (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', ["SVG"]),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", ["HEIC"]),
+        (b"PK\x03\x04" + b"\x00" * 60, ["ZIP"]),
+        (b"BMW invoice 2024\n" * 5, ["not an image in a supported format"]),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 60, ["corrupt PNG"]),
+    ],
+    ids=["pdf", "svg", "heic", "zip", "text-starting-BM", "png-bad-header"],
+)
+def test_unreadable_files_are_named_in_the_error(data: bytes, names: list[str]) -> None:
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(data)
+    message = str(info.value)
+    assert all(name in message for name in names), message
+    assert "JPEG, PNG, WebP, BMP, TIFF or GIF" in message or "corrupt" in message
 
 
 def test_exif_orientation_applied() -> None:
