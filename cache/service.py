@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -79,6 +80,19 @@ class TaskRecord:
         if self.error is not None:
             body["error"] = {"code": self.error.code, "message": self.error.message}
         return body
+
+
+def _record_outcome(record: TaskRecord, future: asyncio.Future[dict[str, Any]]) -> None:
+    """Copy a finished computation's result or error into the task record (idempotent)."""
+    if record.result is not None or record.error is not None:
+        return
+    error = future.exception()
+    if isinstance(error, PoolError):
+        record.error = error
+    elif error is not None:
+        record.error = PoolError(f"OCR failed: {error}")
+    else:
+        record.result = future.result()
 
 
 class OcrService:
@@ -242,25 +256,31 @@ class OcrService:
         return record
 
     async def _task_finished(self, record: TaskRecord, future: asyncio.Future[dict[str, Any]]) -> None:
-        error = future.exception()
-        if isinstance(error, PoolError):
-            record.error = error
-        elif error is not None:
-            record.error = PoolError(f"OCR failed: {error}")
-        else:
-            record.result = future.result()
+        _record_outcome(record, future)
         # Keep the finished record a full TTL from now, not from submission.
         self.tasks.set(record.task_id, record)
         if self.shared is not None:
             await self.shared.put_task(record.task_id, record.view())
 
-    async def task_view(self, task_id: str) -> dict[str, Any] | None:
+    async def task_view(self, task_id: str, wait: float = 0.0) -> dict[str, Any] | None:
+        """The task's state; with `wait`, first wait up to that many seconds for it to finish."""
         record = self.tasks.get(task_id)
         if record is not None:
+            computation = record.computation
+            if wait > 0 and computation is not None and record.status in ("queued", "running"):
+                with contextlib.suppress(Exception):  # timed out, or the task failed: the view says which
+                    await asyncio.wait_for(asyncio.shield(computation.future), wait)
+                if computation.future.done():
+                    _record_outcome(record, computation.future)
             return record.view()
-        if self.shared is not None:
-            return await self.shared.get_task(task_id)
-        return None
+        if self.shared is None:
+            return None
+        view = await self.shared.get_task(task_id)
+        deadline = time.monotonic() + wait
+        while view is not None and view["status"] in ("queued", "running") and time.monotonic() < deadline:
+            await asyncio.sleep(REMOTE_POLL_S)  # the task runs on another node: follow it in Redis
+            view = await self.shared.get_task(task_id)
+        return view
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -15,7 +15,7 @@ from handlers.base import JsonHandler
 from handlers.context import AppContext
 from handlers.errors import STATUS_BY_CODE, ApiError, api_error_from_pool
 from handlers.files import read_image_file, resolve_allowed_path
-from handlers.request_parsing import OcrRequest, parse_ocr_request
+from handlers.request_parsing import OcrRequest, parse_ocr_request, parse_wait
 from ocr_pool import PoolError
 
 # Room for multipart boundaries and form fields on top of the image byte limit.
@@ -207,7 +207,9 @@ class TaskHandler(JsonHandler):
     ctx: AppContext
 
     async def get(self, task_id: str) -> None:
-        view = await self.ctx.ocr.task_view(task_id)
+        # ?wait=N: long-poll, answering as soon as the task finishes (at most N seconds).
+        wait = parse_wait(self.get_query_argument("wait", None))
+        view = await self.ctx.ocr.task_view(task_id, wait=wait)
         if view is None:
             raise ApiError(404, "task_not_found", "no such task (unknown id, or it expired)")
         if view["status"] == "done":

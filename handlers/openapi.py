@@ -12,7 +12,7 @@ from typing import Any
 
 from handlers.base import JsonHandler
 from handlers.errors import STATUS_BY_CODE
-from handlers.request_parsing import DEFAULT_DET, DET_MODES, FALSE_WORDS, TRUE_WORDS
+from handlers.request_parsing import DEFAULT_DET, DET_MODES, FALSE_WORDS, MAX_TASK_WAIT_S, TRUE_WORDS
 
 API_VERSION = "0.1.0"
 JSON = "application/json"
@@ -324,13 +324,22 @@ def build_spec() -> dict[str, Any]:
                             "in": "path",
                             "required": True,
                             "schema": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"},
-                        }
+                        },
+                        {
+                            "name": "wait",
+                            "in": "query",
+                            "required": False,
+                            "description": "Long-poll: wait up to this many seconds for the task to finish before "
+                            f"answering (capped at {MAX_TASK_WAIT_S:g}).",
+                            "schema": {"type": "number", "minimum": 0, "default": 0},
+                        },
                     ],
                     "responses": {
                         "200": _json_ok(
                             "The result once `done`; otherwise the status (and the error of a `failed` task).",
                             {"oneOf": [_ref("OcrResult"), _ref("TaskPending")]},
                         ),
+                        "400": _error_response(400, "`wait` is not a number of seconds.", ["invalid_field"]),
                         "404": _error_response(
                             404, "Unknown or expired task id, or a malformed one.", ["not_found", "task_not_found"]
                         ),

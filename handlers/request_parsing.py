@@ -45,6 +45,23 @@ def parse_bool(name: str, value: Any) -> bool:
     raise ApiError(400, "invalid_field", f"{name} must be true or false, got {json.dumps(value)[:100]}")
 
 
+# Longest long-poll on GET /ocr_service/tasks/<id>?wait=N; longer values are capped.
+MAX_TASK_WAIT_S = 30.0
+
+
+def parse_wait(value: str | None) -> float:
+    """Seconds a task poll may wait for the task to finish (0 = answer at once)."""
+    if value is None or value == "":
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):  # also refuses nan
+        raise ApiError(400, "invalid_field", f"wait must be a number of seconds from 0 to {MAX_TASK_WAIT_S:g}")
+    return min(seconds, MAX_TASK_WAIT_S)
+
+
 def parse_det(value: Any) -> str:
     if isinstance(value, str) and value.strip().lower() in DET_MODES:
         return value.strip().lower()

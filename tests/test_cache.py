@@ -1,8 +1,12 @@
-"""TTL + LRU cache semantics, with an injected clock."""
+"""TTL + LRU cache semantics, with an injected clock; task long-polls over a fake-engine pool."""
 
 from __future__ import annotations
 
-from cache import TTLLRUCache
+import time
+
+from cache import OcrService, TTLLRUCache
+from ocr_pool import WorkerPool
+from tests.test_pool import run
 
 
 class FakeClock:
@@ -52,3 +56,25 @@ def test_purge_frees_expired_entries() -> None:
 def _filled(cache: TTLLRUCache[int]) -> TTLLRUCache[int]:
     cache.set("a", 1)
     return cache
+
+
+def test_task_long_poll_answers_when_the_task_finishes() -> None:
+    async def check(pool: WorkerPool) -> None:
+        service = OcrService(
+            pool, engine_identity="fake", cache_capacity=10, cache_ttl=60, task_capacity=10, task_ttl=60
+        )
+        record = await service.submit_task("slow", "h1", b"sleep:0.5", {})
+        early = await service.task_view(record.task_id, wait=0.05)
+        assert early is not None and early["status"] in ("queued", "running")
+        started = time.monotonic()
+        done = await service.task_view(record.task_id, wait=30)
+        # It answered when the task finished, not when the 30 s ran out.
+        assert done is not None and done["status"] == "done" and time.monotonic() - started < 15
+        assert done["result"]["text_lines"][0]["text"] == "sleep:0.5"
+        failing = await service.submit_task("bad", "h2", b"bad", {})
+        failed = await service.task_view(failing.task_id, wait=30)
+        assert failed is not None and failed["status"] == "failed"
+        assert failed["error"]["code"] == "unsupported_image"
+        assert await service.task_view("no-such-task", wait=0.1) is None
+
+    run(check)

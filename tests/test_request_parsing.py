@@ -7,7 +7,7 @@ import json
 import pytest
 
 from handlers.errors import ApiError
-from handlers.request_parsing import parse_ocr_request
+from handlers.request_parsing import MAX_TASK_WAIT_S, parse_ocr_request, parse_wait
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -72,3 +72,16 @@ def test_rejected_bodies(body: bytes | str, content_type: str, status: int, code
 def test_query_string_fields_are_accepted_body_wins() -> None:
     request = parse("filename=a.png&block_flag=true", query={"block_flag": [b"false"], "det": [b"off"]})
     assert request.block is True and request.det == "off"
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(None, 0.0), ("", 0.0), ("0", 0.0), ("2.5", 2.5), ("30", 30.0), ("600", 30.0)])
+def test_task_wait_is_seconds_capped_at_the_maximum(value: str | None, seconds: float) -> None:
+    assert parse_wait(value) == seconds
+    assert MAX_TASK_WAIT_S == 30.0
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "nan", "inf", "1e999"])
+def test_task_wait_refuses_what_is_not_a_duration(value: str) -> None:
+    with pytest.raises(ApiError) as info:
+        parse_wait(value)
+    assert info.value.status_code == 400 and info.value.code == "invalid_field"

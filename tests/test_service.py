@@ -118,6 +118,18 @@ def test_block_flag_false_then_poll(ocr_server: RunningServer) -> None:
     assert missing.json()["error"]["code"] == "task_not_found"
 
 
+def test_task_poll_with_wait_answers_when_done(ocr_server: RunningServer) -> None:
+    word = random_word()
+    submitted = ocr_server.ocr_upload(text_image(word), block_flag="false")
+    assert submitted.status_code == 202
+    # One long-poll instead of a polling loop: it returns as soon as the task is done.
+    polled = requests.get(ocr_server.url + submitted.json()["status_url"], params={"wait": 60}, timeout=90)
+    assert polled.status_code == 200 and polled.json()["status"] == "done"
+    assert word in " ".join(ocr_text(polled.json()))
+    bad_wait = requests.get(ocr_server.url + submitted.json()["status_url"], params={"wait": "soon"}, timeout=10)
+    assert bad_wait.status_code == 400 and bad_wait.json()["error"]["code"] == "invalid_field"
+
+
 def test_second_request_is_a_cache_hit_without_ocr(ocr_server: RunningServer) -> None:
     data = text_image(random_word())
     first = ocr_server.ocr_upload(data).json()
