@@ -155,6 +155,17 @@ def test_task_submitted_to_node_1_is_polled_on_node_2(cluster: Cluster) -> None:
     assert word in " ".join(line["text"] for line in body["text_lines"])
 
 
+def test_long_poll_on_node_2_follows_a_task_running_on_node_1(cluster: Cluster) -> None:
+    node1, node2 = cluster.nodes
+    word = random_word()
+    submitted = upload(node1.url, text_image(word), block_flag="false")
+    assert submitted.status_code == 202
+    # Node 2 has no local record: it follows the task in Redis until it is done.
+    polled = requests.get(node2.url + submitted.json()["status_url"], params={"wait": 60}, timeout=90)
+    assert polled.status_code == 200 and polled.json()["status"] == "done"
+    assert word in " ".join(line["text"] for line in polled.json()["text_lines"])
+
+
 def test_identical_requests_over_both_nodes_run_ocr_once(cluster: Cluster) -> None:
     data = text_image(" ".join(random_word() for _ in range(6)))
     before = cluster.ocr_runs()
