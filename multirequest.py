@@ -337,6 +337,8 @@ def order_images(images: Sequence[Path], order: str, seed: int = 0) -> list[Path
 
 # A receipt with ~30 text lines taking about 1 s on one core: close to the work behind the
 # original's published "same image" figure.  Used when present in the image directory.
+# Seconds one task poll may wait on the server (it caps the wait at 30).
+LONG_POLL_S = 25.0
 PREFERRED_SAME_IMAGE = "sroie__img_005.jpg"
 
 
@@ -488,8 +490,9 @@ class OcrClient:
     async def _poll(self, index: int, status_url: str, start: float, submit_s: float, deadline: float) -> Outcome:
         url = urljoin(self.base_url + "/", status_url.lstrip("/"))
         give_up = min(deadline, time.monotonic() + self.timeout)
-        # Poll at once (a task answered "done" without its result needs one fetch),
-        # then back off from 10 ms to poll_max_interval.
+        # Long-poll (?wait=N: the server answers as soon as the task is done), at once and
+        # then again; a server without long-poll answers at once, so the pause between
+        # polls backs off from 10 ms to poll_max_interval.
         interval = 0.0
         while True:
             remaining = give_up - time.monotonic()
@@ -497,8 +500,11 @@ class OcrClient:
                 return Outcome(index, "timeout", detail="task not done within the timeout")
             await asyncio.sleep(min(interval, remaining))
             interval = min(max(interval * 1.5, 0.01), self.poll_max_interval)
+            wait = max(0.0, min(LONG_POLL_S, remaining - 1.0))
             request = HTTPRequest(
-                url, request_timeout=max(0.1, min(10.0, remaining)), connect_timeout=max(0.1, min(10.0, remaining))
+                f"{url}?wait={wait:.1f}",
+                request_timeout=max(0.1, min(wait + 10.0, remaining)),
+                connect_timeout=max(0.1, min(10.0, remaining)),
             )
             key, response, error = await self._fetch(request)
             if key != "ok" or response is None:
