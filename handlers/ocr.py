@@ -72,6 +72,9 @@ class OcrHandler(JsonHandler):
             if declared_bytes > self._drain_limit:
                 raise self._body_too_large()
             self._too_large = declared_bytes > body_limit
+            if self._too_large and self.request.headers.get("Expect", "").lower() == "100-continue":
+                # The client waits for our go-ahead before sending: no body to drain, answer now.
+                raise self._body_too_large()
         if self.request.method == "POST":
             # Room above the drain limit so that a chunked body (no declared length) gets our
             # JSON 413 from data_received, not Tornado's bare 400, when it passes the limit.

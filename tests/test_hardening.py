@@ -558,3 +558,16 @@ def test_out_of_file_descriptors_pauses_accepting_and_recovers(server_factory) -
             time.sleep(0.2)
     word = random_word()
     assert word in _texts(server.ocr_upload(text_image(word)))
+
+
+def test_oversized_upload_waiting_for_100_continue_is_refused_before_sending(ocr_server: RunningServer) -> None:
+    # curl sends "Expect: 100-continue" for large uploads and waits before sending the body.
+    declared = 21 * 1024 * 1024  # over the 20 MiB default, under the size refused outright
+    with socket.create_connection(("127.0.0.1", int(ocr_server.url.rsplit(":", 1)[1])), timeout=10) as sock:
+        sock.sendall(
+            b"POST /ocr_service HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+            b"Content-Type: multipart/form-data; boundary=x\r\n" + f"Content-Length: {declared}\r\n\r\n".encode()
+        )
+        reply = sock.recv(65536).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 413"), reply[:200]  # not "100 Continue"
+    assert '"body_too_large"' in reply
