@@ -105,9 +105,7 @@ class GuardedHTTPServer(httpserver.HTTPServer):
     """
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
-        self.accept_loops: list[AcceptLoop] = getattr(self, "accept_loops", [])
         for sock in sockets:
             accept_loop = AcceptLoop(sock, self._handle_connection)
-            self.accept_loops.append(accept_loop)
             self._sockets[sock.fileno()] = sock
             self._handlers[sock.fileno()] = accept_loop.stop
