@@ -23,6 +23,7 @@ from cache.ttl_lru import TTLLRUCache
 from ocr_pool import Job, PoolError, TaskTimeoutError, WorkerPool
 
 REMOTE_POLL_S = 0.05
+LONG_POLL_MAX_PAUSE_S = 0.5
 
 
 class Computation:
@@ -277,8 +278,15 @@ class OcrService:
             return None
         view = await self.shared.get_task(task_id)
         deadline = time.monotonic() + wait
-        while view is not None and view["status"] in ("queued", "running") and time.monotonic() < deadline:
-            await asyncio.sleep(REMOTE_POLL_S)  # the task runs on another node: follow it in Redis
+        pause = REMOTE_POLL_S
+        while view is not None and view["status"] in ("queued", "running"):
+            # The task runs on another node: follow it in Redis, backing off so that many
+            # long-polls do not become many Redis reads per second each.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 1.5, LONG_POLL_MAX_PAUSE_S)
             view = await self.shared.get_task(task_id)
         return view
 
