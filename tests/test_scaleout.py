@@ -177,6 +177,18 @@ def test_identical_requests_over_both_nodes_run_ocr_once(cluster: Cluster) -> No
     assert cluster.ocr_runs() - before == 1
 
 
+def test_nginx_gives_each_request_an_id_that_reaches_the_node_log(cluster: Cluster) -> None:
+    answered = upload(cluster.url, text_image(random_word()))
+    assert answered.status_code == 200
+    request_id = answered.headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id), request_id  # nginx's $request_id
+    kept = requests.get(f"{cluster.url}/livez", headers={"X-Request-ID": "caller-7"}, timeout=10)
+    assert kept.headers["X-Request-ID"] == "caller-7"
+    time.sleep(0.2)
+    logs = "".join(node.log_text() for node in cluster.nodes)
+    assert f"request_id={request_id}" in logs and "request_id=caller-7" in logs
+
+
 def test_nginx_keeps_serving_when_a_node_dies(cluster: Cluster) -> None:
     import psutil
 
