@@ -5,8 +5,8 @@ POST /ocr_service reads the whole upload and answers a fixed JSON body read from
 no hashing, no cache, no access log. GET /readyz answers {"status": "ready"} so the benchmark
 launcher can wait for it. Two layers:
 
-- `--layer web` (default): a tornado.web.Application with one RequestHandler, the body
-  collected into request.body, as any Tornado web service does;
+- `--layer web` (default): a tornado.web.Application with one streaming RequestHandler
+  that drops the body chunks as they arrive (as this server's upload handler streams them);
 - `--layer http`: Tornado's HTTP server alone with a bare HTTPMessageDelegate that drops
   the body chunks and answers: no routing, no RequestHandler. Nothing built on Tornado
   can answer faster.
@@ -32,9 +32,13 @@ from tornado import httpserver, httputil, netutil, web
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
+@web.stream_request_body
 class FixedAnswerHandler(web.RequestHandler):
     def initialize(self, body: bytes) -> None:
         self.body = body
+
+    def data_received(self, chunk: bytes) -> None:
+        pass  # read and dropped: holding the body would be work the floor does not need
 
     def post(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
