@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -82,7 +83,7 @@ class BareServer(httputil.HTTPServerConnectionDelegate):
         return BareAnswer(request_conn, self.body)
 
 
-async def serve(sockets: list, body: bytes, layer: str) -> None:
+async def serve(sockets: list[socket.socket], body: bytes, layer: str) -> None:
     if layer == "http":
         target: httputil.HTTPServerConnectionDelegate = BareServer(body)
     else:
