@@ -15,7 +15,14 @@ from handlers.base import JsonHandler
 from handlers.context import AppContext
 from handlers.errors import STATUS_BY_CODE, ApiError, api_error_from_pool
 from handlers.files import read_image_file, resolve_allowed_path
-from handlers.request_parsing import OcrRequest, parse_ocr_request, parse_wait
+from handlers.request_parsing import (
+    FIELDS_BODY_LIMIT,
+    OcrRequest,
+    fields_body_too_large,
+    is_fields_only,
+    parse_ocr_request,
+    parse_wait,
+)
 from ocr_pool import PoolError
 
 # Room for multipart boundaries and form fields on top of the image byte limit.
@@ -61,7 +68,9 @@ class OcrHandler(JsonHandler):
         self._held = 0  # bytes of this body counted against the shared upload budget
         self._computation: Computation | None = None
         self._max_bytes = self.ctx.settings.web_server.max_body_bytes
-        body_limit = self._max_bytes + FORM_OVERHEAD_BYTES
+        self._fields_only = is_fields_only(self.request.headers.get("Content-Type", ""))
+        body_limit = FIELDS_BODY_LIMIT if self._fields_only else self._max_bytes + FORM_OVERHEAD_BYTES
+        self._body_limit = body_limit
         self._drain_limit = body_limit * DRAIN_LIMIT_FACTOR
         declared = self.request.headers.get("Content-Length")
         if declared is not None:
@@ -81,6 +90,8 @@ class OcrHandler(JsonHandler):
             self.request.connection.set_max_body_size(self._drain_limit * 2)
 
     def _body_too_large(self) -> ApiError:
+        if self._fields_only:
+            return fields_body_too_large()
         return ApiError(413, "body_too_large", f"the request body exceeds {self._max_bytes} bytes")
 
     def data_received(self, chunk: bytes) -> None:
@@ -94,7 +105,7 @@ class OcrHandler(JsonHandler):
             error = self._body_too_large()
             self.send_error(error.status_code, exc_info=(type(error), error, None))
             return
-        if self._received > self._max_bytes + FORM_OVERHEAD_BYTES:
+        if self._received > self._body_limit:
             self._too_large = True
         if not (self._too_large or self._over_budget) and not self.ctx.upload_budget.take(len(chunk)):
             self._over_budget = True

@@ -45,6 +45,25 @@ def parse_bool(name: str, value: Any) -> bool:
     raise ApiError(400, "invalid_field", f"{name} must be true or false, got {json.dumps(value)[:100]}")
 
 
+# JSON and urlencoded bodies carry fields only (the image travels as a multipart upload),
+# so they are kept small: parsing megabytes of JSON would hold up the event loop.
+FIELDS_BODY_LIMIT = 64 * 1024
+FIELDS_ONLY_MEDIA_TYPES = ("application/json", "application/x-www-form-urlencoded")
+
+
+def is_fields_only(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() in FIELDS_ONLY_MEDIA_TYPES
+
+
+def fields_body_too_large() -> ApiError:
+    return ApiError(
+        413,
+        "body_too_large",
+        f"a JSON or form body holds only fields, at most {FIELDS_BODY_LIMIT} bytes; "
+        "upload images as multipart/form-data",
+    )
+
+
 # Longest long-poll on GET /ocr_service/tasks/<id>?wait=N; longer values are capped.
 MAX_TASK_WAIT_S = 30.0
 
@@ -104,6 +123,8 @@ def parse_json_body(body: bytes) -> tuple[dict[str, Any], list[HTTPFile]]:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, "malformed_body", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_body", "the JSON body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_body", "the JSON body must be an object")
     return data, []
@@ -111,7 +132,10 @@ def parse_json_body(body: bytes) -> tuple[dict[str, Any], list[HTTPFile]]:
 
 def parse_ocr_request(content_type: str, body: bytes, query: dict[str, list[bytes]], headers: Any = None) -> OcrRequest:
     media_type = content_type.split(";")[0].strip().lower()
-    if media_type == "application/json" or (not media_type and body.lstrip()[:1] == b"{"):
+    is_json = media_type == "application/json" or (not media_type and body.lstrip()[:1] == b"{")
+    if (is_json or is_fields_only(content_type)) and len(body) > FIELDS_BODY_LIMIT:
+        raise fields_body_too_large()
+    if is_json:
         fields, uploads = parse_json_body(body)
     elif media_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         fields, uploads = parse_form_body(content_type, body, headers)

@@ -571,3 +571,17 @@ def test_oversized_upload_waiting_for_100_continue_is_refused_before_sending(ocr
         reply = sock.recv(65536).decode(errors="replace")
     assert reply.startswith("HTTP/1.1 413"), reply[:200]  # not "100 Continue"
     assert '"body_too_large"' in reply
+
+
+def test_json_bodies_are_small_and_deep_nesting_is_a_400(ocr_server: RunningServer) -> None:
+    url = f"{ocr_server.url}/ocr_service"
+    nested = requests.post(url, data=b"[" * 30_000 + b"]" * 30_000, headers={"Content-Type": "application/json"}, timeout=10)
+    assert nested.status_code == 400 and error_code(nested) == "malformed_body"
+    assert "nested" in nested.json()["error"]["message"]
+    # Megabytes of JSON would hold up the event loop while parsing: refused from Content-Length.
+    huge = requests.post(
+        url, data=b'{"filename": "' + b"a" * 2_000_000 + b'"}', headers={"Content-Type": "application/json"}, timeout=10
+    )
+    assert huge.status_code == 413 and error_code(huge) == "body_too_large"
+    assert "multipart/form-data" in huge.json()["error"]["message"]
+    assert requests.get(f"{ocr_server.url}/livez", timeout=10).status_code == 200

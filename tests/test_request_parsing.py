@@ -7,7 +7,7 @@ import json
 import pytest
 
 from handlers.errors import ApiError
-from handlers.request_parsing import MAX_TASK_WAIT_S, parse_ocr_request, parse_wait
+from handlers.request_parsing import FIELDS_BODY_LIMIT, MAX_TASK_WAIT_S, parse_ocr_request, parse_wait
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -85,3 +85,25 @@ def test_task_wait_refuses_what_is_not_a_duration(value: str) -> None:
     with pytest.raises(ApiError) as info:
         parse_wait(value)
     assert info.value.status_code == 400 and info.value.code == "invalid_field"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000],
+    ids=["nested-lists", "nested-objects"],
+)
+def test_deeply_nested_json_is_a_400_not_a_crash(body: bytes) -> None:
+    with pytest.raises(ApiError) as info:
+        parse_ocr_request("application/json", body[:FIELDS_BODY_LIMIT], {})
+    assert info.value.status_code == 400 and info.value.code == "malformed_body"
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded", ""])
+def test_fields_only_bodies_are_small(content_type: str) -> None:
+    big = b'{"file_type": "filename", "filename": "' + b"a" * FIELDS_BODY_LIMIT + b'"}'
+    if "urlencoded" in content_type:
+        big = b"file_type=filename&filename=" + b"a" * FIELDS_BODY_LIMIT
+    with pytest.raises(ApiError) as info:
+        parse_ocr_request(content_type, big, {})
+    assert info.value.status_code == 413 and info.value.code == "body_too_large"
+    assert "multipart/form-data" in info.value.message
