@@ -34,6 +34,7 @@ from tests.conftest import (
     start_server,
     text_image,
 )
+from tests.test_operability import metric
 
 
 def error_code(response: requests.Response) -> str:
@@ -449,12 +450,16 @@ def test_stalled_upload_is_cut_and_its_memory_given_back(server_factory) -> None
         assert server.health()["uploads"]["buffered_bytes"] == 560_000
         busy = server.ocr_upload(b"\0" * 500_000)
         assert busy.status_code == 503 and error_code(busy) == "server_busy"
+        stalled_metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+        assert metric(stalled_metrics, "ocr_upload_buffered_bytes") == 560_000
+        assert metric(stalled_metrics, "ocr_uploads_refused_total") >= 1
         # The client never sends the rest: past body_timeout the server hangs up on it.
         waited = _closed_by_server(stalled, within=30)
         assert waited is not None, "a stalled upload kept its connection"
     health = server.health()
     assert health["uploads"]["buffered_bytes"] == 0
     assert health["uploads"]["refused"] >= 1
+    assert metric(requests.get(f"{server.url}/metrics", timeout=10).text, "ocr_upload_buffered_bytes") == 0
     word = random_word()
     accepted = server.ocr_upload(text_image(word) + b"\0" * 400_000)
     assert accepted.status_code == 200 and word in _texts(accepted)
