@@ -51,8 +51,13 @@ FIELDS_BODY_LIMIT = 64 * 1024
 FIELDS_ONLY_MEDIA_TYPES = ("application/json", "application/x-www-form-urlencoded")
 
 
+def media_type_of(content_type: str) -> str:
+    """The media type alone, lower-case: "Multipart/Form-Data; boundary=x" -> "multipart/form-data"."""
+    return content_type.split(";")[0].strip().lower()
+
+
 def is_fields_only(content_type: str) -> bool:
-    return content_type.split(";")[0].strip().lower() in FIELDS_ONLY_MEDIA_TYPES
+    return media_type_of(content_type) in FIELDS_ONLY_MEDIA_TYPES
 
 
 def fields_body_too_large() -> ApiError:
@@ -131,9 +136,9 @@ def parse_json_body(body: bytes) -> tuple[dict[str, Any], list[HTTPFile]]:
 
 
 def parse_ocr_request(content_type: str, body: bytes, query: dict[str, list[bytes]], headers: Any = None) -> OcrRequest:
-    media_type = content_type.split(";")[0].strip().lower()
+    media_type = media_type_of(content_type)
     is_json = media_type == "application/json" or (not media_type and body.lstrip()[:1] == b"{")
-    if (is_json or is_fields_only(content_type)) and len(body) > FIELDS_BODY_LIMIT:
+    if (is_json or media_type in FIELDS_ONLY_MEDIA_TYPES) and len(body) > FIELDS_BODY_LIMIT:
         raise fields_body_too_large()
     if is_json:
         fields, uploads = parse_json_body(body)
