@@ -15,9 +15,11 @@ from PIL import Image, ImageFile, ImageOps
 
 from .errors import ImageDecodeError, ImageTooLargeError, ImageTooSmallError
 
-# PIL format names read here; for GIF and multi-page TIFF, the first frame.
-ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF")
-SUPPORTED_TEXT = "JPEG, PNG, WebP, BMP, TIFF or GIF"
+# The formats read here (for GIF and multi-page TIFF, the first frame), as people write them;
+# PIL's names are the same in capitals.
+SUPPORTED_NAMES = ("JPEG", "PNG", "WebP", "BMP", "TIFF", "GIF")
+ALLOWED_FORMATS = tuple(name.upper() for name in SUPPORTED_NAMES)
+SUPPORTED_TEXT = ", ".join(SUPPORTED_NAMES[:-1]) + " or " + SUPPORTED_NAMES[-1]
 
 # Leading bytes -> what the file is, to name it in an error instead of "cannot identify".
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
@@ -37,7 +39,6 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"ftypavif", 4, "AVIF"),
     (b"\x00\x00\x01\x00", 0, "an ICO icon"),
 )
-_SUPPORTED_KINDS = {"JPEG", "PNG", "GIF", "BMP", "TIFF", "WebP"}
 
 # Truncated files must fail, not be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -92,7 +93,7 @@ def sniff_kind(data: bytes) -> str | None:
 def unreadable_message(data: bytes) -> str:
     """Why `data` cannot be opened, naming what it looks like."""
     kind = sniff_kind(data)
-    if kind in _SUPPORTED_KINDS:
+    if kind in SUPPORTED_NAMES:
         return f"corrupt {kind} image: its header cannot be read"
     if kind == "a PDF document":
         return f"the file is a PDF document, which is not supported: send its pages as images ({SUPPORTED_TEXT})"
