@@ -6,6 +6,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -42,6 +43,14 @@ def gt_entry(predicate: Any) -> dict[str, Any]:
         if predicate(entry):
             return entry
     pytest.skip("no matching image in the shared ground-truth set")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 if absent)."""
+    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)\n"
+    match = re.search(pattern, text)
+    return float(match.group(1)) if match else 0.0
 
 
 def text_image(text: str, size: int = 48) -> bytes:

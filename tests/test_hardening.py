@@ -29,12 +29,12 @@ from tests.conftest import (
     LOAD_DIR,
     RunningServer,
     base_config,
+    metric,
     random_word,
     require_shared,
     start_server,
     text_image,
 )
-from tests.test_operability import metric
 
 
 def error_code(response: requests.Response) -> str:

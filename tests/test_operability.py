@@ -12,15 +12,7 @@ from pathlib import Path
 import requests
 
 from bench.launch import free_port
-from tests.conftest import REPO, RunningServer, base_config, random_word, text_image
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (0 if absent)."""
-    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" ([0-9.e+-]+)\n"
-    match = re.search(pattern, text)
-    return float(match.group(1)) if match else 0.0
+from tests.conftest import REPO, RunningServer, base_config, metric, random_word, text_image
 
 
 def test_readyz_is_503_until_a_worker_has_loaded(tmp_path: Path) -> None:
