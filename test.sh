@@ -2,7 +2,10 @@
 # Set up everything the test suite needs on a fresh Debian machine, then run it.
 # System packages (the tests drive them for real): redis-server and nginx for the
 # scale-out tests, chromium for the WebUI browser test, wrk for the cache-hit benchmark
-# tool's test. Installed only when missing.
+# tool's test. Installed only when missing. Python packages: the full lock
+# (requirements-test.txt: the server, the paddle backend, test and benchmark tools),
+# exact versions with hashes. Run it inside a virtualenv to keep them apart from the
+# system's packages (.ci/run does).
 set -eu
 cd "$(dirname "$0")"
 
@@ -22,5 +25,5 @@ if [ -n "$missing" ]; then
     fi
 fi
 
-python -m pip install -q -r requirements.txt
+python -m pip install -q -r requirements-test.txt
 exec python -m pytest "$@"

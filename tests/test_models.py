@@ -364,3 +364,16 @@ def test_exif_rotated_file(engine) -> None:
     assert r["image_size"] == [752, 306] and r["text_lines"]
     # Upright text reads with high confidence; upside-down text would not.
     assert max(line["confidence"] for line in r["text_lines"]) > 0.9
+
+
+def test_paddle_engine_without_paddle_installed_names_the_install_command(monkeypatch) -> None:
+    import importlib.util
+
+    from models import EngineOptions, ModelLoadError, check_model_files
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "paddle" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ModelLoadError, match=r"'paddle'.*requirements-paddle\.txt"):
+        check_model_files(EngineOptions(engine="paddle"))

@@ -1,0 +1,19 @@
+#!/usr/bin/env sh
+# Re-compile the three lock files from pyproject.toml's direct dependencies.
+#
+#   requirements/lock.sh            keep today's pins, add/remove only what the list changed
+#   requirements/lock.sh --upgrade  move every package to the newest release the ranges allow
+#
+# Needs uv (pip install uv==0.13.9). The locks are for CPython 3.11 on Linux, the
+# interpreter CI tests on; each carries the hashes of every file of each pinned release.
+# The full set (requirements-test.txt) is compiled first; the server's and the paddle
+# backend's sets are then compiled under it as a constraint, so one package has one
+# version in all three. After a refresh: ./test.sh (tests/test_lock.py included) must pass.
+set -eu
+cd "$(dirname "$0")/.."
+UV="${UV:-uv}"
+common="--python-version 3.11 --generate-hashes --no-header --quiet --annotation-style line $*"
+
+"$UV" pip compile pyproject.toml --extra paddle --extra test $common -o requirements-test.txt
+"$UV" pip compile pyproject.toml --extra paddle $common -c requirements-test.txt -o requirements-paddle.txt
+"$UV" pip compile pyproject.toml $common -c requirements-test.txt -o requirements.txt
