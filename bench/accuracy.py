@@ -1,160 +1,191 @@
-"""Accuracy benchmark: CER of each backend on the shared ground truth.
+"""Accuracy benchmark: every model family and backend on the shared ground truth, in one run.
 
-    python bench/accuracy.py --data ../shared/data/ocr-gt [--engines onnxruntime,paddle] [--limit N]
+    python bench/accuracy.py [--models PP-OCRv4,PP-OCRv6-small] [--engines onnxruntime,paddle]
+                             [--set det_min_side_len=736] [--peer-python /path/to/venv/bin/python]
 
-Reports micro-averaged CER (sum of edits / sum of reference chars, after
-``bench.common.normalize_lines``) per source, per language and overall, for
-every backend; CER with det=auto on kind=="line" images; and the character
-agreement between the backends' raw outputs.  Each backend runs in its own
-process (1 thread) so the two share the machine's 2 cores.
+Each image is read the way the server reads it by default (det=auto). Per kind and overall:
+CER (lines normalised and sorted, spaces count; line splits that differ from the ground truth's
+cost a lot on multi-line images), order-free CER (bag of characters, case and whitespace
+ignored: reading order, line splits and word spaces cost nothing), English bag-of-words F1
+(glued or split words count as wrong) and the median ms per image. All micro-averaged.
+
+Runs in the pool's shape: two processes with one inference thread each, both working on the
+same variant at once (each takes half the images), one variant after the other.
+`--peer-python` names an interpreter with `rapidocr==3.10.0` installed (its own virtualenv);
+rapidocr then runs on its defaults, one thread, as a reference row.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
+import subprocess
 import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import OCR_GT, bag_cer, edit_distance, load_manifest, page_cer
+from bench.common import OCR_GT, bag_cer, f1, load_manifest, page_cer, word_counts
+
+PEER = "rapidocr-3.10.0"
+KINDS = ("document", "form", "receipt", "scene", "line")
 
 
-def _run_engine(engine: str, root: str, rows: list[dict], mkldnn: bool) -> dict:
+def _run_ours(options: dict[str, Any], root: str, images: list[str]) -> dict[str, Any]:
     from models import EngineOptions, ImageError, create_engine
 
-    t = time.perf_counter()
-    eng = create_engine(EngineOptions(engine=engine, enable_mkldnn=mkldnn, cpu_threads=1))
-    load_s = time.perf_counter() - t
-    out: dict[str, dict] = {}
+    engine = create_engine(EngineOptions(cpu_threads=1, **options))
+    out = {}
+    for name in images:
+        data = (Path(root) / name).read_bytes()
+        t0 = time.perf_counter()
+        try:
+            result = engine.recognize(data, det="auto")
+            lines = [x["text"] for x in result["text_lines"]]
+        except ImageError as exc:
+            lines = [f"<{exc.code}>"]
+        out[name] = {"lines": lines, "ms": (time.perf_counter() - t0) * 1000}
+    return out
+
+
+def _run_peer(python: str, root: str, images: list[str]) -> dict[str, Any]:
+    script = Path(__file__).with_name("peer_rapidocr.py")
+    proc = subprocess.run(
+        [python, str(script), root],
+        input=json.dumps(images),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{PEER} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def run_variant(pool: ProcessPoolExecutor, variant: dict[str, Any], root: str, images: list[str]) -> dict:
+    halves = [images[0::2], images[1::2]]
+    if variant.get("peer"):
+        futures = [pool.submit(_run_peer, variant["peer"], root, half) for half in halves]
+    else:
+        futures = [pool.submit(_run_ours, variant["options"], root, half) for half in halves]
+    merged: dict[str, Any] = {}
+    for future in futures:
+        merged.update(future.result())
+    return merged
+
+
+def score(rows: list[dict], results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        data = (Path(root) / row["image"]).read_bytes()
-        rec: dict = {}
-        modes = ["on", "auto", "off"] if row["kind"] == "line" else ["on"]
-        for det in modes:
-            try:
-                r = eng.recognize(data, det=det)
-                rec[det] = {
-                    "lines": [x["text"] for x in r["text_lines"]],
-                    "ms": r["timing"]["total"],
-                    "det_used": r["det_used"],
-                }
-            except ImageError as exc:
-                rec[det] = {"lines": [], "ms": 0.0, "error": exc.code, "det_used": False}
-        out[row["image"]] = rec
-    return {"load_s": load_s, "results": out}
+        groups[row["kind"]].append(row)
+        groups["all"].append(row)
+    table = {}
+    for kind, members in groups.items():
+        cer_e = cer_n = of_e = of_n = 0
+        matched = ref_w = hyp_w = 0
+        for row in members:
+            lines = results[row["image"]]["lines"]
+            e, n = page_cer(row["lines"], lines, casefold=True)
+            cer_e, cer_n = cer_e + e, cer_n + n
+            e, n = bag_cer(row["lines"], lines)
+            of_e, of_n = of_e + e, of_n + n
+            if row["lang"] == "en":
+                m, r, h = word_counts(row["lines"], lines)
+                matched, ref_w, hyp_w = matched + m, ref_w + r, hyp_w + h
+        table[kind] = {
+            "n": len(members),
+            "cer": 100 * cer_e / max(cer_n, 1),
+            "orderfree_cer": 100 * of_e / max(of_n, 1),
+            "en_word_f1": f1(matched, ref_w, hyp_w) if ref_w else float("nan"),
+            "median_ms": statistics.median(results[r["image"]]["ms"] for r in members),
+        }
+    return table
 
 
-def _micro(pairs: list[tuple[int, int]]) -> float:
-    edits = sum(e for e, _ in pairs)
-    chars = sum(n for _, n in pairs)
-    return edits / chars if chars else 0.0
+def print_table(scores: dict[str, dict[str, dict[str, float]]], metric: str, title: str) -> None:
+    kinds = [k for k in (*KINDS, "all") if any(k in s for s in scores.values())]
+    print(f"\n{title}")
+    print(f"| variant | {' | '.join(kinds)} |")
+    print(f"|---|{'---|' * len(kinds)}")
+    for name, table in scores.items():
+        cells = []
+        for kind in kinds:
+            value = table.get(kind, {}).get(metric)
+            if value is None or math.isnan(value):
+                cells.append("-")
+            else:
+                cells.append(f"{value:.3f}" if metric == "en_word_f1" else f"{value:.2f}")
+        print(f"| {name} | {' | '.join(cells)} |")
 
 
-def _metrics(gt: list[str], ocr: list[str]) -> tuple[tuple[int, int], ...]:
-    """(CER, case-insensitive CER, bag-of-characters error) as (edits, chars) pairs."""
-    return page_cer(gt, ocr), page_cer(gt, ocr, casefold=True), bag_cer(gt, ocr)
-
-
-def _fmt(items: list[tuple[tuple[int, int], ...]]) -> str:
-    return "  ".join(f"{_micro([m[i] for m in items]) * 100:6.2f}%" for i in range(3))
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=OCR_GT)
-    ap.add_argument("--engines", default="onnxruntime,paddle")
+    ap.add_argument("--models", default="", help="model families (default: every family the backend has)")
+    ap.add_argument("--engines", default="onnxruntime", help="backends, comma-separated (onnxruntime,paddle)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="engine option for every variant")
+    ap.add_argument("--peer-python", help="python of a virtualenv with rapidocr==3.10.0: adds the reference row")
     ap.add_argument("--limit", type=int, default=0, help="only the first N manifest rows")
-    ap.add_argument("--no-mkldnn", action="store_true", help="paddle without oneDNN (2-3x slower)")
-    ap.add_argument("--json", type=Path, help="also dump raw per-image results here")
-    ap.add_argument("--from-json", type=Path, help="re-report a --json dump instead of running OCR")
-    ap.add_argument("--worst", type=int, default=5, help="print the N worst images per backend")
+    ap.add_argument("--kinds", default="", help="only these kinds, comma-separated (document,form,receipt,scene,line)")
+    ap.add_argument("--json", type=Path, help="write every variant's raw results and scores here")
+    ap.add_argument("--rescore", type=Path, nargs="+", help="score earlier --json dumps instead of running OCR")
     args = ap.parse_args(argv)
 
+    from models import FAMILIES
+
     rows = load_manifest(args.data)
+    if args.kinds:
+        rows = [row for row in rows if row["kind"] in args.kinds.split(",")]
     if args.limit:
         rows = rows[: args.limit]
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    print(f"{len(rows)} images from {args.data}; engines: {engines}; paddle mkldnn={not args.no_mkldnn}")
+    overrides = {key: _parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}
+    variants: dict[str, dict[str, Any]] = {}
+    for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
+        families = [m.strip() for m in args.models.split(",") if m.strip()] or list(FAMILIES)
+        for family in families:
+            if engine in FAMILIES.get(family, {}):
+                variants[f"{family} {engine}"] = {"options": {"engine": engine, "model": family, **overrides}}
+    if args.peer_python:
+        variants[f"{PEER} (defaults)"] = {"peer": args.peer_python}
+    suffix = f"; options {overrides}" if overrides else ""
+    print(f"{len(rows)} images from {args.data}; det=auto; 2 processes x 1 thread{suffix}")
 
-    t0 = time.perf_counter()
-    if args.from_json:
-        runs = json.loads(args.from_json.read_text(encoding="utf-8"))
-    else:
-        with ProcessPoolExecutor(max_workers=len(engines), mp_context=get_context("spawn")) as pool:
-            futs = {e: pool.submit(_run_engine, e, str(args.data), rows, not args.no_mkldnn) for e in engines}
-            runs = {e: f.result() for e, f in futs.items()}
-        print(f"wall time {time.perf_counter() - t0:.1f}s")
-    if args.json and not args.from_json:
-        args.json.write_text(json.dumps(runs, ensure_ascii=False, indent=1), encoding="utf-8")
+    images = [row["image"] for row in rows]
+    raw, scores = {}, {}
+    if args.rescore:
+        for dump in args.rescore:
+            for name, results in json.loads(dump.read_text(encoding="utf-8"))["raw"].items():
+                raw[name], scores[name] = results, score(rows, results)
+        variants = {}
+    with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:
+        for name, variant in variants.items():
+            t0 = time.perf_counter()
+            raw[name] = run_variant(pool, variant, str(args.data), images)
+            scores[name] = score(rows, raw[name])
+            print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
-    for eng in engines:
-        res = runs[eng]["results"]
-        by_src: dict[str, list] = defaultdict(list)
-        by_lang: dict[str, list] = defaultdict(list)
-        by_kind: dict[str, list] = defaultdict(list)
-        allp, per_img = [], []
-        line_modes: dict[str, list] = defaultdict(list)
-        for row in rows:
-            r = res[row["image"]]
-            p = _metrics(row["lines"], r["on"]["lines"])
-            by_src[row["source"]].append(p)
-            by_lang[row["lang"]].append(p)
-            by_kind[row["kind"]].append(p)
-            allp.append(p)
-            per_img.append((p[0][0] / max(p[0][1], 1), row["image"]))
-            if row["kind"] == "line":
-                for mode in ("on", "auto", "off"):
-                    line_modes[mode].append(_metrics(row["lines"], r[mode]["lines"]))
-                line_modes[row["source"] + " det=on"].append(p)
-                line_modes[row["source"] + " det=auto"].append(_metrics(row["lines"], r["auto"]["lines"]))
-        ms = sorted(r["on"]["ms"] for r in res.values())
-        print(f"\n== {eng}: load {runs[eng]['load_s']:.2f}s, median {ms[len(ms) // 2]:.0f} ms/image (det=on)")
-        print("  columns: CER | CER ignoring case | order-free char error (bench.common.bag_cer)")
-        print(f"  {'overall':28s} n={len(allp):3d}  {_fmt(allp)}  ({sum(m[0][1] for m in allp)} ref chars)")
-        for title, groups in (("source", by_src), ("lang", by_lang), ("kind", by_kind)):
-            print(f"  by {title}:")
-            for k in sorted(groups):
-                print(f"    {k:26s} n={len(groups[k]):3d}  {_fmt(groups[k])}")
-        if line_modes:
-            auto_used = sum(not res[r["image"]]["auto"]["det_used"] for r in rows if r["kind"] == "line")
-            n_line = sum(r["kind"] == "line" for r in rows)
-            print(f"  kind=line images (n={n_line}; det=auto skipped detection on {auto_used}):")
-            for k in sorted(line_modes, key=lambda k: (" " in k, k)):
-                label = k if " " in k else f"all lines det={k}"
-                print(f"    {label:32s} {_fmt(line_modes[k])}")
-        print(
-            f"  worst {args.worst}: "
-            + ", ".join(f"{Path(n).name} {c * 100:.0f}%" for c, n in sorted(per_img)[::-1][: args.worst])
-        )
-
-    if len(engines) >= 2:
-        a, b = engines[:2]
-        edits = total = 0
-        diffs = []
-        for row in rows:
-            for mode in runs[a]["results"][row["image"]]:
-                ta = "\n".join(runs[a]["results"][row["image"]][mode]["lines"])
-                tb = "\n".join(runs[b]["results"][row["image"]][mode]["lines"])
-                e = edit_distance(ta, tb)
-                edits += e
-                total += max(len(ta), len(tb))
-                if e:
-                    diffs.append((e, row["image"], mode))
-        agree = 1 - edits / total if total else 1.0
-        print(
-            f"\n== agreement {a} vs {b}: {agree * 100:.3f}% of {total} chars identical "
-            f"({len(diffs)} image/mode pairs differ)"
-        )
-        for e, img, mode in sorted(diffs, reverse=True)[:8]:
-            print(f"    {e:4d} edits  {img} det={mode}")
+    print_table(scores, "cer", "CER % (sorted lines, case ignored, spaces count)")
+    print_table(scores, "orderfree_cer", "order-free CER % (bag of characters, case and whitespace ignored)")
+    print_table(scores, "en_word_f1", "English bag-of-words F1")
+    print_table(scores, "median_ms", "median ms per image (2 processes x 1 thread)")
+    if args.json:
+        args.json.write_text(json.dumps({"scores": scores, "raw": raw}, ensure_ascii=False, indent=1), encoding="utf-8")
     return 0
 
 

@@ -102,11 +102,11 @@ def page_cer(gt_lines: Iterable[str], ocr_lines: Iterable[str], casefold: bool =
 
 
 def bag_cer(gt_lines: Iterable[str], ocr_lines: Iterable[str]) -> tuple[int, int]:
-    """Order-free error: multiset difference of characters (case and spaces ignored).
+    """Order-free error: multiset difference of characters (case and whitespace ignored).
 
-    Diagnostic only.  It is a lower bound of the edit distance that ignores
-    line splits, reading order and the word spaces PP-OCR often drops in
-    English, so CER minus this is roughly the segmentation/spacing share.
+    Reading order, line splits and word spaces cost nothing (word F1 judges spacing),
+    so this is the error a reader of the extracted characters sees. A lower bound
+    of the edit distance.
     """
 
     def chars(lines: Iterable[str]) -> Counter:
@@ -115,6 +115,33 @@ def bag_cer(gt_lines: Iterable[str], ocr_lines: Iterable[str]) -> tuple[int, int
     ref, hyp = chars(gt_lines), chars(ocr_lines)
     missing, extra = sum((ref - hyp).values()), sum((hyp - ref).values())
     return max(missing, extra), sum(ref.values())
+
+
+_WORD_EDGE = re.compile(r"^[^\w]+|[^\w]+$")
+
+
+def words(lines: Iterable[str]) -> Counter:
+    """Bag of case-folded words, punctuation trimmed from their ends."""
+    out: Counter = Counter()
+    for line in lines:
+        for token in normalize_line(line, casefold=True).split(" "):
+            token = _WORD_EDGE.sub("", token)
+            if token:
+                out[token] += 1
+    return out
+
+
+def word_counts(gt_lines: Iterable[str], ocr_lines: Iterable[str]) -> tuple[int, int, int]:
+    """(matched, reference words, hypothesis words) for a micro-averaged bag-of-words F1.
+
+    Words glued together ("TAXINVOICE") or split apart match nothing, which is how a
+    search index or a field extractor would see them."""
+    ref, hyp = words(gt_lines), words(ocr_lines)
+    return sum((ref & hyp).values()), sum(ref.values()), sum(hyp.values())
+
+
+def f1(matched: int, ref: int, hyp: int) -> float:
+    return 2 * matched / (ref + hyp) if ref + hyp else 1.0
 
 
 def load_manifest(root: Path = OCR_GT) -> list[dict]:

@@ -42,6 +42,7 @@ class HealthHandler(JsonHandler):
                 "status": "ok" if healthy else "degraded",
                 "uptime_s": round(time.monotonic() - self.ctx.started, 1),
                 "engine": self.ctx.settings.ocr.engine,
+                "model": self.ctx.settings.model_family(),
                 "model_identity": self.ctx.engine_identity,
                 "workers": pool.stats(),
                 "queue": {"depth": pool.queue_depth, "capacity": pool.queue_size, "cancelled": pool.tasks_cancelled},

@@ -177,11 +177,12 @@ def _schemas() -> dict[str, Any]:
         },
         "Health": {
             "type": "object",
-            "required": ["status", "uptime_s", "engine", "model_identity", "workers", "queue", "ocr_runs", "cache"],
+            "required": ["status", "uptime_s", "engine", "model", "model_identity", "workers", "queue", "ocr_runs", "cache"],
             "properties": {
                 "status": {"type": "string", "enum": ["ok", "degraded"]},
                 "uptime_s": {"type": "number"},
                 "engine": {"type": "string"},
+                "model": {"type": "string", "description": "PP-OCR model family (ocr.predict_system.model)"},
                 "model_identity": {"type": "string"},
                 "workers": {"type": "object", "description": "Pool state: configured, alive, ready, busy, restarts."},
                 "queue": {

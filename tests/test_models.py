@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import cer, load_files, load_manifest, normalize_lines
+from bench.common import bag_cer, cer, load_files, load_manifest, normalize_lines
 from models import (
     EngineOptions,
     ImageDecodeError,
@@ -377,3 +377,43 @@ def test_paddle_engine_without_paddle_installed_names_the_install_command(monkey
     )
     with pytest.raises(ModelLoadError, match=r"'paddle'.*requirements-paddle\.txt"):
         check_model_files(EngineOptions(engine="paddle"))
+
+
+# --- model families ----------------------------------------------------------
+
+
+def test_each_family_has_its_own_cache_identity() -> None:
+    from models import FAMILIES
+
+    identities = {model_identity(EngineOptions(model=family)) for family in FAMILIES}
+    assert len(identities) == len(FAMILIES)
+    assert all(f":{family}:" in model_identity(EngineOptions(model=family)) for family in FAMILIES)
+
+
+def test_family_without_weights_for_a_backend_names_the_ones_it_has() -> None:
+    with pytest.raises(ModelLoadError, match=r"PP-OCRv6-small.*paddle backend has: PP-OCRv4"):
+        check_model_files(EngineOptions(engine="paddle", model="PP-OCRv6-small"))
+    with pytest.raises(ModelLoadError, match="unknown model family 'PP-OCRv9'"):
+        check_model_files(EngineOptions(model="PP-OCRv9"))
+
+
+def test_detector_settings_come_from_the_models_own_config() -> None:
+    from models.options import det_settings
+
+    v6 = det_settings(EngineOptions(model="PP-OCRv6-small"))
+    assert (v6.thresh, v6.box_thresh, v6.unclip_ratio) == (0.2, 0.45, 1.4)  # its inference.yml
+    assert det_settings(EngineOptions(model="PP-OCRv6-tiny")).box_thresh == 0.4
+    assert det_settings(EngineOptions(model="PP-OCRv6-small", det_db_box_thresh=0.6)).box_thresh == 0.6
+
+
+@pytest.mark.parametrize("family", ["PP-OCRv4", "PP-OCRv5", "PP-OCRv6-small", "PP-OCRv6-tiny"])
+def test_every_family_loads_offline_and_reads_english_and_chinese(family: str, gt_rows) -> None:
+    engine = create_engine(EngineOptions(model=family))
+    assert f":{family}:" in engine.identity
+    # Order-free character error (the measured figures are 1-2 % on the receipt and at
+    # most one character of the plate's seven): every family must really read both scripts.
+    for name, max_error in (("sroie_010.jpg", 0.06), ("plate_001.jpg", 0.3)):
+        row = gt_rows[name]
+        result = engine.recognize((OCR_GT / row["image"]).read_bytes(), det="auto")
+        edits, chars = bag_cer(row["lines"], [t["text"] for t in result["text_lines"]])
+        assert edits / chars <= max_error, (family, name, [t["text"] for t in result["text_lines"]])

