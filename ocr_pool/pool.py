@@ -205,6 +205,11 @@ class WorkerPool:
         return sum(1 for w in self._workers if w.state in ("idle", "busy"))
 
     @property
+    def threads(self) -> int:
+        """Inference threads each worker runs."""
+        return self._threads
+
+    @property
     def queue_depth(self) -> int:
         return len(self._queue)
 

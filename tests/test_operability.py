@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from bench.launch import free_port
@@ -159,3 +161,19 @@ def test_unsupported_methods_get_a_json_405_with_allow(ocr_server: RunningServer
     # An unknown path is unknown whatever the method.
     unknown = requests.request("FOOBAR", f"{ocr_server.url}/no-such-page", timeout=10)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+
+
+def test_worker_threads_follow_the_cpus_the_server_may_use(server_factory) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to give the server one")
+    # A child inherits the CPU affinity of the thread that starts it (as taskset or a cpuset would set it).
+    os.sched_setaffinity(0, cpus[:1])
+    try:
+        server = server_factory(base_config(number=1), name="one-cpu")
+    finally:
+        os.sched_setaffinity(0, cpus)
+    # Before, the host's core count decided: 2 threads for the one worker on this 2-CPU machine.
+    assert server.health()["cpus"] == {"usable": 1, "threads_per_worker": 1}
+    word = random_word()
+    assert word in " ".join(t["text"] for t in server.ocr_upload(text_image(word)).json()["text_lines"])

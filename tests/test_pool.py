@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ocr_pool import (
+    CgroupFiles,
     NoWorkerError,
     QueueFullError,
     TaskCancelledError,
@@ -19,6 +20,7 @@ from ocr_pool import (
     WorkerCrashedError,
     WorkerPool,
     WorkerStartError,
+    usable_cpus,
 )
 
 
@@ -161,3 +163,31 @@ def test_engine_that_cannot_load_fails_start_with_its_message() -> None:
         await pool.close(grace=0)
 
     asyncio.run(main())
+
+
+def test_workers_thread_variables_use_the_pool_thread_count() -> None:
+    async def check(pool: WorkerPool) -> None:
+        result = await pool.submit(b"env", {}).future
+        assert result["env"] == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "3"}
+
+    run(check, size=1, threads=3)
+
+
+@pytest.mark.parametrize(
+    ("affinity", "cgroup", "expected"),
+    [
+        (64, CgroupFiles(cpu_max=["max 100000"]), 64),  # no quota: the affinity mask
+        (64, CgroupFiles(cpu_max=["200000 100000"]), 2),  # docker --cpus=2 on a 64-core host
+        (64, CgroupFiles(cpu_max=["150000 100000"]), 1),  # 1.5 CPUs: a second thread would be throttled
+        (64, CgroupFiles(cpu_max=["50000 100000"]), 1),  # under one CPU: still one thread
+        (4, CgroupFiles(cpu_max=["800000 100000"]), 4),  # taskset/cpuset to 4 CPUs: the mask wins
+        (64, CgroupFiles(cpu_max=["max 100000", "300000 100000", "max 100000"]), 3),  # a parent's limit counts
+        (64, CgroupFiles(cfs=[("200000", "100000")]), 2),  # cgroup v1
+        (64, CgroupFiles(cfs=[("-1", "100000")]), 64),  # cgroup v1, no quota
+        (64, CgroupFiles(cpu_max=["garbage", ""], cfs=[("x", "0")]), 64),  # unreadable values are ignored
+        (0, CgroupFiles(), 1),  # never fewer than one
+    ],
+)
+def test_usable_cpus_is_the_tighter_of_affinity_and_cgroup_quota(affinity: int, cgroup: CgroupFiles,
+                                                                  expected: int) -> None:
+    assert usable_cpus(affinity, cgroup) == expected
