@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from bench import launch
 from tests.conftest import (
     LOAD_DIR,
     RunningServer,
@@ -524,6 +525,49 @@ def test_sigterm_finishes_in_flight_work_and_exits_zero(server_factory) -> None:
     time.sleep(0.3)
     alive = [pid for pid in worker_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     assert alive == []
+
+
+def page_image(lines: list[str]) -> bytes:
+    """A PNG of several text lines, one under the other: seconds of OCR, not milliseconds."""
+    rows = [Image.open(io.BytesIO(text_image(line))) for line in lines]
+    page = Image.new("RGB", (max(row.width for row in rows), sum(row.height for row in rows)), "white")
+    for index, row in enumerate(rows):
+        page.paste(row, (0, sum(r.height for r in rows[:index])))
+    return encoded(page, "PNG")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_sigterm_to_the_whole_process_group_lets_in_flight_work_finish(tmp_path: Path) -> None:
+    # systemd's KillMode=control-group and `kill -- -PGID` signal every process of the group, the
+    # workers too: they must leave stopping to the server, which drains them.
+    server = launch.start_server(base_config(number=2), log_level="INFO", workdir=tmp_path, new_session=True)
+    try:
+        assert os.getpgid(server.pid) == server.pid  # a group of our own: only this server and its workers
+        worker_pids = [w["pid"] for w in server.health()["workers"]["workers"]]
+        words = [random_word() for _ in range(40)]
+        image = page_image([" ".join(words[i : i + 5]) for i in range(0, 40, 5)])
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            answer = pool.submit(
+                requests.post, f"{server.url}/ocr_service", files={"file": ("page.png", image)}, timeout=120
+            )
+            wait_until(lambda: server.health()["workers"]["busy"] >= 1, 60, "the OCR task to start")
+            os.killpg(server.pid, signal.SIGTERM)
+            response = answer.result(timeout=120)
+        assert response.status_code == 200, response.text
+        assert words[0] in _texts(response)
+        assert server.process.wait(timeout=60) == 0
+    finally:
+        server.stop()  # SIGKILLs its own group if it is still running
+    log = (tmp_path / "server.log").read_text()
+    for trace in ("exited with code", "retrying task", "crashed", "Traceback"):
+        assert trace not in log, log[-3000:]
+    assert [pid for pid in worker_pids if psutil.pid_exists(pid)] == []
 
 
 def test_relative_roots_and_filenames_resolve_against_the_config_folder(tmp_path: Path) -> None:
