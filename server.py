@@ -24,7 +24,7 @@ from handlers.base import NotFoundHandler
 from handlers.upload_budget import UploadBudget
 from http_listener import GuardedHTTPServer, raise_descriptor_limit
 from models import ModelLoadError, check_model_files, model_identity
-from ocr_pool import WorkerPool
+from ocr_pool import WorkerPool, read_usable_cpus
 from settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("ocr_server")
@@ -56,7 +56,8 @@ def log_request(handler: web.RequestHandler) -> None:
 
 
 def build_context(settings: Settings) -> AppContext:
-    options = settings.engine_options()
+    cpus = read_usable_cpus()  # affinity and cgroup quota, not the host's core count
+    options = settings.engine_options(cpus)
     check_model_files(options)  # fail at start-up, naming the path, not at the first request
     identity = model_identity(options)
     process = settings.ocr.process
@@ -98,6 +99,7 @@ def build_context(settings: Settings) -> AppContext:
         engine_identity=identity,
         allowed_roots=settings.allowed_root_paths(),
         upload_budget=UploadBudget(settings.web_server.max_buffered_bytes),
+        usable_cpus=cpus,
     )
 
 
@@ -127,8 +129,8 @@ async def serve(settings: Settings) -> int:
         raise ListenError(f"cannot listen on {web_settings.host}:{web_settings.port}: {exc.strerror or exc}") from exc
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
-    log.info("listening on http://%s:%d (engine %s, %d workers)", web_settings.host, port, settings.ocr.engine,
-             settings.ocr.process.number)
+    log.info("listening on http://%s:%d (engine %s, %d workers, %d threads each, %d usable CPUs)", web_settings.host,
+             port, settings.ocr.engine, settings.ocr.process.number, ctx.pool.threads, ctx.usable_cpus)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

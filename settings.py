@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from models import DEFAULT_FAMILY, EngineOptions
+from ocr_pool.cpus import read_usable_cpus
 
 REPO_DIR = Path(__file__).resolve().parent
 ENGINES = ("onnxruntime", "paddle")
@@ -65,7 +66,7 @@ class ProcessSettings:
 class OcrSettings:
     engine: str = "onnxruntime"
     process: ProcessSettings = field(default_factory=ProcessSettings)
-    # Engine options (see models.EngineOptions); cpu_threads defaults to cores / workers.
+    # Engine options (see models.EngineOptions); cpu_threads defaults to usable CPUs / workers.
     predict_system: dict[str, Any] = field(default_factory=dict)
 
 
@@ -93,11 +94,15 @@ class Settings:
     # Directory relative paths (allowed roots, filenames) are resolved against.
     base_dir: str = str(REPO_DIR)
 
-    def engine_options(self) -> EngineOptions:
+    def engine_options(self, usable_cpus: int | None = None) -> EngineOptions:
+        """The workers' engine options; cpu_threads defaults to usable CPUs / workers.
+
+        usable_cpus: the CPUs this process may use (affinity and cgroup quota), read if None.
+        """
         options = dict(self.ocr.predict_system)
         if "cpu_threads" not in options:
-            cores = os.cpu_count() or 1
-            options["cpu_threads"] = max(1, cores // self.ocr.process.number)
+            cpus = read_usable_cpus() if usable_cpus is None else usable_cpus
+            options["cpu_threads"] = max(1, cpus // self.ocr.process.number)
         for key in ("det_model_dir", "cls_model_dir", "rec_model_dir", "rec_char_dict_path"):
             if options.get(key):
                 options[key] = str(Path(self.base_dir, options[key]))

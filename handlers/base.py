@@ -35,6 +35,33 @@ def clean_request_id(value: str | None) -> str | None:
     return _NOT_ID_CHARS.sub("_", value[:MAX_REQUEST_ID_CHARS])
 
 
+# Every method some handler serves. Metrics label any other method "other": any token is a
+# valid HTTP method, and each would otherwise become a new time series (curl -X FOOBAR).
+SERVED_METHODS = ("GET", "HEAD", "POST")
+
+
+def method_label(method: str | None) -> str:
+    return method if method in SERVED_METHODS else "other"
+
+
+def allowed_methods(handler: web.RequestHandler) -> str:
+    """The Allow header: the methods this handler implements (Tornado's default ones answer 405)."""
+    return ", ".join(
+        method
+        for method in handler.SUPPORTED_METHODS
+        if getattr(type(handler), method.lower(), None) is not getattr(web.RequestHandler, method.lower(), None)
+    )
+
+
+def method_not_allowed(handler: web.RequestHandler) -> dict[str, dict[str, str]]:
+    """Set the Allow header and give the JSON body of a 405."""
+    allow = allowed_methods(handler)
+    handler.set_header("Allow", allow)
+    return error_body(
+        "method_not_allowed", f"{handler.request.method} is not allowed on {handler.request.path}; use {allow}"
+    )
+
+
 class JsonHandler(web.RequestHandler):
     # Extra fields for the access log line (request id, task id, cache hit).
     log_fields: dict[str, Any]
@@ -65,6 +92,8 @@ class JsonHandler(web.RequestHandler):
             if exc.retry_after is not None:
                 self.set_header("Retry-After", str(exc.retry_after))
             body = error_body(exc.code, exc.message)
+        elif status_code == 405:
+            body = method_not_allowed(self)
         elif isinstance(exc, web.HTTPError) and status_code < 500:
             body = error_body("http_error", exc.log_message or self._reason)
         elif status_code < 500:
@@ -75,6 +104,16 @@ class JsonHandler(web.RequestHandler):
         self.finish(encode_json(body))
 
 
+class _EveryMethod(tuple):
+    """Contains any method name."""
+
+    def __contains__(self, method: object) -> bool:
+        return True
+
+
 class NotFoundHandler(JsonHandler):
+    # An unknown path is a 404 whatever the method, not a 405 with nothing to Allow.
+    SUPPORTED_METHODS = _EveryMethod()
+
     def prepare(self) -> None:
         raise ApiError(404, "not_found", f"no such endpoint: {self.request.path}")

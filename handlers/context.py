@@ -20,4 +20,6 @@ class AppContext:
     engine_identity: str
     allowed_roots: list[Path]
     upload_budget: UploadBudget
+    # CPUs the process may use (affinity, cgroup quota): the workers' threads are shared out of these.
+    usable_cpus: int = 1
     started: float = field(default_factory=time.monotonic)

@@ -12,6 +12,19 @@ from handlers.errors import ApiError
 MAX_FILENAME_CHARS = 4096
 
 
+def is_encodable(text: str) -> bool:
+    """False for text with lone surrogates, which JSON can carry ("\\ud800").
+
+    os.path would raise UnicodeEncodeError on \\ud800 (a 500) and quietly map \\udc80 to the
+    byte 0x80 (surrogateescape); neither names a file a client could have meant.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def resolve_allowed_path(filename: str, base_dir: str, roots: list[Path]) -> Path:
     """The real path of `filename` if it lies inside one of `roots`.
 
@@ -22,6 +35,8 @@ def resolve_allowed_path(filename: str, base_dir: str, roots: list[Path]) -> Pat
         raise ApiError(400, "invalid_filename", "filename contains a NUL byte")
     if len(filename) > MAX_FILENAME_CHARS:
         raise ApiError(400, "invalid_filename", f"filename is longer than {MAX_FILENAME_CHARS} characters")
+    if not is_encodable(filename):
+        raise ApiError(400, "invalid_filename", "filename holds a lone surrogate (not valid Unicode text)")
     real = os.path.realpath(os.path.join(base_dir, filename))
     for root in roots:
         if real == str(root) or real.startswith(str(root) + os.sep):

@@ -45,6 +45,7 @@ class HealthHandler(JsonHandler):
                 "model": self.ctx.settings.model_family(),
                 "model_identity": self.ctx.engine_identity,
                 "workers": pool.stats(),
+                "cpus": {"usable": self.ctx.usable_cpus, "threads_per_worker": pool.threads},
                 "queue": {"depth": pool.queue_depth, "capacity": pool.queue_size, "cancelled": pool.tasks_cancelled},
                 "ocr_runs": pool.tasks_run,
                 "cache": self.ctx.ocr.stats(),

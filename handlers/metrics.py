@@ -8,7 +8,6 @@ at scrape time, so those modules stay free of any metrics dependency.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -16,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from tornado import web
 
+from handlers.base import JsonHandler, method_label
 from handlers.context import AppContext
 from ocr_pool import Job
 
@@ -97,18 +97,18 @@ class ServiceMetrics:
 
     def observe_request(self, handler: web.RequestHandler) -> None:
         endpoint = getattr(handler, "endpoint", "other")
-        self.requests.labels(endpoint, handler.request.method, str(handler.get_status())).inc()
+        self.requests.labels(endpoint, method_label(handler.request.method), str(handler.get_status())).inc()
         self.latency.labels(endpoint).observe(handler.request.request_time())
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
-class MetricsHandler(web.RequestHandler):
-    endpoint = "/metrics"
+class MetricsHandler(JsonHandler):
+    """Prometheus text on GET; errors (a 405 for POST) are JSON like every other endpoint's."""
 
-    def initialize(self, metrics: ServiceMetrics, **_: Any) -> None:
-        self.metrics = metrics
+    endpoint = "/metrics"
+    metrics: ServiceMetrics
 
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)

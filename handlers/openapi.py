@@ -185,6 +185,14 @@ def _schemas() -> dict[str, Any]:
                 "model": {"type": "string", "description": "PP-OCR model family (ocr.predict_system.model)"},
                 "model_identity": {"type": "string"},
                 "workers": {"type": "object", "description": "Pool state: configured, alive, ready, busy, restarts."},
+                "cpus": {
+                    "type": "object",
+                    "description": "CPUs the server may use (affinity mask, cgroup quota) and each worker's share.",
+                    "properties": {
+                        "usable": {"type": "integer", "minimum": 1},
+                        "threads_per_worker": {"type": "integer", "minimum": 1},
+                    },
+                },
                 "queue": {
                     "type": "object",
                     "properties": {

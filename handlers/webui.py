@@ -11,6 +11,7 @@ from typing import Any
 
 from tornado import web
 
+from handlers.base import method_not_allowed
 from handlers.errors import error_body
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
@@ -55,6 +56,8 @@ class StaticHandler(web.StaticFileHandler):
             body = error_body("not_found", f"no such file: {self.request.path}")
         elif status_code == 403:
             body = error_body("forbidden_path", "that path is outside the static folder")
+        elif status_code == 405:
+            body = method_not_allowed(self)
         elif status_code < 500:
             body = error_body("http_error", self._reason)
         else:

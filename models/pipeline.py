@@ -161,6 +161,8 @@ def create_engine(options: EngineOptions) -> OcrEngine:
     check_model_files(options)
     paths = resolve_model_paths(options)
     threads = options.cpu_threads
+    # OpenCV's own pool (resize, perspective crops) would start one thread per host core.
+    cv2.setNumThreads(threads)
 
     def load(path) -> Session:
         if options.engine == "onnxruntime":

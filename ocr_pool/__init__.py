@@ -1,5 +1,6 @@
 """Supervised pool of OCR worker processes (see pool.py for the design)."""
 
+from ocr_pool.cpus import CgroupFiles, read_usable_cpus, usable_cpus
 from ocr_pool.errors import (
     NoWorkerError,
     PoolClosedError,
@@ -14,6 +15,7 @@ from ocr_pool.errors import (
 from ocr_pool.pool import Job, WorkerPool
 
 __all__ = [
+    "CgroupFiles",
     "Job",
     "NoWorkerError",
     "PoolClosedError",
@@ -25,4 +27,6 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerPool",
     "WorkerStartError",
+    "read_usable_cpus",
+    "usable_cpus",
 ]

@@ -11,6 +11,7 @@ so the event loop is never blocked waiting on a worker.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import itertools
 import logging
@@ -33,7 +34,7 @@ from ocr_pool.errors import (
     WorkerCrashedError,
     WorkerStartError,
 )
-from ocr_pool.worker import worker_main
+from ocr_pool.worker import shutdown_signals_blocked, worker_main
 
 log = logging.getLogger("ocr_pool")
 
@@ -133,6 +134,8 @@ class WorkerPool:
 
     async def start(self, wait: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
+        # Runs before multiprocessing's own exit handler (atexit is last in, first out).
+        atexit.register(self._kill_on_exit)
         for index in range(self.size):
             # Stagger the first generation's limits so workers do not all recycle at once.
             self._spawn(max(1, self.max_tasks - (index * self.max_tasks) // self.size))
@@ -170,6 +173,17 @@ class WorkerPool:
             worker.process.kill()
         while self._workers and time.monotonic() < stop_by + 5.0:
             await asyncio.sleep(0.05)
+        atexit.unregister(self._kill_on_exit)
+
+    def _kill_on_exit(self) -> None:
+        """The interpreter exits without close() (an unexpected error): kill the workers.
+
+        They ignore SIGTERM, and multiprocessing's exit handler would send them that, then
+        wait for them for ever while this process still holds their pipes open.
+        """
+        for worker in list(self._workers):
+            worker.process.kill()
+            worker.process.join(timeout=5.0)
 
     # ---- public API --------------------------------------------------------------
 
@@ -203,6 +217,11 @@ class WorkerPool:
     @property
     def ready_count(self) -> int:
         return sum(1 for w in self._workers if w.state in ("idle", "busy"))
+
+    @property
+    def threads(self) -> int:
+        """Inference threads each worker runs."""
+        return self._threads
 
     @property
     def queue_depth(self) -> int:
@@ -246,7 +265,8 @@ class WorkerPool:
             name=f"ocr-worker-{wid}",
             daemon=True,
         )
-        process.start()
+        with shutdown_signals_blocked():
+            process.start()
         child_conn.close()
         worker = WorkerHandle(wid, process, parent_conn, task_limit)
         self._workers.append(worker)

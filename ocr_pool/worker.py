@@ -10,18 +10,43 @@ each process owns exactly one (not thread-safe) inference engine.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
 # Libraries read these at import time; one value per worker keeps N workers from
 # oversubscribing the cores with N x cores threads.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+# Signals a terminal (Ctrl-C) or a service manager (systemd's KillMode=control-group,
+# `kill -- -PGID`) sends to the whole process group. The parent alone decides when a worker
+# stops: it lets the running task finish, then closes the pipe or, past a grace period, kills.
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def shutdown_signals_blocked() -> Iterator[None]:
+    """Block SHUTDOWN_SIGNALS in this thread: a process started meanwhile inherits the mask
+    through fork and exec, so a group signal cannot kill it before worker_main ignores them.
+    A signal meant for this process stays pending and is handled when unblocked."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def ignore_shutdown_signals() -> None:
+    for signum in SHUTDOWN_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)  # also discards one pending since the start
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SHUTDOWN_SIGNALS)
 
 
 def load_factory(path: str) -> Callable[[Any], Any]:
@@ -31,9 +56,7 @@ def load_factory(path: str) -> Callable[[Any], Any]:
 
 
 def worker_main(conn: Connection, factory_path: str, options: Any, threads: int) -> None:
-    # Ctrl-C in a terminal signals the whole process group; the parent decides
-    # when workers stop, so the child ignores SIGINT.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_shutdown_signals()
     for name in THREAD_ENV_VARS:
         os.environ[name] = str(threads)
     started = time.perf_counter()

@@ -3,6 +3,7 @@
 b"sleep:S"  sleeps S seconds, then answers
 b"crash"    kills its own process (as a segfault or OOM kill would)
 b"bad"      raises an input error with a code, as models.ImageDecodeError does
+b"env"      answers {"env": the worker's thread environment variables}
 anything else answers {"text_lines": [{"text": payload}], "pid": worker pid}
 """
 
@@ -12,6 +13,8 @@ import os
 import signal
 import time
 from typing import Any
+
+from ocr_pool.worker import THREAD_ENV_VARS
 
 
 class CodedError(Exception):
@@ -28,6 +31,8 @@ class FakeEngine:
             os.kill(os.getpid(), signal.SIGKILL)
         elif image_bytes == b"bad":
             raise CodedError("not an image")
+        elif image_bytes == b"env":
+            return {"env": {name: os.environ.get(name) for name in THREAD_ENV_VARS}}
         return {"text_lines": [{"text": image_bytes.decode(errors="replace")}], "pid": os.getpid(), "params": params}
 
 

@@ -379,6 +379,18 @@ def test_paddle_engine_without_paddle_installed_names_the_install_command(monkey
         check_model_files(EngineOptions(engine="paddle"))
 
 
+def test_engine_limits_opencv_threads_to_cpu_threads() -> None:
+    # OpenCV runs its own pool (resize, warpPerspective) sized to the host's cores by default;
+    # each worker must keep to its share like onnxruntime does.
+    import cv2
+
+    cv2.setNumThreads(7)
+    create_engine(EngineOptions(cpu_threads=1))
+    assert cv2.getNumThreads() == 1
+    create_engine(EngineOptions(cpu_threads=2))
+    assert cv2.getNumThreads() == 2
+
+
 # --- model families ----------------------------------------------------------
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from bench.launch import free_port
@@ -119,3 +121,59 @@ def test_request_id_is_echoed_and_logged(ocr_server: RunningServer) -> None:
     log = ocr_server.log_text()
     assert re.search(r"POST /ocr_service 200 .*request_id=billing-42_retry_1 .*task_id=" + answered.json()["task_id"], log)
     assert re.search(r"GET /ocr_service/tasks/nope 404 .*request_id=r-7", log)
+
+
+def test_metrics_method_label_stays_bounded(ocr_server: RunningServer) -> None:
+    # Any token is a valid HTTP method: each used to become a new time series in /metrics.
+    methods = [f"X{random_word()}" for _ in range(5)] + ["DELETE", "PROPFIND"]
+    before = requests.get(f"{ocr_server.url}/metrics", timeout=10).text
+    for method in methods:
+        assert requests.request(method, f"{ocr_server.url}/metrics", timeout=10).status_code == 405
+    after = requests.get(f"{ocr_server.url}/metrics", timeout=10).text
+    labels = set(re.findall(r'^ocr_http_requests_total\{.*method="([^"]*)"', after, re.MULTILINE))
+    assert labels <= {"GET", "HEAD", "POST", "other"}, labels
+    counted = metric(after, "ocr_http_requests_total", endpoint="/metrics", method="other", status="405")
+    assert counted - metric(before, "ocr_http_requests_total", endpoint="/metrics", method="other", status="405") == 7
+
+
+def test_unsupported_methods_get_a_json_405_with_allow(ocr_server: RunningServer) -> None:
+    cases = [
+        ("POST", "/metrics", "GET"),
+        ("FOOBAR", "/metrics", "GET"),
+        ("GET", "/ocr_service", "POST"),
+        ("DELETE", "/ocr_service", "POST"),
+        ("PATCH", "/ocr_service/tasks/abc", "GET"),
+        ("POST", "/health", "GET"),
+        ("OPTIONS", "/readyz", "GET, HEAD"),
+        ("PUT", "/livez", "GET, HEAD"),
+        ("POST", "/openapi.json", "GET"),
+        ("POST", "/", "GET, HEAD"),
+        ("DELETE", "/static/app.js", "GET, HEAD"),
+        ("FOOBAR", "/static/app.js", "GET, HEAD"),
+    ]
+    for method, path, allow in cases:
+        answer = requests.request(method, f"{ocr_server.url}{path}", timeout=10)
+        assert answer.status_code == 405, (method, path, answer.status_code)
+        assert answer.headers["Content-Type"].startswith("application/json"), (method, path, answer.text[:100])
+        assert answer.json()["error"]["code"] == "method_not_allowed", (method, path)
+        assert method in answer.json()["error"]["message"]
+        assert answer.headers["Allow"] == allow, (method, path)
+    # An unknown path is unknown whatever the method.
+    unknown = requests.request("FOOBAR", f"{ocr_server.url}/no-such-page", timeout=10)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+
+
+def test_worker_threads_follow_the_cpus_the_server_may_use(server_factory) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to give the server one")
+    # A child inherits the CPU affinity of the thread that starts it (as taskset or a cpuset would set it).
+    os.sched_setaffinity(0, cpus[:1])
+    try:
+        server = server_factory(base_config(number=1), name="one-cpu")
+    finally:
+        os.sched_setaffinity(0, cpus)
+    # Before, the host's core count decided: 2 threads for the one worker on this 2-CPU machine.
+    assert server.health()["cpus"] == {"usable": 1, "threads_per_worker": 1}
+    word = random_word()
+    assert word in " ".join(t["text"] for t in server.ocr_upload(text_image(word)).json()["text_lines"])

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from ocr_pool import (
+    CgroupFiles,
     NoWorkerError,
     QueueFullError,
     TaskCancelledError,
@@ -19,7 +25,9 @@ from ocr_pool import (
     WorkerCrashedError,
     WorkerPool,
     WorkerStartError,
+    usable_cpus,
 )
+from tests.conftest import REPO
 
 
 def make_pool(**overrides: Any) -> WorkerPool:
@@ -42,6 +50,13 @@ def run(test: Callable[[WorkerPool], Awaitable[None]], **overrides: Any) -> None
         assert pool.worker_pids() == []
 
     asyncio.run(main())
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 def test_results_come_back_from_worker_processes() -> None:
@@ -167,3 +182,82 @@ def test_engine_that_cannot_load_fails_start_with_its_message() -> None:
         await pool.close(grace=0)
 
     asyncio.run(main())
+
+
+def test_workers_thread_variables_use_the_pool_thread_count() -> None:
+    async def check(pool: WorkerPool) -> None:
+        result = await pool.submit(b"env", {}).future
+        assert result["env"] == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "3"}
+
+    run(check, size=1, threads=3)
+
+
+def test_workers_ignore_sigterm_and_sigint_and_close_still_stops_them() -> None:
+    async def check(pool: WorkerPool) -> None:
+        job = pool.submit(b"sleep:1.0", {})
+        await wait_for(lambda: job.state == "running")
+        assert job.worker is not None and job.worker.pid is not None
+        pid = job.worker.pid
+        # What systemd (KillMode=control-group), `kill -- -PGID` or Ctrl-C send to every process of the group.
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)
+        result = await job.future
+        assert result["pid"] == pid and job.attempts == 1
+        assert sum(pool.restarts.values()) == 0
+        # Stopping the workers is the parent's job: one busy past the grace period is killed.
+        stuck = pool.submit(b"sleep:60", {})
+        await wait_for(lambda: stuck.state == "running")
+        started = time.monotonic()
+        await pool.close(grace=0.2)
+        assert pool.worker_pids() == [] and time.monotonic() - started < 15
+        assert not psutil.pid_exists(pid)
+
+    run(check)
+
+
+EXIT_WITHOUT_CLOSE = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[1])
+from ocr_pool import WorkerPool
+
+async def main():
+    pool = WorkerPool(size=2, max_tasks=10, queue_size=5, task_timeout=5, start_timeout=30, engine_options={},
+                      factory="tests.fake_engine:create_engine")
+    await pool.start()
+    print(*pool.worker_pids(), flush=True)
+    raise RuntimeError("an unexpected error before close()")
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_exit_without_close_kills_the_workers_instead_of_waiting(tmp_path: Path) -> None:
+    # multiprocessing's exit handler SIGTERMs daemonic children, then joins them: workers that
+    # ignore SIGTERM would keep the process waiting for ever.
+    script = tmp_path / "exit_without_close.py"
+    script.write_text(EXIT_WITHOUT_CLOSE)
+    done = subprocess.run([sys.executable, str(script), str(REPO)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1 and "an unexpected error before close()" in done.stderr
+    worker_pids = [int(pid) for pid in done.stdout.split()]
+    assert len(worker_pids) == 2 and not any(psutil.pid_exists(pid) for pid in worker_pids)
+
+
+@pytest.mark.parametrize(
+    ("affinity", "cgroup", "expected"),
+    [
+        (64, CgroupFiles(cpu_max=["max 100000"]), 64),  # no quota: the affinity mask
+        (64, CgroupFiles(cpu_max=["200000 100000"]), 2),  # docker --cpus=2 on a 64-core host
+        (64, CgroupFiles(cpu_max=["150000 100000"]), 1),  # 1.5 CPUs: a second thread would be throttled
+        (64, CgroupFiles(cpu_max=["50000 100000"]), 1),  # under one CPU: still one thread
+        (4, CgroupFiles(cpu_max=["800000 100000"]), 4),  # taskset/cpuset to 4 CPUs: the mask wins
+        (64, CgroupFiles(cpu_max=["max 100000", "300000 100000", "max 100000"]), 3),  # a parent's limit counts
+        (64, CgroupFiles(cfs=[("200000", "100000")]), 2),  # cgroup v1
+        (64, CgroupFiles(cfs=[("-1", "100000")]), 64),  # cgroup v1, no quota
+        (64, CgroupFiles(cpu_max=["garbage", ""], cfs=[("x", "0")]), 64),  # unreadable values are ignored
+        (0, CgroupFiles(), 1),  # never fewer than one
+    ],
+)
+def test_usable_cpus_is_the_tighter_of_affinity_and_cgroup_quota(affinity: int, cgroup: CgroupFiles,
+                                                                  expected: int) -> None:
+    assert usable_cpus(affinity, cgroup) == expected
