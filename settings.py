@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models import DEFAULT_FAMILY, EngineOptions
+from models import EngineOptions, default_family
 from ocr_pool.cpus import read_usable_cpus
 
 REPO_DIR = Path(__file__).resolve().parent
@@ -109,7 +109,7 @@ class Settings:
         return EngineOptions(engine=self.ocr.engine, **options)
 
     def model_family(self) -> str:
-        return str(self.ocr.predict_system.get("model", DEFAULT_FAMILY))
+        return str(self.ocr.predict_system.get("model") or default_family(self.ocr.engine))
 
     def with_listen(self, port: int | None = None, host: str | None = None) -> Settings:
         """A copy listening elsewhere (command-line overrides)."""

@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rescore:
         for dump in args.rescore:
             for name, results in json.loads(dump.read_text(encoding="utf-8"))["raw"].items():
+                name = f"{name} [{dump.stem}]" if name in raw else name
                 raw[name], scores[name] = results, score(rows, results)
         variants = {}
     with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:

@@ -1,6 +1,7 @@
 """Engine speed / memory benchmark (not a test).
 
     python bench/engine.py [--engines onnxruntime,paddle+mkldnn] [--n 100] [--rss-images 200]
+    python bench/engine.py --engines "onnxruntime@PP-OCRv4,onnxruntime@PP-OCRv6-small;det_text_height=28"
 
 For each engine spec ("onnxruntime", "paddle", "paddle+mkldnn") it measures,
 each in a fresh spawned process so RSS numbers are clean:
@@ -40,10 +41,18 @@ from bench.common import LOAD_DIR, OCR_GT, load_files, load_manifest
 
 
 def _options(spec: str, threads: int):
+    """ENGINE[+mkldnn][@FAMILY][;key=value...] -> EngineOptions (values parsed as JSON)."""
+    import json
+
     from models import EngineOptions
 
+    spec, *pairs = spec.split(";")
+    spec, _, family = spec.partition("@")
     engine, _, flag = spec.partition("+")
-    return EngineOptions(engine=engine, cpu_threads=threads, enable_mkldnn=flag == "mkldnn")
+    extra = {key: json.loads(value) for key, value in (pair.split("=", 1) for pair in pairs)}
+    return EngineOptions(
+        engine=engine, model=family, cpu_threads=threads, enable_mkldnn=flag == "mkldnn", **extra
+    )
 
 
 def _worker(spec: str, threads: int, paths: list[str], total: int, barrier, queue, counter=None) -> None:
@@ -133,7 +142,9 @@ def _run(spec: str, threads: int, procs: int, paths: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--engines", default="onnxruntime,paddle+mkldnn", help="comma list of onnxruntime | paddle | paddle+mkldnn"
+        "--engines",
+        default="onnxruntime,paddle+mkldnn",
+        help="comma list of ENGINE[+mkldnn][@FAMILY][;option=value...], e.g. onnxruntime@PP-OCRv6-small",
     )
     ap.add_argument("--n", type=int, default=50, help="images per speed setup")
     ap.add_argument("--rss-images", type=int, default=200, help="images per worker in the memory soak (0: skip)")
@@ -149,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     mb = 1 / 2**20
     print(f"{len(paths)} images/setup, det=auto, {os.cpu_count()} CPUs")
     print(
-        f"{'engine':15s} {'setup':10s} {'median ms':>9s} {'mean ms':>8s} {'img/s':>6s} {'load s':>6s} {'RSS end':>8s}"
+        f"{'engine':40s} {'setup':10s} {'median ms':>9s} {'mean ms':>8s} {'img/s':>6s} {'load s':>6s} {'RSS end':>8s}"
     )
     for spec in specs:
         for setup in args.setups.split(","):
@@ -157,17 +168,17 @@ def main(argv: list[str] | None = None) -> int:
             r = _run(spec, threads, procs, paths)
             label = f"{procs}p x {threads}t"
             print(
-                f"{spec:15s} {label:10s} {r['median_ms']:9.1f} {r['mean_ms']:8.1f} {r['ips']:6.2f} "
+                f"{spec:40s} {label:10s} {r['median_ms']:9.1f} {r['mean_ms']:8.1f} {r['ips']:6.2f} "
                 f"{r['load_s']:6.2f} {r['rss_end'] * mb:7.0f}M",
                 flush=True,
             )
     if args.rss_images:
         print(f"\nmemory soak: {args.rss_images} images per worker, cycling the {len(paths)} images above")
-        print(f"{'engine':15s} {'RSS load':>9s} {'RSS pass1':>9s} {'RSS end':>9s} {'growth after pass1':>19s}")
+        print(f"{'engine':40s} {'RSS load':>9s} {'RSS pass1':>9s} {'RSS end':>9s} {'growth after pass1':>19s}")
         for spec, r in _soak(specs, paths, args.rss_images).items():
             grow = (r["rss_end"] - r["rss_pass"]) * mb
             print(
-                f"{spec:15s} {r['rss_load'] * mb:8.0f}M {r['rss_pass'] * mb:8.0f}M {r['rss_end'] * mb:8.0f}M "
+                f"{spec:40s} {r['rss_load'] * mb:8.0f}M {r['rss_pass'] * mb:8.0f}M {r['rss_end'] * mb:8.0f}M "
                 f"{grow:+17.1f}M"
             )
     return 0

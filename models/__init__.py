@@ -15,7 +15,7 @@ from .errors import (
     ImageTooSmallError,
     ModelLoadError,
 )
-from .families import DEFAULT_FAMILY, FAMILIES, families_for
+from .families import DEFAULT_FAMILY, FAMILIES, default_family, families_for
 from .options import EngineOptions, check_model_files, model_identity
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ __all__ = [
     "OcrEngine",
     "check_model_files",
     "create_engine",
+    "default_family",
     "families_for",
     "model_identity",
 ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelLoadError
-from .families import DEFAULT_FAMILY, FAMILIES, DetDefaults, det_defaults, family_files, locate
+from .families import FAMILIES, DetDefaults, default_family, det_defaults, family_files, locate
 
 ENGINES = ("onnxruntime", "paddle")
 
@@ -35,8 +35,9 @@ PADDLE_PARAMS_FILE = "inference.pdiparams"
 @dataclass(frozen=True)
 class EngineOptions:
     engine: str = "onnxruntime"
-    # PP-OCR model family (models.families.FAMILIES); the *_model_dir keys override its files.
-    model: str = DEFAULT_FAMILY
+    # PP-OCR model family (models.families.FAMILIES); "" = the engine's default family.
+    # The *_model_dir keys override its files.
+    model: str = ""
     det_model_dir: str | None = None
     cls_model_dir: str | None = None
     rec_model_dir: str | None = None
@@ -44,11 +45,20 @@ class EngineOptions:
     use_angle_cls: bool = True
     enable_mkldnn: bool = False
     cpu_threads: int = 1
-    # Max-side limit: large scans are shrunk, small images are never blown up
-    # (the upstream "min side 736" default upsamples tiny crops and is slow).
-    det_limit_side_len: int = 960
+    # First detection pass: the longest side shrunk to this; small images are never blown
+    # up (the upstream "min side 736" default upsamples tiny crops and is slow).
+    det_limit_side_len: int = 1280
     # Images whose shortest side is below this are enlarged for detection (0: never).
     det_min_side_len: int = 0
+    # Second detection pass for small text: when the first pass (longest side at
+    # det_limit_side_len) shows the text's median height below this many pixels, detect
+    # again at the scale that brings it there (at most the original size and
+    # det_refine_max_side_len on the longest side). 0: one pass only.
+    det_text_height: int = 24
+    det_refine_max_side_len: int = 2048
+    # A second family's recogniser that also reads single-line images (det off); the
+    # more confident reading wins. "" or the model's own family: none.
+    line_rec_model: str = "PP-OCRv4"
     # DB post-processing; None: the detector's own settings (its inference.yml or
     # PaddleOCR's published values for it).
     det_db_thresh: float | None = None
@@ -57,6 +67,10 @@ class EngineOptions:
     drop_score: float = 0.5
     max_image_pixels: int = 50_000_000
     min_image_side: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            object.__setattr__(self, "model", default_family(self.engine))
 
 
 @dataclass(frozen=True)
@@ -153,6 +167,8 @@ def _check_options(options: EngineOptions) -> None:
         raise ModelLoadError(f"unknown engine {options.engine!r}; expected one of {ENGINES}")
     check_engine_installed(options.engine)
     family_files(options.model, options.engine)  # unknown family, or none for this backend
+    if options.line_rec_model:
+        family_files(options.line_rec_model, options.engine)
     if options.cpu_threads < 1:
         raise ModelLoadError(f"cpu_threads must be >= 1, got {options.cpu_threads}")
     if options.det_limit_side_len < 32:
@@ -202,6 +218,9 @@ _OUTPUT_FIELDS = (
     "use_angle_cls",
     "det_limit_side_len",
     "det_min_side_len",
+    "det_text_height",
+    "det_refine_max_side_len",
+    "line_rec_model",
     "det_db_thresh",
     "det_db_box_thresh",
     "det_db_unclip_ratio",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -65,6 +67,7 @@ class OcrEngine:
         rec: Session,
         characters: list[str],
         identity: str,
+        line_recognizer: TextRecognizer | None = None,
     ) -> None:
         self.options = options
         self.identity = identity
@@ -73,13 +76,20 @@ class OcrEngine:
             det_settings(options),
             max_side=options.det_limit_side_len,
             min_side=options.det_min_side_len,
+            text_height=options.det_text_height,
+            refine_max_side=options.det_refine_max_side_len,
         )
         self.classifier = TextClassifier(cls) if cls is not None else None
         self.recognizer = TextRecognizer(rec, characters)
+        # A second recogniser (another family's) for whole-image single lines: the more
+        # confident of the two readings wins (see EngineOptions.line_rec_model).
+        self.line_recognizer = line_recognizer
 
     def warm_up(self) -> None:
         """First inference pays for graph optimisation; do it at load time."""
         self.recognizer.check()
+        if self.line_recognizer is not None:
+            self.line_recognizer.check()
         img = np.full((64, 256, 3), 255, dtype=np.uint8)
         img[24:40, 16:240] = 0
         self.detector(img)
@@ -119,6 +129,10 @@ class OcrEngine:
         t_cls = time.perf_counter()
 
         texts = self.recognizer(crops) if crops else []
+        if not use_det and self.line_recognizer is not None:
+            for i, (text, score) in enumerate(self.line_recognizer(crops)):
+                if score > texts[i][1]:
+                    texts[i] = (text, score)
         suspects = [i for i, f in enumerate(flipped) if f]
         if suspects:
             # The mobile cls model flips short upright lines ("8.90 S" read as
@@ -172,14 +186,13 @@ def create_engine(options: EngineOptions) -> OcrEngine:
     det = load(paths.det)
     cls = load(paths.cls) if options.use_angle_cls else None
     rec = load(paths.rec)
-    if paths.rec_dict is not None:
-        characters = read_char_dict(str(paths.rec_dict))
-    else:
-        chars = rec.character_list()
-        if not chars:
-            raise ModelLoadError(f"rec model {paths.rec} has no embedded 'character' metadata; set rec_char_dict_path")
-        characters = chars
-    engine = OcrEngine(options, det, cls, rec, characters, model_identity(options))
+    line_recognizer = None
+    if options.line_rec_model and options.line_rec_model != options.model and not options.rec_model_dir:
+        line_paths = resolve_model_paths(dataclasses.replace(options, model=options.line_rec_model))
+        line_rec = load(line_paths.rec)
+        line_recognizer = TextRecognizer(line_rec, _characters(line_rec, line_paths.rec, line_paths.rec_dict))
+    characters = _characters(rec, paths.rec, paths.rec_dict)
+    engine = OcrEngine(options, det, cls, rec, characters, model_identity(options), line_recognizer)
     try:
         engine.warm_up()
     except ModelLoadError:
@@ -188,3 +201,12 @@ def create_engine(options: EngineOptions) -> OcrEngine:
         # Broken-but-loadable files (wrong model in the det slot, ...) fail here.
         raise ModelLoadError(f"model smoke test failed for {paths.det} / {paths.rec}: {exc}") from exc
     return engine
+
+
+def _characters(rec: Session, rec_path: Path, rec_dict: Path | None) -> list[str]:
+    if rec_dict is not None:
+        return read_char_dict(str(rec_dict))
+    chars = rec.character_list()
+    if not chars:
+        raise ModelLoadError(f"rec model {rec_path} has no embedded 'character' metadata; set rec_char_dict_path")
+    return chars
