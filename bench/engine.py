@@ -1,7 +1,7 @@
 """Engine speed / memory benchmark (not a test).
 
     python bench/engine.py [--engines onnxruntime,paddle+mkldnn] [--n 100] [--rss-images 200]
-    python bench/engine.py --engines "onnxruntime@PP-OCRv4,onnxruntime@PP-OCRv6-small;det_text_height=28"
+    python bench/engine.py --engines "onnxruntime@PP-OCRv4,onnxruntime@PP-OCRv6-small;det_limit_side_len=960"
 
 For each engine spec ("onnxruntime", "paddle", "paddle+mkldnn") it measures,
 each in a fresh spawned process so RSS numbers are clean:

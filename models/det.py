@@ -55,8 +55,6 @@ class TextDetector:
         settings: DetDefaults,
         max_side: int = 960,
         min_side: int = 0,
-        text_height: int = 0,
-        refine_max_side: int = 2048,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
     ) -> None:
@@ -64,8 +62,6 @@ class TextDetector:
         self.session = session
         self.max_side = max_side
         self.min_side = min_side
-        self.text_height = text_height
-        self.refine_max_side = refine_max_side
         self.mean, self.std = mean, std
         self.post = du.DBPostProcess(
             thresh=settings.thresh,
@@ -77,30 +73,9 @@ class TextDetector:
         )
 
     def __call__(self, img: np.ndarray) -> list[np.ndarray]:
-        """Return float32 (4, 2) boxes, clockwise from top-left.
-
-        The first pass sees the image at ``max_side``. When that shrank the image so much
-        that its text came out smaller than ``text_height`` pixels (a receipt in the middle
-        of a 300 dpi scan, a dense page), the detector runs again at the scale that brings
-        the text to that height, never above the original size nor past ``refine_max_side``.
-        """
+        """Return float32 (4, 2) boxes, clockwise from top-left."""
         h, w = img.shape[:2]
-        first = detection_scale(h, w, self.max_side, self.min_side)
-        boxes = self._detect(img, first)
-        if not boxes or first >= 1.0 or not self.text_height:
-            return boxes
-        text = float(np.median([_box_height(b) for b in boxes]))
-        wanted = min(1.0, self.text_height / text)
-        # The second pass looks only at the region the first found text in (a receipt in
-        # the middle of a scan is a fraction of the page), with a margin of a few lines.
-        x0, y0, x1, y1 = _text_region(boxes, margin=4 * text, width=w, height=h)
-        wanted = min(wanted, self.refine_max_side / max(x1 - x0, y1 - y0))
-        if wanted < first * 1.15:  # not worth a second pass
-            return boxes
-        refined = self._detect(img[y0:y1, x0:x1], wanted)
-        for b in refined:
-            b += np.array([x0, y0], dtype=np.float32)
-        return refined
+        return self._detect(img, detection_scale(h, w, self.max_side, self.min_side))
 
     def _detect(self, img: np.ndarray, scale: float) -> list[np.ndarray]:
         h, w = img.shape[:2]
@@ -126,21 +101,6 @@ class TextDetector:
                 continue  # slivers left after clipping to the real image
             out.append(b)
         return out
-
-
-def _text_region(boxes: list[np.ndarray], margin: float, width: int, height: int) -> tuple[int, int, int, int]:
-    """Bounding rectangle (x0, y0, x1, y1) of all boxes, grown by ``margin``, inside the image."""
-    pts = np.concatenate(boxes)
-    x0 = max(0, int(pts[:, 0].min() - margin))
-    y0 = max(0, int(pts[:, 1].min() - margin))
-    x1 = min(width, int(np.ceil(pts[:, 0].max() + margin)) + 1)
-    y1 = min(height, int(np.ceil(pts[:, 1].max() + margin)) + 1)
-    return x0, y0, x1, y1
-
-
-def _box_height(box: np.ndarray) -> float:
-    """The shorter side of a detected quadrilateral: the text's height."""
-    return float(min(np.linalg.norm(box[0] - box[3]), np.linalg.norm(box[0] - box[1])))
 
 
 def _needs_letterbox(h: int, w: int) -> bool:

