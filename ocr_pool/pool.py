@@ -365,7 +365,10 @@ class WorkerPool:
         if reason != "recycled" and reason != "shutdown":
             log.warning(
                 "worker %d (pid %s) exited with code %s: %s",
-                worker.wid, worker.pid, worker.process.exitcode, reason,
+                worker.wid,
+                worker.pid,
+                worker.process.exitcode,
+                reason,
             )
         if was_starting and reason == "start_failed":
             self._start_failures += 1

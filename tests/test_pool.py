@@ -32,8 +32,13 @@ from tests.conftest import REPO
 
 def make_pool(**overrides: Any) -> WorkerPool:
     options = {
-        "size": 2, "max_tasks": 100, "queue_size": 50, "task_timeout": 20.0, "start_timeout": 30.0,
-        "engine_options": {}, "factory": "tests.fake_engine:create_engine",
+        "size": 2,
+        "max_tasks": 100,
+        "queue_size": 50,
+        "task_timeout": 20.0,
+        "start_timeout": 30.0,
+        "engine_options": {},
+        "factory": "tests.fake_engine:create_engine",
     }
     options.update(overrides)
     return WorkerPool(**options)
@@ -237,7 +242,9 @@ def test_exit_without_close_kills_the_workers_instead_of_waiting(tmp_path: Path)
     # ignore SIGTERM would keep the process waiting for ever.
     script = tmp_path / "exit_without_close.py"
     script.write_text(EXIT_WITHOUT_CLOSE)
-    done = subprocess.run([sys.executable, str(script), str(REPO)], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, str(script), str(REPO)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 1 and "an unexpected error before close()" in done.stderr
     worker_pids = [int(pid) for pid in done.stdout.split()]
     assert len(worker_pids) == 2 and not any(psutil.pid_exists(pid) for pid in worker_pids)
@@ -258,6 +265,7 @@ def test_exit_without_close_kills_the_workers_instead_of_waiting(tmp_path: Path)
         (0, CgroupFiles(), 1),  # never fewer than one
     ],
 )
-def test_usable_cpus_is_the_tighter_of_affinity_and_cgroup_quota(affinity: int, cgroup: CgroupFiles,
-                                                                  expected: int) -> None:
+def test_usable_cpus_is_the_tighter_of_affinity_and_cgroup_quota(
+    affinity: int, cgroup: CgroupFiles, expected: int
+) -> None:
     assert usable_cpus(affinity, cgroup) == expected
