@@ -258,6 +258,8 @@ class OcrService:
 
     async def _task_finished(self, record: TaskRecord, future: asyncio.Future[dict[str, Any]]) -> None:
         _record_outcome(record, future)
+        # The outcome is copied: let go of the computation (and through it the job and the image).
+        record.computation = None
         # Keep the finished record a full TTL from now, not from submission.
         self.tasks.set(record.task_id, record)
         if self.shared is not None:

@@ -49,7 +49,9 @@ class Job:
 
     def __init__(self, payload: bytes, params: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
         self.id = uuid.uuid4().hex
-        self.payload = payload
+        # The image bytes; None once the job ended, so a finished job kept for polling or
+        # metrics does not hold megabytes (a crashed attempt keeps it for the retry).
+        self.payload: bytes | None = payload
         self.params = params
         self.state = "queued"
         self.attempts = 0
@@ -320,6 +322,7 @@ class WorkerPool:
                 job.timer.cancel()
             if message[0] == "done":
                 job.state = "done"
+                job.payload = None
                 job.future.set_result(message[2])
             else:
                 self._fail(job, TaskFailedError(message[2], message[3]))
@@ -445,6 +448,7 @@ class WorkerPool:
         if job.state not in ("cancelled",):
             job.state = "failed"
         job.finished = time.monotonic()
+        job.payload = None
         job.future.set_exception(error)
         # Mark the exception as seen: a task nobody awaits any more must not log noise.
         job.future.exception()

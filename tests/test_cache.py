@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from cache import OcrService, TTLLRUCache
 from ocr_pool import WorkerPool
-from tests.test_pool import run
+from tests.test_pool import fresh, run, wait_for
 
 
 class FakeClock:
@@ -76,5 +77,24 @@ def test_task_long_poll_answers_when_the_task_finishes() -> None:
         assert failed is not None and failed["status"] == "failed"
         assert failed["error"]["code"] == "unsupported_image"
         assert await service.task_view("no-such-task", wait=0.1) is None
+
+    run(check)
+
+
+def test_finished_task_records_keep_the_result_not_the_image() -> None:
+    async def check(pool: WorkerPool) -> None:
+        service = OcrService(
+            pool, engine_identity="fake", cache_capacity=10, cache_ttl=60, task_capacity=10, task_ttl=60
+        )
+        for key, payload in (("ok", fresh(b"some text")), ("bad", fresh(b"bad"))):
+            baseline = sys.getrefcount(payload)
+            record = await service.submit_task(key, key, payload, {})
+            assert record.computation is not None and record.computation.job is not None
+            job = record.computation.job
+            view = await service.task_view(record.task_id, wait=30)
+            assert view is not None and view["status"] in ("done", "failed")
+            await wait_for(lambda record=record: record.computation is None)
+            assert job.payload is None and sys.getrefcount(payload) == baseline
+            assert (await service.task_view(record.task_id)) == view  # still pollable, same answer
 
     run(check)

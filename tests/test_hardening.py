@@ -535,6 +535,44 @@ def test_client_disconnect_while_queued_drops_the_task(server_factory) -> None:
     assert health["ocr_runs"] == 1
 
 
+def padded_png(side: int, pad_bytes: int) -> bytes:
+    """A white side x side PNG carrying `pad_bytes` of unique filler in a private chunk: megabytes
+    on the wire that decode (and OCR) in milliseconds; distinct bytes, so never a cache hit."""
+    png = encoded(Image.new("RGB", (side, side), "white"), "PNG")
+    filler = os.urandom(16) + bytes(pad_bytes)
+    return png[:-12] + png_chunk(b"prVt", filler) + png[-12:]  # before IEND
+
+
+def test_finished_fire_and_forget_tasks_do_not_keep_their_images(server_factory) -> None:
+    server = server_factory(base_config(number=2), name="task-memory")
+    process = psutil.Process(server.pid)
+
+    def submit_and_finish(count: int) -> list[str]:
+        urls = []
+        for index in range(count):
+            # Every 4th is 4 px wide: the engine refuses it (422), a failed task must let go too.
+            image = padded_png(4 if index % 4 == 3 else 64, 2_000_000 + 30_000 * (index % 100))
+            response = server.ocr_upload(image, block_flag="false")
+            assert response.status_code == 202, response.text
+            urls.append(server.url + response.json()["status_url"])
+        statuses = []
+        for url in urls:
+            body = requests.get(url, params={"wait": 30}, timeout=60).json()
+            statuses.append(body["status"])
+        assert set(statuses) <= {"done", "failed"} and "failed" in statuses and "done" in statuses, statuses
+        return statuses
+
+    submit_and_finish(8)  # warm up the code paths and the allocator
+    before = process.memory_info().rss
+    statuses = submit_and_finish(100)  # ~350 MB of uploads
+    after = process.memory_info().rss
+    grown_mb = (after - before) / 1e6
+    failed = statuses.count("failed")
+    print(f"server RSS {before / 1e6:.0f} -> {after / 1e6:.0f} MB after 100 finished tasks ({failed} failed)")
+    assert server.health()["cache"]["tasks_kept"] >= 100  # the records are kept, only the images are gone
+    assert grown_mb < 40, f"the server grew {grown_mb:.0f} MB holding finished tasks' images"
+
+
 def test_sigterm_finishes_in_flight_work_and_exits_zero(server_factory) -> None:
     import psutil
 

@@ -152,6 +152,38 @@ def test_cancel_drops_a_queued_task_only() -> None:
     run(check, size=1)
 
 
+def fresh(data: bytes) -> bytes:
+    """A bytes object of our own (not a shared constant), so its reference count means something."""
+    return bytes(bytearray(data))
+
+
+def test_ended_jobs_let_go_of_their_image_bytes() -> None:
+    async def check(pool: WorkerPool) -> None:
+        payloads = {
+            name: fresh(data)
+            for name, data in [
+                ("timeout", b"sleep:30"),
+                ("cancel", b"q"),
+                ("crash", b"crash"),
+                ("bad", b"bad"),
+                ("ok", b"ok"),
+            ]
+        }
+        baseline = {name: sys.getrefcount(data) for name, data in payloads.items()}
+        timed_out = pool.submit(payloads["timeout"], {})
+        cancelled = pool.submit(payloads["cancel"], {})
+        assert pool.cancel(cancelled)
+        jobs = [timed_out, cancelled]
+        for name in ("crash", "bad", "ok"):
+            jobs.append(pool.submit(payloads[name], {}))
+        await asyncio.gather(*(job.future for job in jobs), return_exceptions=True)
+        assert [job.payload for job in jobs] == [None] * 5
+        # Nothing else in the pool holds them either.
+        assert {name: sys.getrefcount(data) for name, data in payloads.items()} == baseline
+
+    run(check, size=1, task_timeout=1.0)
+
+
 def test_workers_recycle_one_at_a_time_without_failures() -> None:
     async def check(pool: WorkerPool) -> None:
         # A worker past its limit keeps serving until its replacement has loaded, so how
