@@ -232,10 +232,20 @@ class OcrService:
         if computation.waiters > 0 or computation.future.done():
             return
         if computation.job is not None:
-            self.pool.cancel(computation.job)  # its failure then reaches computation.future
+            if self.pool.cancel(computation.job):  # its failure then reaches computation.future
+                # Doomed now: a request for the same image arriving before that failure has
+                # travelled (a loop turn later, or a Redis round trip) must start a fresh run.
+                self._forget(computation)
+                self._release_claim_now(computation)
         elif computation.poller is not None:
             computation.poller.cancel()
             self._forget(computation)
+
+    def _release_claim_now(self, computation: Computation) -> None:
+        """Give up the shared claim at once, so the next run of this image is not kept waiting."""
+        if self.shared is not None and computation.claim is not None:
+            claim, computation.claim = computation.claim, None
+            asyncio.ensure_future(self.shared.release(computation.key, claim))
 
     # ---- fire-and-forget tasks ------------------------------------------------------------
 

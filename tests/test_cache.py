@@ -98,3 +98,23 @@ def test_finished_task_records_keep_the_result_not_the_image() -> None:
             assert (await service.task_view(record.task_id)) == view  # still pollable, same answer
 
     run(check)
+
+
+def test_request_after_the_last_waiter_left_a_queued_run_gets_the_result() -> None:
+    async def check(pool: WorkerPool) -> None:
+        service = OcrService(
+            pool, engine_identity="fake", cache_capacity=10, cache_ttl=60, task_capacity=10, task_ttl=60
+        )
+        busy = await service.join("busy", b"sleep:1", {})  # the only worker is taken
+        queued = await service.join("x", b"image x", {})
+        assert queued.state == "queued"
+        service.release(queued)  # its only client disconnected: the queued run is dropped
+        # The same image again, before the cancellation has travelled anywhere (two requests
+        # handled in one event-loop turn): it must get a run of its own, not the doomed one.
+        again = await service.join("x", b"image x", {})
+        result = await again.future
+        assert result["text_lines"][0]["text"] == "image x"
+        assert pool.tasks_cancelled == 1
+        await busy.future
+
+    run(check, size=1)
