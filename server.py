@@ -91,6 +91,7 @@ def build_context(settings: Settings) -> AppContext:
         task_capacity=service.task_number,
         task_ttl=task_ttl,
         shared=shared,
+        failure_ttl=service.failure_ttl,
     )
     return AppContext(
         settings=settings,

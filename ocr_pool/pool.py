@@ -429,6 +429,7 @@ class WorkerPool:
     def _on_timeout(self, job: Job) -> None:
         if job.future.done():
             return
+        killed_worker = job.state == "running" and job.worker is not None
         if job.state == "queued":
             try:
                 self._queue.remove(job)
@@ -438,7 +439,8 @@ class WorkerPool:
             job.worker.exit_reason = "timeout"
             job.worker.state = "stopping"  # not ready any more, even before its exit is seen
             job.worker.process.kill()
-        self._fail(job, TaskTimeoutError(f"OCR did not finish within {self.task_timeout:g} s"))
+        message = f"OCR did not finish within {self.task_timeout:g} s"
+        self._fail(job, TaskTimeoutError(message, killed_worker=killed_worker))
 
     def _fail(self, job: Job, error: PoolError) -> None:
         if job.future.done():

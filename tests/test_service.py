@@ -284,6 +284,46 @@ def test_task_past_timeout_gets_504_and_the_worker_is_replaced(server_factory) -
     assert health["workers"]["workers"][0]["pid"] != pid_before
 
 
+def test_image_past_timeout_is_remembered_and_not_run_again(server_factory) -> None:
+    entry = gt_entry(lambda e: e["width"] * e["height"] > 1_500_000)
+    data = (GT_DIR / entry["image"]).read_bytes()
+    server = server_factory(base_config(number=1, task_timeout=0.2), name="poison")
+    first = server.ocr_upload(data)
+    assert first.status_code == 504 and error_of(first) == "timeout"
+    wait_for(lambda: server.health()["workers"]["ready"] == 1, message="worker not replaced")
+    runs = server.health()["ocr_runs"]
+    # The same image again: the same error at once, saying why, and no worker killed for it.
+    started = time.monotonic()
+    again = server.ocr_upload(data)
+    assert again.status_code == 504 and error_of(again) == "timeout", again.text
+    assert "remembered from an earlier attempt" in again.json()["error"]["message"]
+    assert time.monotonic() - started < 1.0
+    as_task = server.ocr_upload(data, block_flag="false")
+    assert as_task.status_code == 504 and error_of(as_task) == "timeout"
+    health = server.health()
+    assert health["workers"]["restarts"] == {"timeout": 1}
+    assert health["ocr_runs"] == runs and health["cache"]["failures_answered"] == 2
+
+
+def test_failure_ttl_must_not_be_negative(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"service": {"failure_ttl": -1}}))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "server.py"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2 and "service.failure_ttl must be >= 0" in result.stderr
+
+
 @pytest.mark.parametrize("broken", ["missing_det", "garbage_det.onnx"])
 def test_broken_model_path_fails_at_start_naming_the_path(tmp_path: Path, broken: str) -> None:
     import json
