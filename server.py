@@ -91,6 +91,7 @@ def build_context(settings: Settings) -> AppContext:
         task_capacity=service.task_number,
         task_ttl=task_ttl,
         shared=shared,
+        failure_ttl=service.failure_ttl,
     )
     return AppContext(
         settings=settings,
@@ -129,8 +130,15 @@ async def serve(settings: Settings) -> int:
         raise ListenError(f"cannot listen on {web_settings.host}:{web_settings.port}: {exc.strerror or exc}") from exc
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
-    log.info("listening on http://%s:%d (engine %s, %d workers, %d threads each, %d usable CPUs)", web_settings.host,
-             port, settings.ocr.engine, settings.ocr.process.number, ctx.pool.threads, ctx.usable_cpus)
+    log.info(
+        "listening on http://%s:%d (engine %s, %d workers, %d threads each, %d usable CPUs)",
+        web_settings.host,
+        port,
+        settings.ocr.engine,
+        settings.ocr.process.number,
+        ctx.pool.threads,
+        ctx.usable_cpus,
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -138,8 +146,10 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     if ctx.ocr.shared is not None and not await ctx.ocr.shared.ping():
-        log.warning("Redis at %s is unreachable; serving without the shared cache until it is back",
-                    redact(settings.service.redis_url))
+        log.warning(
+            "Redis at %s is unreachable; serving without the shared cache until it is back",
+            redact(settings.service.redis_url),
+        )
     await ctx.pool.start(wait=False)
     startup = asyncio.ensure_future(ctx.pool.wait_ready())
     stopper = asyncio.ensure_future(stop.wait())

@@ -79,6 +79,9 @@ class ServiceSettings:
     # Finished fire-and-forget tasks kept for polling (each kept at least `time` seconds
     # unless this many newer ones push it out).
     task_number: int = 10000
+    # Seconds an image that crashed workers or ran past task_timeout is remembered by its cache
+    # key; repeats get the same error at once instead of killing a worker again. 0: never.
+    failure_ttl: float = 60.0
     # "memory" (this process only) or "redis" (shared by every node using the same Redis).
     backend: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -200,6 +203,7 @@ def _check_ranges(settings: Settings) -> None:
         (svc.time >= 0, "service.time must be >= 0"),
         (svc.img_number >= 0, "service.img_number must be >= 0"),
         (svc.task_number >= 1, "service.task_number must be >= 1"),
+        (svc.failure_ttl >= 0, "service.failure_ttl must be >= 0"),
         (settings.ocr.engine in ENGINES, f"ocr.engine must be one of {', '.join(ENGINES)}"),
         (svc.backend in BACKENDS, f"service.backend must be one of {', '.join(BACKENDS)}"),
     ]

@@ -20,10 +20,19 @@ from typing import Any
 
 from cache.redis_store import RedisStore
 from cache.ttl_lru import TTLLRUCache
-from ocr_pool import Job, PoolError, TaskTimeoutError, WorkerPool
+from ocr_pool import Job, PoolError, RememberedFailureError, TaskTimeoutError, WorkerCrashedError, WorkerPool
 
 REMOTE_POLL_S = 0.05
 LONG_POLL_MAX_PAUSE_S = 0.5
+# Failed images remembered at once (a key and an error each); the oldest are forgotten first.
+FAILURE_CAPACITY = 1000
+
+
+def is_poison(error: BaseException) -> bool:
+    """A failure that says something about the image and cost a worker: worth remembering."""
+    if isinstance(error, WorkerCrashedError):
+        return True  # it killed a worker on every attempt
+    return isinstance(error, TaskTimeoutError) and error.killed_worker  # not merely a long queue
 
 
 class Computation:
@@ -107,6 +116,7 @@ class OcrService:
         task_capacity: int,
         task_ttl: float,
         shared: RedisStore | None = None,
+        failure_ttl: float = 0.0,
     ) -> None:
         self.pool = pool
         self.engine_identity = engine_identity
@@ -114,6 +124,9 @@ class OcrService:
         self.results: TTLLRUCache[dict[str, Any]] = TTLLRUCache(cache_capacity, cache_ttl)
         self.tasks: TTLLRUCache[TaskRecord] = TTLLRUCache(task_capacity, task_ttl)
         self._in_flight: dict[str, Computation] = {}
+        # Images that crashed or outran the timeout recently: repeats are answered without OCR.
+        self.failures: TTLLRUCache[tuple[PoolError, float]] = TTLLRUCache(FAILURE_CAPACITY, failure_ttl)
+        self.failures_answered = 0
         self.hits = 0
         self.misses = 0
         self.shared_waits = 0
@@ -140,8 +153,10 @@ class OcrService:
     async def join(self, key: str, payload: bytes, params: dict[str, Any]) -> Computation:
         """Wait on the in-flight run for `key`, starting one if there is none.
 
-        Raises PoolError (queue full, no worker, shutting down) when a run cannot start.
+        Raises PoolError (queue full, no worker, shutting down, a remembered failure) when a
+        run cannot start.
         """
+        self._refuse_remembered_failure(key)
         computation = self._in_flight.get(key)
         if computation is None and self.shared is not None:
             claim = await self.shared.claim(key)
@@ -164,6 +179,19 @@ class OcrService:
         computation.waiters += 1
         return computation
 
+    def _refuse_remembered_failure(self, key: str) -> None:
+        remembered = self.failures.get(key)
+        if remembered is None:
+            return
+        error, when = remembered
+        age = time.monotonic() - when
+        self.failures_answered += 1
+        raise RememberedFailureError(
+            error.code,
+            f"{error.message} (remembered from an earlier attempt {age:.0f} s ago;"
+            f" not tried again for {max(0.0, self.failures.ttl - age):.0f} s)",
+        )
+
     def _new_computation(self, key: str) -> Computation:
         computation = Computation(key, asyncio.get_running_loop().create_future())
         computation.future.add_done_callback(lambda _: self._forget(computation))
@@ -183,7 +211,10 @@ class OcrService:
 
     async def _job_finished(self, computation: Computation, future: asyncio.Future[dict[str, Any]]) -> None:
         error = future.exception()
-        # Only successes are cached: a timeout or crash must be retried next time.
+        # Only successes are cached; a crash or a timeout that killed a worker is remembered for
+        # failure_ttl seconds, so repeats of a poison image do not cost a worker each.
+        if error is not None and is_poison(error):
+            self.failures.set(computation.key, (error, time.monotonic()))
         if error is None:
             result = future.result()
             self.results.set(computation.key, result)
@@ -232,10 +263,20 @@ class OcrService:
         if computation.waiters > 0 or computation.future.done():
             return
         if computation.job is not None:
-            self.pool.cancel(computation.job)  # its failure then reaches computation.future
+            if self.pool.cancel(computation.job):  # its failure then reaches computation.future
+                # Doomed now: a request for the same image arriving before that failure has
+                # travelled (a loop turn later, or a Redis round trip) must start a fresh run.
+                self._forget(computation)
+                self._release_claim_now(computation)
         elif computation.poller is not None:
             computation.poller.cancel()
             self._forget(computation)
+
+    def _release_claim_now(self, computation: Computation) -> None:
+        """Give up the shared claim at once, so the next run of this image is not kept waiting."""
+        if self.shared is not None and computation.claim is not None:
+            claim, computation.claim = computation.claim, None
+            asyncio.ensure_future(self.shared.release(computation.key, claim))
 
     # ---- fire-and-forget tasks ------------------------------------------------------------
 
@@ -258,6 +299,8 @@ class OcrService:
 
     async def _task_finished(self, record: TaskRecord, future: asyncio.Future[dict[str, Any]]) -> None:
         _record_outcome(record, future)
+        # The outcome is copied: let go of the computation (and through it the job and the image).
+        record.computation = None
         # Keep the finished record a full TTL from now, not from submission.
         self.tasks.set(record.task_id, record)
         if self.shared is not None:
@@ -302,5 +345,7 @@ class OcrService:
             "evictions": self.results.evictions,
             "in_flight": len(self._in_flight),
             "tasks_kept": len(self.tasks),
+            "failures_remembered": len(self.failures),
+            "failures_answered": self.failures_answered,
             "shared_store": self.shared.stats() if self.shared is not None else None,
         }

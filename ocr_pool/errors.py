@@ -35,6 +35,12 @@ class PoolClosedError(PoolError):
 class TaskTimeoutError(PoolError):
     code = "timeout"
 
+    def __init__(self, message: str, killed_worker: bool = False) -> None:
+        super().__init__(message)
+        # True when the task was running and its worker was killed: the image itself was slow,
+        # not a queue that was long.
+        self.killed_worker = killed_worker
+
 
 class WorkerCrashedError(PoolError):
     """The task's worker died on every attempt (it may be a poison input)."""
@@ -48,6 +54,14 @@ class TaskCancelledError(PoolError):
 
 class TaskFailedError(PoolError):
     """The engine rejected the input or failed; `code` comes from the worker."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RememberedFailureError(PoolError):
+    """An earlier run of the same image crashed or timed out recently: answered without OCR."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

@@ -49,7 +49,9 @@ class Job:
 
     def __init__(self, payload: bytes, params: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
         self.id = uuid.uuid4().hex
-        self.payload = payload
+        # The image bytes; None once the job ended, so a finished job kept for polling or
+        # metrics does not hold megabytes (a crashed attempt keeps it for the retry).
+        self.payload: bytes | None = payload
         self.params = params
         self.state = "queued"
         self.attempts = 0
@@ -320,6 +322,7 @@ class WorkerPool:
                 job.timer.cancel()
             if message[0] == "done":
                 job.state = "done"
+                job.payload = None
                 job.future.set_result(message[2])
             else:
                 self._fail(job, TaskFailedError(message[2], message[3]))
@@ -365,7 +368,10 @@ class WorkerPool:
         if reason != "recycled" and reason != "shutdown":
             log.warning(
                 "worker %d (pid %s) exited with code %s: %s",
-                worker.wid, worker.pid, worker.process.exitcode, reason,
+                worker.wid,
+                worker.pid,
+                worker.process.exitcode,
+                reason,
             )
         if was_starting and reason == "start_failed":
             self._start_failures += 1
@@ -423,6 +429,7 @@ class WorkerPool:
     def _on_timeout(self, job: Job) -> None:
         if job.future.done():
             return
+        killed_worker = job.state == "running" and job.worker is not None
         if job.state == "queued":
             try:
                 self._queue.remove(job)
@@ -432,7 +439,8 @@ class WorkerPool:
             job.worker.exit_reason = "timeout"
             job.worker.state = "stopping"  # not ready any more, even before its exit is seen
             job.worker.process.kill()
-        self._fail(job, TaskTimeoutError(f"OCR did not finish within {self.task_timeout:g} s"))
+        message = f"OCR did not finish within {self.task_timeout:g} s"
+        self._fail(job, TaskTimeoutError(message, killed_worker=killed_worker))
 
     def _fail(self, job: Job, error: PoolError) -> None:
         if job.future.done():
@@ -442,6 +450,7 @@ class WorkerPool:
         if job.state not in ("cancelled",):
             job.state = "failed"
         job.finished = time.monotonic()
+        job.payload = None
         job.future.set_exception(error)
         # Mark the exception as seen: a task nobody awaits any more must not log noise.
         job.future.exception()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import time
 
+import pytest
+
 from cache import OcrService, TTLLRUCache
-from ocr_pool import WorkerPool
-from tests.test_pool import run
+from ocr_pool import PoolError, WorkerPool
+from tests.test_pool import fresh, run, wait_for
 
 
 class FakeClock:
@@ -78,3 +82,110 @@ def test_task_long_poll_answers_when_the_task_finishes() -> None:
         assert await service.task_view("no-such-task", wait=0.1) is None
 
     run(check)
+
+
+def test_finished_task_records_keep_the_result_not_the_image() -> None:
+    async def check(pool: WorkerPool) -> None:
+        service = OcrService(
+            pool, engine_identity="fake", cache_capacity=10, cache_ttl=60, task_capacity=10, task_ttl=60
+        )
+        for key, payload in (("ok", fresh(b"some text")), ("bad", fresh(b"bad"))):
+            baseline = sys.getrefcount(payload)
+            record = await service.submit_task(key, key, payload, {})
+            assert record.computation is not None and record.computation.job is not None
+            job = record.computation.job
+            view = await service.task_view(record.task_id, wait=30)
+            assert view is not None and view["status"] in ("done", "failed")
+            await wait_for(lambda record=record: record.computation is None)
+            assert job.payload is None and sys.getrefcount(payload) == baseline
+            assert (await service.task_view(record.task_id)) == view  # still pollable, same answer
+
+    run(check)
+
+
+def test_request_after_the_last_waiter_left_a_queued_run_gets_the_result() -> None:
+    async def check(pool: WorkerPool) -> None:
+        service = OcrService(
+            pool, engine_identity="fake", cache_capacity=10, cache_ttl=60, task_capacity=10, task_ttl=60
+        )
+        busy = await service.join("busy", b"sleep:1", {})  # the only worker is taken
+        queued = await service.join("x", b"image x", {})
+        assert queued.state == "queued"
+        service.release(queued)  # its only client disconnected: the queued run is dropped
+        # The same image again, before the cancellation has travelled anywhere (two requests
+        # handled in one event-loop turn): it must get a run of its own, not the doomed one.
+        again = await service.join("x", b"image x", {})
+        result = await again.future
+        assert result["text_lines"][0]["text"] == "image x"
+        assert pool.tasks_cancelled == 1
+        await busy.future
+
+    run(check, size=1)
+
+
+def fake_service(pool: WorkerPool, failure_ttl: float) -> OcrService:
+    return OcrService(
+        pool,
+        engine_identity="fake",
+        cache_capacity=10,
+        cache_ttl=60,
+        task_capacity=10,
+        task_ttl=60,
+        failure_ttl=failure_ttl,
+    )
+
+
+async def run_to_end(service: OcrService, key: str, payload: bytes) -> PoolError:
+    """Join the run for `key` and return how it failed (join itself may refuse at once)."""
+    with pytest.raises(PoolError) as failure:
+        computation = await service.join(key, payload, {})
+        try:
+            await computation.future
+        finally:
+            service.release(computation)
+    return failure.value
+
+
+def test_an_image_that_crashes_workers_is_remembered_not_retried() -> None:
+    async def check(pool: WorkerPool) -> None:
+        service = fake_service(pool, failure_ttl=60)
+        first = await run_to_end(service, "poison", b"crash")
+        assert first.code == "worker_crashed" and pool.restarts["crashed"] == 2
+        runs = pool.tasks_run
+        again = await run_to_end(service, "poison", b"crash")
+        assert again.code == "worker_crashed" and "remembered from an earlier attempt" in again.message
+        await asyncio.sleep(0.5)  # room for a worker death to be seen, were one caused
+        assert pool.restarts["crashed"] == 2 and pool.tasks_run == runs
+        # Other images are not affected.
+        fine = await service.join("fine", b"fine", {})
+        assert (await fine.future)["text_lines"][0]["text"] == "fine"
+
+    run(check)
+
+
+def test_failure_ttl_zero_retries_the_image_every_time() -> None:
+    async def check(pool: WorkerPool) -> None:
+        service = fake_service(pool, failure_ttl=0)
+        for _ in range(2):
+            assert (await run_to_end(service, "poison", b"crash")).code == "worker_crashed"
+        assert pool.restarts["crashed"] == 4
+
+    run(check)
+
+
+def test_a_timeout_that_killed_a_worker_is_remembered_a_queued_one_is_not() -> None:
+    async def check(pool: WorkerPool) -> None:
+        service = fake_service(pool, failure_ttl=60)
+        slow = asyncio.ensure_future(run_to_end(service, "slow", b"sleep:30"))
+        await asyncio.sleep(0)  # the slow image takes the only worker first
+        queued = await run_to_end(service, "waiting", b"waiting")  # timed out in the queue, behind it
+        assert (await slow).code == "timeout" and queued.code == "timeout"
+        await wait_for(lambda: pool.restarts["timeout"] == 1 and pool.ready_count == 1)
+        again = await run_to_end(service, "slow", b"sleep:30")
+        assert again.code == "timeout" and "remembered" in again.message
+        assert pool.restarts["timeout"] == 1
+        # Waiting in a queue says nothing about the image: it is tried again and read.
+        retried = await service.join("waiting", b"waiting", {})
+        assert (await retried.future)["text_lines"][0]["text"] == "waiting"
+
+    run(check, size=1, task_timeout=1.0)

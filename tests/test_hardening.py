@@ -58,8 +58,11 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 def declared_png(width: int, height: int) -> bytes:
     """A tiny PNG whose header declares width x height pixels (a decompression bomb)."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + png_chunk(b"IEND", b"")
     )
 
 
@@ -140,7 +143,9 @@ def _upload_cases() -> list[tuple[str, bytes, int, str]]:
 
 
 @pytest.mark.parametrize(("label", "data", "status", "code"), _upload_cases(), ids=[c[0] for c in _upload_cases()])
-def test_bad_uploads_get_typed_errors(ocr_server: RunningServer, label: str, data: bytes, status: int, code: str) -> None:
+def test_bad_uploads_get_typed_errors(
+    ocr_server: RunningServer, label: str, data: bytes, status: int, code: str
+) -> None:
     response = post(ocr_server, data={"file_type": "file"}, files={"file": ("photo.jpg", data, "image/jpeg")})
     assert response.status_code == status, (label, response.text)
     assert error_code(response) == code
@@ -193,8 +198,12 @@ def test_lone_surrogates_and_non_utf8_bytes_get_400_in_every_field(ocr_server: R
     assert (det.status_code, error_code(det)) == (400, "invalid_field")
     # The same surrogate as bytes (not UTF-8) in a form field, the query string and a multipart field.
     surrogate = b"\xed\xa0\x80"
-    form = requests.post(url, data=b"file_type=filename&filename=imgs%2F%ED%A0%80.png", timeout=10,
-                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    form = requests.post(
+        url,
+        data=b"file_type=filename&filename=imgs%2F%ED%A0%80.png",
+        timeout=10,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     query = requests.post(f"{url}?file_type=filename&filename=imgs/%ED%A0%80.png", timeout=10)
     body, content_type = multipart([(b"file_type", None, b"filename"), (b"filename", None, surrogate)])
     field = requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=10)
@@ -301,8 +310,11 @@ def fuzz_request(mode: str, fields: dict, upload: tuple, image: bytes) -> tuple[
         text = json.dumps({k: as_text(v) for k, v in fields.items()}, ensure_ascii=False)
         return "", text.encode("utf-8", "surrogatepass"), "application/json"
     if mode == "form":
-        return "", urllib.parse.urlencode({k: as_bytes(v) for k, v in fields.items()}).encode(), \
-            "application/x-www-form-urlencoded"
+        return (
+            "",
+            urllib.parse.urlencode({k: as_bytes(v) for k, v in fields.items()}).encode(),
+            "application/x-www-form-urlencoded",
+        )
     parts = [(as_bytes(upload[0]), as_bytes(upload[1]) or b"f.jpg", image)]
     if mode == "query":
         query = "?" + urllib.parse.urlencode({k: as_bytes(v) for k, v in fields.items()})
@@ -330,8 +342,15 @@ def seed_images() -> list[bytes]:
     cut=st.integers(0, 5000),
 )
 def test_fuzzed_requests_never_get_5xx(
-    ocr_server: RunningServer, seed_images: list[bytes], fields: dict, upload: tuple, headers: dict, mode: str,
-    seed: int, mutation: list, cut: int,
+    ocr_server: RunningServer,
+    seed_images: list[bytes],
+    fields: dict,
+    upload: tuple,
+    headers: dict,
+    mode: str,
+    seed: int,
+    mutation: list,
+    cut: int,
 ) -> None:
     data = bytearray(seed_images[seed])
     for offset, value in mutation:
@@ -372,8 +391,14 @@ def _texts(response: requests.Response) -> str:
 
 def test_cmyk_and_alpha_variants_read_like_the_original(ocr_server: RunningServer) -> None:
     require_shared()
-    by_name = {name: post(ocr_server, json={"filename": str(LOAD_DIR / name)}, timeout=120) for name in (
-        "ocrmypdf__resources_baiona.png", "ocrmypdf__resources_baiona_cmyk.jpg", "ocrmypdf__resources_baiona_alpha.png")}
+    by_name = {
+        name: post(ocr_server, json={"filename": str(LOAD_DIR / name)}, timeout=120)
+        for name in (
+            "ocrmypdf__resources_baiona.png",
+            "ocrmypdf__resources_baiona_cmyk.jpg",
+            "ocrmypdf__resources_baiona_alpha.png",
+        )
+    }
     original = _texts(by_name["ocrmypdf__resources_baiona.png"])
     assert len(original) > 20
     for name in ("ocrmypdf__resources_baiona_cmyk.jpg", "ocrmypdf__resources_baiona_alpha.png"):
@@ -492,13 +517,14 @@ def test_client_disconnect_while_queued_drops_the_task(server_factory) -> None:
         time.sleep(0.5)  # the only worker is now busy
         queued_png = text_image(random_word())
         body = (
-            b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"q.png\"\r\n"
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="q.png"\r\n'
             b"Content-Type: image/png\r\n\r\n" + queued_png + b"\r\n--b--\r\n"
         )
         with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=10) as sock:
             sock.sendall(
                 b"POST /ocr_service HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
             )
             time.sleep(0.3)
             assert server.health()["queue"]["depth"] == 1
@@ -509,14 +535,53 @@ def test_client_disconnect_while_queued_drops_the_task(server_factory) -> None:
     assert health["ocr_runs"] == 1
 
 
+def padded_png(side: int, pad_bytes: int) -> bytes:
+    """A white side x side PNG carrying `pad_bytes` of unique filler in a private chunk: megabytes
+    on the wire that decode (and OCR) in milliseconds; distinct bytes, so never a cache hit."""
+    png = encoded(Image.new("RGB", (side, side), "white"), "PNG")
+    filler = os.urandom(16) + bytes(pad_bytes)
+    return png[:-12] + png_chunk(b"prVt", filler) + png[-12:]  # before IEND
+
+
+def test_finished_fire_and_forget_tasks_do_not_keep_their_images(server_factory) -> None:
+    server = server_factory(base_config(number=2), name="task-memory")
+    process = psutil.Process(server.pid)
+
+    def submit_and_finish(count: int) -> list[str]:
+        urls = []
+        for index in range(count):
+            # Every 4th is 4 px wide: the engine refuses it (422), a failed task must let go too.
+            image = padded_png(4 if index % 4 == 3 else 64, 2_000_000 + 30_000 * (index % 100))
+            response = server.ocr_upload(image, block_flag="false")
+            assert response.status_code == 202, response.text
+            urls.append(server.url + response.json()["status_url"])
+        statuses = []
+        for url in urls:
+            body = requests.get(url, params={"wait": 30}, timeout=60).json()
+            statuses.append(body["status"])
+        assert set(statuses) <= {"done", "failed"} and "failed" in statuses and "done" in statuses, statuses
+        return statuses
+
+    submit_and_finish(8)  # warm up the code paths and the allocator
+    before = process.memory_info().rss
+    statuses = submit_and_finish(100)  # ~350 MB of uploads
+    after = process.memory_info().rss
+    grown_mb = (after - before) / 1e6
+    failed = statuses.count("failed")
+    print(f"server RSS {before / 1e6:.0f} -> {after / 1e6:.0f} MB after 100 finished tasks ({failed} failed)")
+    assert server.health()["cache"]["tasks_kept"] >= 100  # the records are kept, only the images are gone
+    assert grown_mb < 40, f"the server grew {grown_mb:.0f} MB holding finished tasks' images"
+
+
 def test_sigterm_finishes_in_flight_work_and_exits_zero(server_factory) -> None:
     import psutil
 
     server = server_factory(base_config(number=2), name="sigterm-inflight")
     worker_pids = [w["pid"] for w in server.health()["workers"]["workers"]]
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        futures = [pool.submit(server.ocr_upload, text_image(" ".join(random_word() for _ in range(10))), 60)
-                   for _ in range(4)]
+        futures = [
+            pool.submit(server.ocr_upload, text_image(" ".join(random_word() for _ in range(10))), 60) for _ in range(4)
+        ]
         time.sleep(0.2)
         os.kill(server.pid, signal.SIGTERM)
         statuses = [f.result(timeout=60).status_code for f in futures]
@@ -771,7 +836,9 @@ def test_oversized_upload_waiting_for_100_continue_is_refused_before_sending(ocr
 
 def test_json_bodies_are_small_and_deep_nesting_is_a_400(ocr_server: RunningServer) -> None:
     url = f"{ocr_server.url}/ocr_service"
-    nested = requests.post(url, data=b"[" * 30_000 + b"]" * 30_000, headers={"Content-Type": "application/json"}, timeout=10)
+    nested = requests.post(
+        url, data=b"[" * 30_000 + b"]" * 30_000, headers={"Content-Type": "application/json"}, timeout=10
+    )
     assert nested.status_code == 400 and error_code(nested) == "malformed_body"
     assert "nested" in nested.json()["error"]["message"]
     # Megabytes of JSON would hold up the event loop while parsing: refused from Content-Length.

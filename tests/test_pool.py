@@ -32,8 +32,13 @@ from tests.conftest import REPO
 
 def make_pool(**overrides: Any) -> WorkerPool:
     options = {
-        "size": 2, "max_tasks": 100, "queue_size": 50, "task_timeout": 20.0, "start_timeout": 30.0,
-        "engine_options": {}, "factory": "tests.fake_engine:create_engine",
+        "size": 2,
+        "max_tasks": 100,
+        "queue_size": 50,
+        "task_timeout": 20.0,
+        "start_timeout": 30.0,
+        "engine_options": {},
+        "factory": "tests.fake_engine:create_engine",
     }
     options.update(overrides)
     return WorkerPool(**options)
@@ -147,6 +152,38 @@ def test_cancel_drops_a_queued_task_only() -> None:
     run(check, size=1)
 
 
+def fresh(data: bytes) -> bytes:
+    """A bytes object of our own (not a shared constant), so its reference count means something."""
+    return bytes(bytearray(data))
+
+
+def test_ended_jobs_let_go_of_their_image_bytes() -> None:
+    async def check(pool: WorkerPool) -> None:
+        payloads = {
+            name: fresh(data)
+            for name, data in [
+                ("timeout", b"sleep:30"),
+                ("cancel", b"q"),
+                ("crash", b"crash"),
+                ("bad", b"bad"),
+                ("ok", b"ok"),
+            ]
+        }
+        baseline = {name: sys.getrefcount(data) for name, data in payloads.items()}
+        timed_out = pool.submit(payloads["timeout"], {})
+        cancelled = pool.submit(payloads["cancel"], {})
+        assert pool.cancel(cancelled)
+        jobs = [timed_out, cancelled]
+        for name in ("crash", "bad", "ok"):
+            jobs.append(pool.submit(payloads[name], {}))
+        await asyncio.gather(*(job.future for job in jobs), return_exceptions=True)
+        assert [job.payload for job in jobs] == [None] * 5
+        # Nothing else in the pool holds them either.
+        assert {name: sys.getrefcount(data) for name, data in payloads.items()} == baseline
+
+    run(check, size=1, task_timeout=1.0)
+
+
 def test_workers_recycle_one_at_a_time_without_failures() -> None:
     async def check(pool: WorkerPool) -> None:
         # A worker past its limit keeps serving until its replacement has loaded, so how
@@ -237,7 +274,9 @@ def test_exit_without_close_kills_the_workers_instead_of_waiting(tmp_path: Path)
     # ignore SIGTERM would keep the process waiting for ever.
     script = tmp_path / "exit_without_close.py"
     script.write_text(EXIT_WITHOUT_CLOSE)
-    done = subprocess.run([sys.executable, str(script), str(REPO)], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, str(script), str(REPO)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 1 and "an unexpected error before close()" in done.stderr
     worker_pids = [int(pid) for pid in done.stdout.split()]
     assert len(worker_pids) == 2 and not any(psutil.pid_exists(pid) for pid in worker_pids)
@@ -258,6 +297,7 @@ def test_exit_without_close_kills_the_workers_instead_of_waiting(tmp_path: Path)
         (0, CgroupFiles(), 1),  # never fewer than one
     ],
 )
-def test_usable_cpus_is_the_tighter_of_affinity_and_cgroup_quota(affinity: int, cgroup: CgroupFiles,
-                                                                  expected: int) -> None:
+def test_usable_cpus_is_the_tighter_of_affinity_and_cgroup_quota(
+    affinity: int, cgroup: CgroupFiles, expected: int
+) -> None:
     assert usable_cpus(affinity, cgroup) == expected

@@ -70,7 +70,9 @@ def test_filename_mode_with_original_client_bodies(ocr_server: RunningServer) ->
     url = f"{ocr_server.url}/ocr_service"
     # The original project's clients: JSON with a real boolean, and form fields with "True".
     as_json = requests.post(url, json={"file_type": "filename", "filename": str(path), "block_flag": True}, timeout=120)
-    as_form = requests.post(url, data={"file_type": "filename", "filename": str(path), "block_flag": "True"}, timeout=120)
+    as_form = requests.post(
+        url, data={"file_type": "filename", "filename": str(path), "block_flag": "True"}, timeout=120
+    )
     for response in (as_json, as_form):
         assert response.status_code == 200, response.text
         assert word in " ".join(ocr_text(response.json()))
@@ -229,7 +231,9 @@ def test_image_errors_from_the_engine(ocr_server: RunningServer) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
-    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    bomb = (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    )
     too_large = ocr_server.ocr_upload(bomb)
     assert too_large.status_code == 413 and error_of(too_large) == "image_too_large"
     empty = ocr_server.ocr_upload(b"")
@@ -270,12 +274,54 @@ def test_task_past_timeout_gets_504_and_the_worker_is_replaced(server_factory) -
     assert response.status_code == 504, response.text
     assert error_of(response) == "timeout"
     wait_for(
-        lambda: [w["pid"] for w in server.health()["workers"]["workers"] if w["state"] == "idle"] not in ([], [pid_before]),
+        lambda: (
+            [w["pid"] for w in server.health()["workers"]["workers"] if w["state"] == "idle"] not in ([], [pid_before])
+        ),
         message="worker not replaced",
     )
     health = server.health()
     assert health["workers"]["restarts"]["timeout"] == 1
     assert health["workers"]["workers"][0]["pid"] != pid_before
+
+
+def test_image_past_timeout_is_remembered_and_not_run_again(server_factory) -> None:
+    entry = gt_entry(lambda e: e["width"] * e["height"] > 1_500_000)
+    data = (GT_DIR / entry["image"]).read_bytes()
+    server = server_factory(base_config(number=1, task_timeout=0.2), name="poison")
+    first = server.ocr_upload(data)
+    assert first.status_code == 504 and error_of(first) == "timeout"
+    wait_for(lambda: server.health()["workers"]["ready"] == 1, message="worker not replaced")
+    runs = server.health()["ocr_runs"]
+    # The same image again: the same error at once, saying why, and no worker killed for it.
+    started = time.monotonic()
+    again = server.ocr_upload(data)
+    assert again.status_code == 504 and error_of(again) == "timeout", again.text
+    assert "remembered from an earlier attempt" in again.json()["error"]["message"]
+    assert time.monotonic() - started < 1.0
+    as_task = server.ocr_upload(data, block_flag="false")
+    assert as_task.status_code == 504 and error_of(as_task) == "timeout"
+    health = server.health()
+    assert health["workers"]["restarts"] == {"timeout": 1}
+    assert health["ocr_runs"] == runs and health["cache"]["failures_answered"] == 2
+
+
+def test_failure_ttl_must_not_be_negative(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"service": {"failure_ttl": -1}}))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "server.py"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2 and "service.failure_ttl must be >= 0" in result.stderr
 
 
 @pytest.mark.parametrize("broken", ["missing_det", "garbage_det.onnx"])
@@ -292,7 +338,10 @@ def test_broken_model_path_fails_at_start_naming_the_path(tmp_path: Path, broken
     config.write_text(json.dumps({"ocr": {"predict_system": {"det_model_dir": str(tmp_path / broken)}}}))
     result = subprocess.run(
         [sys.executable, str(REPO / "server.py"), "--config", str(config), "--port", "0"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode != 0
     assert broken in result.stderr
@@ -308,7 +357,11 @@ def test_bad_config_fails_at_start_with_the_key(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"ocr": {"process": {"number": "two"}}}))
     result = subprocess.run(
-        [sys.executable, str(REPO / "server.py"), "--config", str(config)], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, str(REPO / "server.py"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert "ocr.process.number" in result.stderr
@@ -332,7 +385,9 @@ def test_sigterm_stops_workers_and_exits_zero(server_factory) -> None:
     worker_pids = [w["pid"] for w in server.health()["workers"]["workers"]]
     assert server.stop() == 0
     time.sleep(0.5)
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in worker_pids)
+    assert not any(
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in worker_pids
+    )
 
 
 def test_embedded_defaults_serve_the_original_client_flow() -> None:
@@ -346,7 +401,9 @@ def test_embedded_defaults_serve_the_original_client_flow() -> None:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, str(REPO / "server.py"), "--port", str(port)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -378,7 +435,10 @@ def test_port_in_use_fails_with_a_clear_message(ocr_server: RunningServer) -> No
     port = ocr_server.url.rsplit(":", 1)[1]
     result = subprocess.run(
         [sys.executable, str(REPO / "server.py"), "--port", port],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
