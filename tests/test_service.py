@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 import requests
 
 from bench.common import bag_cer, cer, normalize_lines
-from tests.conftest import GT_DIR, RunningServer, base_config, gt_entry, random_word, text_image
+from tests.conftest import GT_DIR, REPO, RunningServer, base_config, gt_entry, random_word, text_image
 
 
 def ocr_text(body: dict) -> list[str]:
@@ -305,64 +308,36 @@ def test_image_past_timeout_is_remembered_and_not_run_again(server_factory) -> N
     assert health["ocr_runs"] == runs and health["cache"]["failures_answered"] == 2
 
 
-def test_failure_ttl_must_not_be_negative(tmp_path: Path) -> None:
-    import json
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"service": {"failure_ttl": -1}}))
-    result = subprocess.run(
-        [sys.executable, str(REPO / "server.py"), "--config", str(config)],
+def _start_with_config(tmp_path: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    """Run server.py on a config that must stop it at start; its exit status and stderr."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return subprocess.run(
+        [sys.executable, str(REPO / "server.py"), "--config", str(path), *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_failure_ttl_must_not_be_negative(tmp_path: Path) -> None:
+    result = _start_with_config(tmp_path, {"service": {"failure_ttl": -1}})
     assert result.returncode == 2 and "service.failure_ttl must be >= 0" in result.stderr
 
 
 @pytest.mark.parametrize("broken", ["missing_det", "garbage_det.onnx"])
 def test_broken_model_path_fails_at_start_naming_the_path(tmp_path: Path, broken: str) -> None:
-    import json
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     if broken.endswith(".onnx"):
         (tmp_path / broken).write_bytes(b"not a model at all\n" * 100)
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"ocr": {"predict_system": {"det_model_dir": str(tmp_path / broken)}}}))
-    result = subprocess.run(
-        [sys.executable, str(REPO / "server.py"), "--config", str(config), "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    config = {"ocr": {"predict_system": {"det_model_dir": str(tmp_path / broken)}}}
+    result = _start_with_config(tmp_path, config, "--port", "0")
     assert result.returncode != 0
     assert broken in result.stderr
 
 
 def test_bad_config_fails_at_start_with_the_key(tmp_path: Path) -> None:
-    import json
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"ocr": {"process": {"number": "two"}}}))
-    result = subprocess.run(
-        [sys.executable, str(REPO / "server.py"), "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _start_with_config(tmp_path, {"ocr": {"process": {"number": "two"}}})
     assert result.returncode == 2
     assert "ocr.process.number" in result.stderr
 
