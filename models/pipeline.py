@@ -186,7 +186,9 @@ def create_engine(options: EngineOptions) -> OcrEngine:
     rec = load(paths.rec)
     line_recognizer = None
     if options.line_rec_model and options.line_rec_model != options.model and not options.rec_model_dir:
-        line_paths = resolve_model_paths(dataclasses.replace(options, model=options.line_rec_model))
+        # Always the family's own files: the options' dictionary belongs to the main recogniser.
+        line_family = dataclasses.replace(options, model=options.line_rec_model, rec_char_dict_path=None)
+        line_paths = resolve_model_paths(line_family)
         line_rec = load(line_paths.rec)
         line_recognizer = TextRecognizer(line_rec, _characters(line_rec, line_paths.rec, line_paths.rec_dict))
     characters = _characters(rec, paths.rec, paths.rec_dict)

@@ -457,3 +457,12 @@ def test_paddle_backend_runs_pp_ocrv5_from_paddle_3_programs(gt_rows) -> None:
         assert edits / chars <= 0.15, (name, [t["text"] for t in result["text_lines"]])
     with pytest.raises(ModelLoadError, match="enable_mkldnn to false"):
         check_model_files(EngineOptions(engine="paddle", model="PP-OCRv5", enable_mkldnn=True))
+
+
+def test_own_dictionary_for_the_main_recogniser_leaves_the_line_reader_its_own() -> None:
+    from models.families import family_files, locate
+
+    own_dict = locate(family_files("PP-OCRv6-small", "onnxruntime").rec_dict)
+    engine = create_engine(EngineOptions(model="PP-OCRv6-small", rec_char_dict_path=str(own_dict)))
+    assert engine.line_recognizer is not None
+    assert engine.line_recognizer.num_classes != engine.recognizer.num_classes  # v4's 6,623 characters
