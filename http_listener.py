@@ -109,3 +109,7 @@ class GuardedHTTPServer(httpserver.HTTPServer):
             accept_loop = AcceptLoop(sock, self._handle_connection)
             self._sockets[sock.fileno()] = sock
             self._handlers[sock.fileno()] = accept_loop.stop
+
+    def writing(self) -> bool:
+        """Some connection still has answer bytes waiting to be sent."""
+        return any(connection.stream.writing() for connection in self._connections)

@@ -20,7 +20,7 @@ from tornado import netutil, web
 from cache import OcrService
 from cache.redis_store import RedisStore, redact
 from handlers import AppContext, ServiceMetrics, routes
-from handlers.base import NotFoundHandler
+from handlers.base import OPEN_REQUESTS, NotFoundHandler
 from handlers.upload_budget import UploadBudget
 from http_listener import GuardedHTTPServer, raise_descriptor_limit
 from models import ModelLoadError, check_model_files, model_identity
@@ -29,6 +29,11 @@ from settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("ocr_server")
 access_log = logging.getLogger("ocr_server.access")
+
+# At shutdown, how long answers still being written (503 shutting_down) may take before the
+# connections are closed; shorter after a second signal.
+SHUTDOWN_FLUSH_S = 2.0
+SHUTDOWN_FLUSH_FORCED_S = 0.5
 
 
 class ListenError(RuntimeError):
@@ -141,9 +146,20 @@ async def serve(settings: Settings) -> int:
     )
 
     stop = asyncio.Event()
+    forced = asyncio.Event()
+
+    def on_signal(name: str) -> None:
+        if not stop.is_set():
+            stop.set()
+        elif not forced.is_set():
+            # A second SIGTERM or Ctrl-C during the drain: stop now, exit 1.
+            log.warning("%s again: failing pending requests and killing the workers now", name)
+            forced.set()
+            ctx.pool.hurry()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig.name)
 
     if ctx.ocr.shared is not None and not await ctx.ocr.shared.ping():
         log.warning(
@@ -170,9 +186,19 @@ async def serve(settings: Settings) -> int:
     log.info("shutting down: no new connections, finishing in-flight work")
     server.stop()
     await ctx.pool.close(grace=web_settings.shutdown_grace)
+    # The requests the pool just failed are writing their `503 shutting_down`: closing the
+    # connections now could cut those answers off. Give them a moment (2 s at most, 0.5 s once forced).
+    flush_started = time.monotonic()
+    while (OPEN_REQUESTS or server.writing()) and time.monotonic() - flush_started < (
+        SHUTDOWN_FLUSH_FORCED_S if forced.is_set() else SHUTDOWN_FLUSH_S
+    ):
+        await asyncio.sleep(0.02)
     await server.close_all_connections()
     if ctx.ocr.shared is not None:
         await ctx.ocr.shared.close()
+    if forced.is_set():
+        log.warning("stopped before the drain finished (second signal)")
+        return 1
     log.info("stopped")
     return exit_code
 

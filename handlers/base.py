@@ -62,12 +62,18 @@ def method_not_allowed(handler: web.RequestHandler) -> dict[str, dict[str, str]]
     )
 
 
+# Requests whose answer is not written yet: at shutdown, the server lets them finish writing
+# (their `503 shutting_down` included) before it closes the connections.
+OPEN_REQUESTS: set[web.RequestHandler] = set()
+
+
 class JsonHandler(web.RequestHandler):
     # Extra fields for the access log line (request id, task id, cache hit).
     log_fields: dict[str, Any]
     request_id: str | None = None
 
     def initialize(self, **kwargs: Any) -> None:
+        OPEN_REQUESTS.add(self)
         self.log_fields = {}
         if self.request_id:
             self.log_fields["request_id"] = self.request_id
@@ -81,6 +87,16 @@ class JsonHandler(web.RequestHandler):
         self.request_id = clean_request_id(self.request.headers.get(REQUEST_ID_HEADER))
         if self.request_id:
             self.set_header(REQUEST_ID_HEADER, self.request_id)
+
+    def finish(self, chunk: Any = None) -> Any:
+        try:
+            return super().finish(chunk)
+        finally:
+            OPEN_REQUESTS.discard(self)
+
+    def on_connection_close(self) -> None:
+        OPEN_REQUESTS.discard(self)
+        super().on_connection_close()
 
     def write_json(self, body: Any, status: int = 200) -> None:
         self.set_status(status)

@@ -121,6 +121,7 @@ class WorkerPool:
         self._queue: collections.deque[Job] = collections.deque()
         self._ids = itertools.count()
         self._closing = False
+        self._hurry = False  # a second signal: close() stops waiting and kills the workers
         self._changed = asyncio.Event()
         self._start_failures = 0
         self._last_start_error: str | None = None
@@ -159,7 +160,11 @@ class WorkerPool:
         """Stop taking work, let queued and running tasks finish within `grace`, stop workers."""
         self._closing = True
         deadline = time.monotonic() + grace
-        while (self._queue or any(w.state == "busy" for w in self._workers)) and time.monotonic() < deadline:
+        while (
+            (self._queue or any(w.state == "busy" for w in self._workers))
+            and time.monotonic() < deadline
+            and not self._hurry
+        ):
             await asyncio.sleep(0.05)
         while self._queue:
             self._fail(self._queue.popleft(), PoolClosedError("the server is shutting down"))
@@ -169,13 +174,17 @@ class WorkerPool:
             worker.exit_reason = "shutdown"
             self._send(worker, None)
         stop_by = time.monotonic() + 5.0
-        while self._workers and time.monotonic() < stop_by:
+        while self._workers and time.monotonic() < stop_by and not self._hurry:
             await asyncio.sleep(0.05)
         for worker in list(self._workers):
             worker.process.kill()
         while self._workers and time.monotonic() < stop_by + 5.0:
             await asyncio.sleep(0.05)
         atexit.unregister(self._kill_on_exit)
+
+    def hurry(self) -> None:
+        """Cut a running close() short: fail what is left at once and kill the workers."""
+        self._hurry = True
 
     def _kill_on_exit(self) -> None:
         """The interpreter exits without close() (an unexpected error): kill the workers.

@@ -15,6 +15,7 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -848,3 +849,68 @@ def test_json_bodies_are_small_and_deep_nesting_is_a_400(ocr_server: RunningServ
     assert huge.status_code == 413 and error_code(huge) == "body_too_large"
     assert "multipart/form-data" in huge.json()["error"]["message"]
     assert requests.get(f"{ocr_server.url}/livez", timeout=10).status_code == 200
+
+
+def _slow_pages(count: int, words_per_page: int = 60) -> list[bytes]:
+    """Unique multi-line pages (no cache hits, no shared runs): each keeps a worker busy for a while."""
+    pages = []
+    for _ in range(count):
+        words = [random_word() for _ in range(words_per_page)]
+        pages.append(page_image([" ".join(words[i : i + 5]) for i in range(0, words_per_page, 5)]))
+    return pages
+
+
+def _post_page(url: str, image: bytes) -> requests.Response | str:
+    try:
+        return requests.post(f"{url}/ocr_service", files={"file": ("page.png", image)}, timeout=120)
+    except requests.RequestException as exc:  # reset or empty reply: the answer was cut off
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_sigterm_past_the_grace_delivers_the_503_answers(server_factory) -> None:
+    config = base_config(number=1)
+    config["web_server"]["shutdown_grace"] = 1
+    server = server_factory(config, name="sigterm-grace")
+    pages = _slow_pages(6)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(pages)) as pool:
+        answers = [pool.submit(_post_page, server.url, page) for page in pages]
+        wait_until(lambda: server.health()["workers"]["busy"] >= 1, 60, "the OCR task to start")
+        os.kill(server.pid, signal.SIGTERM)
+        results = [answer.result(timeout=120) for answer in answers]
+    assert server.process.wait(timeout=60) == 0
+    for result in results:
+        assert not isinstance(result, str), result
+        if result.status_code != 200:
+            assert result.status_code == 503, result.text[:200]
+            assert error_code(result) == "shutting_down"
+    assert any(not isinstance(r, str) and r.status_code == 503 for r in results)  # the grace did expire
+
+
+def test_second_sigterm_forces_a_prompt_exit(server_factory) -> None:
+    server = server_factory(base_config(number=2), name="sigterm-twice")  # shutdown_grace 30 s
+    children = psutil.Process(server.pid).children(recursive=True)
+    assert children
+    pages = _slow_pages(8)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(pages)) as pool:
+        answers = [pool.submit(_post_page, server.url, page) for page in pages]
+        wait_until(lambda: server.health()["workers"]["busy"] >= 2, 60, "the OCR tasks to start")
+        os.kill(server.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        os.kill(server.pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        try:
+            code = server.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {time.monotonic() - signalled:.1f} s after the second SIGTERM")
+        results = [answer.result(timeout=30) for answer in answers]
+    assert code == 1  # forced: the drain was cut short
+    for result in results:  # the cut-short requests still got their answer
+        assert not isinstance(result, str), result
+        assert result.status_code in (200, 503), result.text[:200]
+        if result.status_code == 503:
+            assert error_code(result) == "shutting_down"
+    wait_until(
+        lambda: not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE],
+        2,
+        "the workers to be gone",
+    )
