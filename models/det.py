@@ -53,7 +53,7 @@ class TextDetector:
         self,
         session: Session,
         settings: DetDefaults,
-        max_side: int = 960,
+        max_side: int,
         min_side: int = 0,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
@@ -75,10 +75,7 @@ class TextDetector:
     def __call__(self, img: np.ndarray) -> list[np.ndarray]:
         """Return float32 (4, 2) boxes, clockwise from top-left."""
         h, w = img.shape[:2]
-        return self._detect(img, detection_scale(h, w, self.max_side, self.min_side))
-
-    def _detect(self, img: np.ndarray, scale: float) -> list[np.ndarray]:
-        h, w = img.shape[:2]
+        scale = detection_scale(h, w, self.max_side, self.min_side)
         shrink = 1.0
         src = img
         if _needs_letterbox(h, w) and scale < 1.0:

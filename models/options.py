@@ -227,9 +227,6 @@ _OUTPUT_FIELDS = (
     "det_limit_side_len",
     "det_min_side_len",
     "line_rec_model",
-    "det_db_thresh",
-    "det_db_box_thresh",
-    "det_db_unclip_ratio",
     "drop_score",
 )
 
@@ -265,7 +262,7 @@ def model_identity(options: EngineOptions) -> str:
         except OSError as exc:
             raise ModelLoadError(f"cannot hash model file {f}: {exc}") from exc
     params = ",".join(f"{k}={getattr(options, k)!r}" for k in _OUTPUT_FIELDS)
-    params += f",det={det_settings(options)!r}"
+    params += f",det={det_settings(options)!r}"  # det_db_* as in force: given or the model's own
     p = hashlib.sha256(params.encode()).hexdigest()[:8]
     return f"{options.engine}:{options.model}:{h.hexdigest()[:16]}:{p}"
 
