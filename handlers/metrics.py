@@ -35,6 +35,7 @@ class _StateCollector(Collector):
         yield _gauge("ocr_workers_busy", "Workers running a task", stats["busy"])
         yield _counter("ocr_tasks_run", "OCR tasks executed by workers", pool.tasks_run)
         yield _counter("ocr_tasks_cancelled", "Queued tasks dropped because no client waited", pool.tasks_cancelled)
+        yield _counter("ocr_tasks_expired", "Queued tasks dropped unrun, out of time", pool.tasks_expired)
         restarts = CounterMetricFamily("ocr_worker_restarts", "Worker replacements by reason", labels=["reason"])
         for reason in ("recycled", "crashed", "timeout", "start_failed"):
             restarts.add_metric([reason], pool.restarts.get(reason, 0))

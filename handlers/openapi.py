@@ -60,8 +60,9 @@ OCR_ERROR_MEANINGS = {
     415: "Neither a supported request encoding nor a decodable image.",
     422: "The image decodes but is too small to read.",
     500: "The OCR worker failed on this image.",
-    503: "Overloaded, no worker ready, or shutting down: retry after `Retry-After` seconds.",
-    504: "The OCR task ran longer than `ocr.process.task_timeout`.",
+    503: "Overloaded (queue full, or the task could not start within `ocr.process.task_timeout`),"
+    " no worker ready, or shutting down: retry after `Retry-After` seconds.",
+    504: "The OCR task ran longer than `ocr.process.task_timeout` on its worker.",
 }
 
 

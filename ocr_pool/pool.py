@@ -16,6 +16,7 @@ import collections
 import itertools
 import logging
 import multiprocessing
+import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from ocr_pool.errors import (
     PoolClosedError,
     PoolError,
     QueueFullError,
+    QueueTimeoutError,
     TaskCancelledError,
     TaskFailedError,
     TaskTimeoutError,
@@ -42,12 +44,16 @@ log = logging.getLogger("ocr_pool")
 MAX_ATTEMPTS = 2
 RETIRE_GRACE_S = 10.0
 MAX_RESTART_BACKOFF_S = 30.0
+# Recent run times the dispatcher predicts a task's run from (their median).
+RUN_TIME_SAMPLES = 50
 
 
 class Job:
     """One OCR task: queued, then running on a worker, then done or failed."""
 
-    def __init__(self, payload: bytes, params: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, payload: bytes, params: dict[str, Any], loop: asyncio.AbstractEventLoop, timeout: float = float("inf")
+    ) -> None:
         self.id = uuid.uuid4().hex
         # The image bytes; None once the job ended, so a finished job kept for polling or
         # metrics does not hold megabytes (a crashed attempt keeps it for the retry).
@@ -57,7 +63,11 @@ class Job:
         self.attempts = 0
         self.future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.submitted = time.monotonic()
-        self.started: float | None = None
+        # Past this, a task still waiting for a worker is dropped (the client's time is up);
+        # once running, a task has its own budget from dispatch (see WorkerPool._dispatch).
+        self.deadline = self.submitted + timeout
+        self.started: float | None = None  # first dispatch
+        self.dispatched: float | None = None  # this attempt's dispatch
         self.finished: float | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.worker: WorkerHandle | None = None
@@ -128,6 +138,9 @@ class WorkerPool:
         self._initial_ready = False
         self.tasks_run = 0
         self.tasks_cancelled = 0
+        # Tasks dropped unrun: they waited past their deadline or could not finish by it.
+        self.tasks_expired = 0
+        self._run_times: collections.deque[float] = collections.deque(maxlen=RUN_TIME_SAMPLES)
         self.restarts: collections.Counter[str] = collections.Counter()
         # Called with each job that completed on a worker (for metrics).
         self.on_task_finished: Callable[[Job], None] | None = None
@@ -206,7 +219,7 @@ class WorkerPool:
             raise NoWorkerError(f"no OCR worker could start: {self._last_start_error}")
         if len(self._queue) >= self.queue_size:
             raise QueueFullError(f"the OCR queue is full ({self.queue_size} tasks waiting)")
-        job = Job(payload, params, self._loop)
+        job = Job(payload, params, self._loop, self.task_timeout)
         job.timer = self._loop.call_later(self.task_timeout, self._on_timeout, job)
         self._queue.append(job)
         self._dispatch()
@@ -237,6 +250,10 @@ class WorkerPool:
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    def expected_run_s(self) -> float:
+        """What a task is expected to take on a worker: the median of recent runs (0 before any)."""
+        return statistics.median(self._run_times) if self._run_times else 0.0
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -325,6 +342,8 @@ class WorkerPool:
         self.tasks_run += 1
         if worker.state == "busy":
             worker.state = "idle"
+        if job is not None and job.id == message[1] and job.dispatched is not None:
+            self._run_times.append(time.monotonic() - job.dispatched)
         if job is not None and job.id == message[1] and not job.future.done():
             job.finished = time.monotonic()
             if job.timer:
@@ -393,6 +412,9 @@ class WorkerPool:
             if job.attempts < MAX_ATTEMPTS:
                 log.warning("retrying task %s after its worker died", job.id)
                 job.state = "queued"
+                if job.timer:
+                    job.timer.cancel()  # the retry gets a run budget of its own when dispatched
+                    job.timer = None
                 self._queue.appendleft(job)
             else:
                 self._fail(job, WorkerCrashedError("the OCR worker died while processing this image"))
@@ -427,28 +449,54 @@ class WorkerPool:
             job = self._queue.popleft()
             if job.future.done():
                 continue
+            now = time.monotonic()
+            if job.attempts == 0 and job.deadline - now < self.expected_run_s():
+                # It would outlive its deadline: drop it unrun rather than start work that the
+                # client gives up on (under overload, the queue's head would be all such tasks).
+                self._expire(job, "could not finish within")
+                continue
             job.state = "running"
             job.attempts += 1
             job.worker = worker
-            job.started = job.started or time.monotonic()
+            job.started = job.started or now
+            job.dispatched = now
+            # From now on the task's own run is what counts: a worker is killed only for a task
+            # that ran task_timeout seconds itself, never for the time it spent queued.
+            if job.timer:
+                job.timer.cancel()
+            assert self._loop is not None
+            job.timer = self._loop.call_later(self.task_timeout, self._on_timeout, job)
             worker.state = "busy"
             worker.job = job
             self._send(worker, (job.id, job.payload, job.params))
 
+    def _expire(self, job: Job, why: str) -> None:
+        self.tasks_expired += 1
+        waited = time.monotonic() - job.submitted
+        self._fail(
+            job,
+            QueueTimeoutError(
+                f"the server is overloaded: the task waited {waited:.1f} s for a worker and {why}"
+                f" task_timeout ({self.task_timeout:g} s); try again later"
+            ),
+        )
+
     def _on_timeout(self, job: Job) -> None:
         if job.future.done():
             return
-        killed_worker = job.state == "running" and job.worker is not None
         if job.state == "queued":
             try:
                 self._queue.remove(job)
             except ValueError:
                 pass
-        elif job.worker is not None:
+            self._expire(job, "was not started within")
+            return
+        killed_worker = job.worker is not None
+        if job.worker is not None:
             job.worker.exit_reason = "timeout"
             job.worker.state = "stopping"  # not ready any more, even before its exit is seen
             job.worker.process.kill()
-        message = f"OCR did not finish within {self.task_timeout:g} s"
+        message = f"OCR did not finish within {self.task_timeout:g} s of running"
         self._fail(job, TaskTimeoutError(message, killed_worker=killed_worker))
 
     def _fail(self, job: Job, error: PoolError) -> None:

@@ -179,7 +179,7 @@ def test_a_timeout_that_killed_a_worker_is_remembered_a_queued_one_is_not() -> N
         slow = asyncio.ensure_future(run_to_end(service, "slow", b"sleep:30"))
         await asyncio.sleep(0)  # the slow image takes the only worker first
         queued = await run_to_end(service, "waiting", b"waiting")  # timed out in the queue, behind it
-        assert (await slow).code == "timeout" and queued.code == "timeout"
+        assert (await slow).code == "timeout" and queued.code == "queue_timeout"
         await wait_for(lambda: pool.restarts["timeout"] == 1 and pool.ready_count == 1)
         again = await run_to_end(service, "slow", b"sleep:30")
         assert again.code == "timeout" and "remembered" in again.message

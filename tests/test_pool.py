@@ -19,6 +19,7 @@ from ocr_pool import (
     CgroupFiles,
     NoWorkerError,
     QueueFullError,
+    QueueTimeoutError,
     TaskCancelledError,
     TaskFailedError,
     TaskTimeoutError,
@@ -301,3 +302,36 @@ def test_usable_cpus_is_the_tighter_of_affinity_and_cgroup_quota(
     affinity: int, cgroup: CgroupFiles, expected: int
 ) -> None:
     assert usable_cpus(affinity, cgroup) == expected
+
+
+def test_tasks_that_cannot_finish_in_time_are_dropped_unrun_not_killed() -> None:
+    async def check(pool: WorkerPool) -> None:
+        pid = pool.worker_pids()[0]
+        # Four tasks of 0.8 s on one worker, each allowed 2 s from submission: two fit.
+        jobs = [pool.submit(b"sleep:0.8", {}) for _ in range(4)]
+        outcomes = await asyncio.gather(*(job.future for job in jobs), return_exceptions=True)
+        assert [job.attempts for job in jobs] == [1, 1, 0, 0]
+        assert all(isinstance(o, dict) for o in outcomes[:2]), outcomes
+        for late in outcomes[2:]:
+            assert isinstance(late, QueueTimeoutError) and late.code == "queue_timeout", late
+        # No worker was killed for a task that never ran on it.
+        assert sum(pool.restarts.values()) == 0 and pool.worker_pids() == [pid]
+        assert pool.tasks_expired == 2
+
+    run(check, size=1, task_timeout=2.0)
+
+
+def test_a_running_task_is_timed_from_its_dispatch_not_its_submission() -> None:
+    async def check(pool: WorkerPool) -> None:
+        for i in range(5):  # quick runs: the expected run time is small
+            await pool.submit(f"quick {i}".encode(), {}).future
+        first = pool.submit(b"sleep:1.0", {})
+        second = pool.submit(b"sleep:1.0", {})
+        # The second starts about 1 s after submission with 0.5 s of its deadline left; it runs
+        # 1 s, within its own 1.5 s budget, and must not be killed when its deadline passes.
+        results = await asyncio.gather(first.future, second.future)
+        assert [r["text_lines"][0]["text"] for r in results] == ["sleep:1.0", "sleep:1.0"]
+        assert second.queue_wait_ms is not None and second.queue_wait_ms > 500
+        assert sum(pool.restarts.values()) == 0
+
+    run(check, size=1, task_timeout=1.5)

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from bench.common import bag_cer, cer, normalize_lines
-from tests.conftest import GT_DIR, REPO, RunningServer, base_config, gt_entry, random_word, text_image
+from tests.conftest import GT_DIR, REPO, RunningServer, base_config, gt_entry, metric, random_word, text_image
 
 
 def ocr_text(body: dict) -> list[str]:
@@ -267,6 +267,29 @@ def test_full_queue_gets_503_with_retry_after(server_factory) -> None:
     refused = next(r for r in responses if r.status_code == 503)
     assert error_of(refused) == "queue_full"
     assert int(refused.headers["Retry-After"]) >= 1
+
+
+def test_overload_drops_queued_tasks_without_killing_a_worker(server_factory) -> None:
+    # One worker, 2 s per task from submission, and more queued work than 2 s can clear:
+    # late tasks must be answered 503 queue_timeout unrun, and no worker killed for a task that
+    # spent its time in the queue (it used to be killed mid-OCR when its submission deadline hit).
+    server = server_factory(base_config(number=1, task_timeout=2.0), name="overload")
+    pid = server.health()["workers"]["workers"][0]["pid"]
+    images = [text_image(" ".join(random_word() for _ in range(6))) for _ in range(24)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(images)) as pool:
+        responses = list(pool.map(lambda data: server.ocr_upload(data, det="on"), images))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+    expired = [r for r in responses if r.status_code == 503]
+    assert {error_of(r) for r in expired} == {"queue_timeout"}
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in expired)
+    health = server.health()
+    assert health["workers"]["restarts"] == {}, health["workers"]
+    assert [w["pid"] for w in health["workers"]["workers"]] == [pid]
+    assert health["queue"]["expired"] == len(expired)
+    metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    assert metric(metrics, "ocr_tasks_expired_total") == len(expired)
+    assert metric(metrics, "ocr_worker_restarts_total", reason="timeout") == 0
 
 
 def test_task_past_timeout_gets_504_and_the_worker_is_replaced(server_factory) -> None:
