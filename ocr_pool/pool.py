@@ -95,6 +95,8 @@ class WorkerHandle:
         self.load_error: str | None = None
         # Set when the parent ends the worker on purpose: recycled | timeout | shutdown.
         self.exit_reason: str | None = None
+        # The worker loading to take this one's place (recycling): this one serves until it is ready.
+        self.successor: WorkerHandle | None = None
         self.timer: asyncio.TimerHandle | None = None
 
     @property
@@ -283,18 +285,29 @@ class WorkerPool:
 
     # ---- workers -----------------------------------------------------------------
 
-    def _spawn(self, task_limit: int) -> None:
+    def _spawn(self, task_limit: int) -> WorkerHandle | None:
+        """Start a worker process; None if the OS refused (a retry is then scheduled)."""
         assert self._loop is not None
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         wid = next(self._ids)
+        try:
+            parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        except OSError as exc:  # EMFILE, ENFILE
+            self._spawn_failed(exc)
+            return None
         process = self._ctx.Process(
             target=worker_main,
             args=(child_conn, self._factory, self._options, self._threads),
             name=f"ocr-worker-{wid}",
             daemon=True,
         )
-        with shutdown_signals_blocked():
-            process.start()
+        try:
+            with shutdown_signals_blocked():
+                process.start()
+        except OSError as exc:  # EMFILE, ENOMEM, EAGAIN: out of descriptors, memory or processes
+            parent_conn.close()
+            child_conn.close()
+            self._spawn_failed(exc)
+            return None
         child_conn.close()
         worker = WorkerHandle(wid, process, parent_conn, task_limit)
         self._workers.append(worker)
@@ -302,6 +315,23 @@ class WorkerPool:
         self._loop.add_reader(process.sentinel, self._on_exit, worker)
         worker.timer = self._loop.call_later(self.start_timeout, self._on_start_timeout, worker)
         log.info("worker %d starting (pid %s, task limit %d)", wid, process.pid, task_limit)
+        return worker
+
+    def _spawn_failed(self, exc: OSError) -> None:
+        """The OS would not start a process: count it, and try again after a back-off."""
+        assert self._loop is not None
+        self._start_failures += 1
+        self._last_start_error = f"could not start a worker process: {type(exc).__name__}: {exc}"
+        self.restarts["start_failed"] += 1
+        delay = self._restart_delay()
+        log.error("%s; trying again in %.1f s", self._last_start_error, delay)
+        self._loop.call_later(delay, self._respawn)
+        self._changed.set()
+
+    def _restart_delay(self) -> float:
+        if not self._start_failures:
+            return 0.0
+        return min(MAX_RESTART_BACKOFF_S, 0.5 * 2 ** (self._start_failures - 1))
 
     def _send(self, worker: WorkerHandle, message: Any) -> None:
         try:
@@ -326,7 +356,7 @@ class WorkerPool:
             worker.state = "idle"
             self._start_failures = 0
             log.info("worker %d ready (pid %s, loaded in %s ms)", worker.wid, worker.pid, worker.load_ms)
-            for other in self._workers:
+            for other in list(self._workers):
                 self._maybe_retire(other)
         elif kind == "load_failed":
             worker.load_error = message[1]
@@ -359,17 +389,24 @@ class WorkerPool:
         self._maybe_retire(worker)
 
     def _maybe_retire(self, worker: WorkerHandle) -> None:
-        """Recycle a worker past its task limit, one worker at a time."""
-        if self._closing or worker.state != "idle" or worker.tasks_done < worker.task_limit:
+        """Recycle a worker past its task limit: first start its successor (one replacement
+        loads at a time) while it keeps serving, then retire it once the successor is ready
+        and it is idle, so the pool never has fewer than `size` ready workers for it."""
+        if self._closing or worker.tasks_done < worker.task_limit or worker.state not in ("idle", "busy"):
             return
-        if any(w.state == "starting" for w in self._workers):
-            return  # another replacement is loading; keep serving until it is ready
+        successor = worker.successor
+        if successor is None:
+            if any(w.state == "starting" for w in self._workers):
+                return  # another replacement is loading; this one's turn comes when it is ready
+            worker.successor = self._spawn(self.max_tasks)
+            return
+        if successor.state not in ("idle", "busy") or worker.state != "idle":
+            return
         worker.state = "retiring"
         worker.exit_reason = "recycled"
         self._send(worker, None)
         assert self._loop is not None
         self._loop.call_later(RETIRE_GRACE_S, self._kill_if_alive, worker)
-        self._spawn(self.max_tasks)
 
     def _kill_if_alive(self, worker: WorkerHandle) -> None:
         if worker in self._workers and worker.process.is_alive():
@@ -390,6 +427,9 @@ class WorkerPool:
             worker.timer.cancel()
         if worker in self._workers:
             self._workers.remove(worker)
+        for other in self._workers:
+            if other.successor is worker:
+                other.successor = None  # it died loading: the next attempt starts another
         was_starting = worker.state == "starting"
         reason = worker.exit_reason or ("start_failed" if was_starting else "crashed")
         self.restarts[reason] += 1
@@ -419,10 +459,7 @@ class WorkerPool:
             else:
                 self._fail(job, WorkerCrashedError("the OCR worker died while processing this image"))
         if not self._closing and reason not in ("recycled", "shutdown"):
-            delay = 0.0
-            if self._start_failures:
-                delay = min(MAX_RESTART_BACKOFF_S, 0.5 * 2 ** (self._start_failures - 1))
-            self._loop.call_later(delay, self._respawn)
+            self._loop.call_later(self._restart_delay(), self._respawn)
         if self.ready_count == 0 and self._start_failures and not self._has_live_worker():
             # Nothing can serve the queue now: fail fast rather than time out.
             while self._queue:
@@ -436,8 +473,13 @@ class WorkerPool:
     def _respawn(self) -> None:
         if self._closing:
             return
-        if sum(1 for w in self._workers if w.state != "retiring") < self.size:
+        # Workers that stay: not retiring, and not about to be replaced by a successor already counted.
+        staying = sum(1 for w in self._workers if w.state != "retiring" and w.successor is None)
+        if staying < self.size:
             self._spawn(self.max_tasks)
+        else:
+            for worker in list(self._workers):
+                self._maybe_retire(worker)  # a recycle whose successor could not start tries again
 
     # ---- tasks -------------------------------------------------------------------
 

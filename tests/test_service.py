@@ -162,12 +162,29 @@ def wait_for(predicate, timeout: float = 60, message: str = "condition not reach
         time.sleep(0.2)
 
 
+def watch_ready_workers(server: RunningServer, seen: list[int], expected_recycles: int) -> None:
+    """Record /health's ready worker count until `expected_recycles` recycles are done (bounded)."""
+    deadline = time.monotonic() + 110
+    while time.monotonic() < deadline:
+        workers = server.health()["workers"]
+        seen.append(workers["ready"])
+        if workers["restarts"].get("recycled", 0) >= expected_recycles and workers["ready"] == 2:
+            return
+        time.sleep(0.02)
+
+
 def test_recycling_after_max_tasks_loses_no_request(server_factory) -> None:
     server = server_factory(base_config(number=2, max_task_number=3), name="recycle")
     pids_before = {w["pid"] for w in server.health()["workers"]["workers"]}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        responses = list(pool.map(lambda i: server.ocr_upload(text_image(f"R{i} {random_word(4)}")), range(30)))
+    ready_seen: list[int] = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as watcher_thread:
+        watcher = watcher_thread.submit(watch_ready_workers, server, ready_seen, expected_recycles=2)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            responses = list(pool.map(lambda i: server.ocr_upload(text_image(f"R{i} {random_word(4)}")), range(30)))
+        watcher.result(timeout=120)
     assert [r.status_code for r in responses] == [200] * 30
+    # Each replacement loads its models while the worker it replaces still serves.
+    assert min(ready_seen) == 2, ready_seen
     # One worker reloads at a time, so a worker may serve a few tasks past its limit
     # while another reloads; by now both first-generation workers must be gone.
     wait_for(lambda: server.health()["workers"]["ready"] == 2, message="pool not back to full strength")
