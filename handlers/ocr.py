@@ -160,9 +160,9 @@ class OcrHandler(JsonHandler):
             assert request.file_body is not None
             return request.file_body
         assert request.filename is not None
-        path = resolve_allowed_path(request.filename, self.ctx.settings.base_dir, self.ctx.allowed_roots)
+        target = resolve_allowed_path(request.filename, self.ctx.settings.base_dir, self.ctx.allowed_roots)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, read_image_file, path, self._max_bytes)
+        return await loop.run_in_executor(None, read_image_file, target, self._max_bytes)
 
     async def _answer_blocking(self, key: str, image_hash: str, image_bytes: bytes, params: dict[str, Any]) -> None:
         task_id = uuid.uuid4().hex

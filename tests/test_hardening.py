@@ -126,6 +126,72 @@ def test_directories_and_fifos_inside_roots_are_not_read(ocr_server: RunningServ
         assert time.monotonic() - started < 5  # a FIFO must never be opened and block
 
 
+def _read_after_swap(tmp_path: Path, swap: Callable[[Path], None], inside: str = "img.png") -> Exception | bytes:
+    """Resolve a regular file inside a root (the check passes), let `swap` replace it, then read."""
+    from handlers.files import read_image_file, resolve_allowed_path
+
+    root = tmp_path / "root"
+    target_path = root / inside
+    target_path.parent.mkdir(parents=True)
+    target_path.write_bytes(text_image("SWAP"))
+    target = resolve_allowed_path(str(target_path), str(tmp_path), [root])
+    swap(target_path)
+    outcome: list[Exception | bytes] = []
+
+    def read() -> None:
+        try:
+            outcome.append(read_image_file(target, 1 << 20))
+        except Exception as exc:  # noqa: BLE001 - the outcome is what the test checks
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=5)
+    if reader.is_alive():  # blocked on a FIFO: unblock it, then fail
+        with contextlib.suppress(OSError):
+            os.close(os.open(target_path, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=5)
+        pytest.fail("reading the swapped-in file blocked")
+    return outcome[0]
+
+
+def _api_error(outcome: Exception | bytes) -> tuple[int, str]:
+    assert not isinstance(outcome, bytes), f"read {len(outcome)} bytes it must refuse: {outcome[:60]!r}"
+    return outcome.status, outcome.code  # type: ignore[attr-defined]
+
+
+def test_a_symlink_swapped_in_after_the_check_is_refused_not_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"secret bytes outside the roots")
+
+    def to_symlink(path: Path) -> None:
+        path.unlink()
+        path.symlink_to(outside)
+
+    assert _api_error(_read_after_swap(tmp_path, to_symlink)) == (403, "forbidden_path")
+
+
+def test_a_directory_swapped_for_a_symlink_after_the_check_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "img.png").write_bytes(b"secret bytes outside the roots")
+
+    def folder_to_symlink(path: Path) -> None:
+        path.unlink()
+        path.parent.rmdir()
+        path.parent.symlink_to(elsewhere)
+
+    assert _api_error(_read_after_swap(tmp_path, folder_to_symlink, "sub/img.png")) == (403, "forbidden_path")
+
+
+def test_a_fifo_swapped_in_after_the_check_is_refused_without_blocking(tmp_path: Path) -> None:
+    def to_fifo(path: Path) -> None:
+        path.unlink()
+        os.mkfifo(path)
+
+    assert _api_error(_read_after_swap(tmp_path, to_fifo)) == (400, "not_a_file")
+
+
 # ---- uploads ------------------------------------------------------------------------
 
 
