@@ -185,7 +185,7 @@ def _schemas() -> dict[str, Any]:
                 "engine": {"type": "string"},
                 "model": {"type": "string", "description": "PP-OCR model family (ocr.predict_system.model)"},
                 "model_identity": {"type": "string"},
-                "workers": {"type": "object", "description": "Pool state: configured, alive, ready, busy, restarts."},
+                "workers": {"type": "object", "description": "Pool state: configured, alive, ready, busy, restarts by reason, tasks_retried."},
                 "cpus": {
                     "type": "object",
                     "description": "CPUs the server may use (affinity mask, cgroup quota) and each worker's share.",
@@ -200,6 +200,7 @@ def _schemas() -> dict[str, Any]:
                         "depth": {"type": "integer"},
                         "capacity": {"type": "integer"},
                         "cancelled": {"type": "integer"},
+                        "expired": {"type": "integer"},
                     },
                 },
                 "ocr_runs": {"type": "integer"},

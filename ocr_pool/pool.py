@@ -142,6 +142,8 @@ class WorkerPool:
         self.tasks_cancelled = 0
         # Tasks dropped unrun: they waited past their deadline or could not finish by it.
         self.tasks_expired = 0
+        # Tasks run again on another worker after theirs died under them.
+        self.tasks_retried = 0
         self._run_times: collections.deque[float] = collections.deque(maxlen=RUN_TIME_SAMPLES)
         self.restarts: collections.Counter[str] = collections.Counter()
         # Called with each job that completed on a worker (for metrics).
@@ -264,6 +266,7 @@ class WorkerPool:
             "ready": self.ready_count,
             "busy": sum(1 for w in self._workers if w.state == "busy"),
             "restarts": dict(self.restarts),
+            "tasks_retried": self.tasks_retried,
             "last_start_error": self._last_start_error,
             "workers": [
                 {
@@ -451,6 +454,7 @@ class WorkerPool:
             job.worker = None
             if job.attempts < MAX_ATTEMPTS:
                 log.warning("retrying task %s after its worker died", job.id)
+                self.tasks_retried += 1
                 job.state = "queued"
                 if job.timer:
                     job.timer.cancel()  # the retry gets a run budget of its own when dispatched
