@@ -158,22 +158,17 @@ class OcrService:
         """
         self._refuse_remembered_failure(key)
         computation = self._in_flight.get(key)
-        if computation is None and self.shared is not None:
-            claim = await self.shared.claim(key)
-            computation = self._in_flight.get(key)  # another local request may have started it meanwhile
-            if computation is None:
-                computation = self._new_computation(key)
-                if claim is None:
-                    # Another node computes this image: wait for its result.
-                    self._in_flight[key] = computation
-                    computation.poller = asyncio.ensure_future(self._wait_for_other_node(computation, payload, params))
-                else:
-                    self._start_job(computation, payload, params, claim)
-            elif claim is not None:
-                await self.shared.release(key, claim)
-        elif computation is None:
+        if computation is None:
             computation = self._new_computation(key)
-            self._start_job(computation, payload, params, None)
+            # Registered before any await: a local request for the same image arriving while
+            # this one asks Redis for the claim joins this run instead of claiming too.
+            self._in_flight[key] = computation
+            claim = None if self.shared is None else await self.shared.claim(key)
+            if self.shared is not None and claim is None:
+                # Another node computes this image: wait for its result.
+                computation.poller = asyncio.ensure_future(self._wait_for_other_node(computation, payload, params))
+            else:
+                self._start_job(computation, payload, params, claim)
         if computation.waiters > 0:
             self.shared_waits += 1
         computation.waiters += 1
@@ -198,15 +193,22 @@ class OcrService:
         return computation
 
     def _start_job(self, computation: Computation, payload: bytes, params: dict[str, Any], claim: str | None) -> None:
-        """Submit to the pool (raising PoolError at once if it cannot take the task)."""
+        """Submit to the pool (raising PoolError at once if it cannot take the task).
+
+        On refusal the computation fails with the same error, so local requests that joined it
+        meanwhile get that answer too, and it leaves the in-flight table.
+        """
         try:
             job = self.pool.submit(payload, params)
-        except PoolError:
+        except PoolError as error:
             if claim is not None and self.shared is not None:
                 asyncio.ensure_future(self.shared.release(computation.key, claim))
+            self._forget(computation)
+            if not computation.future.done():
+                computation.future.set_exception(error)
+                computation.future.exception()  # seen: the caller gets it raised
             raise
         computation.job, computation.claim = job, claim
-        self._in_flight[computation.key] = computation
         job.future.add_done_callback(lambda future: asyncio.ensure_future(self._job_finished(computation, future)))
 
     async def _job_finished(self, computation: Computation, future: asyncio.Future[dict[str, Any]]) -> None:
