@@ -226,11 +226,11 @@ class TaskHandler(JsonHandler):
         view = await self.ctx.ocr.task_view(task_id, wait=wait)
         if view is None:
             raise ApiError(404, "task_not_found", "no such task (unknown id, or it expired)")
-        if view["status"] == "done":
-            self.write_json(result_body(view["task_id"], view["image_hash"], view["result"], view["cached"]))
+        if view.status == "done" and view.result is not None:
+            self.write_json(result_body(view.task_id, view.image_hash, view.result, view.cached))
             return
-        body = {key: view[key] for key in ("task_id", "status", "image_hash")}
-        if "error" in view:
-            code = view["error"]["code"]
-            body["error"] = {**view["error"], "http_status": STATUS_BY_CODE.get(code, 500)}
+        body: dict[str, Any] = {"task_id": view.task_id, "status": view.status, "image_hash": view.image_hash}
+        if view.error is not None:
+            code = view.error.code
+            body["error"] = {"code": code, "message": view.error.message, "http_status": STATUS_BY_CODE.get(code, 500)}
         self.write_json(body)

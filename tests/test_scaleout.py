@@ -19,6 +19,7 @@ import redis.asyncio
 import requests
 
 from bench.launch import free_port
+from cache.records import ErrorInfo, TaskView
 from cache.redis_store import RedisStore
 from cache.service import OcrService
 from ocr_pool import WorkerPool
@@ -351,6 +352,38 @@ def test_a_dead_redis_is_probed_by_one_request_at_a_time() -> None:
         answers = await asyncio.gather(*(store.get_result(f"k{i}") for i in range(20)))
         assert answers == [None] * 20
         assert store.errors - errors == 1  # one probe failed; the other 19 did not try
+        await store.close()
+
+    asyncio.run(check())
+
+
+def test_a_wait_for_another_nodes_run_has_one_task_id_and_ends_with_its_result(redis_url: str) -> None:
+    async def check(pool: WorkerPool) -> None:
+        other, here = make_store(redis_url), make_store(redis_url)
+        token = await other.claim("k")  # another node computes this image
+        assert token is not None
+        service = OcrService(
+            pool, engine_identity="fake", cache_capacity=10, cache_ttl=60, task_capacity=10, task_ttl=60, shared=here
+        )
+        waiting = await service.join("k", b"image", {})
+        assert waiting.poller is not None and waiting.job is None
+        assert waiting.task_id == waiting.task_id and waiting.state == "queued"  # one id, not a new one per read
+        await other.put_result("k", {"text_lines": [{"text": "from the other node"}]})
+        await other.release("k", token)
+        assert (await waiting.future)["text_lines"][0]["text"] == "from the other node"
+        assert pool.tasks_run == 0 and await service.lookup("k") is not None
+        for store in (other, here):
+            await store.close()
+
+    run_with_pool(check)
+
+
+def test_task_views_keep_their_type_through_redis(redis_url: str) -> None:
+    async def check() -> None:
+        store = make_store(redis_url)
+        view = TaskView("t", "failed", "h", error=ErrorInfo("timeout", "too slow"))
+        await store.put_task("t", view.to_json())
+        assert TaskView.from_json(await store.get_task("t")) == view
         await store.close()
 
     asyncio.run(check())
