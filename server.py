@@ -77,7 +77,8 @@ def build_context(settings: Settings) -> AppContext:
     )
     service = settings.service
     # A finished task is kept at least as long as a cached result.
-    task_ttl = max(service.time, 300.0) + process.task_timeout
+    # A task may wait up to task_timeout for a worker, then run up to task_timeout.
+    task_ttl = max(service.time, 300.0) + 2 * process.task_timeout
     shared = None
     if service.backend == "redis":
         shared = RedisStore(
@@ -86,7 +87,7 @@ def build_context(settings: Settings) -> AppContext:
             result_ttl=service.time,
             max_results=service.img_number,
             task_ttl=task_ttl,
-            claim_ttl=process.task_timeout + 5.0,
+            claim_ttl=2 * process.task_timeout + 5.0,
         )
     ocr = OcrService(
         pool,

@@ -56,7 +56,8 @@ class ProcessSettings:
     max_task_number: int = 200
     # Tasks waiting for a worker; beyond this new work gets 503 + Retry-After.
     queue_size: int = 64
-    # Seconds from submission to result; past it the worker is killed and the client gets 504.
+    # Seconds a task may wait for a worker (then 503 queue_timeout, no worker touched), and
+    # seconds it may run once started (then its worker is killed and the client gets 504).
     task_timeout: float = 60.0
     # Seconds a worker may take to import its engine and load the models.
     start_timeout: float = 180.0

@@ -1,6 +1,9 @@
-"""Result cache, in-flight sharing and the fire-and-forget task store."""
+"""Result store, single-flight and the fire-and-forget task store (see service.py for the order)."""
 
-from cache.service import Computation, OcrService, TaskRecord
+from cache.records import ErrorInfo, Result, TaskView
+from cache.service import OcrService
+from cache.single_flight import Computation
+from cache.task_store import TaskRecord
 from cache.ttl_lru import TTLLRUCache
 
-__all__ = ["Computation", "OcrService", "TTLLRUCache", "TaskRecord"]
+__all__ = ["Computation", "ErrorInfo", "OcrService", "Result", "TTLLRUCache", "TaskRecord", "TaskView"]

@@ -31,6 +31,18 @@ RELEASE_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+# Store a result and bound the result count (true LRU) in one atomic step: two nodes trimming
+# at once can neither evict more than the excess nor leave a ZSET member without its result.
+PUT_RESULT_SCRIPT = """
+redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('zadd', KEYS[2], ARGV[3], ARGV[4])
+local excess = redis.call('zcard', KEYS[2]) - tonumber(ARGV[5])
+if excess > 0 then
+  local evicted = redis.call('zpopmin', KEYS[2], excess)
+  for i = 1, #evicted, 2 do redis.call('del', ARGV[6] .. evicted[i]) end
+end
+return 0
+"""
 RETRY_AFTER_FAILURE_S = 2.0
 T = TypeVar("T")
 
@@ -66,15 +78,17 @@ class RedisStore:
             url, socket_connect_timeout=0.5, socket_timeout=1.0, health_check_interval=10
         )
         self._release = self._client.register_script(RELEASE_SCRIPT)
+        self._put_result = self._client.register_script(PUT_RESULT_SCRIPT)
         self.connected = True
         self.errors = 0
         self._down_until = 0.0
+        self._probing = False  # one call is testing a Redis that was down; the rest fall back
         self.last_error: str | None = None
 
     # ---- circuit breaker ----------------------------------------------------------
 
     def _available(self) -> bool:
-        return self.connected or time.monotonic() >= self._down_until
+        return self.connected or (not self._probing and time.monotonic() >= self._down_until)
 
     def _failed(self, exc: Exception) -> None:
         self.errors += 1
@@ -93,11 +107,18 @@ class RedisStore:
         """Run one Redis operation; `fallback` while Redis is down or when it fails."""
         if not self._available():
             return fallback
+        # Half-open: while Redis was down, this call alone probes it; concurrent calls fall back
+        # instead of each waiting on a connect timeout.
+        probing = not self.connected
+        self._probing = self._probing or probing
         try:
             value = await operation()
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return fallback
+        finally:
+            if probing:
+                self._probing = False
         self._succeeded()
         return value
 
@@ -108,9 +129,11 @@ class RedisStore:
             return None
 
         async def read() -> bytes | None:
-            raw = await self._client.get(self.prefix + "result:" + key)
-            if raw is not None:
-                await self._client.zadd(self.prefix + "lru", {key: time.time()})
+            # One round trip: the read, and the use time (XX: only for a key the LRU still holds).
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(self.prefix + "result:" + key)
+                pipe.zadd(self.prefix + "lru", {key: time.time()}, xx=True)
+                raw, _ = await pipe.execute()
             return raw
 
         raw = await self._guarded(read, None)
@@ -119,19 +142,19 @@ class RedisStore:
     async def put_result(self, key: str, result: dict[str, Any]) -> None:
         if self.result_ttl <= 0 or self.max_results <= 0:
             return
-        lru = self.prefix + "lru"
 
         async def write() -> None:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.set(self.prefix + "result:" + key, json.dumps(result), ex=max(1, int(self.result_ttl)))
-                pipe.zadd(lru, {key: time.time()})
-                pipe.zcard(lru)
-                *_, count = await pipe.execute()
-            if count > self.max_results:
-                # Evict the least recently used beyond the bound.
-                evicted = await self._client.zpopmin(lru, count - self.max_results)
-                if evicted:
-                    await self._client.delete(*(self.prefix + "result:" + k.decode() for k, _ in evicted))
+            await self._put_result(
+                keys=[self.prefix + "result:" + key, self.prefix + "lru"],
+                args=[
+                    json.dumps(result),
+                    max(1, int(self.result_ttl)),
+                    time.time(),
+                    key,
+                    self.max_results,
+                    self.prefix + "result:",
+                ],
+            )
 
         await self._guarded(write, None)
 
@@ -169,8 +192,14 @@ class RedisStore:
     # ---- tasks --------------------------------------------------------------------------
 
     async def put_task(self, task_id: str, view: dict[str, Any]) -> None:
+        # A task is written "queued" once, then with its outcome. The two writes race (a fast
+        # run's outcome can land first): the "queued" one only creates, never overwrites (NX).
+        final = view.get("status") in ("done", "failed")
+
         async def write() -> None:
-            await self._client.set(self.prefix + "task:" + task_id, json.dumps(view), ex=max(1, int(self.task_ttl)))
+            await self._client.set(
+                self.prefix + "task:" + task_id, json.dumps(view), ex=max(1, int(self.task_ttl)), nx=not final
+            )
 
         await self._guarded(write, None)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from handlers.errors import ApiError
@@ -25,8 +26,20 @@ def is_encodable(text: str) -> bool:
     return True
 
 
-def resolve_allowed_path(filename: str, base_dir: str, roots: list[Path]) -> Path:
-    """The real path of `filename` if it lies inside one of `roots`.
+@dataclass(frozen=True)
+class ConfinedPath:
+    """A filename resolved inside an allowed root: the root, and the components below it."""
+
+    root: Path
+    parts: tuple[str, ...]
+
+    @property
+    def path(self) -> Path:
+        return self.root.joinpath(*self.parts)
+
+
+def resolve_allowed_path(filename: str, base_dir: str, roots: list[Path]) -> ConfinedPath:
+    """Where `filename` really lies, if inside one of `roots`.
 
     Symlinks and `..` are resolved first, so nothing can point out of a root. The
     answer for a path outside the roots never depends on whether it exists.
@@ -40,19 +53,60 @@ def resolve_allowed_path(filename: str, base_dir: str, roots: list[Path]) -> Pat
     real = os.path.realpath(os.path.join(base_dir, filename))
     for root in roots:
         if real == str(root) or real.startswith(str(root) + os.sep):
-            return Path(real)
-    raise ApiError(403, "forbidden_path", "filename is outside the folders this server may read")
+            return ConfinedPath(root, Path(real).relative_to(root).parts)
+    raise forbidden()
 
 
-def read_image_file(path: Path, max_bytes: int) -> bytes:
+def forbidden() -> ApiError:
+    return ApiError(403, "forbidden_path", "filename is outside the folders this server may read")
+
+
+# Never follow a symlink, never wait on a FIFO or device, never leak the descriptor to a child.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_confined(target: ConfinedPath) -> int:
+    """A descriptor for `target`, opened one component at a time from its root.
+
+    The check in resolve_allowed_path saw no symlink below the root; one swapped in since
+    (a race) is refused here instead of followed, and a FIFO swapped in opens without
+    blocking (O_NONBLOCK) so the caller's fstat can refuse it.
+    """
+    fd = os.open(target.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for index, part in enumerate(target.parts):
+            last = index == len(target.parts) - 1
+            try:
+                child = os.open(part, _FILE_FLAGS if last else _DIR_FLAGS, dir_fd=fd)
+            except NotADirectoryError:
+                # O_DIRECTORY | O_NOFOLLOW on a symlink says ENOTDIR: name it as the symlink it is.
+                if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), part) from None
+                raise
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_image_file(target: ConfinedPath, max_bytes: int) -> bytes:
     """Read a regular file of at most `max_bytes` (blocking: run it off the event loop)."""
     try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise ApiError(400, "not_a_file", "filename does not name a regular file")
-        if info.st_size > max_bytes:
-            raise ApiError(413, "file_too_large", f"the file is larger than the {max_bytes}-byte limit")
-        with open(path, "rb") as handle:
+        fd = open_confined(target)
+        try:
+            # What was opened is what is checked: no window for a swap between stat and open.
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ApiError(400, "not_a_file", "filename does not name a regular file")
+            if info.st_size > max_bytes:
+                raise ApiError(413, "file_too_large", f"the file is larger than the {max_bytes}-byte limit")
+        except BaseException:
+            os.close(fd)
+            raise
+        with open(fd, "rb", closefd=True) as handle:
             data = handle.read(max_bytes + 1)
     except FileNotFoundError:
         raise ApiError(404, "file_not_found", "no such file") from None
@@ -61,6 +115,8 @@ def read_image_file(path: Path, max_bytes: int) -> bytes:
     except PermissionError:
         raise ApiError(403, "forbidden_path", "the server may not read this file") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise forbidden() from None  # a symlink appeared after the check
         if exc.errno == errno.ENAMETOOLONG:
             raise ApiError(400, "invalid_filename", "filename is too long") from None
         raise ApiError(400, "unreadable_file", f"cannot read the file: {exc.strerror}") from None

@@ -46,7 +46,12 @@ class HealthHandler(JsonHandler):
                 "model_identity": self.ctx.engine_identity,
                 "workers": pool.stats(),
                 "cpus": {"usable": self.ctx.usable_cpus, "threads_per_worker": pool.threads},
-                "queue": {"depth": pool.queue_depth, "capacity": pool.queue_size, "cancelled": pool.tasks_cancelled},
+                "queue": {
+                    "depth": pool.queue_depth,
+                    "capacity": pool.queue_size,
+                    "cancelled": pool.tasks_cancelled,
+                    "expired": pool.tasks_expired,
+                },
                 "ocr_runs": pool.tasks_run,
                 "cache": self.ctx.ocr.stats(),
                 "uploads": {

@@ -35,15 +35,16 @@ class _StateCollector(Collector):
         yield _gauge("ocr_workers_busy", "Workers running a task", stats["busy"])
         yield _counter("ocr_tasks_run", "OCR tasks executed by workers", pool.tasks_run)
         yield _counter("ocr_tasks_cancelled", "Queued tasks dropped because no client waited", pool.tasks_cancelled)
+        yield _counter("ocr_tasks_expired", "Queued tasks dropped unrun, out of time", pool.tasks_expired)
         restarts = CounterMetricFamily("ocr_worker_restarts", "Worker replacements by reason", labels=["reason"])
         for reason in ("recycled", "crashed", "timeout", "start_failed"):
             restarts.add_metric([reason], pool.restarts.get(reason, 0))
         yield restarts
         yield _counter("ocr_cache_hits", "Requests answered from the result cache", ocr.hits)
         yield _counter("ocr_cache_misses", "Requests not found in the result cache", ocr.misses)
-        yield _counter("ocr_cache_evictions", "Results evicted by the LRU bound", ocr.results.evictions)
+        yield _counter("ocr_cache_evictions", "Results evicted by the LRU bound", ocr.results.cache.evictions)
         yield _counter("ocr_cache_shared", "Requests that joined an identical in-flight run", ocr.shared_waits)
-        yield _gauge("ocr_cache_entries", "Results in the cache", len(ocr.results))
+        yield _gauge("ocr_cache_entries", "Results in the cache", len(ocr.results.cache))
         budget = self.ctx.upload_budget
         yield _gauge("ocr_upload_buffered_bytes", "Request-body bytes held in memory now", budget.used)
         yield _counter("ocr_uploads_refused", "Uploads answered 503 because max_buffered_bytes was in use", budget.refused)

@@ -160,9 +160,9 @@ class OcrHandler(JsonHandler):
             assert request.file_body is not None
             return request.file_body
         assert request.filename is not None
-        path = resolve_allowed_path(request.filename, self.ctx.settings.base_dir, self.ctx.allowed_roots)
+        target = resolve_allowed_path(request.filename, self.ctx.settings.base_dir, self.ctx.allowed_roots)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, read_image_file, path, self._max_bytes)
+        return await loop.run_in_executor(None, read_image_file, target, self._max_bytes)
 
     async def _answer_blocking(self, key: str, image_hash: str, image_bytes: bytes, params: dict[str, Any]) -> None:
         task_id = uuid.uuid4().hex
@@ -226,11 +226,11 @@ class TaskHandler(JsonHandler):
         view = await self.ctx.ocr.task_view(task_id, wait=wait)
         if view is None:
             raise ApiError(404, "task_not_found", "no such task (unknown id, or it expired)")
-        if view["status"] == "done":
-            self.write_json(result_body(view["task_id"], view["image_hash"], view["result"], view["cached"]))
+        if view.status == "done" and view.result is not None:
+            self.write_json(result_body(view.task_id, view.image_hash, view.result, view.cached))
             return
-        body = {key: view[key] for key in ("task_id", "status", "image_hash")}
-        if "error" in view:
-            code = view["error"]["code"]
-            body["error"] = {**view["error"], "http_status": STATUS_BY_CODE.get(code, 500)}
+        body: dict[str, Any] = {"task_id": view.task_id, "status": view.status, "image_hash": view.image_hash}
+        if view.error is not None:
+            code = view.error.code
+            body["error"] = {"code": code, "message": view.error.message, "http_status": STATUS_BY_CODE.get(code, 500)}
         self.write_json(body)

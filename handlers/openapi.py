@@ -60,8 +60,9 @@ OCR_ERROR_MEANINGS = {
     415: "Neither a supported request encoding nor a decodable image.",
     422: "The image decodes but is too small to read.",
     500: "The OCR worker failed on this image.",
-    503: "Overloaded, no worker ready, or shutting down: retry after `Retry-After` seconds.",
-    504: "The OCR task ran longer than `ocr.process.task_timeout`.",
+    503: "Overloaded (queue full, or the task could not start within `ocr.process.task_timeout`),"
+    " no worker ready, or shutting down: retry after `Retry-After` seconds.",
+    504: "The OCR task ran longer than `ocr.process.task_timeout` on its worker.",
 }
 
 
@@ -184,7 +185,7 @@ def _schemas() -> dict[str, Any]:
                 "engine": {"type": "string"},
                 "model": {"type": "string", "description": "PP-OCR model family (ocr.predict_system.model)"},
                 "model_identity": {"type": "string"},
-                "workers": {"type": "object", "description": "Pool state: configured, alive, ready, busy, restarts."},
+                "workers": {"type": "object", "description": "Pool state: configured, alive, ready, busy, restarts by reason, tasks_retried."},
                 "cpus": {
                     "type": "object",
                     "description": "CPUs the server may use (affinity mask, cgroup quota) and each worker's share.",
@@ -199,6 +200,7 @@ def _schemas() -> dict[str, Any]:
                         "depth": {"type": "integer"},
                         "capacity": {"type": "integer"},
                         "cancelled": {"type": "integer"},
+                        "expired": {"type": "integer"},
                     },
                 },
                 "ocr_runs": {"type": "integer"},

@@ -42,6 +42,13 @@ class TaskTimeoutError(PoolError):
         self.killed_worker = killed_worker
 
 
+class QueueTimeoutError(PoolError):
+    """The task waited past its deadline, or could no longer finish by it, and never ran:
+    the server was overloaded, the image says nothing (no worker was touched)."""
+
+    code = "queue_timeout"
+
+
 class WorkerCrashedError(PoolError):
     """The task's worker died on every attempt (it may be a poison input)."""
 

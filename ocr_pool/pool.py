@@ -16,6 +16,7 @@ import collections
 import itertools
 import logging
 import multiprocessing
+import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from ocr_pool.errors import (
     PoolClosedError,
     PoolError,
     QueueFullError,
+    QueueTimeoutError,
     TaskCancelledError,
     TaskFailedError,
     TaskTimeoutError,
@@ -42,12 +44,16 @@ log = logging.getLogger("ocr_pool")
 MAX_ATTEMPTS = 2
 RETIRE_GRACE_S = 10.0
 MAX_RESTART_BACKOFF_S = 30.0
+# Recent run times the dispatcher predicts a task's run from (their median).
+RUN_TIME_SAMPLES = 50
 
 
 class Job:
     """One OCR task: queued, then running on a worker, then done or failed."""
 
-    def __init__(self, payload: bytes, params: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, payload: bytes, params: dict[str, Any], loop: asyncio.AbstractEventLoop, timeout: float = float("inf")
+    ) -> None:
         self.id = uuid.uuid4().hex
         # The image bytes; None once the job ended, so a finished job kept for polling or
         # metrics does not hold megabytes (a crashed attempt keeps it for the retry).
@@ -57,7 +63,11 @@ class Job:
         self.attempts = 0
         self.future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.submitted = time.monotonic()
-        self.started: float | None = None
+        # Past this, a task still waiting for a worker is dropped (the client's time is up);
+        # once running, a task has its own budget from dispatch (see WorkerPool._dispatch).
+        self.deadline = self.submitted + timeout
+        self.started: float | None = None  # first dispatch
+        self.dispatched: float | None = None  # this attempt's dispatch
         self.finished: float | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.worker: WorkerHandle | None = None
@@ -85,6 +95,8 @@ class WorkerHandle:
         self.load_error: str | None = None
         # Set when the parent ends the worker on purpose: recycled | timeout | shutdown.
         self.exit_reason: str | None = None
+        # The worker loading to take this one's place (recycling): this one serves until it is ready.
+        self.successor: WorkerHandle | None = None
         self.timer: asyncio.TimerHandle | None = None
 
     @property
@@ -128,6 +140,11 @@ class WorkerPool:
         self._initial_ready = False
         self.tasks_run = 0
         self.tasks_cancelled = 0
+        # Tasks dropped unrun: they waited past their deadline or could not finish by it.
+        self.tasks_expired = 0
+        # Tasks run again on another worker after theirs died under them.
+        self.tasks_retried = 0
+        self._run_times: collections.deque[float] = collections.deque(maxlen=RUN_TIME_SAMPLES)
         self.restarts: collections.Counter[str] = collections.Counter()
         # Called with each job that completed on a worker (for metrics).
         self.on_task_finished: Callable[[Job], None] | None = None
@@ -206,7 +223,7 @@ class WorkerPool:
             raise NoWorkerError(f"no OCR worker could start: {self._last_start_error}")
         if len(self._queue) >= self.queue_size:
             raise QueueFullError(f"the OCR queue is full ({self.queue_size} tasks waiting)")
-        job = Job(payload, params, self._loop)
+        job = Job(payload, params, self._loop, self.task_timeout)
         job.timer = self._loop.call_later(self.task_timeout, self._on_timeout, job)
         self._queue.append(job)
         self._dispatch()
@@ -238,6 +255,10 @@ class WorkerPool:
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    def expected_run_s(self) -> float:
+        """What a task is expected to take on a worker: the median of recent runs (0 before any)."""
+        return statistics.median(self._run_times) if self._run_times else 0.0
+
     def stats(self) -> dict[str, Any]:
         return {
             "configured": self.size,
@@ -245,6 +266,7 @@ class WorkerPool:
             "ready": self.ready_count,
             "busy": sum(1 for w in self._workers if w.state == "busy"),
             "restarts": dict(self.restarts),
+            "tasks_retried": self.tasks_retried,
             "last_start_error": self._last_start_error,
             "workers": [
                 {
@@ -266,18 +288,29 @@ class WorkerPool:
 
     # ---- workers -----------------------------------------------------------------
 
-    def _spawn(self, task_limit: int) -> None:
+    def _spawn(self, task_limit: int) -> WorkerHandle | None:
+        """Start a worker process; None if the OS refused (a retry is then scheduled)."""
         assert self._loop is not None
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         wid = next(self._ids)
+        try:
+            parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        except OSError as exc:  # EMFILE, ENFILE
+            self._spawn_failed(exc)
+            return None
         process = self._ctx.Process(
             target=worker_main,
             args=(child_conn, self._factory, self._options, self._threads),
             name=f"ocr-worker-{wid}",
             daemon=True,
         )
-        with shutdown_signals_blocked():
-            process.start()
+        try:
+            with shutdown_signals_blocked():
+                process.start()
+        except OSError as exc:  # EMFILE, ENOMEM, EAGAIN: out of descriptors, memory or processes
+            parent_conn.close()
+            child_conn.close()
+            self._spawn_failed(exc)
+            return None
         child_conn.close()
         worker = WorkerHandle(wid, process, parent_conn, task_limit)
         self._workers.append(worker)
@@ -285,6 +318,23 @@ class WorkerPool:
         self._loop.add_reader(process.sentinel, self._on_exit, worker)
         worker.timer = self._loop.call_later(self.start_timeout, self._on_start_timeout, worker)
         log.info("worker %d starting (pid %s, task limit %d)", wid, process.pid, task_limit)
+        return worker
+
+    def _spawn_failed(self, exc: OSError) -> None:
+        """The OS would not start a process: count it, and try again after a back-off."""
+        assert self._loop is not None
+        self._start_failures += 1
+        self._last_start_error = f"could not start a worker process: {type(exc).__name__}: {exc}"
+        self.restarts["start_failed"] += 1
+        delay = self._restart_delay()
+        log.error("%s; trying again in %.1f s", self._last_start_error, delay)
+        self._loop.call_later(delay, self._respawn)
+        self._changed.set()
+
+    def _restart_delay(self) -> float:
+        if not self._start_failures:
+            return 0.0
+        return min(MAX_RESTART_BACKOFF_S, 0.5 * 2 ** (self._start_failures - 1))
 
     def _send(self, worker: WorkerHandle, message: Any) -> None:
         try:
@@ -309,7 +359,7 @@ class WorkerPool:
             worker.state = "idle"
             self._start_failures = 0
             log.info("worker %d ready (pid %s, loaded in %s ms)", worker.wid, worker.pid, worker.load_ms)
-            for other in self._workers:
+            for other in list(self._workers):
                 self._maybe_retire(other)
         elif kind == "load_failed":
             worker.load_error = message[1]
@@ -325,6 +375,8 @@ class WorkerPool:
         self.tasks_run += 1
         if worker.state == "busy":
             worker.state = "idle"
+        if job is not None and job.id == message[1] and job.dispatched is not None:
+            self._run_times.append(time.monotonic() - job.dispatched)
         if job is not None and job.id == message[1] and not job.future.done():
             job.finished = time.monotonic()
             if job.timer:
@@ -340,17 +392,24 @@ class WorkerPool:
         self._maybe_retire(worker)
 
     def _maybe_retire(self, worker: WorkerHandle) -> None:
-        """Recycle a worker past its task limit, one worker at a time."""
-        if self._closing or worker.state != "idle" or worker.tasks_done < worker.task_limit:
+        """Recycle a worker past its task limit: first start its successor (one replacement
+        loads at a time) while it keeps serving, then retire it once the successor is ready
+        and it is idle, so the pool never has fewer than `size` ready workers for it."""
+        if self._closing or worker.tasks_done < worker.task_limit or worker.state not in ("idle", "busy"):
             return
-        if any(w.state == "starting" for w in self._workers):
-            return  # another replacement is loading; keep serving until it is ready
+        successor = worker.successor
+        if successor is None:
+            if any(w.state == "starting" for w in self._workers):
+                return  # another replacement is loading; this one's turn comes when it is ready
+            worker.successor = self._spawn(self.max_tasks)
+            return
+        if successor.state not in ("idle", "busy") or worker.state != "idle":
+            return
         worker.state = "retiring"
         worker.exit_reason = "recycled"
         self._send(worker, None)
         assert self._loop is not None
         self._loop.call_later(RETIRE_GRACE_S, self._kill_if_alive, worker)
-        self._spawn(self.max_tasks)
 
     def _kill_if_alive(self, worker: WorkerHandle) -> None:
         if worker in self._workers and worker.process.is_alive():
@@ -371,6 +430,9 @@ class WorkerPool:
             worker.timer.cancel()
         if worker in self._workers:
             self._workers.remove(worker)
+        for other in self._workers:
+            if other.successor is worker:
+                other.successor = None  # it died loading: the next attempt starts another
         was_starting = worker.state == "starting"
         reason = worker.exit_reason or ("start_failed" if was_starting else "crashed")
         self.restarts[reason] += 1
@@ -392,15 +454,16 @@ class WorkerPool:
             job.worker = None
             if job.attempts < MAX_ATTEMPTS:
                 log.warning("retrying task %s after its worker died", job.id)
+                self.tasks_retried += 1
                 job.state = "queued"
+                if job.timer:
+                    job.timer.cancel()  # the retry gets a run budget of its own when dispatched
+                    job.timer = None
                 self._queue.appendleft(job)
             else:
                 self._fail(job, WorkerCrashedError("the OCR worker died while processing this image"))
         if not self._closing and reason not in ("recycled", "shutdown"):
-            delay = 0.0
-            if self._start_failures:
-                delay = min(MAX_RESTART_BACKOFF_S, 0.5 * 2 ** (self._start_failures - 1))
-            self._loop.call_later(delay, self._respawn)
+            self._loop.call_later(self._restart_delay(), self._respawn)
         if self.ready_count == 0 and self._start_failures and not self._has_live_worker():
             # Nothing can serve the queue now: fail fast rather than time out.
             while self._queue:
@@ -414,8 +477,13 @@ class WorkerPool:
     def _respawn(self) -> None:
         if self._closing:
             return
-        if sum(1 for w in self._workers if w.state != "retiring") < self.size:
+        # Workers that stay: not retiring, and not about to be replaced by a successor already counted.
+        staying = sum(1 for w in self._workers if w.state != "retiring" and w.successor is None)
+        if staying < self.size:
             self._spawn(self.max_tasks)
+        else:
+            for worker in list(self._workers):
+                self._maybe_retire(worker)  # a recycle whose successor could not start tries again
 
     # ---- tasks -------------------------------------------------------------------
 
@@ -427,28 +495,54 @@ class WorkerPool:
             job = self._queue.popleft()
             if job.future.done():
                 continue
+            now = time.monotonic()
+            if job.attempts == 0 and job.deadline - now < self.expected_run_s():
+                # It would outlive its deadline: drop it unrun rather than start work that the
+                # client gives up on (under overload, the queue's head would be all such tasks).
+                self._expire(job, "could not finish within")
+                continue
             job.state = "running"
             job.attempts += 1
             job.worker = worker
-            job.started = job.started or time.monotonic()
+            job.started = job.started or now
+            job.dispatched = now
+            # From now on the task's own run is what counts: a worker is killed only for a task
+            # that ran task_timeout seconds itself, never for the time it spent queued.
+            if job.timer:
+                job.timer.cancel()
+            assert self._loop is not None
+            job.timer = self._loop.call_later(self.task_timeout, self._on_timeout, job)
             worker.state = "busy"
             worker.job = job
             self._send(worker, (job.id, job.payload, job.params))
 
+    def _expire(self, job: Job, why: str) -> None:
+        self.tasks_expired += 1
+        waited = time.monotonic() - job.submitted
+        self._fail(
+            job,
+            QueueTimeoutError(
+                f"the server is overloaded: the task waited {waited:.1f} s for a worker and {why}"
+                f" task_timeout ({self.task_timeout:g} s); try again later"
+            ),
+        )
+
     def _on_timeout(self, job: Job) -> None:
         if job.future.done():
             return
-        killed_worker = job.state == "running" and job.worker is not None
         if job.state == "queued":
             try:
                 self._queue.remove(job)
             except ValueError:
                 pass
-        elif job.worker is not None:
+            self._expire(job, "was not started within")
+            return
+        killed_worker = job.worker is not None
+        if job.worker is not None:
             job.worker.exit_reason = "timeout"
             job.worker.state = "stopping"  # not ready any more, even before its exit is seen
             job.worker.process.kill()
-        message = f"OCR did not finish within {self.task_timeout:g} s"
+        message = f"OCR did not finish within {self.task_timeout:g} s of running"
         self._fail(job, TaskTimeoutError(message, killed_worker=killed_worker))
 
     def _fail(self, job: Job, error: PoolError) -> None:

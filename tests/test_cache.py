@@ -69,16 +69,16 @@ def test_task_long_poll_answers_when_the_task_finishes() -> None:
         )
         record = await service.submit_task("slow", "h1", b"sleep:0.5", {})
         early = await service.task_view(record.task_id, wait=0.05)
-        assert early is not None and early["status"] in ("queued", "running")
+        assert early is not None and early.status in ("queued", "running")
         started = time.monotonic()
         done = await service.task_view(record.task_id, wait=30)
         # It answered when the task finished, not when the 30 s ran out.
-        assert done is not None and done["status"] == "done" and time.monotonic() - started < 15
-        assert done["result"]["text_lines"][0]["text"] == "sleep:0.5"
+        assert done is not None and done.status == "done" and time.monotonic() - started < 15
+        assert done.result is not None and done.result["text_lines"][0]["text"] == "sleep:0.5"
         failing = await service.submit_task("bad", "h2", b"bad", {})
         failed = await service.task_view(failing.task_id, wait=30)
-        assert failed is not None and failed["status"] == "failed"
-        assert failed["error"]["code"] == "unsupported_image"
+        assert failed is not None and failed.status == "failed"
+        assert failed.error is not None and failed.error.code == "unsupported_image"
         assert await service.task_view("no-such-task", wait=0.1) is None
 
     run(check)
@@ -95,7 +95,7 @@ def test_finished_task_records_keep_the_result_not_the_image() -> None:
             assert record.computation is not None and record.computation.job is not None
             job = record.computation.job
             view = await service.task_view(record.task_id, wait=30)
-            assert view is not None and view["status"] in ("done", "failed")
+            assert view is not None and view.status in ("done", "failed")
             await wait_for(lambda record=record: record.computation is None)
             assert job.payload is None and sys.getrefcount(payload) == baseline
             assert (await service.task_view(record.task_id)) == view  # still pollable, same answer
@@ -179,7 +179,7 @@ def test_a_timeout_that_killed_a_worker_is_remembered_a_queued_one_is_not() -> N
         slow = asyncio.ensure_future(run_to_end(service, "slow", b"sleep:30"))
         await asyncio.sleep(0)  # the slow image takes the only worker first
         queued = await run_to_end(service, "waiting", b"waiting")  # timed out in the queue, behind it
-        assert (await slow).code == "timeout" and queued.code == "timeout"
+        assert (await slow).code == "timeout" and queued.code == "queue_timeout"
         await wait_for(lambda: pool.restarts["timeout"] == 1 and pool.ready_count == 1)
         again = await run_to_end(service, "slow", b"sleep:30")
         assert again.code == "timeout" and "remembered" in again.message

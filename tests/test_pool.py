@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from ocr_pool import (
     CgroupFiles,
     NoWorkerError,
     QueueFullError,
+    QueueTimeoutError,
     TaskCancelledError,
     TaskFailedError,
     TaskTimeoutError,
@@ -301,3 +304,106 @@ def test_usable_cpus_is_the_tighter_of_affinity_and_cgroup_quota(
     affinity: int, cgroup: CgroupFiles, expected: int
 ) -> None:
     assert usable_cpus(affinity, cgroup) == expected
+
+
+def test_tasks_that_cannot_finish_in_time_are_dropped_unrun_not_killed() -> None:
+    async def check(pool: WorkerPool) -> None:
+        pid = pool.worker_pids()[0]
+        # Four tasks of 0.8 s on one worker, each allowed 2 s from submission: two fit.
+        jobs = [pool.submit(b"sleep:0.8", {}) for _ in range(4)]
+        outcomes = await asyncio.gather(*(job.future for job in jobs), return_exceptions=True)
+        assert [job.attempts for job in jobs] == [1, 1, 0, 0]
+        assert all(isinstance(o, dict) for o in outcomes[:2]), outcomes
+        for late in outcomes[2:]:
+            assert isinstance(late, QueueTimeoutError) and late.code == "queue_timeout", late
+        # No worker was killed for a task that never ran on it.
+        assert sum(pool.restarts.values()) == 0 and pool.worker_pids() == [pid]
+        assert pool.tasks_expired == 2
+
+    run(check, size=1, task_timeout=2.0)
+
+
+def test_a_running_task_is_timed_from_its_dispatch_not_its_submission() -> None:
+    async def check(pool: WorkerPool) -> None:
+        for i in range(5):  # quick runs: the expected run time is small
+            await pool.submit(f"quick {i}".encode(), {}).future
+        first = pool.submit(b"sleep:1.0", {})
+        second = pool.submit(b"sleep:1.0", {})
+        # The second starts about 1 s after submission with 0.5 s of its deadline left; it runs
+        # 1 s, within its own 1.5 s budget, and must not be killed when its deadline passes.
+        results = await asyncio.gather(first.future, second.future)
+        assert [r["text_lines"][0]["text"] for r in results] == ["sleep:1.0", "sleep:1.0"]
+        assert second.queue_wait_ms is not None and second.queue_wait_ms > 500
+        assert sum(pool.restarts.values()) == 0
+
+    run(check, size=1, task_timeout=1.5)
+
+
+def fail_next_starts(monkeypatch: pytest.MonkeyPatch, count: int) -> list[str]:
+    """Make the next `count` worker process starts fail as an exhausted OS would (EMFILE)."""
+    original = SpawnProcess.start
+    refused: list[str] = []
+
+    def start(process: SpawnProcess) -> None:
+        if len(refused) < count:
+            refused.append(process.name)
+            raise OSError(errno.EMFILE, "Too many open files")
+        original(process)
+
+    monkeypatch.setattr(SpawnProcess, "start", start)
+    return refused
+
+
+def test_a_worker_the_os_refuses_to_start_is_retried_and_the_pool_recovers(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def check(pool: WorkerPool) -> None:
+        descriptors = psutil.Process().num_fds()
+        refused = fail_next_starts(monkeypatch, 1)
+        os.kill(pool.worker_pids()[0], signal.SIGKILL)  # its replacement cannot start, once
+        await wait_for(lambda: refused and pool.restarts["start_failed"] == 1)
+        await wait_for(lambda: pool.ready_count == 2)  # retried after a back-off
+        assert "could not start a worker process" in (pool.stats()["last_start_error"] or "")
+        # The failed attempt's pipe pair was closed: as many descriptors as with two workers before.
+        assert psutil.Process().num_fds() == descriptors
+        results = await asyncio.gather(*(pool.submit(b"after", {}).future for _ in range(4)))
+        assert {r["text_lines"][0]["text"] for r in results} == {"after"}
+
+    run(check)
+
+
+async def min_ready_while(pool: WorkerPool, work: Awaitable[None]) -> int:
+    """The fewest ready workers seen (checked every couple of milliseconds) while `work` runs."""
+    fewest = pool.ready_count
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        fewest = min(fewest, pool.ready_count)
+        await asyncio.sleep(0.002)
+    await task
+    return fewest
+
+
+async def keep_busy_until_recycled(pool: WorkerPool, recycles: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while pool.restarts["recycled"] < recycles and loop.time() < deadline:
+        await asyncio.gather(*(pool.submit(b"sleep:0.02", {}).future for _ in range(4)))
+    assert pool.restarts["recycled"] >= recycles
+
+
+def test_recycling_starts_the_successor_first_so_ready_workers_never_drop_below_size() -> None:
+    async def check(pool: WorkerPool) -> None:
+        # Each replacement takes 0.5 s to load; the worker it replaces serves until it is ready.
+        assert await min_ready_while(pool, keep_busy_until_recycled(pool, 4)) >= 2
+        assert set(pool.restarts) == {"recycled"}
+
+    run(check, max_tasks=4, engine_options={"load_delay": 0.5})
+
+
+def test_a_successor_the_os_refuses_to_start_leaves_the_old_worker_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def check(pool: WorkerPool) -> None:
+        refused = fail_next_starts(monkeypatch, 1)
+        # The first recycle's successor cannot start (from inside a pipe reader callback): the
+        # worker past its limit keeps serving, and the recycle is tried again after a back-off.
+        assert await min_ready_while(pool, keep_busy_until_recycled(pool, 2)) >= 2
+        assert refused and pool.restarts["start_failed"] == 1
+
+    run(check, max_tasks=4)

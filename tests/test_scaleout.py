@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import re
@@ -9,13 +10,19 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio
 import requests
 
 from bench.launch import free_port
+from cache.records import ErrorInfo, TaskView
+from cache.redis_store import RedisStore
+from cache.service import OcrService
+from ocr_pool import WorkerPool
 from tests.conftest import REPO, RunningServer, base_config, random_word, start_server, text_image
 
 REDIS = shutil.which("redis-server")
@@ -221,3 +228,162 @@ def test_redis_outage_degrades_without_client_errors(cluster: Cluster) -> None:
     assert upload(node1.url, text_image(random_word())).status_code == 200
     health = node1.health()
     assert health["cache"]["shared_store"]["connected"] is True and health["status"] == "ok"
+
+
+# ---- the shared store against a real Redis, one node's service with the fake engine ---------
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    server = RedisServer(tmp_path, free_port())
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def make_store(url: str, **overrides: float) -> RedisStore:
+    options = {"result_ttl": 60.0, "max_results": 100, "task_ttl": 60.0, "claim_ttl": 30.0}
+    options.update(overrides)
+    return RedisStore(url, prefix="ocr-test:", **options)  # type: ignore[arg-type]
+
+
+def run_with_pool(test: Callable[[WorkerPool], Awaitable[None]]) -> None:
+    async def main() -> None:
+        pool = WorkerPool(
+            size=1,
+            max_tasks=100,
+            queue_size=10,
+            task_timeout=20,
+            start_timeout=30,
+            engine_options={},
+            factory="tests.fake_engine:create_engine",
+        )
+        await pool.start()
+        try:
+            await asyncio.wait_for(test(pool), timeout=60)
+        finally:
+            await pool.close(grace=1)
+
+    asyncio.run(main())
+
+
+def test_two_local_requests_for_a_new_image_make_one_claim_and_one_run(redis_url: str) -> None:
+    async def check(pool: WorkerPool) -> None:
+        store = make_store(redis_url)
+        service = OcrService(
+            pool, engine_identity="fake", cache_capacity=10, cache_ttl=60, task_capacity=10, task_ttl=60, shared=store
+        )
+        claims: list[str] = []
+        claim = store.claim
+
+        async def slow_first_claim(key: str) -> str | None:
+            # The first claim's answer comes back last, as it can over a pool of connections.
+            claims.append(key)
+            token = await claim(key)
+            if len(claims) == 1:
+                await asyncio.sleep(0.2)
+            return token
+
+        store.claim = slow_first_claim  # type: ignore[method-assign]
+        first, second = await asyncio.gather(service.join("k", b"one image", {}), service.join("k", b"one image", {}))
+        assert first is second and claims == ["k"]  # the second joined the first before any Redis call
+        assert first.job is not None and first.poller is None  # computed here, not polled for
+        assert (await first.future)["text_lines"][0]["text"] == "one image"
+        assert pool.tasks_run == 1
+        await store.close()
+
+    run_with_pool(check)
+
+
+def test_a_late_queued_task_view_does_not_overwrite_done(redis_url: str) -> None:
+    async def check() -> None:
+        store = make_store(redis_url)
+        await store.put_task("t1", {"task_id": "t1", "status": "done", "image_hash": "h", "result": {}})
+        await store.put_task("t1", {"task_id": "t1", "status": "queued", "image_hash": "h"})
+        assert (await store.get_task("t1"))["status"] == "done"
+        await store.close()
+
+    asyncio.run(check())
+
+
+def test_lru_trim_from_two_nodes_at_once_keeps_exactly_the_bound(redis_url: str) -> None:
+    async def check() -> None:
+        nodes = [make_store(redis_url, max_results=5) for _ in range(2)]
+        await asyncio.gather(*(nodes[i % 2].put_result(f"key{i}", {"text_lines": [], "i": i}) for i in range(200)))
+        client = redis.asyncio.Redis.from_url(redis_url)
+        members = {m.decode() for m in await client.zrange("ocr-test:lru", 0, -1)}
+        results = {k.decode().removeprefix("ocr-test:result:") async for k in client.scan_iter("ocr-test:result:*")}
+        # Neither evicted past the bound, nor a result left behind that the LRU no longer knows.
+        assert len(members) == 5 and results == members
+        await client.aclose()
+        for node in nodes:
+            await node.close()
+
+    asyncio.run(check())
+
+
+def test_a_remote_hit_is_one_round_trip(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def check() -> None:
+        store = make_store(redis_url)
+        await store.put_result("hit", {"text_lines": [{"text": "x"}]})
+        sends: list[int] = []
+        original = redis.asyncio.connection.AbstractConnection.send_packed_command
+
+        async def counted(self: Any, command: Any, check_health: bool = True) -> None:
+            sends.append(1)
+            await original(self, command, check_health)
+
+        monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "send_packed_command", counted)
+        assert await store.get_result("hit") == {"text_lines": [{"text": "x"}]}
+        assert len(sends) == 1
+        await store.close()
+
+    asyncio.run(check())
+
+
+def test_a_dead_redis_is_probed_by_one_request_at_a_time() -> None:
+    async def check() -> None:
+        store = make_store(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+        assert await store.get_result("a") is None and not store.connected
+        errors = store.errors
+        store._down_until = 0.0  # the back-off is over: the breaker is half-open
+        answers = await asyncio.gather(*(store.get_result(f"k{i}") for i in range(20)))
+        assert answers == [None] * 20
+        assert store.errors - errors == 1  # one probe failed; the other 19 did not try
+        await store.close()
+
+    asyncio.run(check())
+
+
+def test_a_wait_for_another_nodes_run_has_one_task_id_and_ends_with_its_result(redis_url: str) -> None:
+    async def check(pool: WorkerPool) -> None:
+        other, here = make_store(redis_url), make_store(redis_url)
+        token = await other.claim("k")  # another node computes this image
+        assert token is not None
+        service = OcrService(
+            pool, engine_identity="fake", cache_capacity=10, cache_ttl=60, task_capacity=10, task_ttl=60, shared=here
+        )
+        waiting = await service.join("k", b"image", {})
+        assert waiting.poller is not None and waiting.job is None
+        assert waiting.task_id == waiting.task_id and waiting.state == "queued"  # one id, not a new one per read
+        await other.put_result("k", {"text_lines": [{"text": "from the other node"}]})
+        await other.release("k", token)
+        assert (await waiting.future)["text_lines"][0]["text"] == "from the other node"
+        assert pool.tasks_run == 0 and await service.lookup("k") is not None
+        for store in (other, here):
+            await store.close()
+
+    run_with_pool(check)
+
+
+def test_task_views_keep_their_type_through_redis(redis_url: str) -> None:
+    async def check() -> None:
+        store = make_store(redis_url)
+        view = TaskView("t", "failed", "h", error=ErrorInfo("timeout", "too slow"))
+        await store.put_task("t", view.to_json())
+        assert TaskView.from_json(await store.get_task("t")) == view
+        await store.close()
+
+    asyncio.run(check())

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from bench.common import bag_cer, cer, normalize_lines
-from tests.conftest import GT_DIR, REPO, RunningServer, base_config, gt_entry, random_word, text_image
+from tests.conftest import GT_DIR, REPO, RunningServer, base_config, gt_entry, metric, random_word, text_image
 
 
 def ocr_text(body: dict) -> list[str]:
@@ -162,12 +162,29 @@ def wait_for(predicate, timeout: float = 60, message: str = "condition not reach
         time.sleep(0.2)
 
 
+def watch_ready_workers(server: RunningServer, seen: list[int], expected_recycles: int) -> None:
+    """Record /health's ready worker count until `expected_recycles` recycles are done (bounded)."""
+    deadline = time.monotonic() + 110
+    while time.monotonic() < deadline:
+        workers = server.health()["workers"]
+        seen.append(workers["ready"])
+        if workers["restarts"].get("recycled", 0) >= expected_recycles and workers["ready"] == 2:
+            return
+        time.sleep(0.02)
+
+
 def test_recycling_after_max_tasks_loses_no_request(server_factory) -> None:
     server = server_factory(base_config(number=2, max_task_number=3), name="recycle")
     pids_before = {w["pid"] for w in server.health()["workers"]["workers"]}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        responses = list(pool.map(lambda i: server.ocr_upload(text_image(f"R{i} {random_word(4)}")), range(30)))
+    ready_seen: list[int] = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as watcher_thread:
+        watcher = watcher_thread.submit(watch_ready_workers, server, ready_seen, expected_recycles=2)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            responses = list(pool.map(lambda i: server.ocr_upload(text_image(f"R{i} {random_word(4)}")), range(30)))
+        watcher.result(timeout=120)
     assert [r.status_code for r in responses] == [200] * 30
+    # Each replacement loads its models while the worker it replaces still serves.
+    assert min(ready_seen) == 2, ready_seen
     # One worker reloads at a time, so a worker may serve a few tasks past its limit
     # while another reloads; by now both first-generation workers must be gone.
     wait_for(lambda: server.health()["workers"]["ready"] == 2, message="pool not back to full strength")
@@ -267,6 +284,29 @@ def test_full_queue_gets_503_with_retry_after(server_factory) -> None:
     refused = next(r for r in responses if r.status_code == 503)
     assert error_of(refused) == "queue_full"
     assert int(refused.headers["Retry-After"]) >= 1
+
+
+def test_overload_drops_queued_tasks_without_killing_a_worker(server_factory) -> None:
+    # One worker, 2 s per task from submission, and more queued work than 2 s can clear:
+    # late tasks must be answered 503 queue_timeout unrun, and no worker killed for a task that
+    # spent its time in the queue (it used to be killed mid-OCR when its submission deadline hit).
+    server = server_factory(base_config(number=1, task_timeout=2.0), name="overload")
+    pid = server.health()["workers"]["workers"][0]["pid"]
+    images = [text_image(" ".join(random_word() for _ in range(6))) for _ in range(24)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(images)) as pool:
+        responses = list(pool.map(lambda data: server.ocr_upload(data, det="on"), images))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+    expired = [r for r in responses if r.status_code == 503]
+    assert {error_of(r) for r in expired} == {"queue_timeout"}
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in expired)
+    health = server.health()
+    assert health["workers"]["restarts"] == {}, health["workers"]
+    assert [w["pid"] for w in health["workers"]["workers"]] == [pid]
+    assert health["queue"]["expired"] == len(expired)
+    metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    assert metric(metrics, "ocr_tasks_expired_total") == len(expired)
+    assert metric(metrics, "ocr_worker_restarts_total", reason="timeout") == 0
 
 
 def test_task_past_timeout_gets_504_and_the_worker_is_replaced(server_factory) -> None:

@@ -1,0 +1,77 @@
+"""Where finished OCR results live: this process's memory, and optionally Redis behind it.
+
+Single-flight (cache/single_flight.py) and the service read and write results only through
+the ResultStore interface, so they do not know which store they have.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from cache.records import Result
+from cache.redis_store import RedisStore
+from cache.ttl_lru import TTLLRUCache
+
+
+class ResultStore(Protocol):
+    async def get(self, key: str) -> Result | None: ...
+
+    async def put(self, key: str, result: Result) -> None: ...
+
+    async def get_shared(self, key: str) -> Result | None:
+        """A result another node stored (None where there are no other nodes)."""
+        ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+class MemoryResultStore:
+    """TTL + LRU results in this process (cachetools.TTLCache underneath)."""
+
+    def __init__(self, capacity: int, ttl: float) -> None:
+        self.cache: TTLLRUCache[Result] = TTLLRUCache(capacity, ttl)
+
+    async def get(self, key: str) -> Result | None:
+        return self.cache.get(key)
+
+    async def put(self, key: str, result: Result) -> None:
+        self.cache.set(key, result)
+
+    async def get_shared(self, key: str) -> Result | None:
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "backend": "memory",
+            "size": len(self.cache),
+            "capacity": self.cache.capacity,
+            "ttl_s": self.cache.ttl,
+            "evictions": self.cache.evictions,
+        }
+
+
+class RedisBackedResultStore(MemoryResultStore):
+    """This node's memory in front of the results every node shares in Redis."""
+
+    def __init__(self, capacity: int, ttl: float, shared: RedisStore) -> None:
+        super().__init__(capacity, ttl)
+        self.shared = shared
+
+    async def get(self, key: str) -> Result | None:
+        result = self.cache.get(key)
+        if result is None:
+            result = await self.get_shared(key)
+        return result
+
+    async def put(self, key: str, result: Result) -> None:
+        self.cache.set(key, result)
+        await self.shared.put_result(key, result)
+
+    async def get_shared(self, key: str) -> Result | None:
+        result = await self.shared.get_result(key)
+        if result is not None:
+            self.cache.set(key, result)
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "backend": "redis"}

@@ -1,0 +1,125 @@
+"""Fire-and-forget task records: kept for polling by id, long-polled, shared through Redis.
+
+A record follows one computation (cache/single_flight.py) until it ends, then keeps only the
+outcome: the result or the error, never the job or the image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from typing import Any
+
+from cache.records import ErrorInfo, Result, TaskView
+from cache.redis_store import RedisStore
+from cache.single_flight import REMOTE_POLL_S, Computation
+from cache.ttl_lru import TTLLRUCache
+from ocr_pool import PoolError
+
+LONG_POLL_MAX_PAUSE_S = 0.5
+
+
+class TaskRecord:
+    """A pollable task created by a block_flag=false request."""
+
+    def __init__(self, image_hash: str) -> None:
+        self.task_id = uuid.uuid4().hex
+        self.image_hash = image_hash
+        self.created = time.time()
+        self.computation: Computation | None = None
+        self.result: Result | None = None
+        self.cached = False
+        self.error: PoolError | None = None
+
+    @property
+    def status(self) -> str:
+        if self.result is not None:
+            return "done"
+        if self.error is not None:
+            return "failed"
+        if self.computation is not None and self.computation.state == "running":
+            return "running"
+        return "queued"
+
+    def view(self) -> TaskView:
+        error = None if self.error is None else ErrorInfo(self.error.code, self.error.message)
+        return TaskView(self.task_id, self.status, self.image_hash, self.result, self.cached, error)
+
+    def record_outcome(self, future: asyncio.Future[Result]) -> None:
+        """Copy a finished computation's result or error (idempotent)."""
+        if self.result is not None or self.error is not None:
+            return
+        error = future.exception()
+        if isinstance(error, PoolError):
+            self.error = error
+        elif error is not None:
+            self.error = PoolError(f"OCR failed: {error}")
+        else:
+            self.result = future.result()
+
+
+class TaskStore:
+    def __init__(self, capacity: int, ttl: float, shared: RedisStore | None = None) -> None:
+        self.records: TTLLRUCache[TaskRecord] = TTLLRUCache(capacity, ttl)
+        self.shared = shared
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    async def add(self, record: TaskRecord) -> None:
+        """Keep a new record; one with a computation records its outcome when that ends."""
+        computation = record.computation
+        if computation is not None:
+            computation.future.add_done_callback(lambda future: asyncio.ensure_future(self._finished(record, future)))
+        self.records.set(record.task_id, record)
+        await self._share(record)
+
+    async def _finished(self, record: TaskRecord, future: asyncio.Future[Result]) -> None:
+        record.record_outcome(future)
+        # The outcome is copied: let go of the computation (and through it the job and the image).
+        record.computation = None
+        # Keep the finished record a full TTL from now, not from submission.
+        self.records.set(record.task_id, record)
+        await self._share(record)
+
+    async def _share(self, record: TaskRecord) -> None:
+        if self.shared is not None:
+            await self.shared.put_task(record.task_id, record.view().to_json())
+
+    async def view(self, task_id: str, wait: float = 0.0) -> TaskView | None:
+        """The task's state; with `wait`, first wait up to that many seconds for it to finish."""
+        record = self.records.get(task_id)
+        if record is not None:
+            computation = record.computation
+            if wait > 0 and computation is not None and record.status in ("queued", "running"):
+                with contextlib.suppress(Exception):  # timed out, or the task failed: the view says which
+                    await asyncio.wait_for(asyncio.shield(computation.future), wait)
+                if computation.future.done():
+                    record.record_outcome(computation.future)
+            return record.view()
+        if self.shared is None:
+            return None
+        return await self._remote_view(task_id, wait)
+
+    async def _remote_view(self, task_id: str, wait: float) -> TaskView | None:
+        assert self.shared is not None
+        raw = await self.shared.get_task(task_id)
+        view = None if raw is None else TaskView.from_json(raw)
+        deadline = time.monotonic() + wait
+        pause = REMOTE_POLL_S
+        while view is not None and not view.finished:
+            # The task runs on another node: follow it in Redis, backing off so that many
+            # long-polls do not become many Redis reads per second each.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 1.5, LONG_POLL_MAX_PAUSE_S)
+            raw = await self.shared.get_task(task_id)
+            view = None if raw is None else TaskView.from_json(raw)
+        return view
+
+    def stats(self) -> dict[str, Any]:
+        return {"tasks_kept": len(self.records)}
