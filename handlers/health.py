@@ -49,6 +49,7 @@ class HealthHandler(JsonHandler):
                 "queue": {"depth": pool.queue_depth, "capacity": pool.queue_size, "cancelled": pool.tasks_cancelled},
                 "ocr_runs": pool.tasks_run,
                 "cache": self.ctx.ocr.stats(),
+                "documents": self.ctx.documents.stats() if self.ctx.documents is not None else None,
                 "uploads": {
                     "buffered_bytes": self.ctx.upload_budget.used,
                     "max_buffered_bytes": self.ctx.upload_budget.limit,

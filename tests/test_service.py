@@ -350,6 +350,7 @@ def test_repo_config_json_matches_the_embedded_defaults() -> None:
     assert from_file.web_server == embedded.web_server
     assert from_file.ocr.process == embedded.ocr.process
     assert from_file.service == embedded.service
+    assert from_file.documents == embedded.documents
     assert from_file.engine_options() == embedded.engine_options()
 
 

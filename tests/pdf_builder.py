@@ -1,0 +1,83 @@
+"""PDFs and multi-page TIFFs made in the tests: scans from images, born-digital text, hostile files.
+
+Born-digital pages are written by hand (a standard Type1 font, one text object per line), so
+the text layer is known exactly.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+
+from PIL import Image
+
+PAGE_WIDTH, PAGE_HEIGHT = 612, 792  # US Letter, points
+
+
+def image_pdf(images: Iterable[Image.Image], dpi: float = 200) -> bytes:
+    """A scanned document: one image per page, the page sized so `dpi` gives the image's pixels back."""
+    pages = [image.convert("RGB") for image in images]
+    out = io.BytesIO()
+    pages[0].save(out, "PDF", save_all=True, append_images=pages[1:], resolution=dpi)
+    return out.getvalue()
+
+
+def multipage_tiff(images: Iterable[Image.Image]) -> bytes:
+    pages = [image.convert("RGB") for image in images]
+    out = io.BytesIO()
+    pages[0].save(out, "TIFF", save_all=True, append_images=pages[1:], compression="tiff_lzw")
+    return out.getvalue()
+
+
+def _escape(text: str) -> bytes:
+    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("latin-1")
+
+
+def write_pdf(objects: list[bytes], trailer_extra: bytes = b"") -> bytes:
+    """Numbered objects (1 is the catalog) with a correct cross-reference table."""
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, trailer_extra, xref)
+    return bytes(out)
+
+
+def text_pdf(
+    pages: list[list[str]],
+    *,
+    font_size: int = 28,
+    media_box: tuple[float, float] = (PAGE_WIDTH, PAGE_HEIGHT),
+    declared_count: int | None = None,
+    trailer_extra: bytes = b"",
+) -> bytes:
+    """A born-digital PDF: each page's lines in Helvetica, top to bottom."""
+    font = 3 + 2 * len(pages)
+    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(len(pages))).encode()
+    count = len(pages) if declared_count is None else declared_count
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, count)]
+    for index, lines in enumerate(pages):
+        content = b"BT /F1 %d Tf 72 %d Td " % (font_size, int(media_box[1]) - 100)
+        content += b" ".join(b"(%s) Tj 0 -%d Td" % (_escape(line), 2 * font_size) for line in lines) + b" ET"
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %.2f %.2f] /Contents %d 0 R"
+            b" /Resources << /Font << /F1 %d 0 R >> >> >>" % (media_box[0], media_box[1], 4 + 2 * index, font)
+        )
+        objects.append(b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream")
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    return write_pdf(objects, trailer_extra)
+
+
+def encrypted_pdf() -> bytes:
+    """A PDF whose /Encrypt dictionary (standard handler) needs a password nobody has."""
+    encrypt = b"/Encrypt << /Filter /Standard /V 1 /R 2 /O <%s> /U <%s> /P -4 >> /ID [<%s> <%s>] " % (
+        b"ab" * 32,
+        b"cd" * 32,
+        b"01" * 16,
+        b"01" * 16,
+    )
+    return text_pdf([["SECRET TEXT"]], trailer_extra=encrypt)
