@@ -52,20 +52,25 @@ def text_pdf(
     *,
     font_size: int = 28,
     media_box: tuple[float, float] = (PAGE_WIDTH, PAGE_HEIGHT),
+    media_boxes: dict[int, tuple[float, float]] | None = None,
     declared_count: int | None = None,
     trailer_extra: bytes = b"",
 ) -> bytes:
-    """A born-digital PDF: each page's lines in Helvetica, top to bottom."""
+    """A born-digital PDF: each page's lines in Helvetica, top to bottom.
+
+    media_boxes: other sizes for some pages (by index); declared_count: a /Count that lies.
+    """
     font = 3 + 2 * len(pages)
     kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(len(pages))).encode()
     count = len(pages) if declared_count is None else declared_count
     objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, count)]
     for index, lines in enumerate(pages):
-        content = b"BT /F1 %d Tf 72 %d Td " % (font_size, int(media_box[1]) - 100)
+        width, height = (media_boxes or {}).get(index, media_box)
+        content = b"BT /F1 %d Tf 72 %d Td " % (font_size, int(height) - 100)
         content += b" ".join(b"(%s) Tj 0 -%d Td" % (_escape(line), 2 * font_size) for line in lines) + b" ET"
         objects.append(
             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %.2f %.2f] /Contents %d 0 R"
-            b" /Resources << /Font << /F1 %d 0 R >> >> >>" % (media_box[0], media_box[1], 4 + 2 * index, font)
+            b" /Resources << /Font << /F1 %d 0 R >> >> >>" % (width, height, 4 + 2 * index, font)
         )
         objects.append(b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream")
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
