@@ -335,7 +335,12 @@ def jpeg_pdf(pages: Sequence[tuple[bytes, int, int, str]], tag: str = "", dpi: f
         )
         kids.append(b"%d 0 R" % first)
     objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(kids), len(kids))
-    out = bytearray(b"%PDF-1.4\n%" + tag.encode("ascii", "replace").replace(b"\n", b" ") + b"\n")
+    return write_pdf(objects, comment=tag.encode("ascii", "replace").replace(b"\n", b" "))
+
+
+def write_pdf(objects: Sequence[bytes], comment: bytes = b"", trailer_extra: bytes = b"") -> bytes:
+    """Numbered PDF objects (1 is the catalog) with a correct cross-reference table."""
+    out = bytearray(b"%PDF-1.4\n%" + (comment or b"\xe2\xe3\xcf\xd3") + b"\n")
     offsets = []
     for number, body in enumerate(objects, 1):
         offsets.append(len(out))
@@ -343,7 +348,7 @@ def jpeg_pdf(pages: Sequence[tuple[bytes, int, int, str]], tag: str = "", dpi: f
     xref = len(out)
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, trailer_extra, xref)
     return bytes(out)
 
 

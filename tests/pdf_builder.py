@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 from PIL import Image
 
+from multirequest import write_pdf
+
 PAGE_WIDTH, PAGE_HEIGHT = 612, 792  # US Letter, points
 
 
@@ -31,20 +33,6 @@ def multipage_tiff(images: Iterable[Image.Image]) -> bytes:
 
 def _escape(text: str) -> bytes:
     return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("latin-1")
-
-
-def write_pdf(objects: list[bytes], trailer_extra: bytes = b"") -> bytes:
-    """Numbered objects (1 is the catalog) with a correct cross-reference table."""
-    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, trailer_extra, xref)
-    return bytes(out)
 
 
 def text_pdf(
@@ -74,7 +62,7 @@ def text_pdf(
         )
         objects.append(b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream")
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    return write_pdf(objects, trailer_extra)
+    return write_pdf(objects, trailer_extra=trailer_extra)
 
 
 def encrypted_pdf() -> bytes:
