@@ -212,3 +212,26 @@ def test_a_worker_killed_during_a_page_costs_nothing(server_factory: Any) -> Non
         time.sleep(0.1)
     assert server.health()["workers"]["ready"] == 2
     assert server.ocr_upload(text_image("STILL SERVING")).status_code == 200
+
+
+def test_a_single_image_is_not_kept_waiting_behind_a_long_document(ocr_server: RunningServer) -> None:
+    rows = gt_rows(SCANS)
+    images = [open_gt(row) for row in rows]
+    pdf = image_pdf([images[i % 3].rotate(180 * (i // 3)) for i in range(8)], dpi=170)
+    submitted = post_document(ocr_server, pdf, block_flag="false").json()
+    status_url = f"{ocr_server.url}{submitted['status_url']}"
+    deadline = time.monotonic() + 120
+    before = 0
+    while not before and time.monotonic() < deadline:  # the pages are under way
+        time.sleep(0.05)
+        before = requests.get(status_url, timeout=30).json()["pages_done"]
+    word = random_word()
+    image = ocr_server.ocr_upload(text_image(word))  # arrives while the document's pages run
+    assert image.status_code == 200 and image.json()["text_lines"][0]["text"] == word
+    # It waited for the (at most 2) pages already running, not for the rest of the document:
+    # the 2 running then, and 1 more on the other worker while the image was read, at most.
+    view = requests.get(status_url, timeout=30).json()
+    assert view["status"] == "running" and view["pages_done"] <= before + 3, (before, view)
+    while view["status"] not in ("done", "failed"):
+        view = requests.get(f"{status_url}?wait=30", timeout=60).json()
+    assert view["status"] == "done" and view["pages_failed"] == 0
