@@ -267,6 +267,12 @@ def _schemas() -> dict[str, Any]:
                 },
                 "ocr_runs": {"type": "integer"},
                 "cache": {"type": "object", "description": "Result cache counters and backend."},
+                "documents": {
+                    "type": "object",
+                    "nullable": True,
+                    "description": "Documents in flight and run, pages read by OCR, from text layers and from "
+                    "the cache, pages waiting for a worker.",
+                },
                 "uploads": {
                     "type": "object",
                     "description": "Request bodies held in memory now, the limit, and uploads refused for it.",
