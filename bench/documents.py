@@ -90,12 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pages", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--setups", default="2x1,1x1,1x2", help="workers x threads to run, comma-separated (1x1 is the baseline)"
+    )
     args = parser.parse_args(argv)
     rows = scanned_pages(args.pages)
     jpegs = [mr.jpeg_page((OCR_GT / row["image"]).read_bytes()) for row in rows]
     texts = [row["lines"] for row in rows]
     results: list[dict[str, Any]] = []
-    for label, workers, threads in SETUPS:
+    wanted = set(args.setups.split(","))
+    setups = [setup for setup in SETUPS if f"{setup[1]}x{setup[2]}" in wanted]
+    if not any(setup[1:] == (1, 1) for setup in setups):
+        parser.error("--setups must include 1x1, the baseline")
+    for label, workers, threads in setups:
         config = {
             "ocr": {"process": {"number": workers}, "predict_system": {"cpu_threads": threads}},
             "documents": {"max_pdf_pages": max(100, args.pages)},
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(row)
         finally:
             server.stop()
-    baseline = results[1]
+    baseline = next(row for row in results if row["workers"] == row["threads"] == 1)
     print(f"\n{args.pages} pages per document; speed-up = pages/s against one worker x 1 thread\n")
     print(f"| setup | {' | '.join(name for name in results[0] if isinstance(results[0][name], dict))} |")
     for row in results:
