@@ -114,9 +114,12 @@ class DocumentService:
         options = {**params, "document": kind, **self.render.spec()}
         return self.ocr.cache_key(doc_hash, options)
 
-    def page_key(self, doc_hash: str, kind: str, index: int, det: str) -> str:
+    def page_key(self, doc_hash: str, kind: str, index: int, det: str, fingerprint: str | None = None) -> str:
+        """A page's cache key: its content's fingerprint (a scanned PDF page: the same scan in
+        another PDF is the same page), else the document's hash and the page number."""
         options = {"det": det, "document": kind, **self.render.spec()}
-        return self.ocr.cache_key(f"{doc_hash}#page={index + 1}", options)
+        identity = f"scan:{fingerprint}" if fingerprint else f"{doc_hash}#page={index + 1}"
+        return self.ocr.cache_key(identity, options)
 
     # ---- requests --------------------------------------------------------------------
 
@@ -225,6 +228,7 @@ class DocumentService:
             self._admit(len([info for info in infos if info["layer"] is None and info["error"] is None]))
         pages: list[dict[str, Any] | None] = [None] * len(infos)
         to_ocr: list[tuple[int, dict[str, Any]]] = []
+        keys: dict[int, str] = {}
         for index, info in enumerate(infos):
             number = index + 1
             if info["error"] is not None:
@@ -233,7 +237,8 @@ class DocumentService:
                 pages[index] = _page_body(number, info["image_size"], info["layer"], "layer", {}, False)
                 self.pages_layer += 1
             else:
-                cached = await self.ocr.lookup(self.page_key(doc_hash, run.kind, index, det))
+                keys[index] = self.page_key(doc_hash, run.kind, index, det, info.get("fingerprint"))
+                cached = await self.ocr.lookup(keys[index])
                 if cached is not None:
                     pages[index] = _ocr_page(number, cached, True)
                     self.pages_cached += 1
@@ -245,7 +250,7 @@ class DocumentService:
         if to_ocr:
             run.pages = self.scheduler.add(payload, to_ocr)
             await asyncio.gather(
-                *(self._page(run, task.future, task.index, doc_hash, det, pages) for task in run.pages.tasks)
+                *(self._page(run, task.future, task.index, keys[task.index], pages) for task in run.pages.tasks)
             )
         done = [page for page in pages if page is not None]
         failed = [page for page in done if "error" in page]
@@ -265,8 +270,7 @@ class DocumentService:
         run: DocumentRun,
         future: asyncio.Future[dict[str, Any]],
         index: int,
-        doc_hash: str,
-        det: str,
+        key: str,
         pages: list[dict[str, Any] | None],
     ) -> None:
         try:
@@ -276,7 +280,7 @@ class DocumentService:
         else:
             pages[index] = _ocr_page(index + 1, result, False)
             self.pages_ocr += 1
-            await self._store(self.page_key(doc_hash, run.kind, index, det), result)
+            await self._store(key, result)
         run.pages_done += 1
 
     def stats(self) -> dict[str, Any]:

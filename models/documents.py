@@ -14,7 +14,16 @@ import numpy as np
 
 from .errors import ImageDecodeError, ImageError
 from .image_io import decode_image
-from .pdf import RenderLimits, check_page_count, open_pdf, page_problem, render_page, rendered_size, text_layer
+from .pdf import (
+    RenderLimits,
+    check_page_count,
+    open_pdf,
+    page_fingerprint,
+    page_problem,
+    render_page,
+    rendered_size,
+    text_layer,
+)
 
 PDF_TEXT_MODES = ("auto", "ocr", "layer")
 KINDS = ("pdf", "tiff")
@@ -52,7 +61,7 @@ def probe_pdf(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
     mode = spec.get("pdf_text", "auto")
     pages = []
     for index in range(count):
-        info: dict[str, Any] = {"image_size": None, "layer": None, "error": None}
+        info: dict[str, Any] = {"image_size": None, "layer": None, "error": None, "fingerprint": None}
         try:
             page = document[index]
         except Exception as exc:  # noqa: BLE001 - PDFium says only that the page failed to load
@@ -71,10 +80,19 @@ def probe_pdf(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
                     lines, real = text_layer(page, size)
                     if mode == "layer" or real:
                         info["layer"] = lines
+                if info["layer"] is None:
+                    info["fingerprint"] = _fingerprint(page)
         finally:
             page.close()
         pages.append(info)
     return {"pages_total": count, "pages": pages}
+
+
+def _fingerprint(page: Any) -> str | None:
+    try:
+        return page_fingerprint(page)
+    except Exception:  # noqa: BLE001 - no content identity: the page is keyed by its number
+        return None
 
 
 def page_pixels(data: bytes, spec: dict[str, Any], max_pixels: int, min_side: int) -> np.ndarray:

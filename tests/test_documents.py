@@ -88,6 +88,14 @@ def test_scanned_pdf_pages_read_as_well_as_the_images_alone(ocr_server: RunningS
     assert again["cached"] is True and again["pages"] == body["pages"]
     assert ocr_server.health()["ocr_runs"] == runs
 
+    # The second scan inside another PDF (after a new page): only the new page is OCR'd.
+    word = random_word()
+    other = image_pdf([Image.open(io.BytesIO(text_image(word))), open_gt(rows[1])], dpi=200)
+    mixed = post_document(ocr_server, other).json()
+    assert [page["cached"] for page in mixed["pages"]] == [False, True]
+    assert mixed["pages"][1]["text_lines"] == body["pages"][1]["text_lines"]
+    assert ocr_server.health()["ocr_runs"] == runs + 2  # the probe and the new page
+
 
 def test_born_digital_pdf_answers_from_its_text_layer(ocr_server: RunningServer) -> None:
     lines = [[f"INVOICE {random_word(6)}", "TOTAL 12.50 EUR"], [f"PAGE TWO {random_word(6)}"]]
