@@ -15,8 +15,10 @@ from handlers.request_parsing import OcrRequest
 from models.tiff import count_tiff_pages, is_tiff
 from ocr_pool import PoolError
 
-# PDF readers accept the header anywhere in the first KiB (some generators put junk first).
+# PDF readers accept the header anywhere in the first KiB (some generators put junk first)...
 PDF_HEADER_WINDOW = 1024
+# ... but an image whose metadata happens to hold "%PDF-" stays an image.
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"II*\x00", b"MM\x00*", b"RIFF", b"BM")
 
 
 def document_kind(data: bytes, max_pages: int) -> tuple[str, int | None] | None:
@@ -24,7 +26,7 @@ def document_kind(data: bytes, max_pages: int) -> tuple[str, int | None] | None:
 
     A TIFF with more pages than max_pages is refused here, before any work.
     """
-    if b"%PDF-" in data[:PDF_HEADER_WINDOW]:
+    if data.startswith(b"%PDF-") or (b"%PDF-" in data[:PDF_HEADER_WINDOW] and not data.startswith(IMAGE_MAGIC)):
         return "pdf", None
     if is_tiff(data):
         pages = count_tiff_pages(data, max_pages)

@@ -5,7 +5,10 @@ in test_documents.py."""
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import Any
+
+from PIL import Image
 
 from cache import OcrService
 from cache.documents import DocumentService, RenderSettings
@@ -126,3 +129,24 @@ def test_the_last_client_leaving_cancels_the_pages_not_started() -> None:
         assert pool.tasks_run <= 4  # the pages running at the time, not the 10
 
     run(scenario)
+
+
+def test_what_the_event_loop_calls_a_document() -> None:
+    from handlers.documents import document_kind
+    from handlers.errors import ApiError
+    from tests.conftest import text_image
+    from tests.pdf_builder import multipage_tiff, text_pdf
+
+    assert document_kind(text_pdf([["A"]]), 100) == ("pdf", None)
+    assert document_kind(b"junk before the header\n" + text_pdf([["A"]]), 100) == ("pdf", None)
+    png = text_image("PDF")
+    assert document_kind(png[:40] + b"%PDF-1.4" + png[40:], 100) is None  # an image mentioning it
+    page = Image.open(io.BytesIO(png))
+    assert document_kind(multipage_tiff([page] * 3), 100) == ("tiff", 3)
+    assert document_kind(multipage_tiff([page]), 100) is None  # one page: an image
+    try:
+        document_kind(multipage_tiff([page] * 4), 3)
+    except ApiError as error:
+        assert error.status == 413 and error.code == "too_many_pages" and "max_pdf_pages=3" in error.message
+    else:
+        raise AssertionError("4 pages past a limit of 3 must be refused")
