@@ -21,6 +21,9 @@ from ocr_pool import Job, PoolError, QueueFullError, TaskCancelledError, TaskFai
 from ocr_pool.pages import DocumentPages, PageScheduler, settle
 
 PDF_TEXT_MODES = ("auto", "ocr", "layer")
+# Errors that say nothing about a page but about the server (stopping, no worker, full): a
+# page failing so fails the whole document, to be retried (its finished pages are cached).
+SERVER_ERRORS = ("shutting_down", "no_worker", "queue_full", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,9 @@ class DocumentService:
             )
         done = [page for page in pages if page is not None]
         failed = [page for page in done if "error" in page]
+        server_side = next((page for page in failed if page["error"]["code"] in SERVER_ERRORS), None)
+        if server_side is not None:
+            raise TaskFailedError(server_side["error"]["code"], server_side["error"]["message"])
         if failed and len(failed) == len(done):
             # Nothing could be read: the request fails as the first page did.
             raise TaskFailedError(failed[0]["error"]["code"], _whole_failure_message(failed))

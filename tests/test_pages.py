@@ -12,7 +12,7 @@ from PIL import Image
 
 from cache import OcrService
 from cache.documents import DocumentService, RenderSettings
-from ocr_pool import TaskCancelledError, WorkerPool
+from ocr_pool import PoolError, TaskCancelledError, WorkerPool
 from ocr_pool.pages import PageScheduler
 from tests.test_pool import run, wait_for
 
@@ -150,3 +150,19 @@ def test_what_the_event_loop_calls_a_document() -> None:
         assert error.status == 413 and error.code == "too_many_pages" and "max_pdf_pages=3" in error.message
     else:
         raise AssertionError("4 pages past a limit of 3 must be refused")
+
+
+def test_a_document_cut_short_by_shutdown_fails_as_a_whole_with_503() -> None:
+    async def scenario(pool: WorkerPool) -> None:
+        _ocr, documents = services(pool)
+        run_ = documents.join("doc-stop", "tiff", b"pages:sleep=0.3", "h-stop", {"det": "auto", "pdf_text": "ocr"}, 8)
+        await wait_for(lambda: run_.pages_done >= 1)
+        await pool.close(grace=0.2)  # SIGTERM: what has not started is refused
+        try:
+            await run_.future
+        except PoolError as error:
+            assert error.code == "shutting_down"
+        else:
+            raise AssertionError("a document with unread pages at shutdown must fail, not answer half")
+
+    run(scenario)
