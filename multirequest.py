@@ -13,6 +13,8 @@ Scenarios (``--scenario``):
   request asks for it again (cache hits);
 - ``mixed``          even requests are distinct uncached images, odd ones the
   cached image;
+- ``documents``      every request carries a new PDF of ``--pages`` scanned pages
+  (the images, in turn), read page by page over the workers; the report adds pages/s;
 - ``all``            the original project's three measurements in one run:
   distinct, same-uncached and same-cached, one request per client by default.
 
@@ -56,7 +58,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
-SCENARIOS = ("distinct", "same-uncached", "same-cached", "mixed")
+SCENARIOS = ("distinct", "same-uncached", "same-cached", "mixed", "documents")
 ALL_SCENARIOS = ("distinct", "same-uncached", "same-cached")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SHARED_LOAD_DIR = Path(__file__).resolve().parent.parent / "shared" / "data" / "load"
@@ -188,6 +190,10 @@ def format_report(summary: dict[str, Any], *, context: str = "") -> str:
         ),
         f"errors      {err_text}",
         f"throughput  {summary['throughput_rps']:.2f} req/s over {summary['wall_s']:.2f} s",
+    ]
+    if "pages_per_s" in summary:
+        lines.append(f"pages       {summary['pages_per_s']:.2f} pages/s ({summary['pages_per_request']} per document)")
+    lines += [
         f"latency     {format_latency_line(summary['latency_s'])}",
     ]
     if "submit_latency_s" in summary:
@@ -288,16 +294,78 @@ def build_multipart(
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
+def jpeg_page(data: bytes) -> tuple[bytes, int, int, str]:
+    """An image as a baseline JPEG to embed in a PDF page: (bytes, width, height, colour space)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format == "JPEG" and image.mode in ("RGB", "L") and not image.info.get("progressive"):
+            return data, image.width, image.height, "DeviceRGB" if image.mode == "RGB" else "DeviceGray"
+        rgb = image.convert("RGB")
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=92)
+    return out.getvalue(), rgb.width, rgb.height, "DeviceRGB"
+
+
+def jpeg_pdf(pages: Sequence[tuple[bytes, int, int, str]], tag: str = "", dpi: float = 200.0) -> bytes:
+    """A scanned-document PDF: one JPEG per page, sized so `dpi` renders it at its own pixels.
+
+    Written directly (the JPEG bytes as they are, DCTDecode), so building one costs no
+    encoding; `tag` goes in a comment, so every document has its own bytes and hash.
+    """
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]
+    kids = []
+    for jpeg, width, height, space in pages:
+        first = len(objects) + 1  # page, contents, image
+        w_pt, h_pt = width * 72.0 / dpi, height * 72.0 / dpi
+        content = b"q %.3f 0 0 %.3f 0 0 cm /Im0 Do Q" % (w_pt, h_pt)
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %.3f %.3f] /Contents %d 0 R"
+            b" /Resources << /XObject << /Im0 %d 0 R >> >> >>" % (w_pt, h_pt, first + 1, first + 2)
+        )
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
+        objects.append(
+            b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /%s /BitsPerComponent 8"
+            b" /Filter /DCTDecode /Length %d >>\nstream\n"
+            % (width, height, space.encode(), len(jpeg))
+            + jpeg
+            + b"\nendstream"
+        )
+        kids.append(b"%d 0 R" % first)
+    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(kids), len(kids))
+    return write_pdf(objects, comment=tag.encode("ascii", "replace").replace(b"\n", b" "))
+
+
+def write_pdf(objects: Sequence[bytes], comment: bytes = b"", trailer_extra: bytes = b"") -> bytes:
+    """Numbered PDF objects (1 is the catalog) with a correct cross-reference table."""
+    out = bytearray(b"%PDF-1.4\n%" + (comment or b"\xe2\xe3\xcf\xd3") + b"\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, trailer_extra, xref)
+    return bytes(out)
+
+
 @dataclass(frozen=True)
 class RequestSpec:
-    """One request: which file, and the tag making its bytes unique (None: as is)."""
+    """One request: which file, and the tag making its bytes unique (None: as is).
+
+    pages: for a document request, the images of its pages (sent as one PDF; path is the first).
+    """
 
     path: Path
     tag: str | None
+    pages: tuple[Path, ...] = ()
 
 
 def plan_scenario(
-    name: str, images: Sequence[Path], count: int, same_image: Path, run_id: str
+    name: str, images: Sequence[Path], count: int, same_image: Path, run_id: str, pages: int = 4
 ) -> tuple[list[RequestSpec], RequestSpec | None]:
     """The requests of a scenario and the warm-up request to send (unmeasured)
     before it, if any.  Tags include ``run_id`` so nothing is cached beforehand."""
@@ -316,6 +384,12 @@ def plan_scenario(
             for i in range(count)
         ]
         return specs, cached
+    if name == "documents":
+        specs = []
+        for i in range(count):
+            paths = tuple(images[(i * pages + k) % len(images)] for k in range(pages))
+            specs.append(RequestSpec(paths[0], f"{run_id}-doc{i}", paths))
+        return specs, None
     raise ValueError(f"unknown scenario {name!r}")
 
 
@@ -382,6 +456,7 @@ class OcrClient:
         # force_instance: our own max_clients, not the process-wide shared client.
         self.http = AsyncHTTPClient(force_instance=True, max_clients=max(1, max_clients))
         self._file_cache: dict[Path, bytes] = {}
+        self._page_cache: dict[Path, tuple[bytes, int, int, str]] = {}
 
     def close(self) -> None:
         self.http.close()
@@ -406,11 +481,16 @@ class OcrClient:
                 request_timeout=timeout,
                 connect_timeout=min(timeout, 10.0),
             )
-        data = self._read(spec.path)
-        if spec.tag is not None:
-            data = unique_image_bytes(data, spec.tag)
+        if spec.pages:
+            data = jpeg_pdf([self.page(path) for path in spec.pages], spec.tag or "")
+            name = f"{spec.path.stem}+{len(spec.pages) - 1}.pdf"
+        else:
+            data = self._read(spec.path)
+            if spec.tag is not None:
+                data = unique_image_bytes(data, spec.tag)
+            name = spec.path.name
         body_bytes, content_type = build_multipart(
-            {"file_type": "file", "block_flag": block}, "file", spec.path.name, data, uuid.uuid4().hex
+            {"file_type": "file", "block_flag": block}, "file", name, data, uuid.uuid4().hex
         )
         return HTTPRequest(
             url,
@@ -420,6 +500,19 @@ class OcrClient:
             request_timeout=timeout,
             connect_timeout=min(timeout, 10.0),
         )
+
+    def page(self, path: Path) -> tuple[bytes, int, int, str]:
+        """The image as a PDF page (converted to JPEG once, before the run if prepare() was called)."""
+        page = self._page_cache.get(path)
+        if page is None:
+            page = self._page_cache[path] = jpeg_page(self._read(path))
+        return page
+
+    def prepare(self, specs: Sequence[RequestSpec]) -> None:
+        """Convert every document page up front, so no image encoding runs while measuring."""
+        for spec in specs:
+            for path in spec.pages:
+                self.page(path)
 
     async def _fetch(self, request: HTTPRequest) -> tuple[str, HTTPResponse | None, str | None]:
         """(status key, response, error text); status key "ok" means a 2xx."""
@@ -471,7 +564,7 @@ class OcrClient:
         body = _json_or_none(response)
         if body is None:
             return Outcome(index, "bad_response", detail="response is not a JSON object")
-        if body.get("status") == "done" and "text_lines" in body:
+        if body.get("status") == "done" and ("text_lines" in body or "pages" in body):
             # Blocking answer (or a no-block request answered with its result at once).
             return Outcome(
                 index,
@@ -630,9 +723,11 @@ async def run_scenario(
     deadline: float,
     run_id: str,
     progress: bool = True,
+    pages: int = 4,
 ) -> tuple[dict[str, Any], list[Outcome]]:
     """Warm up if the scenario needs it, run it, and summarise it."""
-    specs, warmup = plan_scenario(name, images, count, same_image, run_id)
+    specs, warmup = plan_scenario(name, images, count, same_image, run_id, pages)
+    client.prepare(specs)
     if warmup is not None:
         w = await client.send(-1, warmup, deadline)
         if not w.ok:
@@ -645,7 +740,11 @@ async def run_scenario(
         bar.close()
     runs_after = await client.ocr_runs()
     runs = runs_after - runs_before if runs_before is not None and runs_after is not None else None
-    return summarize_scenario(name, outcomes, planned=len(specs), wall_s=wall, ocr_runs=runs), outcomes
+    summary = summarize_scenario(name, outcomes, planned=len(specs), wall_s=wall, ocr_runs=runs)
+    if name == "documents":
+        summary["pages_per_request"] = pages
+        summary["pages_per_s"] = summary["throughput_rps"] * pages
+    return summary, outcomes
 
 
 # --------------------------------------------------------------------------
@@ -731,6 +830,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="name",
         help="order in which distinct images are sent",
     )
+    p.add_argument("--pages", type=int, default=4, help="pages per PDF in the documents scenario")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout, seconds")
     p.add_argument("--deadline", type=float, default=900.0, help="overall time limit for the run, seconds")
     p.add_argument("--wait-ready", type=float, default=60.0, help="seconds to wait for GET /readyz == 200")
@@ -741,6 +841,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.concurrency < 1:
         p.error("--concurrency must be >= 1")
+    if args.pages < 1:
+        p.error("--pages must be >= 1")
     if args.requests is not None and args.requests < 1:
         p.error("--requests must be >= 1")
     if args.timeout <= 0 or args.deadline <= 0:
@@ -804,6 +906,7 @@ async def run(args: argparse.Namespace) -> int:
                 deadline=deadline,
                 run_id=run_id,
                 progress=not args.quiet,
+                pages=args.pages,
             )
             results.append((summary, outcomes))
             print(format_report(summary, context=context), flush=True)

@@ -18,6 +18,7 @@ from typing import Any
 from tornado import netutil, web
 
 from cache import OcrService
+from cache.documents import DocumentService, RenderSettings
 from cache.redis_store import RedisStore, redact
 from handlers import AppContext, ServiceMetrics, routes
 from handlers.base import OPEN_REQUESTS, NotFoundHandler
@@ -25,6 +26,7 @@ from handlers.upload_budget import UploadBudget
 from http_listener import GuardedHTTPServer, raise_descriptor_limit
 from models import ModelLoadError, check_model_files, model_identity
 from ocr_pool import WorkerPool, read_usable_cpus
+from ocr_pool.pages import PageScheduler
 from settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("ocr_server")
@@ -99,7 +101,10 @@ def build_context(settings: Settings) -> AppContext:
         shared=shared,
         failure_ttl=service.failure_ttl,
     )
+    docs = settings.documents
+    render = RenderSettings(docs.dpi, docs.max_page_side, docs.max_page_pixels, docs.max_pdf_pages)
     return AppContext(
+        documents=DocumentService(ocr, PageScheduler(pool), render),
         settings=settings,
         ocr=ocr,
         pool=pool,

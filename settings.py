@@ -91,10 +91,24 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
+class DocumentSettings:
+    """PDFs and multi-page TIFFs: each page is rendered (in a worker) and OCR'd as an image."""
+
+    # More pages than this: 413 too_many_pages (PDF and multi-page TIFF alike).
+    max_pdf_pages: int = 100
+    # PDF pages become pixels at this resolution, then the longest side and the total
+    # pixels are capped (a poster-sized page is rendered smaller, never as a bomb).
+    dpi: float = 200.0
+    max_page_side: int = 4000
+    max_page_pixels: int = 16_000_000
+
+
+@dataclass(frozen=True)
 class Settings:
     web_server: WebServerSettings = field(default_factory=WebServerSettings)
     ocr: OcrSettings = field(default_factory=OcrSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    documents: DocumentSettings = field(default_factory=DocumentSettings)
     # Directory relative paths (allowed roots, filenames) are resolved against.
     base_dir: str = str(REPO_DIR)
 
@@ -188,7 +202,7 @@ def _check_predict_system(options: dict[str, Any]) -> None:
 
 
 def _check_ranges(settings: Settings) -> None:
-    web, proc, svc = settings.web_server, settings.ocr.process, settings.service
+    web, proc, svc, docs = settings.web_server, settings.ocr.process, settings.service, settings.documents
     checks = [
         (0 <= web.port <= 65535, "web_server.port must be 0..65535"),
         (web.max_body_bytes > 0, "web_server.max_body_bytes must be > 0"),
@@ -205,6 +219,10 @@ def _check_ranges(settings: Settings) -> None:
         (svc.img_number >= 0, "service.img_number must be >= 0"),
         (svc.task_number >= 1, "service.task_number must be >= 1"),
         (svc.failure_ttl >= 0, "service.failure_ttl must be >= 0"),
+        (docs.max_pdf_pages >= 1, "documents.max_pdf_pages must be >= 1"),
+        (10 <= docs.dpi <= 1200, "documents.dpi must be 10..1200"),
+        (docs.max_page_side >= 64, "documents.max_page_side must be >= 64"),
+        (docs.max_page_pixels >= 64 * 64, "documents.max_page_pixels must be >= 4096"),
         (settings.ocr.engine in ENGINES, f"ocr.engine must be one of {', '.join(ENGINES)}"),
         (svc.backend in BACKENDS, f"service.backend must be one of {', '.join(BACKENDS)}"),
     ]

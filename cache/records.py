@@ -28,13 +28,25 @@ class TaskView:
     result: Result | None = None
     cached: bool = False
     error: ErrorInfo | None = None
+    # Documents (PDF, multi-page TIFF) only: progress; None while the page count is unknown.
+    is_document: bool = False
+    pages_done: int | None = None
+    pages_total: int | None = None
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
 
-    def to_json(self) -> dict[str, Any]:
+    def status_json(self) -> dict[str, Any]:
+        """What a poll answers while the task is not done (documents: with their progress)."""
         body: dict[str, Any] = {"task_id": self.task_id, "status": self.status, "image_hash": self.image_hash}
+        if self.is_document:
+            body["pages_done"] = self.pages_done
+            body["pages_total"] = self.pages_total
+        return body
+
+    def to_json(self) -> dict[str, Any]:
+        body = self.status_json()
         if self.result is not None:
             body["result"] = self.result
             body["cached"] = self.cached
@@ -52,4 +64,7 @@ class TaskView:
             result=body.get("result"),
             cached=bool(body.get("cached", False)),
             error=ErrorInfo(error["code"], error["message"]) if error else None,
+            is_document="pages_total" in body,
+            pages_done=body.get("pages_done"),
+            pages_total=body.get("pages_total"),
         )

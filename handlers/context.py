@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cache import OcrService
+from cache.documents import DocumentService
 from handlers.upload_budget import UploadBudget
 from ocr_pool import WorkerPool
 from settings import Settings
@@ -22,4 +23,6 @@ class AppContext:
     upload_budget: UploadBudget
     # CPUs the process may use (affinity, cgroup quota): the workers' threads are shared out of these.
     usable_cpus: int = 1
+    # PDFs and multi-page TIFFs (built beside `ocr` in server.build_context).
+    documents: DocumentService | None = None
     started: float = field(default_factory=time.monotonic)

@@ -54,6 +54,7 @@ class HealthHandler(JsonHandler):
                 },
                 "ocr_runs": pool.tasks_run,
                 "cache": self.ctx.ocr.stats(),
+                "documents": self.ctx.documents.stats() if self.ctx.documents is not None else None,
                 "uploads": {
                     "buffered_bytes": self.ctx.upload_budget.used,
                     "max_buffered_bytes": self.ctx.upload_budget.limit,

@@ -13,6 +13,7 @@ from tornado import web
 from cache import Computation, TaskRecord
 from handlers.base import JsonHandler
 from handlers.context import AppContext
+from handlers.documents import DocumentAnswers, document_body, document_kind
 from handlers.errors import STATUS_BY_CODE, ApiError, api_error_from_pool
 from handlers.files import read_image_file, resolve_allowed_path
 from handlers.request_parsing import (
@@ -39,6 +40,8 @@ def sha256_hex(data: bytes) -> str:
 
 
 def result_body(task_id: str, image_hash: str, result: dict[str, Any], cached: bool) -> dict[str, Any]:
+    if "pages" in result:
+        return document_body(task_id, image_hash, result, cached)
     return {
         "task_id": task_id,
         "status": "done",
@@ -52,7 +55,7 @@ def result_body(task_id: str, image_hash: str, result: dict[str, Any], cached: b
 
 
 @web.stream_request_body
-class OcrHandler(JsonHandler):
+class OcrHandler(DocumentAnswers, JsonHandler):
     endpoint = "/ocr_service"
     ctx: AppContext
     # Class default: on_connection_close may run for requests prepare() never saw (405).
@@ -144,9 +147,13 @@ class OcrHandler(JsonHandler):
             image_hash = await loop.run_in_executor(None, sha256_hex, image_bytes)
         else:
             image_hash = sha256_hex(image_bytes)
+        self.log_fields["image_hash"] = image_hash[:12]
+        document = document_kind(image_bytes, self.ctx.settings.documents.max_pdf_pages)
+        if document is not None:
+            await self.answer_document(request, image_bytes, image_hash, *document)
+            return
         params = {"det": request.det}
         key = self.ctx.ocr.cache_key(image_hash, params)
-        self.log_fields["image_hash"] = image_hash[:12]
         try:
             if request.block:
                 await self._answer_blocking(key, image_hash, image_bytes, params)
@@ -200,7 +207,7 @@ class OcrHandler(JsonHandler):
             body = result_body(record.task_id, record.image_hash, record.result, record.cached)
             self.log_fields["cached"] = record.cached
         else:
-            body = {"task_id": record.task_id, "status": record.status, "image_hash": record.image_hash}
+            body = record.view().status_json()
         body["status_url"] = status_url
         self.write_json(body, status=202)
 
@@ -229,7 +236,7 @@ class TaskHandler(JsonHandler):
         if view.status == "done" and view.result is not None:
             self.write_json(result_body(view.task_id, view.image_hash, view.result, view.cached))
             return
-        body: dict[str, Any] = {"task_id": view.task_id, "status": view.status, "image_hash": view.image_hash}
+        body = view.status_json()
         if view.error is not None:
             code = view.error.code
             body["error"] = {"code": code, "message": view.error.message, "http_status": STATUS_BY_CODE.get(code, 500)}

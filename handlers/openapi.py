@@ -12,7 +12,14 @@ from typing import Any
 
 from handlers.base import JsonHandler
 from handlers.errors import STATUS_BY_CODE
-from handlers.request_parsing import DEFAULT_DET, DET_MODES, FALSE_WORDS, MAX_TASK_WAIT_S, TRUE_WORDS
+from handlers.request_parsing import (
+    DEFAULT_DET,
+    DET_MODES,
+    FALSE_WORDS,
+    MAX_TASK_WAIT_S,
+    PDF_TEXT_MODES,
+    TRUE_WORDS,
+)
 
 API_VERSION = "0.1.0"
 JSON = "application/json"
@@ -56,8 +63,9 @@ OCR_ERROR_MEANINGS = {
     400: "Malformed or incomplete request, or an unusable `filename`.",
     403: "`filename` lies outside the folders this server may read (`web_server.allowed_roots`).",
     404: "`filename` names no file.",
-    413: "The body, the file or the decoded image (pixels) is larger than the limits.",
-    415: "Neither a supported request encoding nor a decodable image.",
+    413: "The body, the file, the decoded image (pixels), a document's page count (`documents.max_pdf_pages`) "
+    "or a PDF page's size is larger than the limits.",
+    415: "Neither a supported request encoding nor a decodable image or document (an encrypted or corrupt PDF).",
     422: "The image decodes but is too small to read.",
     500: "The OCR worker failed on this image.",
     503: "Overloaded (queue full, or the task could not start within `ocr.process.task_timeout`),"
@@ -99,6 +107,23 @@ def _schemas() -> dict[str, Any]:
         "timing": _ref("Timing"),
     }
     task_status = {"type": "string", "enum": ["queued", "running", "done", "failed"]}
+    pages_count = {"type": "integer", "minimum": 0, "nullable": True}
+    document_properties: dict[str, Any] = {
+        "task_id": {"type": "string"},
+        "status": {"type": "string", "enum": ["done"]},
+        "image_hash": {**result_properties["image_hash"], "description": "SHA-256 of the document's bytes."},
+        "document_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "The same SHA-256."},
+        "cached": result_properties["cached"],
+        "document": {
+            "type": "object",
+            "properties": {"type": {"type": "string", "enum": ["pdf", "tiff"]}, "pages": {"type": "integer"}},
+        },
+        "pages_done": {"type": "integer", "minimum": 0},
+        "pages_total": {"type": "integer", "minimum": 0},
+        "pages_failed": {"type": "integer", "minimum": 0},
+        "pages": {"type": "array", "items": _ref("DocumentPage"), "description": "In page order."},
+        "timing": _ref("Timing"),
+    }
     return {
         "Error": {
             "type": "object",
@@ -137,6 +162,36 @@ def _schemas() -> dict[str, Any]:
             },
             "additionalProperties": number_or_null,
         },
+        "DocumentPage": {
+            "type": "object",
+            "required": ["page", "image_size"],
+            "description": "One page: its lines (`source` says whether from OCR or the PDF's text layer), or "
+            "the `error` that page alone got (the other pages are still read).",
+            "properties": {
+                "page": {"type": "integer", "minimum": 1},
+                "image_size": {**result_properties["image_size"], "nullable": True},
+                "text_lines": result_properties["text_lines"],
+                "source": {"type": "string", "enum": ["ocr", "layer"]},
+                "cached": {"type": "boolean"},
+                "det_used": result_properties["det_used"],
+                "timing": _ref("Timing"),
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message", "http_status"],
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "http_status": {"type": "integer"},
+                    },
+                },
+            },
+        },
+        "DocumentResult": {
+            "type": "object",
+            "description": "A PDF or multi-page TIFF, page by page.",
+            "required": ["task_id", "status", "image_hash", "document_hash", "cached", "pages", "timing"],
+            "properties": document_properties,
+        },
         "OcrResult": {
             "type": "object",
             "required": ["task_id", "status", "image_hash", "cached", "text_lines", "image_size", "timing"],
@@ -147,7 +202,14 @@ def _schemas() -> dict[str, Any]:
             "description": "A task for `block_flag=false`. An already cached image is `done` at once and "
             "carries the result fields too.",
             "required": ["task_id", "status", "image_hash", "status_url"],
-            "properties": {**result_properties, "status": task_status, "status_url": {"type": "string"}},
+            "properties": {
+                **result_properties,
+                **document_properties,
+                "status": task_status,
+                "status_url": {"type": "string"},
+                "pages_done": pages_count,
+                "pages_total": pages_count,
+            },
         },
         "TaskPending": {
             "type": "object",
@@ -156,6 +218,8 @@ def _schemas() -> dict[str, Any]:
                 "task_id": {"type": "string"},
                 "status": {"type": "string", "enum": ["queued", "running", "failed"]},
                 "image_hash": result_properties["image_hash"],
+                "pages_done": {**pages_count, "description": "Documents: pages finished so far."},
+                "pages_total": {**pages_count, "description": "Documents: pages in all (null until counted)."},
                 "error": {
                     "type": "object",
                     "description": "Why a `failed` task failed, with the status a blocking request would have had.",
@@ -205,6 +269,12 @@ def _schemas() -> dict[str, Any]:
                 },
                 "ocr_runs": {"type": "integer"},
                 "cache": {"type": "object", "description": "Result cache counters and backend."},
+                "documents": {
+                    "type": "object",
+                    "nullable": True,
+                    "description": "Documents in flight and run, pages read by OCR, from text layers and from "
+                    "the cache, pages waiting for a worker.",
+                },
                 "uploads": {
                     "type": "object",
                     "description": "Request bodies held in memory now, the limit, and uploads refused for it.",
@@ -234,6 +304,13 @@ def _ocr_request_body() -> dict[str, Any]:
         "default": "true",
         "description": f"`false` answers 202 with a task to poll. Case-insensitive; also {', '.join(block_words)}.",
     }
+    pdf_text = {
+        "type": "string",
+        "enum": list(PDF_TEXT_MODES),
+        "default": "auto",
+        "description": "PDFs: `layer` answers from each page's own text, `ocr` reads its pixels, `auto` uses "
+        "the text layer of pages that have real text and OCRs the scanned ones.",
+    }
     filename = {
         "type": "string",
         "minLength": 1,
@@ -251,6 +328,7 @@ def _ocr_request_body() -> dict[str, Any]:
                 "filename": filename,
                 "block_flag": block_flag,
                 "det": det,
+                "pdf_text": pdf_text,
             },
         }
 
@@ -268,11 +346,12 @@ def _ocr_request_body() -> dict[str, Any]:
                         "file": {
                             "type": "string",
                             "format": "binary",
-                            "description": "The image (`image` is an alias).",
+                            "description": "The image, a PDF or a multi-page TIFF (`image` is an alias).",
                         },
                         "filename": filename,
                         "block_flag": block_text,
                         "det": det,
+                        "pdf_text": pdf_text,
                     },
                 }
             },
@@ -307,10 +386,13 @@ def build_spec() -> dict[str, Any]:
             "/ocr_service": {
                 "post": {
                     "operationId": "runOcr",
-                    "summary": "Read the text in an image",
+                    "summary": "Read the text in an image, a PDF or a multi-page TIFF",
                     "requestBody": _ocr_request_body(),
                     "responses": {
-                        "200": _json_ok("The OCR result (`block_flag` true, the default).", _ref("OcrResult")),
+                        "200": _json_ok(
+                            "The OCR result (`block_flag` true, the default): an image's lines, or a document's pages.",
+                            {"oneOf": [_ref("OcrResult"), _ref("DocumentResult")]},
+                        ),
                         "202": {
                             **_json_ok("A task to poll at `status_url` (`block_flag=false`).", _ref("TaskAccepted")),
                             "headers": {"Location": {"description": "The task's URL.", "schema": {"type": "string"}}},
@@ -348,7 +430,7 @@ def build_spec() -> dict[str, Any]:
                     "responses": {
                         "200": _json_ok(
                             "The result once `done`; otherwise the status (and the error of a `failed` task).",
-                            {"oneOf": [_ref("OcrResult"), _ref("TaskPending")]},
+                            {"oneOf": [_ref("OcrResult"), _ref("DocumentResult"), _ref("TaskPending")]},
                         ),
                         "400": _error_response(400, "`wait` is not a number of seconds.", ["invalid_field"]),
                         "404": _error_response(

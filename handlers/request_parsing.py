@@ -20,6 +20,9 @@ DET_MODES = ("on", "off", "auto")
 # `auto` by default: detection for pages and photos, skipped for images shaped like a
 # single text line (which detection would lose); `on`/`off` force either way.
 DEFAULT_DET = "auto"
+# PDFs: "layer" answers from the page's own text, "ocr" reads its pixels, "auto" takes the
+# layer where a page has real text and OCRs the scans.
+PDF_TEXT_MODES = ("auto", "ocr", "layer")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class OcrRequest:
     file_body: bytes | None
     block: bool
     det: str
+    pdf_text: str = "auto"
 
 
 def parse_bool(name: str, value: Any) -> bool:
@@ -169,11 +173,15 @@ def parse_ocr_request(content_type: str, body: bytes, query: dict[str, list[byte
 
     block = parse_bool("block_flag", fields.get("block_flag", True))
     det = parse_det(fields.get("det", DEFAULT_DET))
+    pdf_text = fields.get("pdf_text", "auto")
+    if not isinstance(pdf_text, str) or pdf_text.strip().lower() not in PDF_TEXT_MODES:
+        raise ApiError(400, "invalid_field", "pdf_text must be auto, ocr or layer")
+    pdf_text = pdf_text.strip().lower()
     if file_type == "filename":
         filename = fields.get("filename")
         if not isinstance(filename, str) or not filename:
             raise ApiError(400, "missing_field", "filename is required when file_type is filename")
-        return OcrRequest("filename", filename, None, block, det)
+        return OcrRequest("filename", filename, None, block, det, pdf_text)
     if not uploads:
         raise ApiError(400, "missing_field", "upload the image as a multipart file part named file")
-    return OcrRequest("file", None, uploads[0].body, block, det)
+    return OcrRequest("file", None, uploads[0].body, block, det, pdf_text)

@@ -33,3 +33,27 @@ class ImageTooSmallError(ImageError):
 
 class ModelLoadError(Exception):
     """A model or dictionary file is missing, unreadable or incompatible."""
+
+
+class DocumentEncryptedError(ImageError):
+    """A PDF that needs a password (or a security handler PDFium does not support)."""
+
+    code = "encrypted_document"
+
+
+class DocumentCorruptError(ImageError):
+    """A PDF (or one of its pages) that cannot be parsed."""
+
+    code = "corrupt_document"
+
+
+class TooManyPagesError(ImageError):
+    """More pages than ``max_pdf_pages``."""
+
+    code = "too_many_pages"
+
+
+class PageTooLargeError(ImageError):
+    """A page whose media box is beyond any real paper (a page bomb)."""
+
+    code = "page_too_large"

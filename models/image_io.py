@@ -102,10 +102,18 @@ def unreadable_message(data: bytes) -> str:
     return f"the file is not an image in a supported format: send {SUPPORTED_TEXT}"
 
 
-def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 8) -> np.ndarray:
-    """Decode ``data`` into a contiguous uint8 HxWx3 BGR array (EXIF-upright)."""
+def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 8, frame: int = 0) -> np.ndarray:
+    """Decode ``data`` into a contiguous uint8 HxWx3 BGR array (EXIF-upright).
+
+    frame: the page of a multi-page TIFF (0: the first, as for every other format).
+    """
     src = img = _open(data, max_pixels)
     try:
+        if frame:
+            try:
+                img.seek(frame)
+            except (EOFError, ValueError, OSError) as exc:
+                raise ImageDecodeError(f"page {frame + 1} of the {img.format} image cannot be read: {exc}") from exc
         w, h = img.size
         if w * h > max_pixels:
             raise ImageTooLargeError(f"image declares {w}x{h} = {w * h} pixels > limit {max_pixels}")

@@ -15,6 +15,7 @@ import numpy as np
 
 from .cls import TextClassifier
 from .det import TextDetector, crop_box, sort_reading_order
+from .documents import page_pixels, run_probe
 from .errors import ModelLoadError
 from .image_io import decode_image
 from .options import EngineOptions, check_model_files, det_settings, model_identity, resolve_model_paths
@@ -94,22 +95,26 @@ class OcrEngine:
         if self.classifier is not None:
             self.classifier([img])
 
-    def recognize(self, image_bytes: bytes, det: str = "on") -> dict[str, Any]:
+    def recognize(self, image_bytes: bytes, det: str = "on", document: dict[str, Any] | None = None) -> dict[str, Any]:
+        """OCR one image; with `document`, a PDF's probe or one page of a PDF or multi-page
+        TIFF (see models.documents)."""
         try:
-            return self._recognize(image_bytes, det)
+            if document is not None and document.get("op") == "probe":
+                return run_probe(image_bytes, document)
+            return self._recognize(image_bytes, det, document)
         finally:
             if _malloc_trim is not None:
                 _malloc_trim(0)
 
-    def _recognize(self, image_bytes: bytes, det: str) -> dict[str, Any]:
+    def _recognize(self, image_bytes: bytes, det: str, document: dict[str, Any] | None = None) -> dict[str, Any]:
         if det not in DET_MODES:
             raise ValueError(f"det must be one of {DET_MODES}, got {det!r}")
         t0 = time.perf_counter()
-        img = decode_image(
-            image_bytes,
-            max_pixels=self.options.max_image_pixels,
-            min_side=self.options.min_image_side,
-        )
+        max_pixels, min_side = self.options.max_image_pixels, self.options.min_image_side
+        if document is None:
+            img = decode_image(image_bytes, max_pixels=max_pixels, min_side=min_side)
+        else:
+            img = page_pixels(image_bytes, document, max_pixels, min_side)
         t_decode = time.perf_counter()
         h, w = img.shape[:2]
         use_det = det == "on" or (det == "auto" and not looks_like_single_line(w, h))

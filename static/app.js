@@ -1,5 +1,7 @@
 // WebUI for POST /ocr_service: upload an image, draw the detected boxes over it,
-// list the text lines. Plain browser JavaScript, no dependencies, no build step.
+// list the text lines. A PDF or TIFF goes as a task (block_flag=false) whose progress is
+// followed by long-polling; its pages are drawn as sheets with each line's text in its box.
+// Plain browser JavaScript, no dependencies, no build step.
 "use strict";
 
 (() => {
@@ -13,6 +15,11 @@
   const image = byId("image");
   const overlay = byId("overlay");
   const linesList = byId("lines");
+  const pagesView = byId("pages");
+  const progress = byId("progress");
+  const figure = byId("figure");
+  // Seconds each task poll may wait for the document to finish (the progress bar moves as often).
+  const POLL_WAIT_S = 1;
 
   let lines = []; // text_lines of the result on screen
   let pinned = -1; // line selected by a click; hovering shows others only while hovering
@@ -51,6 +58,8 @@
     const form = new FormData();
     form.append("file_type", "file");
     form.append("det", detSelect.value);
+    const asTask = looksLikeDocument(file);
+    if (asTask) form.append("block_flag", "false");
     form.append("file", file, file.name || "image");
 
     let response;
@@ -63,24 +72,81 @@
       return;
     }
     if (seq !== uploadSeq) return;
+    if (asTask && response.status === 202 && body && body.status !== "done") {
+      ({ response, body } = await followTask(body, file, seq));
+      if (seq !== uploadSeq || !response) return;
+    }
+    progress.hidden = true;
     if (!response.ok || !body || body.status !== "done") {
       fail(`${file.name || "The image"}: ${errorText(response, body)}`);
       return;
     }
-    await render(file, body);
-    if (seq !== uploadSeq) return;
-    const count = body.text_lines.length;
-    showMessage(count ? `Found ${count} text line${count === 1 ? "" : "s"}.` : "No text found in this image.", "info");
+    if (body.pages) {
+      renderDocument(body);
+      const failed = body.pages_failed ? `; ${body.pages_failed} could not be read` : "";
+      showMessage(`Read ${body.pages.length} page${body.pages.length === 1 ? "" : "s"}, ${lines.length} text lines${failed}.`, "info");
+    } else {
+      await render(file, body);
+      if (seq !== uploadSeq) return;
+      const count = body.text_lines.length;
+      showMessage(count ? `Found ${count} text line${count === 1 ? "" : "s"}.` : "No text found in this image.", "info");
+    }
     setState("done");
+  }
+
+  function looksLikeDocument(file) {
+    return /^(application\/pdf|image\/tiff)$/.test(file.type) || /\.(pdf|tiff?)$/i.test(file.name || "");
+  }
+
+  // Long-poll the task until it is done or failed, moving the progress bar as pages finish.
+  async function followTask(task, file, seq) {
+    let body = task;
+    for (;;) {
+      showProgress(body, file);
+      let response;
+      try {
+        response = await fetch(`${task.status_url}?wait=${POLL_WAIT_S}`);
+        body = await response.json().catch(() => null);
+      } catch (err) {
+        if (seq === uploadSeq) fail(`Cannot reach the OCR server (${err.message}).`);
+        return { response: null, body: null };
+      }
+      if (seq !== uploadSeq) return { response: null, body: null };
+      if (!response.ok || !body) return { response, body };
+      if (body.status === "failed") {
+        const error = body.error || {};
+        // Shown as the answer a blocking request would have had.
+        return { response: { ok: false, status: error.http_status || 500, statusText: "", headers: new Headers() }, body };
+      }
+      if (body.status === "done") return { response, body };
+    }
+  }
+
+  function showProgress(body, file) {
+    const total = body.pages_total;
+    const done = body.pages_done || 0;
+    progress.hidden = false;
+    if (total) {
+      progress.max = total;
+      progress.value = done;
+      showMessage(`Reading ${file.name || "the document"}: page ${done} of ${total} done…`, "info");
+    } else {
+      progress.removeAttribute("value"); // indeterminate until the pages are counted
+      showMessage(`Reading ${file.name || "the document"}: counting pages…`, "info");
+    }
   }
 
   function fail(text) {
     result.hidden = true;
+    progress.hidden = true;
     showMessage(text, "error");
     setState("error");
   }
 
   async function render(file, body) {
+    stage.hidden = false;
+    pagesView.hidden = true;
+    pagesView.replaceChildren();
     if (imageUrl) URL.revokeObjectURL(imageUrl);
     imageUrl = URL.createObjectURL(file);
     image.src = imageUrl;
@@ -104,39 +170,114 @@
     result.hidden = false;
   }
 
+  // A document: one sheet per page, sized from the page's pixels, with every line's box and
+  // its text drawn in it (the browser cannot show the PDF's pixels without a PDF renderer).
+  function renderDocument(body) {
+    stage.hidden = true;
+    image.removeAttribute("src");
+    overlay.replaceChildren();
+    lines = [];
+    const sheets = body.pages.map((page) => {
+      const section = document.createElement("section");
+      section.className = "page";
+      section.dataset.page = String(page.page);
+      const title = document.createElement("h2");
+      title.className = "page-title";
+      const count = page.text_lines ? page.text_lines.length : 0;
+      title.textContent = `Page ${page.page}` + (page.error ? "" : ` · ${count} line${count === 1 ? "" : "s"} · ${page.source === "layer" ? "text layer" : "OCR"}`);
+      section.append(title);
+      if (page.error) {
+        const why = document.createElement("span");
+        why.className = "page-error";
+        why.textContent = ` · ${page.error.message} (HTTP ${page.error.http_status}, ${page.error.code})`;
+        title.append(why);
+        return section;
+      }
+      const [width, height] = page.image_size;
+      const sheet = document.createElement("div");
+      sheet.className = "sheet";
+      sheet.style.aspectRatio = `${width} / ${height}`;
+      sheet.style.width = `min(100%, ${width}px, calc(80vh * ${width / height}))`;
+      const svg = document.createElementNS(SVG_NS, "svg");
+      svg.setAttribute("class", "overlay");
+      svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+      svg.setAttribute("preserveAspectRatio", "none");
+      for (const line of page.text_lines) {
+        const index = lines.length;
+        lines.push({ ...line, page: page.page });
+        svg.append(lineText(line), boxOf(line, index));
+      }
+      sheet.append(svg);
+      section.append(sheet);
+      return section;
+    });
+    pagesView.replaceChildren(...sheets);
+    pagesView.hidden = false;
+    pinned = -1;
+    listLines();
+    summarizeDocument(body);
+    result.hidden = false;
+  }
+
+  function lineText(line) {
+    const xs = line.box.map(([x]) => x);
+    const ys = line.box.map(([, y]) => y);
+    const [left, right, top, bottom] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+    const text = document.createElementNS(SVG_NS, "text");
+    text.setAttribute("x", String(left));
+    text.setAttribute("y", String(bottom - (bottom - top) * 0.2));
+    text.setAttribute("font-size", String(Math.max(1, (bottom - top) * 0.8)));
+    text.setAttribute("textLength", String(Math.max(1, right - left)));
+    text.setAttribute("lengthAdjust", "spacingAndGlyphs");
+    text.textContent = line.text;
+    return text;
+  }
+
+  function boxOf(line, index) {
+    const polygon = document.createElementNS(SVG_NS, "polygon");
+    polygon.setAttribute("points", line.box.map(([x, y]) => `${x},${y}`).join(" "));
+    polygon.setAttribute("class", "box");
+    polygon.dataset.index = String(index);
+    const title = document.createElementNS(SVG_NS, "title");
+    title.textContent = line.text;
+    polygon.append(title);
+    return polygon;
+  }
+
   function drawBoxes() {
-    overlay.replaceChildren(
-      ...lines.map((line, index) => {
-        const polygon = document.createElementNS(SVG_NS, "polygon");
-        polygon.setAttribute("points", line.box.map(([x, y]) => `${x},${y}`).join(" "));
-        polygon.setAttribute("class", "box");
-        polygon.dataset.index = String(index);
-        const title = document.createElementNS(SVG_NS, "title");
-        title.textContent = line.text;
-        polygon.append(title);
-        return polygon;
-      }),
-    );
+    overlay.replaceChildren(...lines.map((line, index) => boxOf(line, index)));
   }
 
   function listLines() {
-    linesList.replaceChildren(
-      ...lines.map((line, index) => {
-        const item = document.createElement("li");
-        item.className = "line";
-        item.tabIndex = 0;
-        item.dataset.index = String(index);
-        const text = document.createElement("span");
-        text.className = "text";
-        text.textContent = line.text; // textContent, never innerHTML: OCR output is untrusted
-        const confidence = document.createElement("span");
-        confidence.className = "confidence";
-        confidence.textContent = `${(line.confidence * 100).toFixed(1)}%`;
-        item.append(text, confidence);
-        return item;
-      }),
-    );
+    const items = [];
+    lines.forEach((line, index) => {
+      if (line.page !== undefined && (index === 0 || lines[index - 1].page !== line.page)) {
+        const heading = document.createElement("li");
+        heading.className = "page-heading";
+        heading.textContent = `Page ${line.page}`;
+        items.push(heading);
+      }
+      items.push(lineItem(line, index));
+    });
+    linesList.replaceChildren(...items);
   }
+
+  function lineItem(line, index) {
+    const item = document.createElement("li");
+    item.className = "line";
+    item.tabIndex = 0;
+    item.dataset.index = String(index);
+    item.value = index + 1; // page headings in the list do not count
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = line.text; // textContent, never innerHTML: OCR output is untrusted
+    const confidence = document.createElement("span");
+    confidence.className = "confidence";
+    confidence.textContent = `${(line.confidence * 100).toFixed(1)}%`;
+    item.append(text, confidence);
+    return item;
+  }
+
 
   function formatTiming(timing) {
     const order = ["request", "total", "queue_wait", "decode", "det", "cls", "rec"];
@@ -161,14 +302,31 @@
     byId("timing").textContent = formatTiming(body.timing || {});
   }
 
+  function summarizeDocument(body) {
+    byId("line-count").textContent = String(lines.length);
+    byId("cached").textContent = body.cached ? "yes (served from the cache)" : "no";
+    const sources = body.pages.map((page) => (page.error ? "failed" : page.source));
+    const counts = ["ocr", "layer", "failed"].map((name) => [name, sources.filter((s) => s === name).length]);
+    byId("det-used").textContent = counts
+      .filter(([, n]) => n)
+      .map(([name, n]) => `${n} ${name === "ocr" ? "OCR" : name === "layer" ? "text layer" : "failed"}`)
+      .join(", ");
+    byId("image-size").textContent = `${body.document.type.toUpperCase()}, ${body.pages.length} page${body.pages.length === 1 ? "" : "s"}`;
+    byId("timing").textContent = formatTiming(body.timing || {});
+  }
+
   // Highlight one line and its box (-1: none).
   function highlight(index) {
     for (const el of document.querySelectorAll(".box.active, .line.active")) el.classList.remove("active");
     if (index < 0 || index >= lines.length) return;
-    const box = overlay.querySelector(`[data-index="${index}"]`);
+    const box = figure.querySelector(`.box[data-index="${index}"]`);
     box.classList.add("active");
-    if (overlay.lastElementChild !== box) overlay.append(box); // on top of overlapping boxes
-    linesList.children[index].classList.add("active");
+    if (box.parentNode.lastElementChild !== box) box.parentNode.append(box); // on top of overlapping boxes
+    lineAt(index).classList.add("active");
+  }
+
+  function lineAt(index) {
+    return linesList.querySelector(`.line[data-index="${index}"]`);
   }
 
   // Boxes are re-ordered by highlight(), so the index is read from the element, not its position.
@@ -188,8 +346,8 @@
       if (index < 0) return;
       pinned = pinned === index ? -1 : index;
       highlight(pinned);
-      if (container === overlay && pinned >= 0) {
-        linesList.children[pinned].scrollIntoView({ block: "nearest" });
+      if (container !== linesList && pinned >= 0) {
+        lineAt(pinned).scrollIntoView({ block: "nearest" });
       }
     });
   }
@@ -241,7 +399,7 @@
     if (lastFile) upload(lastFile);
   });
   byId("copy").addEventListener("click", copyAll);
-  wireHighlighting(overlay);
+  wireHighlighting(figure);
   wireHighlighting(linesList);
   linesList.addEventListener("focusin", (event) => highlight(indexOf(event)));
   linesList.addEventListener("focusout", () => highlight(pinned));

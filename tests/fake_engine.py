@@ -4,6 +4,8 @@ b"sleep:S"  sleeps S seconds, then answers
 b"crash"    kills its own process (as a segfault or OOM kill would)
 b"bad"      raises an input error with a code, as models.ImageDecodeError does
 b"env"      answers {"env": the worker's thread environment variables}
+b"pages:crash=I,hang=J,sleep=S"  a document: page I kills its worker, page J sleeps an
+           hour, every other page sleeps S seconds (each part optional)
 anything else answers {"text_lines": [{"text": payload}], "pid": worker pid}
 """
 
@@ -25,6 +27,9 @@ class FakeEngine:
     identity = "fake"
 
     def recognize(self, image_bytes: bytes, **params: Any) -> dict[str, Any]:
+        document = params.get("document")
+        if document is not None and image_bytes.startswith(b"pages:"):
+            return self._page(image_bytes, document)
         if image_bytes.startswith(b"sleep:"):
             time.sleep(float(image_bytes[6:]))
         elif image_bytes == b"crash":
@@ -34,6 +39,15 @@ class FakeEngine:
         elif image_bytes == b"env":
             return {"env": {name: os.environ.get(name) for name in THREAD_ENV_VARS}}
         return {"text_lines": [{"text": image_bytes.decode(errors="replace")}], "pid": os.getpid(), "params": params}
+
+    def _page(self, image_bytes: bytes, document: dict[str, Any]) -> dict[str, Any]:
+        plan = dict(part.split("=") for part in image_bytes[6:].decode().split(",") if part)
+        index = document["index"]
+        if plan.get("crash") == str(index):
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(3600 if plan.get("hang") == str(index) else float(plan.get("sleep", 0)))
+        text = f"page {index + 1}"
+        return {"text_lines": [{"text": text}], "image_size": [10, 10], "timing": {}, "pid": os.getpid()}
 
 
 def create_engine(options: Any) -> FakeEngine:

@@ -133,6 +133,27 @@ def test_plan_scenario_shapes(tmp_path: Path) -> None:
     assert mixed[1::2] == [warm] * 3 and len({s.tag for s in mixed[::2]}) == 3
     with pytest.raises(ValueError):
         mr.plan_scenario("bogus", images, 1, same, "r")
+    documents, warm = mr.plan_scenario("documents", images, 2, same, "r", pages=2)
+    assert warm is None and [s.pages for s in documents] == [(images[0], images[1]), (images[2], images[0])]
+    assert len({s.tag for s in documents}) == 2
+
+
+def test_documents_are_pdfs_of_the_images_with_their_own_bytes() -> None:
+    import pypdfium2
+
+    png = io.BytesIO()
+    Image.new("L", (300, 120), 255).save(png, "PNG")
+    jpeg = io.BytesIO()
+    Image.new("RGB", (200, 100), (255, 0, 0)).save(jpeg, "JPEG")
+    pages = [mr.jpeg_page(png.getvalue()), mr.jpeg_page(jpeg.getvalue())]
+    assert pages[1][0] == jpeg.getvalue()  # a baseline JPEG goes in as it is
+    one, two = mr.jpeg_pdf(pages, "run-a"), mr.jpeg_pdf(pages, "run-b")
+    assert one != two
+    document = pypdfium2.PdfDocument(one)
+    assert len(document) == 2
+    rendered = document[1].render(scale=200 / 72).to_pil()
+    assert rendered.size == (200, 100) and rendered.getpixel((100, 50))[0] > 200
+    document.close()
 
 
 def test_refuses_remote_url_without_flag() -> None:

@@ -239,10 +239,10 @@ def test_image_errors_from_the_engine(ocr_server: RunningServer) -> None:
     # A failure is not cached: the same bytes again go to a worker again.
     again = ocr_server.ocr_upload(text_file)
     assert again.status_code == 415 and ocr_server.health()["ocr_runs"] == runs_before + 2
-    # A PDF is named as such, with what to send instead.
+    # A PDF is read as a document (test_documents.py); a broken one says it is a corrupt PDF.
     pdf = ocr_server.ocr_upload(b"%PDF-1.7\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n")
-    assert pdf.status_code == 415 and error_of(pdf) == "unsupported_image"
-    assert "PDF" in pdf.json()["error"]["message"] and "PNG" in pdf.json()["error"]["message"]
+    assert pdf.status_code == 415 and error_of(pdf) == "corrupt_document"
+    assert "PDF" in pdf.json()["error"]["message"]
     # A PNG header that declares 20000 x 20000 pixels: refused before decoding.
     import struct
     import zlib
@@ -390,6 +390,7 @@ def test_repo_config_json_matches_the_embedded_defaults() -> None:
     assert from_file.web_server == embedded.web_server
     assert from_file.ocr.process == embedded.ocr.process
     assert from_file.service == embedded.service
+    assert from_file.documents == embedded.documents
     assert from_file.engine_options() == embedded.engine_options()
 
 

@@ -7,6 +7,7 @@ Needs /usr/bin/chromium (`apt-get install chromium`) and `pip install playwright
 from __future__ import annotations
 
 import base64
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import requests
+from PIL import Image
 
 from tests.conftest import ARTIFACTS, GT_DIR, RunningServer, gt_entry, random_word, text_image
 
@@ -245,3 +247,40 @@ def test_dropped_image_is_read(webui: PageWatch) -> None:
     assert page.locator("#overlay polygon.box").count() == len(webui.shown_texts()) >= 1
     assert "dragging" not in (page.get_attribute("body", "class") or "")
     assert webui.page_errors == []
+
+
+def test_document_shows_progress_then_every_page_with_its_boxes(webui: PageWatch) -> None:
+    from tests.pdf_builder import image_pdf, text_pdf
+
+    page = webui.page
+    words = [random_word(8) for _ in range(2)]
+    scans = [Image.open(io.BytesIO(text_image(f"SCAN {word}"))) for word in words]
+    pdf = image_pdf(scans, dpi=100)
+    with page.expect_response(_is_ocr_post, timeout=RESULT_TIMEOUT_MS) as answer:
+        page.set_input_files("#file", {"name": "scan.pdf", "mimeType": "application/pdf", "buffer": pdf})
+    assert answer.value.status == 202  # a document goes as a task, followed by long-polling
+    page.wait_for_selector("#progress:not([hidden])", timeout=RESULT_TIMEOUT_MS)
+    page.wait_for_selector("body[data-state=done], body[data-state=error]", timeout=RESULT_TIMEOUT_MS)
+    assert page.get_attribute("body", "data-state") == "done", page.text_content("#message")
+    assert page.locator("#progress").is_hidden()
+    assert page.locator("#pages section.page").count() == 2
+    for number, word in enumerate(words, 1):
+        sheet = page.locator(f'#pages section[data-page="{number}"]')
+        assert word in (sheet.text_content() or ""), sheet.text_content()  # the text drawn in its box
+        assert sheet.locator("polygon.box").count() >= 1
+    assert page.locator("#lines li.page-heading").all_text_contents() == ["Page 1", "Page 2"]
+    assert page.locator("#pages polygon.box").count() == len(webui.shown_texts())
+    page.hover("#lines li.line >> nth=1")
+    assert "active" in (page.get_attribute('#pages polygon[data-index="1"]', "class") or "")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "webui-document.png"), full_page=True)
+
+    # A born-digital PDF: its text layer, and one page that cannot be read says so.
+    mixed = text_pdf([["LAYER TEXT"], ["BOMB"]], media_boxes={1: (1_000_000, 1_000_000)})
+    webui.upload({"name": "mixed.pdf", "mimeType": "application/pdf", "buffer": mixed})
+    page.wait_for_selector("body[data-state=done]", timeout=RESULT_TIMEOUT_MS)
+    assert "text layer" in (page.text_content('#pages section[data-page="1"]') or "")
+    assert "page_too_large" in (page.text_content('#pages section[data-page="2"]') or "")
+    assert webui.page_errors == []
+    assert webui.console_errors == []
+    assert webui.foreign_requests() == []

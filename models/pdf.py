@@ -1,0 +1,184 @@
+"""PDF pages as pixels and as text, with pypdfium2 (PDFium; Apache-2.0 / BSD-3).
+
+Runs in the worker processes only: PDFium is native code reading untrusted bytes, so a
+crash or a hang costs one worker (which the pool replaces), never the server.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import (
+    DocumentCorruptError,
+    DocumentEncryptedError,
+    PageTooLargeError,
+    TooManyPagesError,
+)
+
+# The PDF specification's largest page side (200 inches); anything beyond is a page bomb
+# or garbage, never paper.
+MAX_PAGE_POINTS = 14_400.0
+POINTS_PER_INCH = 72.0
+# A page "has real text" (pdf_text=auto) with at least this many visible characters, most of
+# them printable: a scan's stray OCR fragment or a font without a Unicode map does not count.
+MIN_LAYER_CHARS = 3
+MIN_GOOD_CHAR_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class RenderLimits:
+    """How pages become pixels: DPI, then the longest side and total pixels capped."""
+
+    dpi: float = 200.0
+    max_side: int = 4000
+    max_pixels: int = 16_000_000
+
+    def scale(self, width_pt: float, height_pt: float) -> float:
+        """Pixels per point for a page of this size."""
+        scale = self.dpi / POINTS_PER_INCH
+        scale = min(scale, self.max_side / max(width_pt, height_pt, 1.0))
+        return min(scale, math.sqrt(self.max_pixels / max(width_pt * height_pt, 1.0)))
+
+
+def open_pdf(data: bytes) -> Any:
+    """A pypdfium2 PdfDocument, or a typed error saying why the bytes cannot be one."""
+    import pypdfium2 as pdfium
+    from pypdfium2 import raw
+
+    try:
+        return pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as exc:
+        code = getattr(exc, "err_code", None)
+        if code in (raw.FPDF_ERR_PASSWORD, raw.FPDF_ERR_SECURITY):
+            raise DocumentEncryptedError("the PDF is encrypted (password-protected); send a decrypted copy") from None
+        raise DocumentCorruptError(f"corrupt or truncated PDF: {exc}") from None
+
+
+def check_page_count(count: int, max_pages: int) -> None:
+    if count < 1:
+        raise DocumentCorruptError("the PDF has no pages")
+    if count > max_pages:
+        raise TooManyPagesError(f"the document has {count} pages; the limit is max_pdf_pages={max_pages}")
+
+
+def page_problem(width_pt: float, height_pt: float) -> PageTooLargeError | DocumentCorruptError | None:
+    """Why a page of this size cannot be read (None when it can)."""
+    if not (math.isfinite(width_pt) and math.isfinite(height_pt)) or width_pt < 1 or height_pt < 1:
+        return DocumentCorruptError(f"the page has an invalid size ({width_pt:g} x {height_pt:g} pt)")
+    if max(width_pt, height_pt) > MAX_PAGE_POINTS:
+        return PageTooLargeError(
+            f"the page is {width_pt:g} x {height_pt:g} pt; a side may be at most {MAX_PAGE_POINTS:g} pt (200 in)"
+        )
+    return None
+
+
+def render_page(page: Any, limits: RenderLimits) -> tuple[np.ndarray, float]:
+    """The page as a contiguous uint8 HxWx3 BGR array on white, and the scale used."""
+    width, height = page.get_size()
+    problem = page_problem(width, height)
+    if problem is not None:
+        raise problem
+    scale = limits.scale(width, height)
+    bitmap = page.render(scale=scale, fill_color=(255, 255, 255, 255), may_draw_forms=True)
+    try:
+        pixels = bitmap.to_numpy()
+        if pixels.ndim == 3 and pixels.shape[2] == 4:  # BGRx / BGRA
+            pixels = pixels[:, :, :3]
+        if pixels.ndim == 2:  # greyscale bitmap
+            pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+        return np.ascontiguousarray(pixels), scale
+    finally:
+        bitmap.close()
+
+
+def _good_char(char: str) -> bool:
+    category = unicodedata.category(char)
+    return char != "\ufffd" and category not in ("Cc", "Co", "Cn", "Cs")
+
+
+def has_real_text(text: str) -> bool:
+    visible = [c for c in text if not c.isspace()]
+    if len(visible) < MIN_LAYER_CHARS:
+        return False
+    return sum(map(_good_char, visible)) >= MIN_GOOD_CHAR_SHARE * len(visible)
+
+
+def _device_box(page: Any, size: tuple[int, int], rect: tuple[float, float, float, float]) -> list[list[int]]:
+    """A text rectangle (page points) as four pixel corners of the rendered page (rotation included)."""
+    from pypdfium2 import raw
+
+    left, bottom, right, top = rect
+    x, y = ctypes.c_int(), ctypes.c_int()
+    corners = []
+    for px, py in ((left, top), (right, top), (right, bottom), (left, bottom)):
+        raw.FPDF_PageToDevice(page.raw, 0, 0, size[0], size[1], 0, px, py, x, y)
+        corners.append([x.value, y.value])
+    # Keep the corners clockwise from the top-left whatever the page rotation made of them.
+    xs = sorted(c[0] for c in corners)
+    ys = sorted(c[1] for c in corners)
+    return [[xs[0], ys[0]], [xs[-1], ys[0]], [xs[-1], ys[-1]], [xs[0], ys[-1]]]
+
+
+def text_layer(page: Any, size: tuple[int, int]) -> tuple[list[dict[str, Any]], bool]:
+    """The page's own text as lines with pixel boxes (for a page rendered at `size`), and
+    whether it is real text (see has_real_text)."""
+    textpage = page.get_textpage()
+    try:
+        if textpage.count_chars() <= 0:
+            return [], False
+        lines = []
+        whole = []
+        for index in range(textpage.count_rects()):
+            rect = textpage.get_rect(index)
+            text = textpage.get_text_bounded(*rect).replace("\r", " ").replace("\n", " ").strip()
+            if not text:
+                continue
+            whole.append(text)
+            lines.append({"text": text, "confidence": 1.0, "box": _device_box(page, size, rect)})
+        lines.sort(key=lambda line: (line["box"][0][1], line["box"][0][0]))
+        return lines, has_real_text(" ".join(whole))
+    finally:
+        textpage.close()
+
+
+def page_fingerprint(page: Any) -> str | None:
+    """The content identity of a scanned page: one image and nothing else drawn on it.
+
+    The sha256 of the image's stored bytes, its filters, colour space, size and placement and
+    the page's boxes and rotation: the same scan inside another PDF renders to the same pixels,
+    so its OCR can be re-used. None for any other page (it is then known by its document and
+    number only).
+    """
+    import pypdfium2 as pdfium
+
+    objects = list(page.get_objects(max_depth=1))
+    if len(objects) != 1 or not isinstance(objects[0], pdfium.PdfImage):
+        return None
+    image = objects[0]
+    meta = image.get_metadata()
+    digest = hashlib.sha256(bytes(image.get_data(decode_simple=False)))
+    layout = (
+        image.get_filters(),
+        image.get_matrix().get(),
+        (meta.width, meta.height, meta.bits_per_pixel, meta.colorspace),
+        page.get_size(),
+        page.get_mediabox(),
+        page.get_cropbox(),
+        page.get_rotation(),
+    )
+    digest.update(repr(layout).encode())
+    return digest.hexdigest()
+
+
+def rendered_size(page: Any, limits: RenderLimits) -> tuple[int, int]:
+    """The pixel size render_page gives this page, /Rotate included (PDFium rounds up)."""
+    width, height = page.get_size()
+    scale = limits.scale(width, height)
+    return math.ceil(width * scale), math.ceil(height * scale)

@@ -1,0 +1,133 @@
+"""Document pages over the pool, fairly.
+
+A document's pages do not go into the pool's queue all at once: they wait here, and at
+most one page per worker (all documents together) is in the pool, queued or running.
+Each time a page finishes, the next page comes from the next document in turn
+(round-robin). So:
+- a single image waits behind at most the pages already running, never behind a
+  100-page document (the pool's FIFO queue serves it first);
+- two documents share the workers page by page;
+- a page's task_timeout starts when it enters the pool, not when its document arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+from ocr_pool.errors import PoolError, QueueFullError, TaskCancelledError
+from ocr_pool.pool import Job, WorkerPool
+
+# When the pool's queue is full of images, pages try again after this long.
+REFEED_DELAY_S = 0.1
+
+
+class PageTask:
+    """One page's OCR: waits here, then runs as a pool job; `future` gets its result."""
+
+    def __init__(self, index: int, params: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.index = index
+        self.params = params
+        self.future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.job: Job | None = None
+
+    @property
+    def state(self) -> str:
+        return self.job.state if self.job is not None else "waiting"
+
+
+class DocumentPages:
+    """The pages of one document still to be handed to the pool."""
+
+    def __init__(self, payload: bytes, tasks: list[PageTask]) -> None:
+        self.payload = payload
+        self.tasks = tasks
+        self.pending: collections.deque[PageTask] = collections.deque(tasks)
+
+
+class PageScheduler:
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self._documents: collections.deque[DocumentPages] = collections.deque()
+        self._in_pool = 0
+        self._refeed: asyncio.TimerHandle | None = None
+
+    @property
+    def pending(self) -> int:
+        """Pages waiting here (not yet in the pool's queue)."""
+        return sum(len(document.pending) for document in self._documents)
+
+    @property
+    def in_pool(self) -> int:
+        return self._in_pool
+
+    def add(self, payload: bytes, pages: list[tuple[int, dict[str, Any]]]) -> DocumentPages:
+        loop = asyncio.get_running_loop()
+        document = DocumentPages(payload, [PageTask(index, params, loop) for index, params in pages])
+        if document.pending:
+            self._documents.append(document)
+            self._feed()
+        return document
+
+    def drop(self, document: DocumentPages) -> None:
+        """Nobody wants this document any more: forget its waiting pages, cancel its queued ones."""
+        if document in self._documents:
+            self._documents.remove(document)
+        cancelled = TaskCancelledError("no client waits for this document any more")
+        while document.pending:
+            settle(document.pending.popleft().future, None, cancelled)
+        for task in document.tasks:
+            if task.job is not None:
+                self.pool.cancel(task.job)  # a running page is left to finish
+        document.payload = b""
+
+    def _feed(self) -> None:
+        window = max(1, self.pool.size)
+        while self._in_pool < window and self._documents:
+            document = self._documents[0]
+            if not document.pending:
+                self._documents.popleft()
+                continue
+            task = document.pending.popleft()
+            self._documents.rotate(-1)  # the next page comes from the next document
+            try:
+                job = self.pool.submit(document.payload, task.params)
+            except QueueFullError:
+                document.pending.appendleft(task)  # images fill the queue: try again shortly
+                self._schedule_refeed()
+                return
+            except PoolError as error:  # shutting down, no worker
+                settle(task.future, None, error)
+                continue
+            task.job = job
+            self._in_pool += 1
+            job.future.add_done_callback(lambda future, task=task: self._page_done(task, future))
+        if not any(document.pending for document in self._documents):
+            self._documents.clear()
+
+    def _schedule_refeed(self) -> None:
+        if self._refeed is None:
+            self._refeed = asyncio.get_running_loop().call_later(REFEED_DELAY_S, self._refed)
+
+    def _refed(self) -> None:
+        self._refeed = None
+        self._feed()
+
+    def _page_done(self, task: PageTask, future: asyncio.Future[dict[str, Any]]) -> None:
+        self._in_pool -= 1
+        error = future.exception()
+        settle(task.future, None if error is not None else future.result(), error)
+        self._feed()
+
+
+def settle(future: asyncio.Future[dict[str, Any]], result: dict[str, Any] | None, error: BaseException | None) -> None:
+    """Give `future` its result or error, unless it already has one."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+        future.exception()  # seen: a dropped document's pages may have nobody waiting
+    else:
+        assert result is not None
+        future.set_result(result)

@@ -1,0 +1,76 @@
+"""PDFs and multi-page TIFFs made in the tests: scans from images, born-digital text, hostile files.
+
+Born-digital pages are written by hand (a standard Type1 font, one text object per line), so
+the text layer is known exactly.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+
+from PIL import Image
+
+from multirequest import write_pdf
+
+PAGE_WIDTH, PAGE_HEIGHT = 612, 792  # US Letter, points
+
+
+def image_pdf(images: Iterable[Image.Image], dpi: float = 200) -> bytes:
+    """A scanned document: one image per page, the page sized so `dpi` gives the image's pixels back."""
+    pages = [image.convert("RGB") for image in images]
+    out = io.BytesIO()
+    pages[0].save(out, "PDF", save_all=True, append_images=pages[1:], resolution=dpi)
+    return out.getvalue()
+
+
+def multipage_tiff(images: Iterable[Image.Image]) -> bytes:
+    pages = [image.convert("RGB") for image in images]
+    out = io.BytesIO()
+    pages[0].save(out, "TIFF", save_all=True, append_images=pages[1:], compression="tiff_lzw")
+    return out.getvalue()
+
+
+def _escape(text: str) -> bytes:
+    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("latin-1")
+
+
+def text_pdf(
+    pages: list[list[str]],
+    *,
+    font_size: int = 28,
+    media_box: tuple[float, float] = (PAGE_WIDTH, PAGE_HEIGHT),
+    media_boxes: dict[int, tuple[float, float]] | None = None,
+    declared_count: int | None = None,
+    trailer_extra: bytes = b"",
+) -> bytes:
+    """A born-digital PDF: each page's lines in Helvetica, top to bottom.
+
+    media_boxes: other sizes for some pages (by index); declared_count: a /Count that lies.
+    """
+    font = 3 + 2 * len(pages)
+    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(len(pages))).encode()
+    count = len(pages) if declared_count is None else declared_count
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, count)]
+    for index, lines in enumerate(pages):
+        width, height = (media_boxes or {}).get(index, media_box)
+        content = b"BT /F1 %d Tf 72 %d Td " % (font_size, int(height) - 100)
+        content += b" ".join(b"(%s) Tj 0 -%d Td" % (_escape(line), 2 * font_size) for line in lines) + b" ET"
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %.2f %.2f] /Contents %d 0 R"
+            b" /Resources << /Font << /F1 %d 0 R >> >> >>" % (width, height, 4 + 2 * index, font)
+        )
+        objects.append(b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream")
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    return write_pdf(objects, trailer_extra=trailer_extra)
+
+
+def encrypted_pdf() -> bytes:
+    """A PDF whose /Encrypt dictionary (standard handler) needs a password nobody has."""
+    encrypt = b"/Encrypt << /Filter /Standard /V 1 /R 2 /O <%s> /U <%s> /P -4 >> /ID [<%s> <%s>] " % (
+        b"ab" * 32,
+        b"cd" * 32,
+        b"01" * 16,
+        b"01" * 16,
+    )
+    return text_pdf([["SECRET TEXT"]], trailer_extra=encrypt)

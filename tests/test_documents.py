@@ -1,0 +1,245 @@
+"""PDFs and multi-page TIFFs on the real server: real workers, real models, PDFs made here.
+
+Scanned documents are made from the shared ground-truth images, so each page's error can be
+held to what the same image gets on its own; born-digital ones carry a known text layer;
+hostile ones (encrypted, truncated, a million pages declared, a page 14 km wide) must each
+get their typed error and leave the server serving.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+import requests
+from PIL import Image
+
+from bench.common import bag_cer
+from tests.conftest import GT_DIR, RunningServer, base_config, gt_manifest, random_word, text_image
+from tests.pdf_builder import encrypted_pdf, image_pdf, multipage_tiff, text_pdf
+
+# Small pages of three kinds (a receipt, a printed document, a form) keep the tests quick.
+SCANS = ("sroie_320.jpg", "rapid_en.jpg", "funsd_82491256.png")
+# A page read from a PDF may differ from the image read alone by this much order-free CER
+# (the PDF holds the image recompressed, rendered back at the same DPI).
+CER_SLACK = 0.02
+
+
+def gt_rows(names: tuple[str, ...]) -> list[dict[str, Any]]:
+    rows = {entry["image"].rsplit("/", 1)[-1]: entry for entry in gt_manifest()}
+    missing = [name for name in names if name not in rows]
+    if missing:
+        pytest.skip(f"ground-truth images missing: {missing}")
+    return [rows[name] for name in names]
+
+
+def open_gt(row: dict[str, Any]) -> Image.Image:
+    return Image.open(GT_DIR / row["image"])
+
+
+def error_rate(row: dict[str, Any], lines: list[dict[str, Any]]) -> float:
+    edits, total = bag_cer(row["lines"], [line["text"] for line in lines])
+    return edits / max(total, 1)
+
+
+def post_document(server: RunningServer, data: bytes, name: str = "doc.pdf", **fields: Any) -> requests.Response:
+    return requests.post(
+        f"{server.url}/ocr_service",
+        data={"file_type": "file", **fields},
+        files={"file": (name, data)},
+        timeout=300,
+    )
+
+
+def assert_error(response: requests.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code, error
+    return error
+
+
+def test_scanned_pdf_pages_read_as_well_as_the_images_alone(ocr_server: RunningServer) -> None:
+    rows = gt_rows(SCANS)
+    pdf = image_pdf([open_gt(row) for row in rows], dpi=200)
+    response = post_document(ocr_server, pdf)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "done" and body["cached"] is False
+    assert body["document"] == {"type": "pdf", "pages": 3}
+    assert body["pages_total"] == body["pages_done"] == 3 and body["pages_failed"] == 0
+    assert [page["page"] for page in body["pages"]] == [1, 2, 3]
+    assert len(body["document_hash"]) == 64
+    for row, page in zip(rows, body["pages"]):
+        assert page["source"] == "ocr"
+        # Rendered at the DPI the page was made for: the image's own size back (PDFium rounds up).
+        assert abs(page["image_size"][0] - row["width"]) <= 2 and abs(page["image_size"][1] - row["height"]) <= 2
+        alone = ocr_server.ocr_upload((GT_DIR / row["image"]).read_bytes())
+        assert alone.status_code == 200 and "pages" not in alone.json()  # an image keeps its own shape
+        page_cer, image_cer = error_rate(row, page["text_lines"]), error_rate(row, alone.json()["text_lines"])
+        assert page_cer <= image_cer + CER_SLACK, (row["image"], page_cer, image_cer)
+
+    # The same document again: the whole answer from the cache, no OCR.
+    runs = ocr_server.health()["ocr_runs"]
+    again = post_document(ocr_server, pdf).json()
+    assert again["cached"] is True and again["pages"] == body["pages"]
+    assert ocr_server.health()["ocr_runs"] == runs
+
+    # The second scan inside another PDF (after a new page): only the new page is OCR'd.
+    word = random_word()
+    other = image_pdf([Image.open(io.BytesIO(text_image(word))), open_gt(rows[1])], dpi=200)
+    mixed = post_document(ocr_server, other).json()
+    assert [page["cached"] for page in mixed["pages"]] == [False, True]
+    assert mixed["pages"][1]["text_lines"] == body["pages"][1]["text_lines"]
+    assert ocr_server.health()["ocr_runs"] == runs + 2  # the probe and the new page
+
+
+def test_born_digital_pdf_answers_from_its_text_layer(ocr_server: RunningServer) -> None:
+    lines = [[f"INVOICE {random_word(6)}", "TOTAL 12.50 EUR"], [f"PAGE TWO {random_word(6)}"]]
+    pdf = text_pdf(lines)
+    body = post_document(ocr_server, pdf).json()
+    assert [page["source"] for page in body["pages"]] == ["layer", "layer"]
+    assert [[line["text"] for line in page["text_lines"]] for page in body["pages"]] == lines
+    first = body["pages"][0]["text_lines"]
+    assert first[0]["box"][0][1] < first[1]["box"][0][1]  # top to bottom, in page pixels
+
+    # pdf_text=ocr reads the same pages from their pixels, and the boxes land on the same text.
+    ocr = post_document(ocr_server, pdf, pdf_text="ocr").json()
+    assert [page["source"] for page in ocr["pages"]] == ["ocr", "ocr"]
+    for expected, page in zip(lines, ocr["pages"]):
+        row = {"lines": expected}
+        assert error_rate(row, page["text_lines"]) <= 0.05, page["text_lines"]
+    layer_box, ocr_box = first[0]["box"], ocr["pages"][0]["text_lines"][0]["box"]
+    assert abs(layer_box[0][1] - ocr_box[0][1]) < 30 and abs(layer_box[2][1] - ocr_box[2][1]) < 30
+
+
+def test_pdf_text_layer_on_a_scan_and_auto_on_a_mixed_document(ocr_server: RunningServer) -> None:
+    scan = Image.open(io.BytesIO(text_image(f"SCANNED {random_word(6)}")))
+    pdf = image_pdf([scan])
+    layer = post_document(ocr_server, pdf, pdf_text="layer").json()
+    assert layer["pages"][0]["source"] == "layer" and layer["pages"][0]["text_lines"] == []
+    auto = post_document(ocr_server, pdf).json()  # a scan has no text layer: auto OCRs it
+    assert auto["pages"][0]["source"] == "ocr" and "SCANNED" in auto["pages"][0]["text_lines"][0]["text"]
+
+
+def test_multipage_tiff_reads_every_page_and_a_single_page_tiff_stays_an_image(ocr_server: RunningServer) -> None:
+    words = [random_word(8) for _ in range(2)]
+    images = [Image.open(io.BytesIO(text_image(word))) for word in words]
+    body = post_document(ocr_server, multipage_tiff(images), name="fax.tif").json()
+    assert body["document"] == {"type": "tiff", "pages": 2}
+    assert [page["text_lines"][0]["text"] for page in body["pages"]] == words
+    single = post_document(ocr_server, multipage_tiff(images[:1]), name="one.tif").json()
+    assert "pages" not in single and single["text_lines"][0]["text"] == words[0]
+
+
+def test_non_blocking_document_reports_pages_done_then_long_polls_to_the_end(ocr_server: RunningServer) -> None:
+    rows = gt_rows(SCANS)
+    images = [open_gt(row) for row in rows]
+    pdf = image_pdf([*images, images[0].rotate(180)], dpi=150)  # a new document: nothing cached
+    submitted = post_document(ocr_server, pdf, block_flag="false")
+    assert submitted.status_code == 202, submitted.text
+    status_url = ocr_server.url + submitted.json()["status_url"]
+    seen = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        view = requests.get(status_url, timeout=30).json()
+        seen.append((view["status"], view.get("pages_done"), view.get("pages_total")))
+        if view["status"] in ("done", "failed"):
+            break
+        time.sleep(0.05)
+    assert view["status"] == "done", view
+    assert view["pages_total"] == view["pages_done"] == 4 and len(view["pages"]) == 4
+    assert any(status == "running" and total == 4 and 0 <= done < 4 for status, done, total in seen), seen
+    dones = [done for _, done, _ in seen if done is not None]
+    assert dones == sorted(dones)
+
+    # ?wait= answers as soon as a document finishes, as for an image.
+    again = post_document(ocr_server, image_pdf(images[:2], dpi=120), block_flag="false").json()
+    waited = requests.get(f"{ocr_server.url}{again['status_url']}?wait=30", timeout=60).json()
+    while waited["status"] not in ("done", "failed"):
+        waited = requests.get(f"{ocr_server.url}{again['status_url']}?wait=30", timeout=60).json()
+    assert waited["status"] == "done" and waited["pages_done"] == 2
+
+
+def test_hostile_documents_get_typed_errors_and_the_server_keeps_serving(ocr_server: RunningServer) -> None:
+    error = assert_error(post_document(ocr_server, encrypted_pdf()), 415, "encrypted_document")
+    assert "encrypted" in error["message"]
+    error = assert_error(
+        post_document(ocr_server, text_pdf([["ONE"]], declared_count=1_000_000)), 413, "too_many_pages"
+    )
+    assert "max_pdf_pages=100" in error["message"] and "1000000" in error["message"]
+    error = assert_error(post_document(ocr_server, text_pdf([["X"]] * 101)), 413, "too_many_pages")
+    assert "max_pdf_pages=100" in error["message"]
+    huge = text_pdf([["HUGE"]], media_box=(1_000_000, 1_000_000))
+    assert_error(post_document(ocr_server, huge), 413, "page_too_large")
+    good = text_pdf([["GOOD PAGE ONE"], ["GOOD PAGE TWO"]])
+    assert_error(post_document(ocr_server, good[: len(good) // 2]), 415, "corrupt_document")
+    assert_error(post_document(ocr_server, b"%PDF-1.7\n" + os.urandom(2000)), 415, "corrupt_document")
+    tiny = Image.new("RGB", (64, 32), "white")
+    assert_error(post_document(ocr_server, multipage_tiff([tiny] * 101), name="many.tif"), 413, "too_many_pages")
+    assert_error(post_document(ocr_server, good, pdf_text="maybe"), 400, "invalid_field")
+
+    word = random_word()
+    alive = ocr_server.ocr_upload(text_image(word))
+    assert alive.status_code == 200 and alive.json()["text_lines"][0]["text"] == word
+    assert ocr_server.health()["workers"]["ready"] == 2
+
+
+def test_one_unreadable_page_fails_alone_and_says_which(ocr_server: RunningServer) -> None:
+    pdf = text_pdf([["FIRST PAGE"], ["BOMB"], ["THIRD PAGE"]], media_boxes={1: (1_000_000, 1_000_000)})
+    response = post_document(ocr_server, pdf)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["pages_failed"] == 1
+    bad = body["pages"][1]
+    assert bad["page"] == 2 and bad["error"]["code"] == "page_too_large" and bad["error"]["http_status"] == 413
+    assert [body["pages"][i]["text_lines"][0]["text"] for i in (0, 2)] == ["FIRST PAGE", "THIRD PAGE"]
+
+
+def test_a_worker_killed_during_a_page_costs_nothing(server_factory: Any) -> None:
+    server = server_factory(base_config(number=2), name="doc-crash")
+    rows = gt_rows(SCANS)
+    pdf = image_pdf([open_gt(row) for row in rows], dpi=200)
+    submitted = post_document(server, pdf, block_flag="false").json()
+    deadline = time.monotonic() + 60
+    busy: list[int] = []
+    while not busy and time.monotonic() < deadline:
+        busy = [w["pid"] for w in server.health()["workers"]["workers"] if w["state"] == "busy"]
+        time.sleep(0.02)
+    assert busy, "no page ever ran"
+    os.kill(busy[0], signal.SIGKILL)  # a worker we started, by its PID
+    view = requests.get(f"{server.url}{submitted['status_url']}?wait=30", timeout=60).json()
+    while view["status"] not in ("done", "failed"):
+        view = requests.get(f"{server.url}{submitted['status_url']}?wait=30", timeout=60).json()
+    assert view["status"] == "done" and view["pages_failed"] == 0, view  # the page was retried
+    deadline = time.monotonic() + 60
+    while server.health()["workers"]["ready"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.health()["workers"]["ready"] == 2
+    assert server.ocr_upload(text_image("STILL SERVING")).status_code == 200
+
+
+def test_a_single_image_is_not_kept_waiting_behind_a_long_document(ocr_server: RunningServer) -> None:
+    rows = gt_rows(SCANS)
+    images = [open_gt(row) for row in rows]
+    pdf = image_pdf([images[i % 3].rotate(180 * (i // 3)) for i in range(8)], dpi=170)
+    submitted = post_document(ocr_server, pdf, block_flag="false").json()
+    status_url = f"{ocr_server.url}{submitted['status_url']}"
+    deadline = time.monotonic() + 120
+    before = 0
+    while not before and time.monotonic() < deadline:  # the pages are under way
+        time.sleep(0.05)
+        before = requests.get(status_url, timeout=30).json()["pages_done"]
+    word = random_word()
+    image = ocr_server.ocr_upload(text_image(word))  # arrives while the document's pages run
+    assert image.status_code == 200 and image.json()["text_lines"][0]["text"] == word
+    # It waited for the (at most 2) pages already running, not for the rest of the document:
+    # the 2 running then, and 1 more on the other worker while the image was read, at most.
+    view = requests.get(status_url, timeout=30).json()
+    assert view["status"] == "running" and view["pages_done"] <= before + 3, (before, view)
+    while view["status"] not in ("done", "failed"):
+        view = requests.get(f"{status_url}?wait=30", timeout=60).json()
+    assert view["status"] == "done" and view["pages_failed"] == 0

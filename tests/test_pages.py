@@ -1,0 +1,168 @@
+"""Document pages over a real pool of worker processes (fake engine): fairness, progress,
+a crashing or hanging page, cancellation. The same paths with real models and real PDFs are
+in test_documents.py."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import Any
+
+from PIL import Image
+
+from cache import OcrService
+from cache.documents import DocumentService, RenderSettings
+from ocr_pool import PoolError, TaskCancelledError, WorkerPool
+from ocr_pool.pages import PageScheduler
+from tests.test_pool import run, wait_for
+
+RENDER = RenderSettings(dpi=200, max_side=4000, max_pixels=16_000_000, max_pages=100)
+
+
+def services(pool: WorkerPool) -> tuple[OcrService, DocumentService]:
+    ocr = OcrService(pool, engine_identity="fake", cache_capacity=100, cache_ttl=60, task_capacity=10, task_ttl=60)
+    return ocr, DocumentService(ocr, PageScheduler(pool), RENDER)
+
+
+def page_params(count: int) -> list[tuple[int, dict[str, Any]]]:
+    return [
+        (index, {"det": "auto", "document": {"op": "page", "kind": "tiff", "index": index}}) for index in range(count)
+    ]
+
+
+def test_a_single_image_waits_for_the_running_pages_only_not_for_the_whole_document() -> None:
+    async def scenario(pool: WorkerPool) -> None:
+        scheduler = PageScheduler(pool)
+        document = scheduler.add(b"pages:sleep=0.3", page_params(10))
+        assert scheduler.in_pool == 2 and scheduler.pending == 8  # one page per worker in the pool
+        image = pool.submit(b"single image", {})
+        await image.future
+        done = sum(task.future.done() for task in document.tasks)
+        # The image took the first free worker: it waited for the 2 running pages at most.
+        assert done <= 3, done
+        await asyncio.gather(*(task.future for task in document.tasks))
+
+    run(scenario)
+
+
+def test_two_documents_share_the_workers_page_by_page() -> None:
+    async def scenario(pool: WorkerPool) -> None:
+        scheduler = PageScheduler(pool)
+        big = scheduler.add(b"pages:sleep=0.2", page_params(12))
+        small = scheduler.add(b"pages:sleep=0.2,", page_params(2))
+        await asyncio.gather(*(task.future for task in small.tasks))
+        # Round-robin: the 2-page document did not wait for the 12-page one to finish.
+        assert sum(task.future.done() for task in big.tasks) <= 6
+        await asyncio.gather(*(task.future for task in big.tasks))
+
+    run(scenario, size=1)
+
+
+def test_a_page_that_kills_its_worker_fails_that_page_only_and_the_pool_recovers() -> None:
+    async def scenario(pool: WorkerPool) -> None:
+        _ocr, documents = services(pool)
+        params = {"det": "auto", "pdf_text": "ocr"}
+        run_ = documents.join("doc-crash", "tiff", b"pages:crash=1", "h-crash", params, 3)
+        result = await run_.future
+        pages = result["pages"]
+        assert [page["page"] for page in pages] == [1, 2, 3]
+        assert pages[1]["error"]["code"] == "worker_crashed"
+        assert [line["text"] for line in pages[0]["text_lines"]] == ["page 1"]
+        assert [line["text"] for line in pages[2]["text_lines"]] == ["page 3"]
+        await wait_for(lambda: pool.ready_count == 2)
+        assert pool.restarts["crashed"] == 2  # the page was tried twice, as an image would be
+
+    run(scenario)
+
+
+def test_a_hanging_page_times_out_alone_and_its_worker_is_replaced() -> None:
+    async def scenario(pool: WorkerPool) -> None:
+        _ocr, documents = services(pool)
+        run_ = documents.join("doc-hang", "tiff", b"pages:hang=0", "h-hang", {"det": "auto", "pdf_text": "ocr"}, 2)
+        result = await run_.future
+        assert result["pages"][0]["error"]["code"] == "timeout"
+        assert result["pages"][1]["text_lines"][0]["text"] == "page 2"
+        await wait_for(lambda: pool.ready_count == 2)
+        assert pool.restarts["timeout"] == 1
+
+    run(scenario, task_timeout=1.5)
+
+
+def test_progress_and_per_page_cache() -> None:
+    async def scenario(pool: WorkerPool) -> None:
+        ocr, documents = services(pool)
+        params = {"det": "auto", "pdf_text": "ocr"}
+        key = documents.document_key("h-progress", "tiff", params)
+        record = await documents.submit_task(key, "tiff", b"pages:sleep=0.2", "h-progress", params, 4)
+        seen = []
+        while record.status != "done":
+            view = record.view()
+            seen.append((view.pages_done, view.pages_total))
+            await asyncio.sleep(0.02)
+        assert seen[0][1] == 4 and any(0 < done < 4 for done, _ in seen), seen
+        assert record.view().pages_done == 4
+        # The document's entry gone, its pages' entries kept: a re-run OCRs nothing.
+        ocr.results.cache.pop(key)
+        before = pool.tasks_run
+        again = documents.join(key, "tiff", b"pages:sleep=0.2", "h-progress", params, 4)
+        result = await again.future
+        assert pool.tasks_run == before
+        assert [page["cached"] for page in result["pages"]] == [True] * 4
+
+    run(scenario)
+
+
+def test_the_last_client_leaving_cancels_the_pages_not_started() -> None:
+    async def scenario(pool: WorkerPool) -> None:
+        ocr, documents = services(pool)
+        run_ = documents.join("doc-gone", "tiff", b"pages:sleep=0.3", "h-gone", {"det": "auto", "pdf_text": "ocr"}, 10)
+        await wait_for(lambda: run_.pages is not None and run_.state == "running")
+        ocr.release(run_)  # the only waiter disconnected
+        try:
+            await run_.future
+        except TaskCancelledError:
+            pass
+        else:
+            raise AssertionError("the document should have been cancelled")
+        await wait_for(lambda: pool.running_count() == 0)
+        assert documents.scheduler.pending == 0 and pool.queue_depth == 0
+        assert pool.tasks_run <= 4  # the pages running at the time, not the 10
+
+    run(scenario)
+
+
+def test_what_the_event_loop_calls_a_document() -> None:
+    from handlers.documents import document_kind
+    from handlers.errors import ApiError
+    from tests.conftest import text_image
+    from tests.pdf_builder import multipage_tiff, text_pdf
+
+    assert document_kind(text_pdf([["A"]]), 100) == ("pdf", None)
+    assert document_kind(b"junk before the header\n" + text_pdf([["A"]]), 100) == ("pdf", None)
+    png = text_image("PDF")
+    assert document_kind(png[:40] + b"%PDF-1.4" + png[40:], 100) is None  # an image mentioning it
+    page = Image.open(io.BytesIO(png))
+    assert document_kind(multipage_tiff([page] * 3), 100) == ("tiff", 3)
+    assert document_kind(multipage_tiff([page]), 100) is None  # one page: an image
+    try:
+        document_kind(multipage_tiff([page] * 4), 3)
+    except ApiError as error:
+        assert error.status == 413 and error.code == "too_many_pages" and "max_pdf_pages=3" in error.message
+    else:
+        raise AssertionError("4 pages past a limit of 3 must be refused")
+
+
+def test_a_document_cut_short_by_shutdown_fails_as_a_whole_with_503() -> None:
+    async def scenario(pool: WorkerPool) -> None:
+        _ocr, documents = services(pool)
+        run_ = documents.join("doc-stop", "tiff", b"pages:sleep=0.3", "h-stop", {"det": "auto", "pdf_text": "ocr"}, 8)
+        await wait_for(lambda: run_.pages_done >= 1)
+        await pool.close(grace=0.2)  # SIGTERM: what has not started is refused
+        try:
+            await run_.future
+        except PoolError as error:
+            assert error.code == "shutting_down"
+        else:
+            raise AssertionError("a document with unread pages at shutdown must fail, not answer half")
+
+    run(scenario)
