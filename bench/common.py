@@ -54,6 +54,15 @@ _PUNCT = str.maketrans(
 _WS = re.compile(r"\s+")
 
 
+def rss_mb() -> float:
+    """This process's resident memory in MB (Linux), for benchmarks that report it."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def normalize_line(text: str, casefold: bool = False) -> str:
     """NFKC (full-width -> half-width), unify punctuation, fold whitespace."""
     text = unicodedata.normalize("NFKC", text).translate(_PUNCT)
