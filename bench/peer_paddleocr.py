@@ -19,11 +19,10 @@ import json
 import logging
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
-from common import rss_mb
+from common import run_peer_images
 
 # Local model directories only: no model-hoster connectivity check at start.
 os.environ.setdefault("PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK", "True")
@@ -53,17 +52,12 @@ def main() -> int:
             cpu_threads=1,
         )
     logging.disable(logging.CRITICAL)
-    out = {}
-    for name in images:
-        data = (root / name).read_bytes()
-        t0 = time.perf_counter()
-        try:
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            lines = [str(text) for page in engine.predict(image) for text in page["rec_texts"]]
-        except Exception as exc:  # noqa: BLE001 - the peer failing on one image is a result, not a crash
-            lines = [f"<{type(exc).__name__}>"]
-        out[name] = {"lines": lines, "ms": (time.perf_counter() - t0) * 1000}
-    json.dump({"images": out, "rss_mb": rss_mb()}, sys.stdout, ensure_ascii=False)
+
+    def read(data: bytes) -> list[str]:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        return [str(text) for page in engine.predict(image) for text in page["rec_texts"]]
+
+    run_peer_images(root, images, read)
     return 0
 
 

@@ -11,10 +11,9 @@ Output: {"images": {name: {"lines", "ms"}}, "rss_mb": this process's resident me
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
-from common import rss_mb
+from common import run_peer_images
 from rapidocr import RapidOCR
 
 
@@ -28,17 +27,7 @@ def main() -> int:
         }
     )
     logging.disable(logging.CRITICAL)
-    out = {}
-    for name in images:
-        data = (root / name).read_bytes()
-        t0 = time.perf_counter()
-        try:
-            result = engine(data)
-            lines = list(result.txts or ())
-        except Exception as exc:  # noqa: BLE001 - the peer failing on one image is a result, not a crash
-            lines = [f"<{type(exc).__name__}>"]
-        out[name] = {"lines": lines, "ms": (time.perf_counter() - t0) * 1000}
-    json.dump({"images": out, "rss_mb": rss_mb()}, sys.stdout, ensure_ascii=False)
+    run_peer_images(root, images, lambda data: list(engine(data).txts or ()))
     return 0
 
 
