@@ -2,6 +2,7 @@
 
     python bench/accuracy.py [--models PP-OCRv4,PP-OCRv6-small] [--engines onnxruntime,paddle]
                              [--set det_min_side_len=736] [--peer-python /path/to/venv/bin/python]
+                             [--paddleocr-python /path/to/venv/bin/python]
 
 Each image is read the way the server reads it by default (det=auto). Per kind and overall:
 CER (lines normalised and sorted, spaces count; line splits that differ from the ground truth's
@@ -14,7 +15,10 @@ glued words) and the median ms per image. All micro-averaged.
 Runs in the pool's shape: two processes with one inference thread each, both working on the
 same variant at once (each takes half the images), one variant after the other.
 `--peer-python` names an interpreter with `rapidocr==3.10.0` installed (its own virtualenv);
-rapidocr then runs on its defaults, one thread, as a reference row.
+rapidocr then runs on its defaults, one thread, as a reference row. `--paddleocr-python` names
+one with `paddleocr` 3.x: PaddleOCR's own pipeline then runs on the paddle backend's PP-OCRv5
+weights (bench/peer_paddleocr.py), one thread. Each variant's two processes are fresh, and the
+resident memory of the larger one after its half is reported with the images per second.
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import OCR_GT, bag_cer, f1, load_manifest, page_cer, word_counts
+from bench.common import OCR_GT, bag_cer, f1, load_manifest, page_cer, rss_mb, word_counts
 
 PEER = "rapidocr-3.10.0"
+PADDLEOCR = "paddleocr pipeline, PP-OCRv5"
 KINDS = ("document", "form", "receipt", "scene", "line")
 
 
@@ -56,33 +61,45 @@ def _run_ours(options: dict[str, Any], root: str, images: list[str]) -> dict[str
         except ImageError as exc:
             lines = [f"<{exc.code}>"]
         out[name] = {"lines": lines, "ms": (time.perf_counter() - t0) * 1000}
-    return out
+    return {"images": out, "rss_mb": rss_mb()}
 
 
-def _run_peer(python: str, root: str, images: list[str]) -> dict[str, Any]:
-    script = Path(__file__).with_name("peer_rapidocr.py")
+def _paddleocr_args() -> list[str]:
+    """PaddleOCR runs the paddle backend's own PP-OCRv5 directories: the same weights."""
+    from models import EngineOptions
+    from models.options import resolve_model_paths
+
+    paths = resolve_model_paths(EngineOptions(engine="paddle", model="PP-OCRv5"))
+    return [str(paths.det), str(paths.rec)]
+
+
+def _run_peer(python: str, root: str, images: list[str], script: str = "peer_rapidocr.py", extra: tuple = ()) -> dict:
     proc = subprocess.run(
-        [python, str(script), root],
+        [python, str(Path(__file__).with_name(script)), root, *extra],
         input=json.dumps(images),
         capture_output=True,
         text=True,
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"{PEER} failed: {proc.stderr[-2000:]}")
+        raise RuntimeError(f"{script} failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout)
 
 
-def run_variant(pool: ProcessPoolExecutor, variant: dict[str, Any], root: str, images: list[str]) -> dict:
+def run_variant(pool: ProcessPoolExecutor, variant: dict[str, Any], root: str, images: list[str]) -> tuple[dict, float]:
+    """Both halves at once; the merged per-image results and the larger process's RSS in MB."""
     halves = [images[0::2], images[1::2]]
     if variant.get("peer"):
-        futures = [pool.submit(_run_peer, variant["peer"], root, half) for half in halves]
+        futures = [pool.submit(_run_peer, variant["peer"], root, half, *variant.get("script", ())) for half in halves]
     else:
         futures = [pool.submit(_run_ours, variant["options"], root, half) for half in halves]
     merged: dict[str, Any] = {}
+    rss = 0.0
     for future in futures:
-        merged.update(future.result())
-    return merged
+        result = future.result()
+        merged.update(result["images"])
+        rss = max(rss, result["rss_mb"])
+    return merged, rss
 
 
 def score(rows: list[dict], results: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -146,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", default="onnxruntime", help="backends, comma-separated (onnxruntime,paddle)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="engine option for every variant")
     ap.add_argument("--peer-python", help="python of a virtualenv with rapidocr==3.10.0: adds the reference row")
+    ap.add_argument(
+        "--paddleocr-python", help="python of a virtualenv with paddleocr 3.x: adds PaddleOCR's own pipeline"
+    )
     ap.add_argument("--limit", type=int, default=0, help="only the first N manifest rows")
     ap.add_argument("--kinds", default="", help="only these kinds, comma-separated (document,form,receipt,scene,line)")
     ap.add_argument("--json", type=Path, help="write every variant's raw results and scores here")
@@ -168,31 +188,47 @@ def main(argv: list[str] | None = None) -> int:
                 variants[f"{family} {engine}"] = {"options": {"engine": engine, "model": family, **overrides}}
     if args.peer_python:
         variants[f"{PEER} (defaults)"] = {"peer": args.peer_python}
+    if args.paddleocr_python:
+        variants[PADDLEOCR] = {
+            "peer": args.paddleocr_python,
+            "script": ("peer_paddleocr.py", tuple(_paddleocr_args())),
+        }
     suffix = f"; options {overrides}" if overrides else ""
     print(f"{len(rows)} images from {args.data}; det=auto; 2 processes x 1 thread{suffix}")
 
     images = [row["image"] for row in rows]
-    raw, scores = {}, {}
+    raw, scores, process = {}, {}, {}
     if args.rescore:
         for dump in args.rescore:
             for name, results in json.loads(dump.read_text(encoding="utf-8"))["raw"].items():
                 name = f"{name} [{dump.stem}]" if name in raw else name
                 raw[name], scores[name] = results, score(rows, results)
         variants = {}
-    with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:
+    # A fresh process for every half, so that each variant's memory is its own.
+    with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
         for name, variant in variants.items():
             t0 = time.perf_counter()
-            raw[name] = run_variant(pool, variant, str(args.data), images)
+            raw[name], rss = run_variant(pool, variant, str(args.data), images)
             scores[name] = score(rows, raw[name])
-            print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+            wall = time.perf_counter() - t0
+            process[name] = {"wall_s": wall, "images_per_s": len(images) / wall, "rss_mb": rss}
+            print(f"  {name}: {wall:.0f} s", flush=True)
 
     print_table(scores, "cer", "CER % (sorted lines, case ignored, spaces count)")
     print_table(scores, "orderfree_cer", "order-free CER % (bag of characters, case and whitespace ignored)")
     print_table(scores, "en_word_f1", "English bag-of-words F1")
     print_table(scores, "en_word_f1_loose", "English bag-of-words F1, words also split at '-' and ':'")
     print_table(scores, "median_ms", "median ms per image (2 processes x 1 thread)")
+    if process:
+        print("\n| variant | images/s (2 processes, model loading included) | worker RSS MB after the run |")
+        print("|---|---|---|")
+        for name, row in process.items():
+            print(f"| {name} | {row['images_per_s']:.2f} | {row['rss_mb']:.0f} |")
     if args.json:
-        args.json.write_text(json.dumps({"scores": scores, "raw": raw}, ensure_ascii=False, indent=1), encoding="utf-8")
+        args.json.write_text(
+            json.dumps({"scores": scores, "process": process, "raw": raw}, ensure_ascii=False, indent=1),
+            encoding="utf-8",
+        )
     return 0
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +54,29 @@ _PUNCT = str.maketrans(
     }
 )
 _WS = re.compile(r"\s+")
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MB (Linux), for benchmarks that report it."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_peer_images(root: Path, images: list[str], read: Callable[[bytes], list[str]]) -> None:
+    """A peer script's loop: each image timed from its bytes to its lines; JSON on stdout."""
+    out = {}
+    for name in images:
+        data = (root / name).read_bytes()
+        t0 = time.perf_counter()
+        try:
+            lines = read(data)
+        except Exception as exc:  # noqa: BLE001 - the peer failing on one image is a result, not a crash
+            lines = [f"<{type(exc).__name__}>"]
+        out[name] = {"lines": lines, "ms": (time.perf_counter() - t0) * 1000}
+    json.dump({"images": out, "rss_mb": rss_mb()}, sys.stdout, ensure_ascii=False)
 
 
 def normalize_line(text: str, casefold: bool = False) -> str:
