@@ -82,12 +82,18 @@ def start_server(
 
 
 def start_process(
-    argv: list[str], port: int, workdir: Path, ready_timeout: float = 180, new_session: bool = True
+    argv: list[str],
+    port: int,
+    workdir: Path,
+    ready_timeout: float = 180,
+    new_session: bool = True,
+    python: str = sys.executable,
+    cwd: Path = REPO,
 ) -> BenchServer:
     """Run `python argv...` (a server listening on 127.0.0.1:port) and wait until /readyz says ready."""
     with open(workdir / "server.log", "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, *argv], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session
+            [python, *argv], cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session
         )
     server = BenchServer(f"http://127.0.0.1:{port}", process, workdir)
     deadline = time.monotonic() + ready_timeout

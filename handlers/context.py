@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cache import OcrService
 from handlers.upload_budget import UploadBudget
+from loop_lag import LoopLagMonitor
 from ocr_pool import WorkerPool
 from settings import Settings
 
@@ -23,3 +24,4 @@ class AppContext:
     # CPUs the process may use (affinity, cgroup quota): the workers' threads are shared out of these.
     usable_cpus: int = 1
     started: float = field(default_factory=time.monotonic)
+    loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
