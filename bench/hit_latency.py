@@ -133,9 +133,15 @@ def measure_wrk_series(
 
 
 def compare(
-    server: BenchServer, image: Path, connections: list[int], duration: float, workdir: Path, floor_processes: int
+    server: BenchServer,
+    image: Path,
+    connections: list[int],
+    duration: float,
+    workdir: Path,
+    floor_processes: int,
+    others: dict[str, BenchServer] | None = None,
 ) -> dict[str, Any] | None:
-    """wrk against `server` and against the Tornado floor; None when wrk is not installed."""
+    """wrk against `server`, the `others` (other versions) and the Tornado floor; None without wrk."""
     wrk = shutil.which("wrk")
     if wrk is None:
         return None
@@ -158,8 +164,14 @@ def compare(
         "upload_bytes": len(body),
         "answer_bytes": len(answer),
         "server": measure_wrk_series(wrk, f"{server.url}/ocr_service", script, env, connections, duration, server),
+        "others": {},
         "floor": {},
     }
+    for name, other in (others or {}).items():
+        post_once(f"{other.url}/ocr_service", body, content_type)  # its one miss
+        out["others"][name] = measure_wrk_series(
+            wrk, f"{other.url}/ocr_service", script, env, connections, duration, other
+        )
     for layer in FLOOR_LAYERS:
         for processes in sorted({1, floor_processes}):
             port = free_port()
@@ -189,6 +201,7 @@ def report(result: dict[str, Any]) -> list[str]:
         f"{'':28} {'conns':>5} {'req/s':>8} {'p50':>10} {'p90':>10} {'p99':>10}  notes",
     ]
     rows = [("this server (1 loop)", result["server"])]
+    rows += [(f"{name} (1 loop)", series) for name, series in result.get("others", {}).items()]
     for key, series in result["floor"].items():
         layer, processes = key.split("-")
         rows.append((f"{FLOOR_NAMES[layer]}, {processes} proc", series))
@@ -205,12 +218,14 @@ def report(result: dict[str, Any]) -> list[str]:
                 f"{_ms(lat.get('p90', float('nan'))):>10} {_ms(lat['p99']):>10}  {'; '.join(notes)}"
             )
     floor1 = {s["connections"]: s for s in result["floor"].get("web-1", [])}
-    for s in result["server"]:
+    compared = [("this server", s) for s in result["server"]]
+    compared += [(name, s) for name, series in result.get("others", {}).items() for s in series]
+    for who, s in compared:
         f = floor1.get(s["connections"])
         if f is None:
             continue
         lines.append(
-            f"at {s['connections']} connections: this server / 1-process web floor = "
+            f"at {s['connections']} connections: {who} / 1-process web floor = "
             f"{s['requests_per_s'] / f['requests_per_s']:.2f} x throughput, "
             f"{s['latency_s']['p99'] / f['latency_s']['p99']:.2f} x p99"
         )
@@ -237,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     p.add_argument("--floor-processes", type=int, default=os.cpu_count() or 1)
     p.add_argument("--json", dest="json_path", type=Path, default=None)
+    p.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
+                   help="also measure the server.py of another source tree (e.g. the code before a change)")  # fmt: skip
     args = p.parse_args(argv)
     connections = [int(x) for x in args.connections.split(",") if x.strip()]
     image = args.image
@@ -250,10 +267,17 @@ def main(argv: list[str] | None = None) -> int:
         config = {"web_server": {"host": "127.0.0.1"}, "ocr": {"process": {"number": 1}}}
         # INFO: the access log stays on, as in production.
         server = start_server(config, log_level="INFO", workdir=workdir)
+        others: dict[str, BenchServer] = {}
         started = time.monotonic()
         try:
-            result = compare(server, image, connections, args.duration, workdir, args.floor_processes)
+            for name, path in (tree.split("=", 1) for tree in args.tree):
+                other_dir = workdir / f"tree-{name}"
+                other_dir.mkdir()
+                others[name] = start_server(config, log_level="INFO", workdir=other_dir, repo=Path(path).resolve())
+            result = compare(server, image, connections, args.duration, workdir, args.floor_processes, others)
         finally:
+            for other in others.values():
+                other.stop()
             server.stop()
     assert result is not None
     for line in report(result):

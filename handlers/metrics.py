@@ -8,6 +8,7 @@ at scrape time, so those modules stay free of any metrics dependency.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -117,6 +118,10 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(ctx))
+        # labels() builds and looks up its key under a lock on every call; a hit is cheap
+        # enough for that to show, so each label set's child is looked up once.
+        self._request_children: dict[tuple[str, str, int], Any] = {}
+        self._latency_children: dict[str, Any] = {}
         ctx.pool.on_task_finished = self.observe_task
 
     def observe_task(self, job: Job) -> None:
@@ -127,8 +132,18 @@ class ServiceMetrics:
 
     def observe_request(self, handler: web.RequestHandler) -> None:
         endpoint = getattr(handler, "endpoint", "other")
-        self.requests.labels(endpoint, method_label(handler.request.method), str(handler.get_status())).inc()
-        self.latency.labels(endpoint).observe(handler.request.request_time())
+        method = method_label(handler.request.method)
+        status = handler.get_status()
+        counter = self._request_children.get((endpoint, method, status))
+        if counter is None:
+            counter = self._request_children[endpoint, method, status] = self.requests.labels(
+                endpoint, method, str(status)
+            )
+        counter.inc()
+        latency = self._latency_children.get(endpoint)
+        if latency is None:
+            latency = self._latency_children[endpoint] = self.latency.labels(endpoint)
+        latency.observe(handler.request.request_time())
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -15,6 +15,7 @@ are not UTF-8, over MAX_PARTS parts or MAX_HEADER_BYTES of part headers, no fina
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from tornado.httputil import HTTPHeaders, _parse_header
@@ -22,6 +23,42 @@ from tornado.httputil import HTTPHeaders, _parse_header
 # The same bounds as Tornado's own multipart parser.
 MAX_PARTS = 100
 MAX_HEADER_BYTES = 10 * 1024
+
+
+# What browsers, curl and requests send: read with one regex match instead of the email
+# package's general parameter decoding (a third of a small upload's parsing time). Anything
+# else (RFC 2231 `filename*=`, escapes, folded lines) takes Tornado's general parser.
+_SIMPLE_DISPOSITION = re.compile(r'form-data; ?name="([^"\\*]+)"(?:; ?filename="([^"\\]*)")?')
+_SIMPLE_HEADER = re.compile(r"([A-Za-z0-9-]+): ?([^\r\n]*)")
+
+
+def _simple_headers(text: str) -> dict[str, str] | None:
+    """{lower-case name: value} of a header block of plain one-line headers, else None."""
+    headers: dict[str, str] = {}
+    for line in text.split("\r\n"):
+        match = _SIMPLE_HEADER.fullmatch(line)
+        if match is None or match.group(1).lower() in headers:
+            return None
+        headers[match.group(1).lower()] = match.group(2).strip()
+    return headers
+
+
+def part_header_fields(raw_headers: bytes) -> tuple[str, str | None, str]:
+    """(name, filename or None, content type) of a part's header block."""
+    text = raw_headers.decode("utf-8")
+    simple = _simple_headers(text)
+    if simple is not None:
+        match = _SIMPLE_DISPOSITION.fullmatch(simple.get("content-disposition", ""))
+        if match is not None:
+            return match.group(1), match.group(2) or None, simple.get("content-type", "application/unknown")
+    headers = HTTPHeaders.parse(text)
+    disposition, params = _parse_header(headers.get("Content-Disposition", ""))
+    if disposition != "form-data":
+        raise MultipartError("a part is not form-data")
+    name = params.get("name")
+    if not name:
+        raise MultipartError("a part has no name")
+    return name, params.get("filename") or None, headers.get("Content-Type", "application/unknown")
 
 
 class MultipartError(ValueError):
@@ -131,15 +168,10 @@ class MultipartParser:
         if len(self.parts) >= MAX_PARTS:
             raise MultipartError("too many parts")
         try:
-            headers = HTTPHeaders.parse(raw_headers.decode("utf-8"))
-            disposition, params = _parse_header(headers.get("Content-Disposition", ""))
+            name, filename, content_type = part_header_fields(raw_headers)
+        except MultipartError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any header Tornado cannot read is a malformed body
             raise MultipartError(f"unreadable part headers: {exc}") from None
-        if disposition != "form-data":
-            raise MultipartError("a part is not form-data")
-        name = params.get("name")
-        if not name:
-            raise MultipartError("a part has no name")
-        filename = params.get("filename") or None
-        self._part = Part(name, filename, headers.get("Content-Type", "application/unknown"))
+        self._part = Part(name, filename, content_type)
         self.parts.append(self._part)

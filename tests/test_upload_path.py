@@ -125,3 +125,27 @@ def test_hits_are_answered_while_a_worker_takes_its_time_reading_a_20_mib_upload
     uploader.join(timeout=300)
     assert answers["big"].status_code == 200, answers["big"].text
     assert word in texts(answers["big"]).replace(" ", "")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'Content-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png',
+        b'Content-Disposition: form-data; name="file_type"',
+        b'content-disposition: form-data;name="f";filename="x y.png"',
+        b'Content-Disposition: form-data; name="f"; filename=""',
+        b"Content-Disposition: form-data; name=\"x\"; filename*=UTF-8''%E2%82%AC.png",
+        b'Content-Disposition: form-data; name="a\\"b"',
+        b'Content-Disposition: form-data; name="n*"',
+    ],
+)
+def test_part_headers_read_like_tornado_reads_them(raw: bytes) -> None:
+    """The one-regex fast path for common part headers gives what Tornado's general parser gives."""
+    from tornado.httputil import HTTPHeaders, _parse_header
+
+    from handlers.multipart import part_header_fields
+
+    headers = HTTPHeaders.parse(raw.decode())
+    _, params = _parse_header(headers.get("Content-Disposition", ""))
+    expected = (params["name"], params.get("filename") or None, headers.get("Content-Type", "application/unknown"))
+    assert part_header_fields(raw) == expected
