@@ -60,6 +60,9 @@ def main() -> None:
 
     def run_with_probe(main_coro, **kwargs):  # type: ignore[no-untyped-def]
         async def wrapped():  # type: ignore[no-untyped-def]
+            # With PYTHONASYNCIODEBUG=1, asyncio logs each callback that ran longer than this:
+            # which code held the loop (a diagnosis aid; debug mode slows everything down).
+            asyncio.get_running_loop().slow_callback_duration = INTERVAL_S * 4
             task = asyncio.ensure_future(probe(out))
             try:
                 return await main_coro

@@ -5,7 +5,8 @@ README: rapidocr_api==0.2.0, rapidocr==3.10.0, onnxruntime), it starts both serv
 127.0.0.1 -- this one on its defaults (2 workers), the peer on its defaults with 2 workers
 (`rapidocr_api -workers 2`) -- and drives them in turn with the same distinct real images
 (from ../shared/data/ocr-gt, spread over every kind) at each concurrency: every upload is
-new to the server (same pixels, a unique metadata tail, so no cache answers it). Prints,
+new to the server (same pixels, a unique metadata tail, so no cache answers it). Ours runs
+on its defaults but for task_timeout, raised to the client's timeout as the peer has none. Prints,
 per server and concurrency: images/s, p50/p95/p99 latency, errors, and our/peer ratios.
 
     python bench/peers.py --peer-python /tmp/venv-peer/bin/python              # concurrency 8 and 50
@@ -177,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     ours_dir = workdir / "ours"
     ours_dir.mkdir()
-    ours = start_server({"ocr": {"process": {"number": args.workers}}}, workdir=ours_dir)
+    # The peer has no task deadline; ours (60 s by default) is raised to the client's, so that on
+    # a slow or shared machine a queue of 50 heavy images is measured, not cut off with 504s.
+    ours = start_server({"ocr": {"process": {"number": args.workers, "task_timeout": TIMEOUT_S}}}, workdir=ours_dir)
     peer: BenchServer | None = None
     rows: list[dict[str, Any]] = []
     try:
