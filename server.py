@@ -164,6 +164,7 @@ async def serve(settings: Settings) -> int:
             ctx.pool.hurry()
 
     loop = asyncio.get_running_loop()
+    ctx.loop_lag.start(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
 

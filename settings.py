@@ -21,7 +21,7 @@ from models import EngineOptions, default_family
 from ocr_pool.cpus import read_usable_cpus
 
 REPO_DIR = Path(__file__).resolve().parent
-ENGINES = ("onnxruntime", "paddle")
+ENGINES = ("onnxruntime", "openvino", "paddle")
 BACKENDS = ("memory", "redis")
 
 

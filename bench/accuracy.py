@@ -160,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=OCR_GT)
     ap.add_argument("--models", default="", help="model families (default: every family the backend has)")
-    ap.add_argument("--engines", default="onnxruntime", help="backends, comma-separated (onnxruntime,paddle)")
+    ap.add_argument("--engines", default="onnxruntime", help="backends, comma-separated (onnxruntime,openvino,paddle)")
+    ap.add_argument(
+        "--precisions", default="fp32", help="fp32 and/or int8 (python -m models.quantize builds INT8), comma-separated"
+    )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="engine option for every variant")
     ap.add_argument("--peer-python", help="python of a virtualenv with rapidocr==3.10.0: adds the reference row")
     ap.add_argument(
@@ -173,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from models import FAMILIES
+    from models.families import families_for
 
     rows = load_manifest(args.data)
     if args.kinds:
@@ -184,8 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
         families = [m.strip() for m in args.models.split(",") if m.strip()] or list(FAMILIES)
         for family in families:
-            if engine in FAMILIES.get(family, {}):
-                variants[f"{family} {engine}"] = {"options": {"engine": engine, "model": family, **overrides}}
+            if family not in families_for(engine):
+                continue
+            for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+                name = f"{family} {engine}" + ("" if precision == "fp32" else f" {precision}")
+                options = {"engine": engine, "model": family, "precision": precision, **overrides}
+                variants[name] = {"options": options}
     if args.peer_python:
         variants[f"{PEER} (defaults)"] = {"peer": args.peer_python}
     if args.paddleocr_python:

@@ -26,6 +26,7 @@ on this machine can reach at all.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -115,16 +116,37 @@ def hit_count(server: BenchServer) -> int:
     return int(server.health()["cache"]["hits"])
 
 
+def cpu_seconds(pid: int, children: bool) -> float:
+    """CPU time (user + system) of a process (and its children): the HTTP processes' own work,
+    which on a shared machine says more than req/s (other load takes the CPU away)."""
+    import psutil
+
+    process = psutil.Process(pid)
+    total = 0.0
+    for proc in [process, *(process.children(recursive=True) if children else [])]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def measure_wrk_series(
     wrk: str, url: str, script: Path, env: dict[str, str], connections: list[int], duration: float,
-    server: BenchServer | None = None,
+    server: BenchServer | None = None, cpu_pid: int | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """One wrk run per connection count (after a short warm-up); with `server`, checks every request hit."""
+    """One wrk run per connection count (after a short warm-up); with `server`, checks every request hit.
+    With `cpu_pid`: the CPU time spent per answer by that process, and by its children unless it
+    is `server` (whose children are its idle OCR workers)."""
+    with_children = server is None
     run_wrk(wrk, url, script, env, max(connections), 1.0)  # warm-up: connections, caches, branch predictors
     series = []
     for count in connections:
         before = hit_count(server) if server is not None else None
+        cpu_before = cpu_seconds(cpu_pid, with_children) if cpu_pid is not None else None
         figures = run_wrk(wrk, url, script, env, count, duration)
+        if cpu_pid is not None and cpu_before is not None and figures["requests"]:
+            spent = cpu_seconds(cpu_pid, with_children) - cpu_before
+            figures["cpu_us_per_request"] = spent / figures["requests"] * 1e6
         if server is not None and before is not None:
             # wrk counts only completed responses; requests cut off at the end may still hit.
             figures["hits"] = hit_count(server) - before
@@ -133,9 +155,15 @@ def measure_wrk_series(
 
 
 def compare(
-    server: BenchServer, image: Path, connections: list[int], duration: float, workdir: Path, floor_processes: int
+    server: BenchServer,
+    image: Path,
+    connections: list[int],
+    duration: float,
+    workdir: Path,
+    floor_processes: int,
+    others: dict[str, BenchServer] | None = None,
 ) -> dict[str, Any] | None:
-    """wrk against `server` and against the Tornado floor; None when wrk is not installed."""
+    """wrk against `server`, the `others` (other versions) and the Tornado floor; None without wrk."""
     wrk = shutil.which("wrk")
     if wrk is None:
         return None
@@ -157,9 +185,17 @@ def compare(
         "image": image.name,
         "upload_bytes": len(body),
         "answer_bytes": len(answer),
-        "server": measure_wrk_series(wrk, f"{server.url}/ocr_service", script, env, connections, duration, server),
+        "server": measure_wrk_series(
+            wrk, f"{server.url}/ocr_service", script, env, connections, duration, server, server.pid
+        ),
+        "others": {},
         "floor": {},
     }
+    for name, other in (others or {}).items():
+        post_once(f"{other.url}/ocr_service", body, content_type)  # its one miss
+        out["others"][name] = measure_wrk_series(
+            wrk, f"{other.url}/ocr_service", script, env, connections, duration, other, other.pid
+        )
     for layer in FLOOR_LAYERS:
         for processes in sorted({1, floor_processes}):
             port = free_port()
@@ -169,7 +205,7 @@ def compare(
             floor = start_process(argv, port, floor_dir, ready_timeout=30)
             try:
                 out["floor"][f"{layer}-{processes}"] = measure_wrk_series(
-                    wrk, f"{floor.url}/ocr_service", script, env, connections, duration
+                    wrk, f"{floor.url}/ocr_service", script, env, connections, duration, cpu_pid=floor.pid
                 )
             finally:
                 floor.stop(grace=10)
@@ -189,6 +225,7 @@ def report(result: dict[str, Any]) -> list[str]:
         f"{'':28} {'conns':>5} {'req/s':>8} {'p50':>10} {'p90':>10} {'p99':>10}  notes",
     ]
     rows = [("this server (1 loop)", result["server"])]
+    rows += [(f"{name} (1 loop)", series) for name, series in result.get("others", {}).items()]
     for key, series in result["floor"].items():
         layer, processes = key.split("-")
         rows.append((f"{FLOOR_NAMES[layer]}, {processes} proc", series))
@@ -196,6 +233,8 @@ def report(result: dict[str, Any]) -> list[str]:
         for s in series:
             lat = s["latency_s"]
             notes = []
+            if "cpu_us_per_request" in s:
+                notes.append(f"CPU {s['cpu_us_per_request']:.0f} us/answer")
             if "hits" in s:
                 notes.append(f"hits {s['hits']} for {s['requests']} answered")
             if s["non_2xx"] or s["socket_errors"]:
@@ -205,14 +244,19 @@ def report(result: dict[str, Any]) -> list[str]:
                 f"{_ms(lat.get('p90', float('nan'))):>10} {_ms(lat['p99']):>10}  {'; '.join(notes)}"
             )
     floor1 = {s["connections"]: s for s in result["floor"].get("web-1", [])}
-    for s in result["server"]:
+    compared = [("this server", s) for s in result["server"]]
+    compared += [(name, s) for name, series in result.get("others", {}).items() for s in series]
+    for who, s in compared:
         f = floor1.get(s["connections"])
         if f is None:
             continue
+        cpu = ""
+        if "cpu_us_per_request" in s and f.get("cpu_us_per_request"):
+            cpu = f", floor CPU / its CPU per answer = {f['cpu_us_per_request'] / s['cpu_us_per_request']:.2f}"
         lines.append(
-            f"at {s['connections']} connections: this server / 1-process web floor = "
+            f"at {s['connections']} connections: {who} / 1-process web floor = "
             f"{s['requests_per_s'] / f['requests_per_s']:.2f} x throughput, "
-            f"{s['latency_s']['p99'] / f['latency_s']['p99']:.2f} x p99"
+            f"{s['latency_s']['p99'] / f['latency_s']['p99']:.2f} x p99{cpu}"
         )
     for key, series in result["floor"].items():
         layer, processes = key.split("-")
@@ -237,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     p.add_argument("--floor-processes", type=int, default=os.cpu_count() or 1)
     p.add_argument("--json", dest="json_path", type=Path, default=None)
+    p.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
+                   help="also measure the server.py of another source tree (e.g. the code before a change)")  # fmt: skip
     args = p.parse_args(argv)
     connections = [int(x) for x in args.connections.split(",") if x.strip()]
     image = args.image
@@ -250,10 +296,17 @@ def main(argv: list[str] | None = None) -> int:
         config = {"web_server": {"host": "127.0.0.1"}, "ocr": {"process": {"number": 1}}}
         # INFO: the access log stays on, as in production.
         server = start_server(config, log_level="INFO", workdir=workdir)
+        others: dict[str, BenchServer] = {}
         started = time.monotonic()
         try:
-            result = compare(server, image, connections, args.duration, workdir, args.floor_processes)
+            for name, path in (tree.split("=", 1) for tree in args.tree):
+                other_dir = workdir / f"tree-{name}"
+                other_dir.mkdir()
+                others[name] = start_server(config, log_level="INFO", workdir=other_dir, repo=Path(path).resolve())
+            result = compare(server, image, connections, args.duration, workdir, args.floor_processes, others)
         finally:
+            for other in others.values():
+                other.stop()
             server.stop()
     assert result is not None
     for line in report(result):

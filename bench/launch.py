@@ -67,35 +67,47 @@ def start_server(
     log_level: str = "WARNING",
     workdir: Path | None = None,
     new_session: bool = True,
+    repo: Path = REPO,
 ) -> BenchServer:
     """Start server.py with `config` on a free loopback port and wait until it is ready.
 
     new_session: run it in a session of its own (benchmarks: stop() can then reach its
     workers by process group); tests keep it in theirs, so a Ctrl-C reaches it too.
+    repo: the source tree whose server.py runs (another checkout, to compare versions).
     """
     workdir = workdir or Path(tempfile.mkdtemp(prefix="ocr-bench-"))
     config_path = workdir / "config.json"
     config_path.write_text(json.dumps(config, indent=2))
     port = free_port()
-    argv = [str(REPO / "server.py"), "--config", str(config_path), "--port", str(port), "--log-level", log_level]
-    return start_process(argv, port, workdir, ready_timeout, new_session)
+    argv = [str(repo / "server.py"), "--config", str(config_path), "--port", str(port), "--log-level", log_level]
+    return start_process(argv, port, workdir, ready_timeout, new_session, cwd=repo)
 
 
 def start_process(
-    argv: list[str], port: int, workdir: Path, ready_timeout: float = 180, new_session: bool = True
+    argv: list[str],
+    port: int,
+    workdir: Path,
+    ready_timeout: float = 180,
+    new_session: bool = True,
+    python: str = sys.executable,
+    cwd: Path = REPO,
+    ready_path: str | None = "/readyz",
 ) -> BenchServer:
-    """Run `python argv...` (a server listening on 127.0.0.1:port) and wait until /readyz says ready."""
+    """Run `python argv...` (a server listening on 127.0.0.1:port) and wait until /readyz says
+    ready (ready_path None: return at once; the caller knows how to tell the server is up)."""
     with open(workdir / "server.log", "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, *argv], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session
+            [python, *argv], cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session
         )
     server = BenchServer(f"http://127.0.0.1:{port}", process, workdir)
+    if ready_path is None:
+        return server
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log_tail()}")
         try:
-            if get_json(f"{server.url}/readyz", timeout=2).get("status") == "ready":
+            if get_json(f"{server.url}{ready_path}", timeout=2).get("status") == "ready":
                 return server
         except OSError:
             pass

@@ -9,6 +9,7 @@ from pathlib import Path
 from cache import OcrService
 from cache.documents import DocumentService
 from handlers.upload_budget import UploadBudget
+from loop_lag import LoopLagMonitor
 from ocr_pool import WorkerPool
 from settings import Settings
 
@@ -26,3 +27,4 @@ class AppContext:
     # PDFs and multi-page TIFFs (built beside `ocr` in server.build_context).
     documents: DocumentService | None = None
     started: float = field(default_factory=time.monotonic)
+    loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)

@@ -8,15 +8,17 @@ at scrape time, so those modules stay free of any metrics dependency.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from tornado import web
 
 from handlers.base import JsonHandler, method_label
 from handlers.context import AppContext
+from loop_lag import BUCKETS_S, LoopLagMonitor
 from ocr_pool import Job
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -47,7 +49,9 @@ class _StateCollector(Collector):
         yield _gauge("ocr_cache_entries", "Results in the cache", len(ocr.results.cache))
         budget = self.ctx.upload_budget
         yield _gauge("ocr_upload_buffered_bytes", "Request-body bytes held in memory now", budget.used)
-        yield _counter("ocr_uploads_refused", "Uploads answered 503 because max_buffered_bytes was in use", budget.refused)
+        yield _counter(
+            "ocr_uploads_refused", "Uploads answered 503 because max_buffered_bytes was in use", budget.refused
+        )
         rss = GaugeMetricFamily("ocr_worker_rss_bytes", "Resident memory of each worker", labels=["pid"])
         for pid in pool.worker_pids():
             try:
@@ -55,9 +59,28 @@ class _StateCollector(Collector):
             except psutil.Error:
                 continue  # the worker exited between listing and reading
         yield rss
+        yield from _loop_lag_metrics(self.ctx.loop_lag)
         if ocr.shared is not None:
             yield _gauge("ocr_shared_store_up", "1 when the shared Redis store is reachable", int(ocr.shared.connected))
             yield _counter("ocr_shared_store_errors", "Failed calls to the shared Redis store", ocr.shared.errors)
+
+
+def _loop_lag_metrics(monitor: LoopLagMonitor) -> Iterator[Metric]:
+    yield _gauge(
+        "ocr_event_loop_lag_max_seconds",
+        "Largest lateness of the event loop's timer in the last minute: the longest any request waited for the loop",
+        monitor.recent_max,
+    )
+    cumulative, buckets = 0, []
+    for bound, count in zip((*map(str, BUCKETS_S), "+Inf"), monitor.bucket_counts):
+        cumulative += count
+        buckets.append((bound, cumulative))
+    yield HistogramMetricFamily(
+        "ocr_event_loop_lag_seconds",
+        f"Lateness of a timer re-armed every {monitor.interval * 1000:g} ms on the event loop",
+        buckets=buckets,
+        sum_value=monitor.total,
+    )
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -74,20 +97,32 @@ class ServiceMetrics:
     def __init__(self, ctx: AppContext) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "ocr_http_requests", "HTTP requests by endpoint and status", ["endpoint", "method", "status"],
+            "ocr_http_requests",
+            "HTTP requests by endpoint and status",
+            ["endpoint", "method", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "ocr_http_request_duration_seconds", "HTTP request latency", ["endpoint"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "ocr_http_request_duration_seconds",
+            "HTTP request latency",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.queue_wait = Histogram(
             "ocr_queue_wait_seconds", "Time a task waited for a worker", buckets=LATENCY_BUCKETS, registry=self.registry
         )
         self.ocr_time = Histogram(
-            "ocr_task_duration_seconds", "Time a worker spent on a task", buckets=LATENCY_BUCKETS, registry=self.registry
+            "ocr_task_duration_seconds",
+            "Time a worker spent on a task",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.registry.register(_StateCollector(ctx))
+        # labels() builds and looks up its key under a lock on every call; a hit is cheap
+        # enough for that to show, so each label set's child is looked up once.
+        self._request_children: dict[tuple[str, str, int], Any] = {}
+        self._latency_children: dict[str, Any] = {}
         ctx.pool.on_task_finished = self.observe_task
 
     def observe_task(self, job: Job) -> None:
@@ -98,8 +133,18 @@ class ServiceMetrics:
 
     def observe_request(self, handler: web.RequestHandler) -> None:
         endpoint = getattr(handler, "endpoint", "other")
-        self.requests.labels(endpoint, method_label(handler.request.method), str(handler.get_status())).inc()
-        self.latency.labels(endpoint).observe(handler.request.request_time())
+        method = method_label(handler.request.method)
+        status = handler.get_status()
+        counter = self._request_children.get((endpoint, method, status))
+        if counter is None:
+            counter = self._request_children[endpoint, method, status] = self.requests.labels(
+                endpoint, method, str(status)
+            )
+        counter.inc()
+        latency = self._latency_children.get(endpoint)
+        if latency is None:
+            latency = self._latency_children[endpoint] = self.latency.labels(endpoint)
+        latency.observe(handler.request.request_time())
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,13 +16,19 @@ from handlers.context import AppContext
 from handlers.documents import DocumentAnswers, document_body, document_kind
 from handlers.errors import STATUS_BY_CODE, ApiError, api_error_from_pool
 from handlers.files import read_image_file, resolve_allowed_path
+from handlers.multipart import MultipartParser
 from handlers.request_parsing import (
     FIELDS_BODY_LIMIT,
     OcrRequest,
+    build_ocr_request,
+    feed_multipart,
     fields_body_too_large,
     is_fields_only,
+    media_type_of,
+    multipart_fields,
     parse_ocr_request,
     parse_wait,
+    start_multipart,
 )
 from ocr_pool import PoolError
 
@@ -35,7 +41,7 @@ DRAIN_LIMIT_FACTOR = 4
 HASH_OFF_LOOP_BYTES = 512 * 1024
 
 
-def sha256_hex(data: bytes) -> str:
+def sha256_hex(data: bytes | bytearray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -70,6 +76,16 @@ class OcrHandler(DocumentAnswers, JsonHandler):
         self._over_budget = False
         self._held = 0  # bytes of this body counted against the shared upload budget
         self._computation: Computation | None = None
+        # A multipart body is parsed chunk by chunk as it arrives (never joined into one
+        # bytes object on the event loop); other bodies are small and buffered.
+        self._multipart: MultipartParser | None = None
+        self._parse_error: ApiError | None = None
+        content_type = self.request.headers.get("Content-Type", "")
+        if media_type_of(content_type) == "multipart/form-data":
+            try:
+                self._multipart = start_multipart(content_type, self.request.headers)
+            except ApiError as exc:
+                self._parse_error = exc  # answered once the body is drained
         self._max_bytes = self.ctx.settings.web_server.max_body_bytes
         self._fields_only = is_fields_only(self.request.headers.get("Content-Type", ""))
         body_limit = FIELDS_BODY_LIMIT if self._fields_only else self._max_bytes + FORM_OVERHEAD_BYTES
@@ -104,6 +120,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
         if self._received > self._drain_limit:
             # A chunked body past what we drain: answer now; the connection then closes.
             self._chunks.clear()
+            self._multipart = None
             self._give_back()
             error = self._body_too_large()
             self.send_error(error.status_code, exc_info=(type(error), error, None))
@@ -114,10 +131,17 @@ class OcrHandler(DocumentAnswers, JsonHandler):
             self._over_budget = True
         if self._too_large or self._over_budget:
             self._chunks.clear()  # keep draining, never buffer an oversized body
+            self._multipart = None
             self._give_back()
             return
         self._held += len(chunk)
-        self._chunks.append(chunk)
+        if self._multipart is not None:
+            try:
+                feed_multipart(self._multipart, chunk)
+            except ApiError as exc:
+                self._parse_error, self._multipart = exc, None  # drain the rest, then answer
+        elif self._parse_error is None:
+            self._chunks.append(chunk)
 
     def _give_back(self) -> None:
         self.ctx.upload_budget.give_back(self._held)
@@ -131,11 +155,17 @@ class OcrHandler(DocumentAnswers, JsonHandler):
             raise self._body_too_large()
         if self._over_budget:
             raise ApiError(503, "server_busy", "too many uploads in progress; retry shortly", retry_after=1)
-        body = b"".join(self._chunks)
-        self._chunks = []
-        request = parse_ocr_request(
-            self.request.headers.get("Content-Type", ""), body, self.request.query_arguments, self.request.headers
-        )
+        if self._parse_error is not None:
+            raise self._parse_error
+        if self._multipart is not None:
+            parser, self._multipart = self._multipart, None
+            request = build_ocr_request(*multipart_fields(parser), self.request.query_arguments)
+        else:
+            body = b"".join(self._chunks)
+            self._chunks = []
+            request = parse_ocr_request(
+                self.request.headers.get("Content-Type", ""), body, self.request.query_arguments, self.request.headers
+            )
         image_bytes = await self._image_bytes(request)
         if not image_bytes:
             raise ApiError(400, "empty_file", "the image is empty (0 bytes)")
@@ -162,7 +192,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
         except PoolError as exc:
             raise api_error_from_pool(exc) from None
 
-    async def _image_bytes(self, request: OcrRequest) -> bytes:
+    async def _image_bytes(self, request: OcrRequest) -> bytes | bytearray:
         if request.file_type == "file":
             assert request.file_body is not None
             return request.file_body
@@ -171,7 +201,9 @@ class OcrHandler(DocumentAnswers, JsonHandler):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, read_image_file, target, self._max_bytes)
 
-    async def _answer_blocking(self, key: str, image_hash: str, image_bytes: bytes, params: dict[str, Any]) -> None:
+    async def _answer_blocking(
+        self, key: str, image_hash: str, image_bytes: bytes | bytearray, params: dict[str, Any]
+    ) -> None:
         task_id = uuid.uuid4().hex
         cached = await self.ctx.ocr.lookup(key)
         if cached is not None:

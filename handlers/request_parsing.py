@@ -12,6 +12,7 @@ from typing import Any
 from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
 from handlers.errors import ApiError
+from handlers.multipart import MultipartError, MultipartParser, boundary_of
 
 FILE_FIELDS = ("file", "image")
 TRUE_WORDS = {"true", "1", "yes", "on"}
@@ -29,7 +30,8 @@ PDF_TEXT_MODES = ("auto", "ocr", "layer")
 class OcrRequest:
     file_type: str  # "filename" | "file"
     filename: str | None
-    file_body: bytes | None
+    # A multipart upload's bytes stay in the bytearray they were parsed into (no copy).
+    file_body: bytes | bytearray | None
     block: bool
     det: str
     pdf_text: str = "auto"
@@ -114,17 +116,65 @@ def _decode_text(name: str, value: Any) -> Any:
     return value
 
 
+def _malformed(exc: Exception) -> ApiError:
+    return ApiError(400, "malformed_body", f"cannot parse the request body: {exc}")
+
+
 def parse_form_body(content_type: str, body: bytes, headers: Any = None) -> tuple[dict[str, Any], list[HTTPFile]]:
     """Fields (single values) and uploaded files of a form or multipart body."""
+    if media_type_of(content_type) == "multipart/form-data":
+        parser = start_multipart(content_type, headers)
+        feed_multipart(parser, body)
+        return multipart_fields(parser)
     arguments: dict[str, list[bytes]] = {}
     files: dict[str, list[HTTPFile]] = {}
     try:
         parse_body_arguments(content_type, body, arguments, files, headers)
     except HTTPInputError as exc:
-        raise ApiError(400, "malformed_body", f"cannot parse the request body: {exc}") from None
+        raise _malformed(exc) from None
+    return _form_fields(arguments, files)
+
+
+def _form_fields(
+    arguments: dict[str, list[bytes]], files: dict[str, list[HTTPFile]]
+) -> tuple[dict[str, Any], list[HTTPFile]]:
     fields = {name: _decode_text(name, _single(name, values)) for name, values in arguments.items()}
     uploads = [f for name in FILE_FIELDS for f in files.get(name, [])]
     return fields, uploads
+
+
+def start_multipart(content_type: str, headers: Any = None) -> MultipartParser:
+    """A parser for a multipart body that is fed chunk by chunk as it arrives."""
+    if headers and "Content-Encoding" in headers:
+        raise _malformed(ValueError(f"unsupported Content-Encoding: {headers['Content-Encoding']}"))
+    try:
+        return MultipartParser(boundary_of(content_type))
+    except MultipartError as exc:
+        raise _malformed(exc) from None
+
+
+def feed_multipart(parser: MultipartParser, chunk: bytes) -> None:
+    try:
+        parser.feed(chunk)
+    except MultipartError as exc:
+        raise _malformed(exc) from None
+
+
+def multipart_fields(parser: MultipartParser) -> tuple[dict[str, Any], list[HTTPFile]]:
+    """Fields and files of a multipart body that was fed whole."""
+    try:
+        parts = parser.close()
+    except MultipartError as exc:
+        raise _malformed(exc) from None
+    arguments: dict[str, list[bytes]] = {}
+    files: dict[str, list[HTTPFile]] = {}
+    for part in parts:
+        if part.filename is None:
+            arguments.setdefault(part.name, []).append(bytes(part.data))
+        else:
+            upload = HTTPFile(filename=part.filename, body=part.data, content_type=part.content_type)
+            files.setdefault(part.name, []).append(upload)
+    return _form_fields(arguments, files)
 
 
 def parse_json_body(body: bytes) -> tuple[dict[str, Any], list[HTTPFile]]:
@@ -156,6 +206,11 @@ def parse_ocr_request(content_type: str, body: bytes, query: dict[str, list[byte
             "unsupported_content_type",
             "send multipart/form-data, application/x-www-form-urlencoded or application/json",
         )
+    return build_ocr_request(fields, uploads, query)
+
+
+def build_ocr_request(fields: dict[str, Any], uploads: list[HTTPFile], query: dict[str, list[bytes]]) -> OcrRequest:
+    """The request from a parsed body's fields and files, plus the query string's fields."""
     # Query-string fields are accepted too; the body wins.
     for name, values in query.items():
         if name not in fields and name not in FILE_FIELDS:

@@ -12,7 +12,7 @@ from . import EngineOptions, ImageError, ModelLoadError, create_engine
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m models", description=__doc__)
     ap.add_argument("image")
-    ap.add_argument("--engine", choices=["onnxruntime", "paddle"], default="onnxruntime")
+    ap.add_argument("--engine", choices=["onnxruntime", "openvino", "paddle"], default="onnxruntime")
     ap.add_argument("--det", choices=["on", "off", "auto"], default="on")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-cls", action="store_true", help="skip the 180-degree classifier")

@@ -127,14 +127,20 @@ _INSTALL = {
 }
 
 
+# OpenVINO reads the same ONNX files as onnxruntime.
+_FILES_OF_ENGINE = {"openvino": "onnxruntime"}
+
+
 def families_for(engine: str) -> list[str]:
-    return [name for name, backends in FAMILIES.items() if engine in backends]
+    files = _FILES_OF_ENGINE.get(engine, engine)
+    return [name for name, backends in FAMILIES.items() if files in backends]
 
 
 def family_files(family: str, engine: str) -> FamilyFiles:
     if family not in FAMILIES:
         raise ModelLoadError(f"unknown model family {family!r}; expected one of {list(FAMILIES)}")
     backends = FAMILIES[family]
+    engine = _FILES_OF_ENGINE.get(engine, engine)
     if engine not in backends:
         raise ModelLoadError(
             f"model family {family!r} has no weights for ocr.engine {engine!r}; "

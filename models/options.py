@@ -16,12 +16,19 @@ from pathlib import Path
 from .errors import ModelLoadError
 from .families import FAMILIES, DetDefaults, default_family, det_defaults, family_files, locate
 
-ENGINES = ("onnxruntime", "paddle")
+ENGINES = ("onnxruntime", "openvino", "paddle")
+# Engines that run the ONNX files (the families' "onnxruntime" entries).
+ONNX_ENGINES = ("onnxruntime", "openvino")
+PRECISIONS = ("fp32", "int8")
 
 # The Python packages each engine imports in the workers, and how to install them:
 # the paddle backend is an optional extra, so a runtime-only install lacks it.
 _ENGINE_PACKAGES = {
     "onnxruntime": (("onnxruntime", "rapidocr_onnxruntime"), "pip install -r requirements.txt"),
+    "openvino": (
+        ("openvino", "rapidocr_onnxruntime"),
+        "pip install -r requirements-openvino.txt (or pip install '.[openvino]')",
+    ),
     "paddle": (
         ("paddle", "rapidocr_paddle"),
         "pip install -r requirements-paddle.txt (or pip install '.[paddle]')",
@@ -68,6 +75,9 @@ class EngineOptions:
     drop_score: float = 0.5
     max_image_pixels: int = 50_000_000
     min_image_side: int = 8
+    # "int8": the family's det and rec models quantized by `python -m models.quantize`
+    # (ONNX engines only; built once, never at request time).
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -99,7 +109,7 @@ class ModelPaths:
 
 def _resolve_user(user: str, role: str, engine: str) -> Path:
     p = Path(user).expanduser()
-    if engine == "onnxruntime" and p.is_dir():
+    if engine in ONNX_ENGINES and p.is_dir():
         # A directory is accepted if it holds exactly one obvious candidate;
         # prefer a name mentioning the role when several are present.
         found = sorted(p.glob("*.onnx"))
@@ -119,6 +129,11 @@ def resolve_model_paths(options: EngineOptions) -> ModelPaths:
         role: _resolve_user(value, role, options.engine) if value else locate(getattr(files, role))
         for role, value in user.items()
     }
+    if options.precision == "int8":
+        from .quantize import int8_path  # cheap: onnxruntime is imported only to build them
+
+        for role in ("det", "rec"):
+            paths[role] = int8_path(paths[role], role)
     if options.rec_char_dict_path:
         rec_dict: Path | None = Path(options.rec_char_dict_path)
     elif options.rec_model_dir:
@@ -145,7 +160,11 @@ def check_model_files(options: EngineOptions) -> None:
     paths = resolve_model_paths(options)
     for role in ("det", "cls", "rec"):
         p: Path = getattr(paths, role)
-        if options.engine == "onnxruntime":
+        if options.precision == "int8" and role != "cls" and not p.is_file():
+            from .quantize import missing_message
+
+            raise ModelLoadError(missing_message(p, options.model))
+        if options.engine in ONNX_ENGINES:
             _check_file(p, f"{role} model", magic_check=_looks_like_onnx)
         else:
             if not p.is_dir():
@@ -177,6 +196,10 @@ def _check_options(options: EngineOptions) -> None:
     family_files(options.model, options.engine)  # unknown family, or none for this backend
     if options.line_rec_model:
         family_files(options.line_rec_model, options.engine)
+    if options.precision not in PRECISIONS:
+        raise ModelLoadError(f"precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
+    if options.precision == "int8" and options.engine not in ONNX_ENGINES:
+        raise ModelLoadError(f"precision int8 needs an ONNX engine ({', '.join(ONNX_ENGINES)}), not {options.engine!r}")
     if options.cpu_threads < 1:
         raise ModelLoadError(f"cpu_threads must be >= 1, got {options.cpu_threads}")
     if options.det_limit_side_len < 32:
@@ -270,6 +293,7 @@ def model_identity(options: EngineOptions) -> str:
 __all__ = [
     "ENGINES",
     "FAMILIES",
+    "ONNX_ENGINES",
     "EngineOptions",
     "ModelPaths",
     "check_model_files",

@@ -20,7 +20,7 @@ from .errors import ModelLoadError
 from .image_io import decode_image
 from .options import EngineOptions, check_model_files, det_settings, model_identity, resolve_model_paths
 from .rec import TextRecognizer, read_char_dict
-from .sessions import OrtSession, PaddleSession, Session
+from .sessions import OrtSession, OvSession, PaddleSession, Session
 
 DET_MODES = ("on", "off", "auto")
 
@@ -184,6 +184,8 @@ def create_engine(options: EngineOptions) -> OcrEngine:
     def load(path) -> Session:
         if options.engine == "onnxruntime":
             return OrtSession(path, threads)
+        if options.engine == "openvino":
+            return OvSession(path, threads)
         return PaddleSession(path, threads, options.enable_mkldnn)
 
     det = load(paths.det)
@@ -192,7 +194,10 @@ def create_engine(options: EngineOptions) -> OcrEngine:
     line_recognizer = None
     if options.line_rec_model and options.line_rec_model != options.model and not options.rec_model_dir:
         # Always the family's own files: the options' dictionary belongs to the main recogniser.
-        line_family = dataclasses.replace(options, model=options.line_rec_model, rec_char_dict_path=None)
+        # ... and its full precision: only the main family's det and rec have INT8 variants.
+        line_family = dataclasses.replace(
+            options, model=options.line_rec_model, rec_char_dict_path=None, precision="fp32"
+        )
         line_paths = resolve_model_paths(line_family)
         line_rec = load(line_paths.rec)
         line_recognizer = TextRecognizer(line_rec, _characters(line_rec, line_paths.rec, line_paths.rec_dict))

@@ -5,7 +5,9 @@ on which process (to retry a crashed worker's task once, and to kill exactly the
 whose task passed its deadline), to recycle workers one at a time, and to bound the
 queue. Those fit in one small supervisor built on multiprocessing primitives: one
 duplex pipe per worker, the process sentinel for liveness, and loop.add_reader for both,
-so the event loop is never blocked waiting on a worker.
+so the event loop is never blocked waiting on a worker. An image larger than what a socket
+buffer takes at once is written to the worker's pipe from a thread of that worker's own
+(see _send), so a 20 MiB upload never holds up the loop while the worker reads it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -46,18 +49,36 @@ RETIRE_GRACE_S = 10.0
 MAX_RESTART_BACKOFF_S = 30.0
 # Recent run times the dispatcher predicts a task's run from (their median).
 RUN_TIME_SAMPLES = 50
+# Messages up to this size are written on the event loop: they fit in the socket buffer of
+# an idle worker's pipe, so the write cannot block. Larger images go through a thread.
+INLINE_SEND_BYTES = 64 * 1024
+
+
+def write_message(conn: Connection, message: Any, payload: bytes | bytearray | None) -> None:
+    """One message to a worker: a small pickled header, then the image bytes as they are
+    (send_bytes writes the caller's buffer: no pickled copy of megabytes)."""
+    try:
+        conn.send(message)
+        if payload is not None:
+            conn.send_bytes(payload)
+    except (BrokenPipeError, ConnectionResetError, OSError):
+        pass  # the worker is gone; _on_exit will see to its task
 
 
 class Job:
     """One OCR task: queued, then running on a worker, then done or failed."""
 
     def __init__(
-        self, payload: bytes, params: dict[str, Any], loop: asyncio.AbstractEventLoop, timeout: float = float("inf")
+        self,
+        payload: bytes | bytearray,
+        params: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+        timeout: float = float("inf"),
     ) -> None:
         self.id = uuid.uuid4().hex
         # The image bytes; None once the job ended, so a finished job kept for polling or
         # metrics does not hold megabytes (a crashed attempt keeps it for the retry).
-        self.payload: bytes | None = payload
+        self.payload: bytes | bytearray | None = payload
         self.params = params
         self.state = "queued"
         self.attempts = 0
@@ -98,6 +119,11 @@ class WorkerHandle:
         # The worker loading to take this one's place (recycling): this one serves until it is ready.
         self.successor: WorkerHandle | None = None
         self.timer: asyncio.TimerHandle | None = None
+        # Large writes to this worker's pipe run on this thread, in order; `sends_pending`
+        # counts them, and while any is pending every message goes that way (no interleaving).
+        self.sender: ThreadPoolExecutor | None = None
+        self.sends_pending = 0
+        self.exited = False
 
     @property
     def pid(self) -> int | None:
@@ -215,7 +241,7 @@ class WorkerPool:
 
     # ---- public API --------------------------------------------------------------
 
-    def submit(self, payload: bytes, params: dict[str, Any]) -> Job:
+    def submit(self, payload: bytes | bytearray, params: dict[str, Any]) -> Job:
         assert self._loop is not None, "start() the pool first"
         if self._closing:
             raise PoolClosedError("the server is shutting down")
@@ -336,11 +362,30 @@ class WorkerPool:
             return 0.0
         return min(MAX_RESTART_BACKOFF_S, 0.5 * 2 ** (self._start_failures - 1))
 
-    def _send(self, worker: WorkerHandle, message: Any) -> None:
-        try:
-            worker.conn.send(message)
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            pass  # the worker is gone; _on_exit will see to its task
+    def _send(self, worker: WorkerHandle, message: Any, payload: bytes | bytearray | None = None) -> None:
+        assert self._loop is not None
+        if worker.exited:
+            return
+        if worker.sends_pending == 0 and (payload is None or len(payload) <= INLINE_SEND_BYTES):
+            write_message(worker.conn, message, payload)
+            return
+        if worker.sender is None:
+            worker.sender = ThreadPoolExecutor(1, thread_name_prefix=f"ocr-send-{worker.wid}")
+        worker.sends_pending += 1
+        loop = self._loop
+        future = worker.sender.submit(write_message, worker.conn, message, payload)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._on_sent, worker))
+
+    def _on_sent(self, worker: WorkerHandle) -> None:
+        worker.sends_pending -= 1
+        if worker.exited and worker.sends_pending == 0:
+            self._release_conn(worker)
+
+    def _release_conn(self, worker: WorkerHandle) -> None:
+        # Only once no thread writes to it: closing the fd under a write could hit a reused fd.
+        worker.conn.close()
+        if worker.sender is not None:
+            worker.sender.shutdown(wait=False)
 
     def _on_message(self, worker: WorkerHandle) -> None:
         assert self._loop is not None
@@ -425,7 +470,9 @@ class WorkerPool:
         for fd in (worker.conn.fileno(), worker.process.sentinel):
             self._loop.remove_reader(fd)
         worker.process.join(timeout=1.0)
-        worker.conn.close()
+        worker.exited = True
+        if worker.sends_pending == 0:
+            self._release_conn(worker)  # else the write fails (the reader is gone) and _on_sent closes it
         if worker.timer:
             worker.timer.cancel()
         if worker in self._workers:
@@ -514,7 +561,7 @@ class WorkerPool:
             job.timer = self._loop.call_later(self.task_timeout, self._on_timeout, job)
             worker.state = "busy"
             worker.job = job
-            self._send(worker, (job.id, job.payload, job.params))
+            self._send(worker, (job.id, job.params), job.payload)
 
     def _expire(self, job: Job, why: str) -> None:
         self.tasks_expired += 1

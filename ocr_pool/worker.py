@@ -2,7 +2,8 @@
 
 Protocol (parent <-> child over one duplex multiprocessing Connection):
   child  -> ("ready", {"pid", "identity", "load_ms"})  | ("load_failed", message)
-  parent -> (task_id, image_bytes, params)             | None  (finish and exit)
+  parent -> (task_id, params), then the image bytes     | None  (finish and exit)
+            (the image is a raw send_bytes message: the parent writes it without pickling)
   child  -> ("done", task_id, result) | ("error", task_id, code, message)
 The engine is created here, in the child, so no model state ever crosses a fork and
 each process owns exactly one (not thread-safe) inference engine.
@@ -79,7 +80,11 @@ def serve(conn: Connection, engine: Any) -> None:
             return  # parent went away
         if message is None:
             return
-        task_id, image_bytes, params = message
+        task_id, params = message
+        try:
+            image_bytes = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
         try:
             result = engine.recognize(image_bytes, **params)
         except Exception as exc:  # noqa: BLE001 - one bad task must not kill the worker

@@ -1,0 +1,117 @@
+"""Other runtimes and precisions of the same ONNX models: OpenVINO, and INT8 variants."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from bench.common import cer, normalize_lines
+from models import EngineOptions, ModelLoadError, check_model_files, create_engine, model_identity
+from models.quantize import build, calibration_images
+from tests.conftest import GT_DIR, LOAD_DIR, base_config, gt_manifest, random_word, text_image
+
+RECEIPT = "sroie_290.jpg"
+# The fp32 onnxruntime reading of this receipt has a CER of about 2 %; the bounds leave
+# room for another runtime's float differences (OpenVINO) and for INT8's coarser weights.
+MAX_CER_FP32 = 0.08
+MAX_CER_INT8 = 0.12
+
+
+def needs_openvino() -> None:
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed (pip install -r requirements-openvino.txt)")
+
+
+def receipt_cer(engine: Any) -> float:
+    row = next((r for r in gt_manifest() if r["image"].endswith(RECEIPT)), None)
+    if row is None:
+        pytest.skip(f"{RECEIPT} is not in the shared ground-truth set")
+    result = engine.recognize((GT_DIR / row["image"]).read_bytes(), det="on")
+    json.dumps(result)
+    texts = [line["text"] for line in result["text_lines"]]
+    return cer(normalize_lines(row["lines"], casefold=True), normalize_lines(texts, casefold=True))
+
+
+@pytest.fixture(scope="module")
+def int8_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """INT8 det/rec of the default family, built once for this module (a few calibration images)."""
+    if not LOAD_DIR.is_dir():
+        pytest.skip(f"shared calibration images not found at {LOAD_DIR}")
+    folder = tmp_path_factory.mktemp("model-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OCR_MODEL_CACHE", str(folder))
+        build("PP-OCRv6-small", calibration_images(LOAD_DIR, 2))
+    return folder
+
+
+def test_openvino_engine_reads_a_receipt() -> None:
+    needs_openvino()
+    engine = create_engine(EngineOptions(engine="openvino", cpu_threads=1))
+    assert engine.identity.startswith("openvino:PP-OCRv6-small:")
+    assert receipt_cer(engine) <= MAX_CER_FP32
+
+
+def test_server_with_openvino_answers_uploads(server_factory: Any) -> None:
+    needs_openvino()
+    config = base_config(number=1)
+    config["ocr"]["engine"] = "openvino"
+    server = server_factory(config, name="openvino")
+    assert server.health()["model_identity"].startswith("openvino:")
+    word = random_word()
+    response = server.ocr_upload(text_image(word))
+    assert response.status_code == 200, response.text
+    assert word in "".join(line["text"] for line in response.json()["text_lines"]).replace(" ", "")
+
+
+def test_openvino_without_openvino_installed_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ModelLoadError, match=r"'openvino'.*requirements-openvino\.txt"):
+        check_model_files(EngineOptions(engine="openvino"))
+
+
+def test_int8_before_it_is_built_names_the_build_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OCR_MODEL_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError, match=r"python -m models\.quantize --model PP-OCRv6-small"):
+        check_model_files(EngineOptions(precision="int8"))
+
+
+def test_int8_needs_an_onnx_engine() -> None:
+    with pytest.raises(ModelLoadError, match="int8"):
+        check_model_files(EngineOptions(engine="paddle", precision="int8"))
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_int8_variant_reads_a_receipt(int8_cache: Path, engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if engine == "openvino":
+        needs_openvino()
+    monkeypatch.setenv("OCR_MODEL_CACHE", str(int8_cache))
+    options = EngineOptions(engine=engine, precision="int8", cpu_threads=1)
+    fp32 = EngineOptions(engine=engine, cpu_threads=1)
+    assert model_identity(options) != model_identity(fp32)  # the cache never mixes the two
+    assert receipt_cer(create_engine(options)) <= MAX_CER_INT8
+
+
+def test_server_with_int8_answers_uploads(
+    int8_cache: Path, server_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OCR_MODEL_CACHE", str(int8_cache))  # inherited by the server it starts
+    config = base_config(number=1)
+    config["ocr"]["predict_system"] = {"precision": "int8"}
+    server = server_factory(config, name="int8")
+    word = random_word()
+    response = requests.post(
+        f"{server.url}/ocr_service",
+        data={"file_type": "file"},
+        files={"file": ("w.png", text_image(word))},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    assert word in "".join(line["text"] for line in response.json()["text_lines"]).replace(" ", "")

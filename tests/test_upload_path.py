@@ -1,0 +1,151 @@
+"""The upload path: multipart parsed as it streams in, images handed to workers off the event loop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import threading
+import time
+import zlib
+from typing import Any
+
+import pytest
+import requests
+
+from handlers.multipart import MultipartError, MultipartParser
+from tests.conftest import RunningServer, base_config, metric, random_word, text_image
+
+MAX_BODY_BYTES = 20 * 1024 * 1024
+
+
+def padded_png(png: bytes, total: int) -> bytes:
+    """`png` grown to `total` bytes by a private ancillary chunk (decoders skip it)."""
+    iend = png.rfind(b"IEND") - 4
+    size = total - len(png) - 12
+    data = os.urandom(64) + bytes(size - 64)
+    chunk = struct.pack(">I", size) + b"pdDa" + data + struct.pack(">I", zlib.crc32(b"pdDa" + data) & 0xFFFFFFFF)
+    return png[:iend] + chunk + png[iend:]
+
+
+def texts(response: requests.Response) -> str:
+    return " ".join(line["text"] for line in response.json()["text_lines"])
+
+
+def body_of(parts: list[tuple[str, str | None, bytes]], boundary: bytes = b"XyZ") -> bytes:
+    out = b"preamble to ignore\r\n"
+    for name, filename, value in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += b"--" + boundary + f"\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+    return out + b"--" + boundary + b"--\r\nepilogue"
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, 65536])
+def test_multipart_parser_gives_the_same_parts_whatever_the_chunking(chunk: int) -> None:
+    image = b"\r\n--XyA \r\n-- \r\n--Xy\r\n-XyZ--XyZ" * 50 + b"\x00\xff" * 100
+    body = body_of([("file_type", None, b"file"), ("file", "a.png", image), ("det", None, b"")])
+    parser = MultipartParser(b"XyZ")
+    for start in range(0, len(body), chunk):
+        parser.feed(body[start : start + chunk])
+    parts = parser.close()
+    assert [(p.name, p.filename, bytes(p.data)) for p in parts] == [
+        ("file_type", None, b"file"),
+        ("file", "a.png", image),
+        ("det", None, b""),
+    ]
+    assert isinstance(parts[1].data, bytearray)  # handed on as is, not copied into bytes
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'--XyZ\r\nContent-Disposition: form-data; name="a"\r\n\r\nvalue',  # no final delimiter
+        b'--XyZ\r\nContent-Disposition: attachment; name="a"\r\n\r\nv\r\n--XyZ--\r\n',  # not form-data
+        b"--XyZ\r\nContent-Disposition: form-data\r\n\r\nv\r\n--XyZ--\r\n",  # no name
+        b'--XyZ\r\nContent-Disposition: form-data; name="\xff"\r\n\r\nv\r\n--XyZ--\r\n',  # not UTF-8
+        b"--XyZ\r\nX: " + b"h" * 20000 + b"\r\n\r\nv\r\n--XyZ--\r\n",  # headers too large
+        b"--XyZjunk\r\n",  # a delimiter not followed by a line break
+    ],
+)
+def test_multipart_parser_refuses_malformed_bodies(body: bytes) -> None:
+    parser = MultipartParser(b"XyZ")
+    with pytest.raises(MultipartError):
+        parser.feed(body)
+        parser.close()
+
+
+def test_a_20_mib_upload_is_read_correctly(ocr_server: RunningServer) -> None:
+    word = random_word()
+    image = padded_png(text_image(word), MAX_BODY_BYTES - 1024)
+    response = ocr_server.ocr_upload(image, timeout=180)
+    assert response.status_code == 200, response.text
+    assert word in texts(response).replace(" ", "")
+
+
+def test_metrics_export_the_event_loop_lag(ocr_server: RunningServer) -> None:
+    text = requests.get(f"{ocr_server.url}/metrics", timeout=10).text
+    assert "ocr_event_loop_lag_max_seconds " in text
+    assert metric(text, "ocr_event_loop_lag_seconds_count") > 0
+    assert metric(text, "ocr_event_loop_lag_seconds_bucket", le="+Inf") == metric(
+        text, "ocr_event_loop_lag_seconds_count"
+    )
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_hits_are_answered_while_a_worker_takes_its_time_reading_a_20_mib_upload(server_factory: Any) -> None:
+    """The worker is stopped (SIGSTOP) just as a 20 MiB image is handed to it, so it cannot
+    read its pipe: the server must keep answering cache hits and probes meanwhile (it used to
+    block its event loop in the write), and the image is read once the worker goes on."""
+    server: RunningServer = server_factory(base_config(number=1))
+    hit_image = text_image(random_word())
+    assert server.ocr_upload(hit_image).status_code == 200  # cached from now on
+    (worker_pid,) = [w["pid"] for w in server.health()["workers"]["workers"]]
+    word = random_word()
+    big = padded_png(text_image(word), MAX_BODY_BYTES - 1024)
+    answers: dict[str, requests.Response] = {}
+    uploader = threading.Thread(target=lambda: answers.setdefault("big", server.ocr_upload(big, timeout=300)))
+    os.kill(worker_pid, signal.SIGSTOP)
+    try:
+        uploader.start()
+        wait_for(lambda: server.health()["workers"]["busy"] == 1, 60, "the upload to reach the worker")
+        for _ in range(5):
+            hit = server.ocr_upload(hit_image, timeout=10)
+            assert hit.status_code == 200 and hit.json()["cached"] is True
+            assert requests.get(f"{server.url}/livez", timeout=10).status_code == 200
+    finally:
+        os.kill(worker_pid, signal.SIGCONT)
+    uploader.join(timeout=300)
+    assert answers["big"].status_code == 200, answers["big"].text
+    assert word in texts(answers["big"]).replace(" ", "")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'Content-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png',
+        b'Content-Disposition: form-data; name="file_type"',
+        b'content-disposition: form-data;name="f";filename="x y.png"',
+        b'Content-Disposition: form-data; name="f"; filename=""',
+        b"Content-Disposition: form-data; name=\"x\"; filename*=UTF-8''%E2%82%AC.png",
+        b'Content-Disposition: form-data; name="a\\"b"',
+        b'Content-Disposition: form-data; name="n*"',
+    ],
+)
+def test_part_headers_read_like_tornado_reads_them(raw: bytes) -> None:
+    """The one-regex fast path for common part headers gives what Tornado's general parser gives."""
+    from tornado.httputil import HTTPHeaders, _parse_header
+
+    from handlers.multipart import part_header_fields
+
+    headers = HTTPHeaders.parse(raw.decode())
+    _, params = _parse_header(headers.get("Content-Disposition", ""))
+    expected = (params["name"], params.get("filename") or None, headers.get("Content-Type", "application/unknown"))
+    assert part_header_fields(raw) == expected
