@@ -162,7 +162,9 @@ def test_bad_bytes_raise_typed_errors_quickly(data: bytes, err: type[ImageError]
     t = time.perf_counter()
     with pytest.raises(err) as info:
         decode_image(data)
-    assert time.perf_counter() - t < 1.0
+    # Refused from the header: decoding 400 MP first would take far longer (and gigabytes).
+    # A loose bound, so a busy machine cannot fail it.
+    assert time.perf_counter() - t < 5.0
     assert info.value.code == err.code
 
 
@@ -343,14 +345,30 @@ def test_load_images_decode_and_recognise(light_engine, row) -> None:
     json.dumps(r)
 
 
-def test_extreme_aspect_ratio_is_bounded(engine) -> None:
+def test_extreme_aspect_ratio_is_bounded(engine, monkeypatch) -> None:
+    """A 20000 x 8 strip must not become a huge tensor: every model input stays within the
+    detector's side limit and the recogniser's widest line (the work, not a wall-clock time,
+    is what is bounded)."""
     img = Image.new("L", (20000, 8), 255)
     data = _encode(img, "PNG")
+    shapes: list[tuple[int, ...]] = []
+    sessions = [engine.detector.session, engine.recognizer.session]
+    if engine.line_recognizer is not None:
+        sessions.append(engine.line_recognizer.session)
+    for session in sessions:
+        run = session.run
+
+        def recording_run(batch, _run=run):
+            shapes.append(tuple(batch.shape))
+            return _run(batch)
+
+        monkeypatch.setattr(session, "run", recording_run)
     for det in ("on", "off", "auto"):
-        t = time.perf_counter()
         r = engine.recognize(data, det=det)
         assert r["image_size"] == [20000, 8]
-        assert time.perf_counter() - t < 10
+    assert shapes
+    limit = max(engine.options.det_limit_side_len, 48 * 160)  # det side limit; rec: height 48 x ratio 160
+    assert max(max(shape[2:]) for shape in shapes) <= limit, shapes
 
 
 def test_exif_rotated_file(engine) -> None:
