@@ -8,8 +8,8 @@ from pathlib import Path
 
 from cache import OcrService
 from cache.documents import DocumentService
+from handlers.loop_lag import LoopLagMonitor
 from handlers.upload_budget import UploadBudget
-from loop_lag import LoopLagMonitor
 from ocr_pool import WorkerPool
 from settings import Settings
 

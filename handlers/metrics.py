@@ -18,7 +18,7 @@ from tornado import web
 
 from handlers.base import JsonHandler, method_label
 from handlers.context import AppContext
-from loop_lag import BUCKETS_S, LoopLagMonitor
+from handlers.loop_lag import BUCKETS_S, LoopLagMonitor
 from ocr_pool import Job
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
