@@ -11,10 +11,13 @@ the kernel's backlog are accepted once descriptors are free again.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import errno
 import logging
 import resource
 import socket
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -41,6 +44,29 @@ def raise_descriptor_limit() -> tuple[int, int]:
         except (ValueError, OSError):
             pass
     return soft, soft
+
+
+# glibc's mallopt() parameter, and the size from which every allocation gets its own mapping.
+_M_MMAP_THRESHOLD = -3
+LARGE_BUFFER_BYTES = 1 << 20
+
+
+def map_large_buffers() -> bool:
+    """Make glibc give every buffer of 1 MiB or more its own memory mapping, for good.
+
+    An upload grows in a bytearray as its chunks arrive. glibc's default threshold moves
+    up (to 32 MiB) after the first large buffer is freed; from then on a 20 MiB upload lives
+    on the heap, where growing it copies everything so far (milliseconds each time, on the
+    event loop) and freeing it may not return the memory. Mapped buffers grow by remapping
+    pages (no copy) and go back to the system when freed. False where this is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES))
+    except (OSError, AttributeError):  # musl or no mallopt
+        return False
 
 
 class AcceptLoop:

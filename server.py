@@ -23,7 +23,7 @@ from cache.redis_store import RedisStore, redact
 from handlers import AppContext, ServiceMetrics, routes
 from handlers.base import OPEN_REQUESTS, NotFoundHandler
 from handlers.upload_budget import UploadBudget
-from http_listener import GuardedHTTPServer, raise_descriptor_limit
+from http_listener import GuardedHTTPServer, map_large_buffers, raise_descriptor_limit
 from models import ModelLoadError, check_model_files, model_identity
 from ocr_pool import WorkerPool, read_usable_cpus
 from ocr_pool.pages import PageScheduler
@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     before, after = raise_descriptor_limit()  # each connection, worker pipe and open image is one
     if after != before:
         log.info("file descriptor limit raised from %d to %d", before, after)
+    map_large_buffers()  # uploads grow without copies and are given back when freed
     try:
         return asyncio.run(serve(settings))
     except ModelLoadError as exc:
