@@ -23,7 +23,6 @@ from cache.task_store import TaskRecord
 from ocr_pool import Job, PoolError, QueueFullError, TaskCancelledError, TaskFailedError
 from ocr_pool.pages import DocumentPages, PageScheduler, settle
 
-PDF_TEXT_MODES = ("auto", "ocr", "layer")
 # Errors that say nothing about a page but about the server (stopping, no worker, full): a
 # page failing so fails the whole document, to be retried (its finished pages are cached).
 SERVER_ERRORS = ("shutting_down", "no_worker", "queue_full", "cancelled")

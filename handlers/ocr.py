@@ -87,7 +87,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
             except ApiError as exc:
                 self._parse_error = exc  # answered once the body is drained
         self._max_bytes = self.ctx.settings.web_server.max_body_bytes
-        self._fields_only = is_fields_only(self.request.headers.get("Content-Type", ""))
+        self._fields_only = is_fields_only(content_type)
         body_limit = FIELDS_BODY_LIMIT if self._fields_only else self._max_bytes + FORM_OVERHEAD_BYTES
         self._body_limit = body_limit
         self._drain_limit = body_limit * DRAIN_LIMIT_FACTOR

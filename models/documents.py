@@ -25,9 +25,6 @@ from .pdf import (
     text_layer,
 )
 
-PDF_TEXT_MODES = ("auto", "ocr", "layer")
-KINDS = ("pdf", "tiff")
-
 _open_pdf: tuple[str, Any] | None = None  # (sha256, PdfDocument) of the last PDF read here
 
 
