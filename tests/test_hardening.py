@@ -938,6 +938,11 @@ def _post_page(url: str, image: bytes) -> requests.Response | str:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _running_and_queued(server) -> int:
+    health = server.health()
+    return health["workers"]["busy"] + health["queue"]["depth"]
+
+
 def test_sigterm_past_the_grace_delivers_the_503_answers(server_factory) -> None:
     config = base_config(number=1)
     config["web_server"]["shutdown_grace"] = 1
@@ -945,7 +950,8 @@ def test_sigterm_past_the_grace_delivers_the_503_answers(server_factory) -> None
     pages = _slow_pages(6)
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(pages)) as pool:
         answers = [pool.submit(_post_page, server.url, page) for page in pages]
-        wait_until(lambda: server.health()["workers"]["busy"] >= 1, 60, "the OCR task to start")
+        # Every request must have reached the server before the signal (it stops accepting then).
+        wait_until(lambda: _running_and_queued(server) >= len(pages), 60, "every page to be running or queued")
         os.kill(server.pid, signal.SIGTERM)
         results = [answer.result(timeout=120) for answer in answers]
     assert server.process.wait(timeout=60) == 0
@@ -964,7 +970,8 @@ def test_second_sigterm_forces_a_prompt_exit(server_factory) -> None:
     pages = _slow_pages(8)
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(pages)) as pool:
         answers = [pool.submit(_post_page, server.url, page) for page in pages]
-        wait_until(lambda: server.health()["workers"]["busy"] >= 2, 60, "the OCR tasks to start")
+        # Every request must have reached the server before the signal (it stops accepting then).
+        wait_until(lambda: _running_and_queued(server) >= len(pages), 60, "every page to be running or queued")
         os.kill(server.pid, signal.SIGTERM)
         time.sleep(0.3)
         os.kill(server.pid, signal.SIGTERM)
