@@ -186,8 +186,14 @@ def test_recycling_after_max_tasks_loses_no_request(server_factory) -> None:
     # Each replacement loads its models while the worker it replaces still serves.
     assert min(ready_seen) == 2, ready_seen
     # One worker reloads at a time, so a worker may serve a few tasks past its limit
-    # while another reloads; by now both first-generation workers must be gone.
-    wait_for(lambda: server.health()["workers"]["ready"] == 2, message="pool not back to full strength")
+    # while another reloads, and the second first-generation worker's successor may
+    # still be loading when the first one's is ready (2 ready, one of them old): wait
+    # for both first-generation workers to be gone and the pool back to full strength.
+    def replaced() -> bool:
+        workers = server.health()["workers"]
+        return workers["ready"] == 2 and pids_before.isdisjoint({w["pid"] for w in workers["workers"]})
+
+    wait_for(replaced, timeout=120, message="first-generation workers not replaced")
     health = server.health()
     assert health["workers"]["restarts"].get("recycled", 0) >= 2
     assert "crashed" not in health["workers"]["restarts"]
