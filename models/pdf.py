@@ -19,6 +19,8 @@ from .errors import (
     DocumentCorruptError,
     DocumentEncryptedError,
     PageTooLargeError,
+    PasswordRequiredError,
+    PasswordWrongError,
     TooManyPagesError,
 )
 
@@ -47,18 +49,47 @@ class RenderLimits:
         return min(scale, math.sqrt(self.max_pixels / max(width_pt * height_pt, 1.0)))
 
 
-def open_pdf(data: bytes) -> Any:
-    """A pypdfium2 PdfDocument, or a typed error saying why the bytes cannot be one."""
+def open_pdf(data: bytes, password: str | None = None) -> Any:
+    """A pypdfium2 PdfDocument, or a typed error saying why the bytes cannot be one.
+
+    The password is handed to PDFium only: it is never part of an error message.
+    """
     import pypdfium2 as pdfium
     from pypdfium2 import raw
 
     try:
-        return pdfium.PdfDocument(data)
+        return pdfium.PdfDocument(data, password=password or None)
     except pdfium.PdfiumError as exc:
         code = getattr(exc, "err_code", None)
-        if code in (raw.FPDF_ERR_PASSWORD, raw.FPDF_ERR_SECURITY):
-            raise DocumentEncryptedError("the PDF is encrypted (password-protected); send a decrypted copy") from None
+        if code == raw.FPDF_ERR_PASSWORD and password:
+            if _opens_without_password(data):
+                # Only an owner password protects it: any password (or none) opens it.
+                return pdfium.PdfDocument(data)
+            raise PasswordWrongError("the PDF's password is wrong") from None
+        if code == raw.FPDF_ERR_PASSWORD:
+            raise PasswordRequiredError(
+                "the PDF is encrypted (password-protected): send its password in the password field"
+            ) from None
+        if code == raw.FPDF_ERR_SECURITY:
+            raise DocumentEncryptedError("the PDF is encrypted with a security handler that cannot be read") from None
         raise DocumentCorruptError(f"corrupt or truncated PDF: {exc}") from None
+
+
+def _opens_without_password(data: bytes) -> bool:
+    import pypdfium2 as pdfium
+
+    try:
+        pdfium.PdfDocument(data).close()
+    except pdfium.PdfiumError:
+        return False
+    return True
+
+
+def needs_password(document: Any) -> bool:
+    """Whether the open document is encrypted (it took a password to open, or only has an owner one)."""
+    from pypdfium2 import raw
+
+    return int(raw.FPDF_GetSecurityHandlerRevision(document.raw)) >= 0
 
 
 def check_page_count(count: int, max_pages: int) -> None:
@@ -79,13 +110,16 @@ def page_problem(width_pt: float, height_pt: float) -> PageTooLargeError | Docum
     return None
 
 
-def render_page(page: Any, limits: RenderLimits) -> tuple[np.ndarray, float]:
-    """The page as a contiguous uint8 HxWx3 BGR array on white, and the scale used."""
+def render_page(page: Any, limits: RenderLimits, shrink: float = 1.0) -> tuple[np.ndarray, float]:
+    """The page as a contiguous uint8 HxWx3 BGR array on white, and the scale used.
+
+    shrink: a fraction of the OCR rendering's size (a preview is drawn smaller directly).
+    """
     width, height = page.get_size()
     problem = page_problem(width, height)
     if problem is not None:
         raise problem
-    scale = limits.scale(width, height)
+    scale = limits.scale(width, height) * shrink
     bitmap = page.render(scale=scale, fill_color=(255, 255, 255, 255), may_draw_forms=True)
     try:
         pixels = bitmap.to_numpy()

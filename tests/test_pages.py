@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from cache import OcrService
-from cache.documents import DocumentService, RenderSettings
+from cache.documents import DocumentInput, DocumentService, RenderSettings
 from ocr_pool import PoolError, TaskCancelledError, WorkerPool
 from ocr_pool.pages import PageScheduler
 from tests.test_pool import run, wait_for
@@ -62,7 +62,7 @@ def test_a_page_that_kills_its_worker_fails_that_page_only_and_the_pool_recovers
     async def scenario(pool: WorkerPool) -> None:
         _ocr, documents = services(pool)
         params = {"det": "auto", "pdf_text": "ocr"}
-        run_ = documents.join("doc-crash", "tiff", b"pages:crash=1", "h-crash", params, 3)
+        run_ = documents.join(DocumentInput("tiff", b"pages:crash=1", "h-crash", params, 3))
         result = await run_.future
         pages = result["pages"]
         assert [page["page"] for page in pages] == [1, 2, 3]
@@ -78,7 +78,7 @@ def test_a_page_that_kills_its_worker_fails_that_page_only_and_the_pool_recovers
 def test_a_hanging_page_times_out_alone_and_its_worker_is_replaced() -> None:
     async def scenario(pool: WorkerPool) -> None:
         _ocr, documents = services(pool)
-        run_ = documents.join("doc-hang", "tiff", b"pages:hang=0", "h-hang", {"det": "auto", "pdf_text": "ocr"}, 2)
+        run_ = documents.join(DocumentInput("tiff", b"pages:hang=0", "h-hang", {"det": "auto", "pdf_text": "ocr"}, 2))
         result = await run_.future
         assert result["pages"][0]["error"]["code"] == "timeout"
         assert result["pages"][1]["text_lines"][0]["text"] == "page 2"
@@ -92,8 +92,9 @@ def test_progress_and_per_page_cache() -> None:
     async def scenario(pool: WorkerPool) -> None:
         ocr, documents = services(pool)
         params = {"det": "auto", "pdf_text": "ocr"}
-        key = documents.document_key("h-progress", "tiff", params)
-        record = await documents.submit_task(key, "tiff", b"pages:sleep=0.2", "h-progress", params, 4)
+        doc = DocumentInput("tiff", b"pages:sleep=0.2", "h-progress", params, 4)
+        key = documents.document_key(doc)
+        record = await documents.submit_task(doc)
         seen = []
         while record.status != "done":
             view = record.view()
@@ -104,7 +105,7 @@ def test_progress_and_per_page_cache() -> None:
         # The document's entry gone, its pages' entries kept: a re-run OCRs nothing.
         ocr.results.cache.pop(key)
         before = pool.tasks_run
-        again = documents.join(key, "tiff", b"pages:sleep=0.2", "h-progress", params, 4)
+        again = documents.join(doc)
         result = await again.future
         assert pool.tasks_run == before
         assert [page["cached"] for page in result["pages"]] == [True] * 4
@@ -115,7 +116,7 @@ def test_progress_and_per_page_cache() -> None:
 def test_the_last_client_leaving_cancels_the_pages_not_started() -> None:
     async def scenario(pool: WorkerPool) -> None:
         ocr, documents = services(pool)
-        run_ = documents.join("doc-gone", "tiff", b"pages:sleep=0.3", "h-gone", {"det": "auto", "pdf_text": "ocr"}, 10)
+        run_ = documents.join(DocumentInput("tiff", b"pages:sleep=0.3", "h-gone", {"det": "auto", "pdf_text": "ocr"}, 10))
         await wait_for(lambda: run_.pages is not None and run_.state == "running")
         ocr.release(run_)  # the only waiter disconnected
         try:
@@ -155,7 +156,7 @@ def test_what_the_event_loop_calls_a_document() -> None:
 def test_a_document_cut_short_by_shutdown_fails_as_a_whole_with_503() -> None:
     async def scenario(pool: WorkerPool) -> None:
         _ocr, documents = services(pool)
-        run_ = documents.join("doc-stop", "tiff", b"pages:sleep=0.3", "h-stop", {"det": "auto", "pdf_text": "ocr"}, 8)
+        run_ = documents.join(DocumentInput("tiff", b"pages:sleep=0.3", "h-stop", {"det": "auto", "pdf_text": "ocr"}, 8))
         await wait_for(lambda: run_.pages_done >= 1)
         await pool.close(grace=0.2)  # SIGTERM: what has not started is refused
         try:
