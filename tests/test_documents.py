@@ -377,3 +377,31 @@ def test_the_same_tiff_page_inside_another_tiff_is_not_read_again(ocr_server: Ru
     assert [page["cached"] for page in again["pages"]] == [True, False, True]
     assert [page["text_lines"][0]["text"] for page in again["pages"]] == [shared_word, other_word, first_word]
     assert ocr_server.health()["ocr_runs"] == runs + 1
+
+
+def test_a_page_that_hung_a_worker_is_remembered_not_read_again(server_factory: Any) -> None:
+    # The largest scan runs past a tiny task_timeout: each of its pages costs a worker once.
+    big = max(gt_manifest(), key=lambda row: row["width"] * row["height"])
+    image = open_gt(big)
+    tiff = multipage_tiff([image, image.rotate(180)])
+    # Two workers: both pages start at once (one alone would leave the second page queued
+    # while its worker is replaced, and a page that never ran says nothing about itself).
+    server = server_factory(base_config(number=2, task_timeout=0.2), name="doc-poison")
+    first = post_document(server, tiff, name="big.tif")
+    assert_error(first, 504, "timeout")
+    deadline = time.monotonic() + 60
+    while server.health()["workers"]["ready"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    health = server.health()
+    runs, restarts = health["ocr_runs"], health["workers"]["restarts"]
+    assert restarts == {"timeout": 2}, restarts
+    # Again, and inside another document: answered at once, saying why, no worker killed.
+    again = assert_error(post_document(server, tiff, name="big.tif"), 504, "timeout")
+    assert "remembered from an earlier attempt" in again["message"]
+    other = multipage_tiff([image.rotate(180), image])
+    view = post_document(server, other, name="other.tif", block_flag="false").json()
+    view = requests.get(f"{server.url}{view['status_url']}?wait=30", timeout=60).json()
+    assert view["status"] == "failed" and view["error"]["code"] == "timeout", view
+    health = server.health()
+    assert health["workers"]["restarts"] == {"timeout": 2} and health["ocr_runs"] == runs
+    assert health["cache"]["failures_answered"] == 4

@@ -20,7 +20,9 @@ RENDER = RenderSettings(dpi=200, max_side=4000, max_pixels=16_000_000, max_pages
 
 
 def services(pool: WorkerPool) -> tuple[OcrService, DocumentService]:
-    ocr = OcrService(pool, engine_identity="fake", cache_capacity=100, cache_ttl=60, task_capacity=10, task_ttl=60)
+    ocr = OcrService(
+        pool, engine_identity="fake", cache_capacity=100, cache_ttl=60, task_capacity=10, task_ttl=60, failure_ttl=60
+    )
     return ocr, DocumentService(ocr, PageScheduler(pool), RENDER)
 
 
@@ -71,6 +73,16 @@ def test_a_page_that_kills_its_worker_fails_that_page_only_and_the_pool_recovers
         assert [line["text"] for line in pages[2]["text_lines"]] == ["page 3"]
         await wait_for(lambda: pool.ready_count == 2)
         assert pool.restarts["crashed"] == 2  # the page was tried twice, as an image would be
+
+        # The same document again: the crashing page is answered from memory, as an image would
+        # be (no worker killed for it), the others from the cache.
+        tasks_before = pool.tasks_run
+        again = await documents.join(DocumentInput("tiff", b"pages:crash=1", "h-crash", params, 3)).future
+        assert again["pages"][1]["error"]["code"] == "worker_crashed"
+        assert "remembered from an earlier attempt" in again["pages"][1]["error"]["message"]
+        assert [page.get("cached") for page in again["pages"]] == [True, None, True]
+        assert pool.restarts["crashed"] == 2 and pool.tasks_run == tasks_before
+        assert documents.ocr.flight.failures_answered == 1
 
     run(scenario)
 
