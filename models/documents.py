@@ -17,12 +17,12 @@ import numpy as np
 
 from .errors import ImageDecodeError, ImageError
 from .image_io import decode_image
+from .page_identity import page_fingerprint
 from .pdf import (
     RenderLimits,
     check_page_count,
     needs_password,
     open_pdf,
-    page_fingerprint,
     page_problem,
     render_page,
     rendered_size,

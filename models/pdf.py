@@ -7,7 +7,6 @@ crash or a hang costs one worker (which the pool replaces), never the server.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
 import unicodedata
 from dataclasses import dataclass
@@ -180,35 +179,6 @@ def text_layer(page: Any, size: tuple[int, int]) -> tuple[list[dict[str, Any]], 
         return lines, has_real_text(" ".join(whole))
     finally:
         textpage.close()
-
-
-def page_fingerprint(page: Any) -> str | None:
-    """The content identity of a scanned page: one image and nothing else drawn on it.
-
-    The sha256 of the image's stored bytes, its filters, colour space, size and placement and
-    the page's boxes and rotation: the same scan inside another PDF renders to the same pixels,
-    so its OCR can be re-used. None for any other page (it is then known by its document and
-    number only).
-    """
-    import pypdfium2 as pdfium
-
-    objects = list(page.get_objects(max_depth=1))
-    if len(objects) != 1 or not isinstance(objects[0], pdfium.PdfImage):
-        return None
-    image = objects[0]
-    meta = image.get_metadata()
-    digest = hashlib.sha256(bytes(image.get_data(decode_simple=False)))
-    layout = (
-        image.get_filters(),
-        image.get_matrix().get(),
-        (meta.width, meta.height, meta.bits_per_pixel, meta.colorspace),
-        page.get_size(),
-        page.get_mediabox(),
-        page.get_cropbox(),
-        page.get_rotation(),
-    )
-    digest.update(repr(layout).encode())
-    return digest.hexdigest()
 
 
 def rendered_size(page: Any, limits: RenderLimits) -> tuple[int, int]:

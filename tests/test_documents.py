@@ -405,3 +405,48 @@ def test_a_page_that_hung_a_worker_is_remembered_not_read_again(server_factory: 
     health = server.health()
     assert health["workers"]["restarts"] == {"timeout": 2} and health["ocr_runs"] == runs
     assert health["cache"]["failures_answered"] == 4
+
+
+def test_the_same_born_digital_page_read_by_ocr_inside_another_pdf_is_not_read_again(
+    ocr_server: RunningServer,
+) -> None:
+    shared = [f"SHARED {random_word(6)}", "SECOND LINE"]
+    first = post_document(ocr_server, text_pdf([[f"FIRST {random_word(6)}"], shared]), pdf_text="ocr").json()
+    assert [page["cached"] for page in first["pages"]] == [False, False]
+    runs = ocr_server.health()["ocr_runs"]
+    # The same page (same text, font, place) first in another PDF: its OCR comes from the cache.
+    other = post_document(ocr_server, text_pdf([shared, [f"OTHER {random_word(6)}"]]), pdf_text="ocr").json()
+    assert [page["cached"] for page in other["pages"]] == [True, False]
+    assert other["pages"][0]["text_lines"] == first["pages"][1]["text_lines"]
+    assert ocr_server.health()["ocr_runs"] == runs + 2  # the probe and the new page
+    # One letter different, or the same text a point larger: another page, read again.
+    for near in (text_pdf([[shared[0], "SECOND LINF"]]), text_pdf([shared], font_size=29)):
+        assert post_document(ocr_server, near, pdf_text="ocr").json()["pages"][0]["cached"] is False
+
+
+def test_page_identity_reads_drawn_pages_and_gives_up_on_what_it_cannot_read() -> None:
+    from models.page_identity import page_fingerprint
+    from models.pdf import open_pdf
+
+    def identity(pdf: bytes, index: int = 0) -> str | None:
+        document = open_pdf(pdf)
+        try:
+            page = document[index]
+            try:
+                return page_fingerprint(page)
+            finally:
+                page.close()
+        finally:
+            document.close()
+
+    page = [["INVOICE 4711", "TOTAL 12.50"]]
+    same = identity(text_pdf(page))
+    assert same is not None and same == identity(text_pdf([["COVER"], *page]), 1)
+    assert identity(text_pdf([["INVOICE 4711", "TOTAL 12.5O"]])) != same
+    assert identity(text_pdf(page, media_box=(595, 842))) != same  # A4: the text sits elsewhere
+    # An annotation is drawn from its own appearance, not read here: no identity.
+    annotated = text_pdf(page).replace(
+        b"/Resources << /Font",
+        b"/Annots [<< /Type /Annot /Subtype /Square /Rect [10 10 100 100] /C [1 0 0] >>] /Resources << /Font",
+    )
+    assert identity(annotated) is None
