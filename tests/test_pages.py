@@ -179,3 +179,21 @@ def test_a_document_cut_short_by_shutdown_fails_as_a_whole_with_503() -> None:
             raise AssertionError("a document with unread pages at shutdown must fail, not answer half")
 
     run(scenario)
+
+
+def test_page_previews_are_bounded_by_their_bytes_and_served_by_random_tokens() -> None:
+    from cache.previews import PreviewStore
+
+    store = PreviewStore(max_bytes=250)
+    for number in range(1, 4):
+        store.put(f"doc#{number}", bytes(100), (10, 10))
+    assert store.get("doc#1") is None and store.bytes == 200 and store.evictions == 1  # least recent dropped
+    store.get("doc#2")  # read: now the most recent
+    store.put("doc#4", bytes(100), (10, 10))
+    assert store.get("doc#3") is None and store.get("doc#2") is not None
+    kept = store.get("doc#4")
+    assert kept is not None and store.by_token(kept.token) is kept and len(kept.token) == 32
+    store.put("doc#4", bytes(50), (5, 5))  # made again: a new token, the old one dead
+    assert store.by_token(kept.token) is None and store.bytes == 150
+    store.put("huge", bytes(251), (1, 1))  # larger than the whole store: not kept
+    assert store.get("huge") is None and PreviewStore(0).stats()["entries"] == 0
