@@ -25,6 +25,7 @@ from typing import Any
 from cache.previews import PreviewStore
 from cache.records import Result, TaskView
 from cache.service import OcrService
+from cache.single_flight import REMOTE_POLL_S
 from cache.task_store import TaskRecord
 from ocr_pool import Job, PoolError, QueueFullError, TaskCancelledError, TaskFailedError
 from ocr_pool.pages import DocumentPages, PageScheduler, settle
@@ -35,8 +36,8 @@ SERVER_ERRORS = ("shutting_down", "no_worker", "queue_full", "cancelled")
 # Page previews (page_images=true): the longest side in pixels, and the JPEG quality.
 PREVIEW = {"max_side": 1100, "quality": 80}
 PREVIEW_URL = "/ocr_service/previews/{}"
-# Past the PDF's own password limit (127 bytes), a field this long is a mistake.
-MAX_PASSWORD_CHARS = 1024
+# A node waiting for another node's run of a document polls the shared store at most this rarely.
+REMOTE_POLL_MAX_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class DocumentService:
         self.pages_ocr = 0
         self.pages_layer = 0
         self.pages_cached = 0
+        self.documents_shared = 0  # read by another node while this one waited
 
     # ---- keys ------------------------------------------------------------------------
 
@@ -255,7 +257,7 @@ class DocumentService:
 
     async def _run(self, run: DocumentRun, doc: DocumentInput) -> None:
         try:
-            result = await self._compute(run, doc)
+            result = await self._claimed_compute(run, doc)
         except asyncio.CancelledError:
             self._abandon(run)
             settle(run.future, None, TaskCancelledError("no client waits for this document any more"))
@@ -273,6 +275,50 @@ class DocumentService:
         if doc.page_images:
             result = self.with_previews(result, doc.doc_hash) or result
         settle(run.future, result, None)
+
+    async def _claimed_compute(self, run: DocumentRun, doc: DocumentInput) -> dict[str, Any]:
+        """With a shared store, one node reads a document at a time: the others wait for its
+        result there (or take over when its claim goes: it failed, or the node died). A
+        request with a password reads for itself (its probe checks the password)."""
+        shared = self.ocr.shared
+        if shared is None or doc.password:
+            return await self._compute(run, doc)
+        while True:
+            token = await shared.claim(run.cache_key)
+            if token is not None:
+                break
+            result = await self._wait_for_other_node(run)
+            if result is not None:
+                self.documents_shared += 1
+                if doc.page_images:
+                    return await self._compute(run, doc)  # its pages are cached now: only the previews are made
+                return result
+        keeper = asyncio.ensure_future(self._keep_claim(run.cache_key, token))
+        try:
+            return await self._compute(run, doc)
+        finally:
+            keeper.cancel()
+            await shared.release(run.cache_key, token)
+
+    async def _wait_for_other_node(self, run: DocumentRun) -> Result | None:
+        """The other node's result, or None once its claim is gone without one."""
+        assert self.ocr.shared is not None
+        pause = REMOTE_POLL_S
+        while True:
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, REMOTE_POLL_MAX_S)  # many waiting documents: few Redis reads
+            result = await self.ocr.results.get_shared(run.cache_key)
+            if result is not None:
+                return result
+            if not await self.ocr.shared.claim_held(run.cache_key):
+                return None
+
+    async def _keep_claim(self, key: str, token: str) -> None:
+        assert self.ocr.shared is not None
+        while True:
+            await asyncio.sleep(self.ocr.shared.claim_ttl / 3)
+            if not await self.ocr.shared.extend(key, token):
+                return  # lost (Redis was down long enough): another node may read it too, no harm
 
     def _abandon(self, run: DocumentRun) -> None:
         if run.probe is not None:
@@ -410,6 +456,7 @@ class DocumentService:
             "pages_ocr": self.pages_ocr,
             "pages_layer": self.pages_layer,
             "pages_cached": self.pages_cached,
+            "documents_from_other_nodes": self.documents_shared,
             "pages_waiting": self.scheduler.pending,
             "previews": self.previews.stats(),
         }

@@ -290,8 +290,9 @@ def _schemas() -> dict[str, Any]:
                 "documents": {
                     "type": "object",
                     "nullable": True,
-                    "description": "Documents in flight and run, pages read by OCR, from text layers and from "
-                    "the cache, pages waiting for a worker.",
+                    "description": "Documents in flight and run (and read by another node while this one "
+                    "waited), pages read by OCR, from text layers and from the cache, pages waiting for a worker, "
+                    "and the page previews kept (`previews`: entries, bytes, max_bytes, evictions).",
                 },
                 "uploads": {
                     "type": "object",
