@@ -8,12 +8,13 @@ the other (the same page inside another PDF is not OCR'd again). Two forms:
 - any other page: every object drawn, in order, with all that decides its pixels (type,
   matrix, colours, line style, clip path; a text object's glyph outlines (or, where they
   cannot be read, its font program), size, render mode and text; a path's segments and fill
-  mode; an image's decoded pixels), plus each character's origin as PDFium lays the text out.
+  mode; an image's stored bytes and colour space), plus each character's origin as PDFium
+  lays the text out.
 
 A page with something this does not read exactly (annotations, transparency or blending,
-shadings, optional-content layers, an object PDFium cannot describe) has no identity (None):
-it is then known by its document and number only. Runs in the workers (PDFium is native code
-reading untrusted bytes).
+shadings, optional-content layers, palette images, an object PDFium cannot describe) has no
+identity (None): it is then known by its document and number only. Runs in the workers
+(PDFium is native code reading untrusted bytes); no image decoder runs for it.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def _drawn_fingerprint(page: Any, layout: tuple[Any, ...]) -> str | None:
     digest = hashlib.sha256(b"drawn|" + repr(layout).encode())
     textpage = page.get_textpage()
     try:
-        reader = _ObjectReader(digest, textpage.raw)
+        reader = _ObjectReader(digest, page.raw, textpage.raw)
         for index in range(raw.FPDFPage_CountObjects(page.raw)):
             reader.read(raw.FPDFPage_GetObject(page.raw, index), 0)
         # Where each glyph lands and how far it reaches (spacing, kerning, scaling, a ligature's
@@ -91,8 +92,9 @@ def _drawn_fingerprint(page: Any, layout: tuple[Any, ...]) -> str | None:
 
 
 class _ObjectReader:
-    def __init__(self, digest: Any, textpage: Any) -> None:
+    def __init__(self, digest: Any, page: Any, textpage: Any) -> None:
         self.digest = digest
+        self.page = page
         self.textpage = textpage
         self.fonts: dict[tuple[int, bool], bytes] = {}  # (font handle, program read) -> identity
         self.glyphs: dict[tuple[int, str], bytes] = {}  # (font handle, character) -> its outline
@@ -259,19 +261,22 @@ class _ObjectReader:
         self.put("path", fill.value, stroke.value, self._segments(count, lambda index: raw.FPDFPath_GetPathSegment(obj, index)))
 
     def _image(self, obj: Any) -> None:
-        """The image's pixels as PDFium decodes them (colour space, palette and decode array
-        applied), so two stored forms of one picture are one, and one stored form under two
-        palettes is two."""
+        """The image's stored bytes, filters, size and colour space, as a scan's are read (no
+        decoder runs in the probe: a decoder crash costs a page's task, not the document).
+        A palette image has no identity: its palette is not read."""
         from pypdfium2 import raw
 
-        bitmap = raw.FPDFImageObj_GetBitmap(obj)
-        if not bitmap:
-            raise _Unreadable("an image PDFium cannot decode")
-        try:
-            width, height = raw.FPDFBitmap_GetWidth(bitmap), raw.FPDFBitmap_GetHeight(bitmap)
-            stride, layout = raw.FPDFBitmap_GetStride(bitmap), raw.FPDFBitmap_GetFormat(bitmap)
-            buffer = raw.FPDFBitmap_GetBuffer(bitmap)
-            pixels = ctypes.string_at(buffer, stride * height) if buffer and height > 0 else b""
-        finally:
-            raw.FPDFBitmap_Destroy(bitmap)
-        self.put("image", width, height, stride, layout, hashlib.sha256(pixels).hexdigest())
+        meta = raw.FPDF_IMAGEOBJ_METADATA()
+        raw.FPDFImageObj_GetImageMetadata(obj, self.page, meta)
+        if meta.colorspace == raw.FPDF_COLORSPACE_INDEXED:
+            raise _Unreadable("palette image")
+        length = raw.FPDFImageObj_GetImageDataRaw(obj, None, 0)
+        data = (ctypes.c_ubyte * max(1, length))()
+        raw.FPDFImageObj_GetImageDataRaw(obj, data, length)
+        filters = []
+        for index in range(raw.FPDFImageObj_GetImageFilterCount(obj)):
+            name = ctypes.create_string_buffer(64)
+            raw.FPDFImageObj_GetImageFilter(obj, index, name, ctypes.sizeof(name))
+            filters.append(name.value)
+        described = (meta.width, meta.height, meta.bits_per_pixel, meta.colorspace, filters)
+        self.put("image", hashlib.sha256(memoryview(data)[:length]).hexdigest(), described)
