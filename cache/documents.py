@@ -308,8 +308,8 @@ class DocumentService:
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, REMOTE_POLL_MAX_S)  # many waiting documents: few Redis reads
             result = await self.ocr.results.get_shared(run.cache_key)
-            if result is not None:
-                return result
+            if result is not None and not result["document"].get("password_protected"):
+                return result  # (a protected one is stored by a password's run: this request proves nothing)
             if not await self.ocr.shared.claim_held(run.cache_key):
                 return None
 
