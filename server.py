@@ -104,7 +104,7 @@ def build_context(settings: Settings) -> AppContext:
     docs = settings.documents
     render = RenderSettings(docs.dpi, docs.max_page_side, docs.max_page_pixels, docs.max_pdf_pages)
     return AppContext(
-        documents=DocumentService(ocr, PageScheduler(pool), render),
+        documents=DocumentService(ocr, PageScheduler(pool), render, docs.preview_cache_bytes),
         settings=settings,
         ocr=ocr,
         pool=pool,

@@ -101,6 +101,9 @@ class DocumentSettings:
     dpi: float = 200.0
     max_page_side: int = 4000
     max_page_pixels: int = 16_000_000
+    # page_images=true: the JPEG previews of pages are kept in memory up to this many bytes
+    # (the least recently used dropped first); 0 keeps none.
+    preview_cache_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,7 @@ def _check_ranges(settings: Settings) -> None:
         (10 <= docs.dpi <= 1200, "documents.dpi must be 10..1200"),
         (docs.max_page_side >= 64, "documents.max_page_side must be >= 64"),
         (docs.max_page_pixels >= 64 * 64, "documents.max_page_pixels must be >= 4096"),
+        (docs.preview_cache_bytes >= 0, "documents.preview_cache_bytes must be >= 0"),
         (settings.ocr.engine in ENGINES, f"ocr.engine must be one of {', '.join(ENGINES)}"),
         (svc.backend in BACKENDS, f"service.backend must be one of {', '.join(BACKENDS)}"),
     ]

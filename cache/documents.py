@@ -6,6 +6,11 @@ scheduler (ocr_pool.pages: fair across documents, one page per worker in the poo
 the answers are put together in page order. Results are cached per page (a repeated or
 re-tried document re-runs only what is missing) and per document. Identical documents in
 flight share one run, as identical images do.
+
+With page_images, each page also gets a small JPEG preview (made by the worker from the
+pixels it OCRs, or by a "preview" task for a page that needs no OCR), kept in a bounded
+store (cache.previews) and linked from the answer. A password-protected PDF's password
+goes to the workers with each task and nowhere else: not into a key, a log or a task view.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from cache.records import TaskView
+from cache.previews import PreviewStore
+from cache.records import Result, TaskView
 from cache.service import OcrService
+from cache.single_flight import REMOTE_POLL_S
 from cache.task_store import TaskRecord
 from ocr_pool import Job, PoolError, QueueFullError, TaskCancelledError, TaskFailedError
 from ocr_pool.pages import DocumentPages, PageScheduler, settle
@@ -26,6 +33,11 @@ from ocr_pool.pages import DocumentPages, PageScheduler, settle
 # Errors that say nothing about a page but about the server (stopping, no worker, full): a
 # page failing so fails the whole document, to be retried (its finished pages are cached).
 SERVER_ERRORS = ("shutting_down", "no_worker", "queue_full", "cancelled")
+# Page previews (page_images=true): the longest side in pixels, and the JPEG quality.
+PREVIEW = {"max_side": 1100, "quality": 80}
+PREVIEW_URL = "/ocr_service/previews/{}"
+# A node waiting for another node's run of a document polls the shared store at most this rarely.
+REMOTE_POLL_MAX_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,22 @@ class RenderSettings:
         return {"dpi": self.dpi, "max_side": self.max_side, "max_pixels": self.max_pixels}
 
 
+@dataclass
+class DocumentInput:
+    """One request's document: what to read, and how."""
+
+    kind: str  # "pdf" | "tiff"
+    payload: bytes
+    doc_hash: str
+    params: dict[str, Any]  # det, pdf_text: what changes the result (part of the cache key)
+    pages: int | None = None  # the page count when the event loop could read it (TIFF)
+    page_images: bool = False
+    # A PDF's password: sent to the workers only (never a key, a log line or a task view).
+    password: str | None = field(default=None, repr=False)
+    # Each page's content identity when it can be read cheaply (TIFF), else None.
+    fingerprints: list[str | None] | None = None
+
+
 class DocumentRun:
     """One document's OCR, shared by every local request for the same document and options.
 
@@ -48,8 +76,9 @@ class DocumentRun:
     the last blocking waiter to leave cancels what has not started.
     """
 
-    def __init__(self, key: str, kind: str, future: asyncio.Future[dict[str, Any]]) -> None:
-        self.key = key
+    def __init__(self, key: str, cache_key: str, kind: str, future: asyncio.Future[dict[str, Any]]) -> None:
+        self.key = key  # who may share this run
+        self.cache_key = cache_key  # where its result is stored
         self.kind = kind
         self.future = future
         self.task_id = uuid.uuid4().hex
@@ -98,46 +127,80 @@ def page_error(error: BaseException) -> dict[str, str]:
 
 
 class DocumentService:
-    def __init__(self, ocr: OcrService, scheduler: PageScheduler, render: RenderSettings) -> None:
+    def __init__(
+        self, ocr: OcrService, scheduler: PageScheduler, render: RenderSettings, preview_bytes: int = 64 << 20
+    ) -> None:
         self.ocr = ocr
         self.pool = ocr.pool
         self.scheduler = scheduler
         self.render = render
+        self.previews = PreviewStore(preview_bytes)
         self._in_flight: dict[str, DocumentRun] = {}
         self.documents_run = 0
         self.pages_ocr = 0
         self.pages_layer = 0
         self.pages_cached = 0
+        self.documents_shared = 0  # read by another node while this one waited
 
     # ---- keys ------------------------------------------------------------------------
 
-    def document_key(self, doc_hash: str, kind: str, params: dict[str, Any]) -> str:
-        options = {**params, "document": kind, **self.render.spec()}
-        return self.ocr.cache_key(doc_hash, options)
+    def document_key(self, doc: DocumentInput) -> str:
+        options = {**doc.params, "document": doc.kind, **self.render.spec()}
+        return self.ocr.cache_key(doc.doc_hash, options)
+
+    def run_key(self, doc: DocumentInput) -> str:
+        """Which requests share one run: the same document and options, the same want of
+        previews; a request with a password never shares (its own probe checks it)."""
+        key = self.document_key(doc)
+        if doc.page_images:
+            key += "|page_images"
+        if doc.password and doc.kind == "pdf":
+            key += f"|private:{uuid.uuid4().hex}"
+        return key
+
+    def preview_slot(self, doc_hash: str, number: int) -> str:
+        return self.ocr.cache_key(f"{doc_hash}#page={number}", {"preview": PREVIEW, **self.render.spec()})
 
     def page_key(self, doc_hash: str, kind: str, index: int, det: str, fingerprint: str | None = None) -> str:
-        """A page's cache key: its content's fingerprint (a scanned PDF page: the same scan in
-        another PDF is the same page), else the document's hash and the page number."""
+        """A page's cache key: its content's fingerprint (a scanned PDF page, a TIFF page: the
+        same page in another document is the same page), else the document's hash and the
+        page number."""
         options = {"det": det, "document": kind, **self.render.spec()}
         identity = f"scan:{fingerprint}" if fingerprint else f"{doc_hash}#page={index + 1}"
         return self.ocr.cache_key(identity, options)
 
     # ---- requests --------------------------------------------------------------------
 
-    def join(self, key: str, kind: str, payload: bytes, doc_hash: str, params: dict[str, Any], pages: int | None):
+    async def cached(self, doc: DocumentInput) -> Result | None:
+        """The whole document's cached answer, when it may be given without a run: never for
+        a PDF that took a password (a run's probe checks the password first), and with
+        page_images only while every page's preview is still kept."""
+        cached = await self.ocr.lookup(self.document_key(doc))
+        if cached is None or cached["document"].get("password_protected"):
+            return None
+        if doc.page_images:
+            return self.with_previews(cached, doc.doc_hash, require_all=True)
+        return cached
+
+    def join(self, doc: DocumentInput) -> DocumentRun:
         """Wait on the run for this document, starting one if there is none.
 
-        pages: the page count when the event loop could read it cheaply (TIFF); a PDF's
-        comes from the probe. Raises PoolError when the pool cannot take the work now.
+        Raises PoolError when the pool cannot take the work now, or when the document
+        crashed or hung a worker's probe recently (answered from memory).
         """
+        key = self.run_key(doc)
         run = self._in_flight.get(key)
         if run is None:
-            self._admit(pages or 1)
-            run = DocumentRun(key, kind, asyncio.get_running_loop().create_future())
-            run.pages_total = pages
+            cache_key = self.document_key(doc)
+            remembered = self.ocr.flight.remembered_failure(cache_key)
+            if remembered is not None:
+                raise remembered
+            self._admit(doc.pages or 1)
+            run = DocumentRun(key, cache_key, doc.kind, asyncio.get_running_loop().create_future())
+            run.pages_total = doc.pages
             run.future.add_done_callback(lambda _: self._forget(run))
             self._in_flight[key] = run
-            run.poller = asyncio.ensure_future(self._run(run, payload, doc_hash, params))
+            run.poller = asyncio.ensure_future(self._run(run, doc))
             self.documents_run += 1
         run.waiters += 1
         return run
@@ -157,24 +220,44 @@ class DocumentService:
         if self._in_flight.get(run.key) is run:
             del self._in_flight[run.key]
 
-    async def submit_task(
-        self, key: str, kind: str, payload: bytes, doc_hash: str, params: dict[str, Any], pages: int | None
-    ) -> DocumentTaskRecord:
-        record = DocumentTaskRecord(doc_hash, pages)
-        cached = await self.ocr.lookup(key)
+    async def submit_task(self, doc: DocumentInput) -> DocumentTaskRecord:
+        record = DocumentTaskRecord(doc.doc_hash, doc.pages)
+        cached = await self.cached(doc)
         if cached is not None:
             record.result, record.cached = cached, True
         else:
-            run = self.join(key, kind, payload, doc_hash, params, pages)  # never released: the task must run
+            run = self.join(doc)  # never released: the task must run
             record.computation = run  # type: ignore[assignment]  # a Computation look-alike
         await self.ocr.tasks.add(record)  # records the outcome and shares the view when the run ends
         return record
 
+    # ---- previews --------------------------------------------------------------------
+
+    def with_previews(self, result: Result, doc_hash: str, require_all: bool = False) -> Result | None:
+        """A copy of `result` whose pages link their previews (None, with require_all, when
+        one is no longer kept). `scale` maps a box (page pixels) onto the preview."""
+        pages = []
+        for page in result["pages"]:
+            preview = None if "error" in page else self.previews.get(self.preview_slot(doc_hash, page["page"]))
+            if preview is None:
+                if require_all and "error" not in page:
+                    return None
+                pages.append(page)
+                continue
+            width = page["image_size"][0] if page.get("image_size") else preview.size[0]
+            link = {"url": PREVIEW_URL.format(preview.token), "size": list(preview.size)}
+            link["scale"] = round(preview.size[0] / max(width, 1), 6)
+            pages.append({**page, "preview": link})
+        return {**result, "pages": pages}
+
+    def _keep_preview(self, doc_hash: str, number: int, made: dict[str, Any] | None) -> None:
+        if made is not None:
+            self.previews.put(self.preview_slot(doc_hash, number), made["jpeg"], (made["size"][0], made["size"][1]))
     # ---- the run ---------------------------------------------------------------------
 
-    async def _run(self, run: DocumentRun, payload: bytes, doc_hash: str, params: dict[str, Any]) -> None:
+    async def _run(self, run: DocumentRun, doc: DocumentInput) -> None:
         try:
-            result = await self._compute(run, payload, doc_hash, params)
+            result = await self._claimed_compute(run, doc)
         except asyncio.CancelledError:
             self._abandon(run)
             settle(run.future, None, TaskCancelledError("no client waits for this document any more"))
@@ -185,9 +268,57 @@ class DocumentService:
         except Exception as error:  # noqa: BLE001 - never leave waiters hanging
             settle(run.future, None, PoolError(f"OCR failed: {type(error).__name__}: {error}"))
             return
+        finally:
+            doc.password = None  # the run is over: nothing keeps the password
         if not any("error" in page for page in result["pages"]):
-            await self._store(run.key, result)
+            await self._store(run.cache_key, result)
+        if doc.page_images:
+            result = self.with_previews(result, doc.doc_hash) or result
         settle(run.future, result, None)
+
+    async def _claimed_compute(self, run: DocumentRun, doc: DocumentInput) -> dict[str, Any]:
+        """With a shared store, one node reads a document at a time: the others wait for its
+        result there (or take over when its claim goes: it failed, or the node died). A
+        request with a password reads for itself (its probe checks the password)."""
+        shared = self.ocr.shared
+        if shared is None or doc.password:
+            return await self._compute(run, doc)
+        while True:
+            token = await shared.claim(run.cache_key)
+            if token is not None:
+                break
+            result = await self._wait_for_other_node(run)
+            if result is not None:
+                self.documents_shared += 1
+                if doc.page_images:
+                    return await self._compute(run, doc)  # its pages are cached now: only the previews are made
+                return result
+        keeper = asyncio.ensure_future(self._keep_claim(run.cache_key, token))
+        try:
+            return await self._compute(run, doc)
+        finally:
+            keeper.cancel()
+            await shared.release(run.cache_key, token)
+
+    async def _wait_for_other_node(self, run: DocumentRun) -> Result | None:
+        """The other node's result, or None once its claim is gone without one."""
+        assert self.ocr.shared is not None
+        pause = REMOTE_POLL_S
+        while True:
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, REMOTE_POLL_MAX_S)  # many waiting documents: few Redis reads
+            result = await self.ocr.results.get_shared(run.cache_key)
+            if result is not None and not result["document"].get("password_protected"):
+                return result  # (a protected one is stored by a password's run: this request proves nothing)
+            if not await self.ocr.shared.claim_held(run.cache_key):
+                return None
+
+    async def _keep_claim(self, key: str, token: str) -> None:
+        assert self.ocr.shared is not None
+        while True:
+            await asyncio.sleep(self.ocr.shared.claim_ttl / 3)
+            if not await self.ocr.shared.extend(key, token):
+                return  # lost (Redis was down long enough): another node may read it too, no harm
 
     def _abandon(self, run: DocumentRun) -> None:
         if run.probe is not None:
@@ -198,49 +329,75 @@ class DocumentService:
     async def _store(self, key: str, result: dict[str, Any]) -> None:
         await self.ocr.results.put(key, result)  # and into the shared store, when there is one
 
-    async def _compute(self, run: DocumentRun, payload: bytes, doc_hash: str, params: dict[str, Any]) -> dict[str, Any]:
-        det, pdf_text = params["det"], params.get("pdf_text", "auto")
-        spec = {"hash": doc_hash, **self.render.spec()}
-        probe_ms = None
-        if run.kind == "pdf":
-            probe_spec = {**spec, "op": "probe", "max_pages": self.render.max_pages, "pdf_text": pdf_text}
-            run.probe = self.pool.submit(payload, {"det": det, "document": probe_spec})
+    async def _probe(self, run: DocumentRun, doc: DocumentInput, spec: dict[str, Any]) -> dict[str, Any]:
+        probe_spec = {**spec, "op": "probe", "max_pages": self.render.max_pages, "pdf_text": doc.params["pdf_text"]}
+        run.probe = self.pool.submit(doc.payload, {"det": doc.params["det"], "document": probe_spec})
+        try:
             # Shielded: cancelling this run must not cancel the pool's own future (pool.cancel does).
-            probe = await asyncio.shield(run.probe.future)
+            return await asyncio.shield(run.probe.future)
+        except PoolError as error:
+            self.ocr.flight.remember_failure(run.cache_key, error)  # a PDF that crashes or hangs PDFium
+            raise
+        finally:
+            if run.probe.future.done():
+                run.probe.params = {}  # a finished job is kept for the task's timing: not its password
+
+    async def _compute(self, run: DocumentRun, doc: DocumentInput) -> dict[str, Any]:
+        det = doc.params["det"]
+        spec: dict[str, Any] = {"hash": doc.doc_hash, **self.render.spec()}
+        if doc.password and run.kind == "pdf":
+            spec["password"] = doc.password
+        probe_ms = None
+        protected = False
+        if run.kind == "pdf":
+            probe = await self._probe(run, doc, spec)
             probe_ms = probe.get("timing", {}).get("probe")
+            protected = bool(probe.get("protected"))
             infos = probe["pages"]
         else:
             infos = [{"image_size": None, "layer": None, "error": None} for _ in range(run.pages_total or 1)]
+            for info, fingerprint in zip(infos, doc.fingerprints or []):
+                info["fingerprint"] = fingerprint
         run.pages_total = len(infos)
         if run.probe is not None:
             # The probe told the page count only now: it counts against the queue bound too.
             self._admit(len([info for info in infos if info["layer"] is None and info["error"] is None]))
         pages: list[dict[str, Any] | None] = [None] * len(infos)
-        to_ocr: list[tuple[int, dict[str, Any]]] = []
+        to_run: list[tuple[int, dict[str, Any]]] = []
         keys: dict[int, str] = {}
         for index, info in enumerate(infos):
             number = index + 1
+            page_spec = {**spec, "kind": run.kind, "index": index}
+            wants_preview = doc.page_images and info["error"] is None
+            if wants_preview and self.previews.get(self.preview_slot(doc.doc_hash, number)) is not None:
+                wants_preview = False
             if info["error"] is not None:
                 pages[index] = {"page": number, "image_size": info["image_size"], "error": info["error"]}
             elif info["layer"] is not None:
                 pages[index] = _page_body(number, info["image_size"], info["layer"], "layer", {}, False)
                 self.pages_layer += 1
             else:
-                keys[index] = self.page_key(doc_hash, run.kind, index, det, info.get("fingerprint"))
-                cached = await self.ocr.lookup(keys[index])
-                if cached is not None:
+                keys[index] = self.page_key(doc.doc_hash, run.kind, index, det, info.get("fingerprint"))
+                remembered = self.ocr.flight.remembered_failure(keys[index])
+                cached = None if remembered is not None else await self.ocr.lookup(keys[index])
+                if remembered is not None:
+                    # This page crashed or hung a worker recently: answered so, without OCR.
+                    pages[index] = {"page": number, "image_size": info["image_size"], "error": page_error(remembered)}
+                    wants_preview = False
+                elif cached is not None:
                     pages[index] = _ocr_page(number, cached, True)
                     self.pages_cached += 1
                 else:
-                    page_spec = {**spec, "op": "page", "kind": run.kind, "index": index}
-                    to_ocr.append((index, {"det": det, "document": page_spec}))
+                    if wants_preview:
+                        page_spec["preview"] = PREVIEW  # made from the pixels the page is read from
+                    to_run.append((index, {"det": det, "document": {**page_spec, "op": "page"}}))
                     continue
             run.pages_done += 1
-        if to_ocr:
-            run.pages = self.scheduler.add(payload, to_ocr)
-            await asyncio.gather(
-                *(self._page(run, task.future, task.index, keys[task.index], pages) for task in run.pages.tasks)
-            )
+            if wants_preview:  # a page that needs no OCR: a quick task makes only its preview
+                to_run.append((index, {"det": det, "document": {**page_spec, "op": "preview", "preview": PREVIEW}}))
+        if to_run:
+            run.pages = self.scheduler.add(doc.payload, to_run)
+            await asyncio.gather(*(self._page(run, doc, task.future, task, keys, pages) for task in run.pages.tasks))
         done = [page for page in pages if page is not None]
         failed = [page for page in done if "error" in page]
         server_side = next((page for page in failed if page["error"]["code"] in SERVER_ERRORS), None)
@@ -255,24 +412,41 @@ class DocumentService:
             timing["queue_wait"] = first_job.queue_wait_ms  # until the first task of the document started
         if probe_ms is not None:
             timing["probe"] = probe_ms
-        return {"document": {"type": run.kind, "pages": len(done)}, "pages": done, "timing": timing}
+        document: dict[str, Any] = {"type": run.kind, "pages": len(done)}
+        if protected:
+            document["password_protected"] = True  # its cached answer is given only after a password check
+        return {"document": document, "pages": done, "timing": timing}
 
     async def _page(
         self,
         run: DocumentRun,
+        doc: DocumentInput,
         future: asyncio.Future[dict[str, Any]],
-        index: int,
-        key: str,
+        task: Any,
+        keys: dict[int, str],
         pages: list[dict[str, Any] | None],
     ) -> None:
+        index = task.index
+        only_preview = task.params["document"]["op"] == "preview"
         try:
             result = await future
         except PoolError as error:
+            if only_preview:
+                return  # the page is answered; it only has no preview
+            self.ocr.flight.remember_failure(keys[index], error)  # a page that crashes or hangs a worker
             pages[index] = {"page": index + 1, "image_size": None, "error": page_error(error)}
         else:
+            result = dict(result)
+            self._keep_preview(doc.doc_hash, index + 1, result.pop("preview", None))
+            if only_preview:
+                return
             pages[index] = _ocr_page(index + 1, result, False)
             self.pages_ocr += 1
-            await self._store(key, result)
+            await self._store(keys[index], result)
+        finally:
+            task.params = {}  # nor do finished pages keep the password
+            if task.job is not None:
+                task.job.params = {}
         run.pages_done += 1
 
     def stats(self) -> dict[str, Any]:
@@ -282,7 +456,9 @@ class DocumentService:
             "pages_ocr": self.pages_ocr,
             "pages_layer": self.pages_layer,
             "pages_cached": self.pages_cached,
+            "documents_from_other_nodes": self.documents_shared,
             "pages_waiting": self.scheduler.pending,
+            "previews": self.previews.stats(),
         }
 
 

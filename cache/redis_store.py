@@ -8,7 +8,8 @@ Keys (all under `prefix`):
   result:<cache key>   JSON result, EX = cache TTL
   lru                  ZSET cache key -> last use time; bounds the result count (true LRU)
   task:<task id>       JSON task view, EX = task TTL
-  claim:<cache key>    token of the node computing this key, PX = task timeout
+  claim:<cache key>    token of the node computing this key, PX = task timeout (a document's
+                       claim is extended while its run lasts)
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ if excess > 0 then
   local evicted = redis.call('zpopmin', KEYS[2], excess)
   for i = 1, #evicted, 2 do redis.call('del', ARGV[6] .. evicted[i]) end
 end
+return 0
+"""
+# Push a claim's expiry further, only if it is still ours (a long document outlives claim_ttl).
+EXTEND_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
 RETRY_AFTER_FAILURE_S = 2.0
@@ -78,6 +84,7 @@ class RedisStore:
             url, socket_connect_timeout=0.5, socket_timeout=1.0, health_check_interval=10
         )
         self._release = self._client.register_script(RELEASE_SCRIPT)
+        self._extend = self._client.register_script(EXTEND_SCRIPT)
         self._put_result = self._client.register_script(PUT_RESULT_SCRIPT)
         self.connected = True
         self.errors = 0
@@ -179,6 +186,17 @@ class RedisStore:
             return bool(await self._client.exists(self.prefix + "claim:" + key))
 
         return await self._guarded(held, False)
+
+    async def extend(self, key: str, token: str) -> bool:
+        """Keep holding a claim for another claim_ttl; False if it is no longer ours."""
+        if token == "local":
+            return True
+
+        async def push() -> bool:
+            claim_ms = max(1, int(self.claim_ttl * 1000))
+            return bool(await self._extend(keys=[self.prefix + "claim:" + key], args=[token, claim_ms]))
+
+        return await self._guarded(push, False)
 
     async def release(self, key: str, token: str) -> None:
         if token == "local":

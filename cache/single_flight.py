@@ -138,17 +138,29 @@ class SingleFlight:
             self._forget(computation)
 
     def _refuse_remembered_failure(self, key: str) -> None:
+        error = self.remembered_failure(key)
+        if error is not None:
+            raise error
+
+    def remembered_failure(self, key: str) -> RememberedFailureError | None:
+        """The error to answer at once for `key` (an image, or a document's page) that
+        crashed or hung a worker recently; None when there is none."""
         remembered = self.failures.get(key)
         if remembered is None:
-            return
+            return None
         error, when = remembered
         age = time.monotonic() - when
         self.failures_answered += 1
-        raise RememberedFailureError(
+        return RememberedFailureError(
             error.code,
             f"{error.message} (remembered from an earlier attempt {age:.0f} s ago;"
             f" not tried again for {max(0.0, self.failures.ttl - age):.0f} s)",
         )
+
+    def remember_failure(self, key: str, error: BaseException) -> None:
+        """Keep a failure that cost a worker, so that repeats of the input do not cost another."""
+        if is_poison(error):
+            self.failures.set(key, (error, time.monotonic()))  # type: ignore[arg-type]
 
     def _start_job(self, computation: Computation, payload: bytes, params: dict[str, Any], claim: str) -> None:
         """Submit to the pool (raising PoolError at once if it cannot take the task).
@@ -172,8 +184,8 @@ class SingleFlight:
         error = future.exception()
         # Only successes are stored; a crash or a timeout that killed a worker is remembered for
         # failure_ttl seconds, so repeats of a poison image do not cost a worker each.
-        if error is not None and is_poison(error):
-            self.failures.set(computation.key, (error, time.monotonic()))
+        if error is not None:
+            self.remember_failure(computation.key, error)
         if error is None:
             await self.results.put(computation.key, future.result())
         if computation.claim is not None:

@@ -9,6 +9,7 @@ from handlers.health import HealthHandler, LivezHandler, ReadyzHandler
 from handlers.metrics import MetricsHandler, ServiceMetrics
 from handlers.ocr import OcrHandler, TaskHandler
 from handlers.openapi import OpenApiHandler
+from handlers.previews import PreviewHandler
 from handlers.webui import STATIC_DIR, IndexHandler, StaticHandler
 
 
@@ -22,6 +23,7 @@ def routes(ctx: AppContext, metrics: ServiceMetrics) -> list[tuple[str, type, di
         (r"/metrics", MetricsHandler, {"metrics": metrics}),
         (r"/ocr_service", OcrHandler, shared),
         (r"/ocr_service/tasks/([0-9a-f]{1,64})", TaskHandler, shared),
+        (r"/ocr_service/previews/([0-9a-f]{1,64})", PreviewHandler, shared),
         (r"/livez", LivezHandler, {}),
         (r"/readyz", ReadyzHandler, shared),
         (r"/health", HealthHandler, shared),

@@ -6,13 +6,14 @@ arithmetic); everything PDFium does runs in the workers (cache.documents).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
-from cache.documents import DocumentService
+from cache.documents import DocumentInput, DocumentService
 from handlers.errors import STATUS_BY_CODE, ApiError, api_error_from_pool
 from handlers.request_parsing import OcrRequest
-from models.tiff import count_tiff_pages, is_tiff
+from models.tiff import count_tiff_pages, is_tiff, page_fingerprints
 from ocr_pool import PoolError
 
 # PDF readers accept the header anywhere in the first KiB (some generators put junk first)...
@@ -77,17 +78,30 @@ class DocumentAnswers:
     ) -> None:
         documents: DocumentService = self.ctx.documents
         params = {"det": request.det, "pdf_text": request.pdf_text if kind == "pdf" else "ocr"}
-        key = documents.document_key(doc_hash, kind, params)
+        doc = DocumentInput(
+            kind,
+            data,
+            doc_hash,
+            params,
+            pages,
+            page_images=request.page_images,
+            password=request.password if kind == "pdf" else None,
+        )
+        if kind == "tiff":
+            # Each page's content identity (hashing its stored bytes, in a thread): the same
+            # page inside another TIFF is then read from the cache.
+            loop = asyncio.get_running_loop()
+            doc.fingerprints = await loop.run_in_executor(None, page_fingerprints, data, pages or 1)
         self.log_fields["document"] = kind
         try:
             if not request.block:
-                self._answer_task(await documents.submit_task(key, kind, data, doc_hash, params, pages))  # type: ignore[attr-defined]
+                self._answer_task(await documents.submit_task(doc))  # type: ignore[attr-defined]
                 return
-            cached = await self.ctx.ocr.lookup(key)
+            cached = await documents.cached(doc)
             if cached is not None:
                 self._finish_result(uuid.uuid4().hex, doc_hash, cached, True, None)  # type: ignore[attr-defined]
                 return
-            run = documents.join(key, kind, data, doc_hash, params, pages)
+            run = documents.join(doc)
             self._computation = run  # released (and the run cancelled) if the client leaves
             self.log_fields["task_id"] = run.task_id
             try:

@@ -29,6 +29,8 @@ STATUS_BY_CODE = {
     "image_too_small": 422,
     "encrypted_document": 415,
     "corrupt_document": 415,
+    "pdf_password_required": 422,
+    "pdf_password_wrong": 422,
     "too_many_pages": 413,
     "page_too_large": 413,
     "queue_full": 503,

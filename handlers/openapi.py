@@ -66,7 +66,8 @@ OCR_ERROR_MEANINGS = {
     413: "The body, the file, the decoded image (pixels), a document's page count (`documents.max_pdf_pages`) "
     "or a PDF page's size is larger than the limits.",
     415: "Neither a supported request encoding nor a decodable image or document (an encrypted or corrupt PDF).",
-    422: "The image decodes but is too small to read.",
+    422: "The image decodes but is too small to read, or a password-protected PDF came without its password "
+    "or with a wrong one.",
     500: "The OCR worker failed on this image.",
     503: "Overloaded (queue full, or the task could not start within `ocr.process.task_timeout`),"
     " no worker ready, or shutting down: retry after `Retry-After` seconds.",
@@ -116,7 +117,14 @@ def _schemas() -> dict[str, Any]:
         "cached": result_properties["cached"],
         "document": {
             "type": "object",
-            "properties": {"type": {"type": "string", "enum": ["pdf", "tiff"]}, "pages": {"type": "integer"}},
+            "properties": {
+                "type": {"type": "string", "enum": ["pdf", "tiff"]},
+                "pages": {"type": "integer"},
+                "password_protected": {
+                    "type": "boolean",
+                    "description": "Present (true) when the PDF was opened with its `password`.",
+                },
+            },
         },
         "pages_done": {"type": "integer", "minimum": 0},
         "pages_total": {"type": "integer", "minimum": 0},
@@ -175,6 +183,16 @@ def _schemas() -> dict[str, Any]:
                 "cached": {"type": "boolean"},
                 "det_used": result_properties["det_used"],
                 "timing": _ref("Timing"),
+                "preview": {
+                    "type": "object",
+                    "required": ["url", "size", "scale"],
+                    "description": "With `page_images=true`: a JPEG of the page (longest side at most 1100 px).",
+                    "properties": {
+                        "url": {"type": "string", "description": "GET it: `/ocr_service/previews/<token>`."},
+                        "size": {**result_properties["image_size"], "description": "[width, height] of the JPEG."},
+                        "scale": {"type": "number", "description": "JPEG pixels per page pixel: box x scale."},
+                    },
+                },
                 "error": {
                     "type": "object",
                     "required": ["code", "message", "http_status"],
@@ -272,8 +290,9 @@ def _schemas() -> dict[str, Any]:
                 "documents": {
                     "type": "object",
                     "nullable": True,
-                    "description": "Documents in flight and run, pages read by OCR, from text layers and from "
-                    "the cache, pages waiting for a worker.",
+                    "description": "Documents in flight and run (and read by another node while this one "
+                    "waited), pages read by OCR, from text layers and from the cache, pages waiting for a worker, "
+                    "and the page previews kept (`previews`: entries, bytes, max_bytes, evictions).",
                 },
                 "uploads": {
                     "type": "object",
@@ -311,6 +330,17 @@ def _ocr_request_body() -> dict[str, Any]:
         "description": "PDFs: `layer` answers from each page's own text, `ocr` reads its pixels, `auto` uses "
         "the text layer of pages that have real text and OCRs the scanned ones.",
     }
+    page_images = {
+        "type": "string",
+        "enum": ["true", "false"],
+        "default": "false",
+        "description": "Documents: also make a small JPEG of each page, linked from the page as `preview`.",
+    }
+    password = {
+        "type": "string",
+        "description": "A password-protected PDF's password (never logged or stored). Without it such a "
+        "PDF gets 422 `pdf_password_required`; a wrong one 422 `pdf_password_wrong`.",
+    }
     filename = {
         "type": "string",
         "minLength": 1,
@@ -329,13 +359,15 @@ def _ocr_request_body() -> dict[str, Any]:
                 "block_flag": block_flag,
                 "det": det,
                 "pdf_text": pdf_text,
+                "page_images": page_images if block_flag is block_text else {"type": "boolean", "default": False},
+                "password": password,
             },
         }
 
     return {
         "required": True,
         "description": "The image as an upload (multipart) or as a server-side path (any encoding). "
-        "The same fields may also be sent in the query string; body fields win.",
+        "The same fields (but `password`) may also be sent in the query string; body fields win.",
         "content": {
             "multipart/form-data": {
                 "schema": {
@@ -352,6 +384,8 @@ def _ocr_request_body() -> dict[str, Any]:
                         "block_flag": block_text,
                         "det": det,
                         "pdf_text": pdf_text,
+                        "page_images": page_images,
+                        "password": password,
                     },
                 }
             },
@@ -435,6 +469,28 @@ def build_spec() -> dict[str, Any]:
                         "400": _error_response(400, "`wait` is not a number of seconds.", ["invalid_field"]),
                         "404": _error_response(
                             404, "Unknown or expired task id, or a malformed one.", ["not_found", "task_not_found"]
+                        ),
+                    },
+                }
+            },
+            "/ocr_service/previews/{token}": {
+                "get": {
+                    "operationId": "getPagePreview",
+                    "summary": "A document page's JPEG preview (`page_images=true`)",
+                    "parameters": [
+                        {
+                            "name": "token",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {"description": "The JPEG.", "content": {"image/jpeg": {"schema": {"type": "string"}}}},
+                        "404": _error_response(
+                            404,
+                            "Unknown token, or the preview was dropped to make room (`documents.preview_cache_bytes`).",
+                            ["not_found", "preview_not_found"],
                         ),
                     },
                 }

@@ -6,7 +6,7 @@ Pure functions: no I/O, so every malformed-input case is unit-testable.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
@@ -24,6 +24,8 @@ DEFAULT_DET = "auto"
 # PDFs: "layer" answers from the page's own text, "ocr" reads its pixels, "auto" takes the
 # layer where a page has real text and OCRs the scans.
 PDF_TEXT_MODES = ("auto", "ocr", "layer")
+# A PDF password longer than this is a mistake (PDF's own limit is 127 bytes).
+MAX_PASSWORD_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class OcrRequest:
     block: bool
     det: str
     pdf_text: str = "auto"
+    page_images: bool = False  # documents: a JPEG preview of each page, linked from the answer
+    password: str | None = field(default=None, repr=False)  # a protected PDF's; never logged
 
 
 def parse_bool(name: str, value: Any) -> bool:
@@ -211,6 +215,9 @@ def parse_ocr_request(content_type: str, body: bytes, query: dict[str, list[byte
 
 def build_ocr_request(fields: dict[str, Any], uploads: list[HTTPFile], query: dict[str, list[bytes]]) -> OcrRequest:
     """The request from a parsed body's fields and files, plus the query string's fields."""
+    if "password" in query:
+        # URLs end up in proxies' and browsers' logs: a password travels in the body only.
+        raise ApiError(400, "invalid_field", "send password in the request body, never in the URL")
     # Query-string fields are accepted too; the body wins.
     for name, values in query.items():
         if name not in fields and name not in FILE_FIELDS:
@@ -232,11 +239,27 @@ def build_ocr_request(fields: dict[str, Any], uploads: list[HTTPFile], query: di
     if not isinstance(pdf_text, str) or pdf_text.strip().lower() not in PDF_TEXT_MODES:
         raise ApiError(400, "invalid_field", "pdf_text must be auto, ocr or layer")
     pdf_text = pdf_text.strip().lower()
+    options = {
+        "pdf_text": pdf_text,
+        "page_images": parse_bool("page_images", fields.get("page_images", False)),
+        "password": parse_password(fields.get("password")),
+    }
     if file_type == "filename":
         filename = fields.get("filename")
         if not isinstance(filename, str) or not filename:
             raise ApiError(400, "missing_field", "filename is required when file_type is filename")
-        return OcrRequest("filename", filename, None, block, det, pdf_text)
+        return OcrRequest("filename", filename, None, block, det, **options)
     if not uploads:
         raise ApiError(400, "missing_field", "upload the image as a multipart file part named file")
-    return OcrRequest("file", None, uploads[0].body, block, det, pdf_text)
+    return OcrRequest("file", None, uploads[0].body, block, det, **options)
+
+
+def parse_password(value: Any) -> str | None:
+    """A PDF's password (None when absent or empty). Errors never repeat the value."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid_field", "password must be a string")
+    if len(value) > MAX_PASSWORD_CHARS or "\x00" in value:
+        raise ApiError(400, "invalid_field", f"password must be at most {MAX_PASSWORD_CHARS} characters, without NUL")
+    return value

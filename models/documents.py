@@ -1,8 +1,10 @@
 """Documents in the worker: a PDF's page count and text layer (the probe), one page's pixels.
 
 The parent sends the whole document with each task and says which page; the last PDF
-opened stays open here (keyed by its sha256), so the pages of one document that land on
-this worker are parsed once.
+opened stays open here (keyed by its sha256 and the password that opened it), so the pages
+of one document that land on this worker are parsed once. With `preview` in the task, a page
+also comes back as a small JPEG (the WebUI draws the boxes over it); the "preview" op makes
+only that, for a page that needs no OCR.
 """
 
 from __future__ import annotations
@@ -10,33 +12,38 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import cv2
 import numpy as np
 
 from .errors import ImageDecodeError, ImageError
 from .image_io import decode_image
+from .page_identity import page_fingerprint
 from .pdf import (
     RenderLimits,
     check_page_count,
+    needs_password,
     open_pdf,
-    page_fingerprint,
     page_problem,
     render_page,
     rendered_size,
     text_layer,
 )
 
-_open_pdf: tuple[str, Any] | None = None  # (sha256, PdfDocument) of the last PDF read here
+# (sha256, password, PdfDocument) of the last PDF read here. The password is part of the key:
+# a task with a wrong one must not read a document another task opened with the right one.
+_open_pdf: tuple[str, str | None, Any] | None = None
 
 
-def _document(data: bytes, doc_hash: str) -> Any:
+def _document(data: bytes, spec: dict[str, Any]) -> Any:
     global _open_pdf
-    if _open_pdf is not None and _open_pdf[0] == doc_hash:
-        return _open_pdf[1]
+    doc_hash, password = spec["hash"], spec.get("password") or None
+    if _open_pdf is not None and _open_pdf[:2] == (doc_hash, password):
+        return _open_pdf[2]
     if _open_pdf is not None:
-        _open_pdf[1].close()
+        _open_pdf[2].close()
         _open_pdf = None
-    document = open_pdf(data)
-    _open_pdf = (doc_hash, document)
+    document = open_pdf(data, password)
+    _open_pdf = (doc_hash, password, document)
     return document
 
 
@@ -51,7 +58,7 @@ def _error(exc: ImageError) -> dict[str, str]:
 def probe_pdf(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
     """Page count (refused past max_pages), each page's pixel size, and its text layer when
     pdf_text asks for it (auto: only a page with real text)."""
-    document = _document(data, spec["hash"])
+    document = _document(data, spec)
     count = len(document)
     check_page_count(count, int(spec["max_pages"]))
     limits = limits_of(spec)
@@ -82,7 +89,9 @@ def probe_pdf(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             page.close()
         pages.append(info)
-    return {"pages_total": count, "pages": pages}
+    # Opened with a password: its results must not be answered to a request without it.
+    protected = bool(spec.get("password")) and needs_password(document)
+    return {"pages_total": count, "pages": pages, "protected": protected}
 
 
 def _fingerprint(page: Any) -> str | None:
@@ -97,7 +106,7 @@ def page_pixels(data: bytes, spec: dict[str, Any], max_pixels: int, min_side: in
     index = int(spec["index"])
     if spec["kind"] == "tiff":
         return decode_image(data, max_pixels=max_pixels, min_side=min_side, frame=index)
-    document = _document(data, spec["hash"])
+    document = _document(data, spec)
     if not 0 <= index < len(document):
         raise ImageDecodeError(f"the PDF has no page {index + 1}")
     page = document[index]
@@ -106,6 +115,40 @@ def page_pixels(data: bytes, spec: dict[str, Any], max_pixels: int, min_side: in
     finally:
         page.close()
     return pixels
+
+
+def jpeg_preview(pixels: np.ndarray, preview: dict[str, Any]) -> dict[str, Any]:
+    """`pixels` shrunk to at most preview["max_side"] a side, as JPEG bytes and their size."""
+    height, width = pixels.shape[:2]
+    shrink = min(1.0, int(preview["max_side"]) / max(width, height))
+    if shrink < 1.0:
+        size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, int(preview["quality"])])
+    if not ok:
+        raise ImageDecodeError("the page preview could not be encoded")
+    return {"jpeg": encoded.tobytes(), "size": [int(pixels.shape[1]), int(pixels.shape[0])]}
+
+
+def run_preview(data: bytes, spec: dict[str, Any], max_pixels: int, min_side: int) -> dict[str, Any]:
+    """Only a page's preview (its OCR is cached or comes from the text layer): a PDF page is
+    rendered small at once, a TIFF page decoded and shrunk."""
+    started = time.perf_counter()
+    index = int(spec["index"])
+    if spec["kind"] == "tiff":
+        pixels = decode_image(data, max_pixels=max_pixels, min_side=min_side, frame=index)
+        size = [int(pixels.shape[1]), int(pixels.shape[0])]
+    else:
+        document = _document(data, spec)
+        page = document[index]
+        try:
+            limits = limits_of(spec)
+            size = list(rendered_size(page, limits))
+            pixels, _ = render_page(page, limits, min(1.0, int(spec["preview"]["max_side"]) / max(size)))
+        finally:
+            page.close()
+    preview = jpeg_preview(pixels, spec["preview"])
+    return {"image_size": size, "preview": preview, "timing": {"preview": round((time.perf_counter() - started) * 1000, 2)}}
 
 
 def run_probe(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:

@@ -57,3 +57,15 @@ class PageTooLargeError(ImageError):
     """A page whose media box is beyond any real paper (a page bomb)."""
 
     code = "page_too_large"
+
+
+class PasswordRequiredError(ImageError):
+    """A password-protected PDF sent without its password."""
+
+    code = "pdf_password_required"
+
+
+class PasswordWrongError(ImageError):
+    """A password-protected PDF sent with a password that does not open it."""
+
+    code = "pdf_password_wrong"

@@ -7,7 +7,6 @@ crash or a hang costs one worker (which the pool replaces), never the server.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
 import unicodedata
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from .errors import (
     DocumentCorruptError,
     DocumentEncryptedError,
     PageTooLargeError,
+    PasswordRequiredError,
+    PasswordWrongError,
     TooManyPagesError,
 )
 
@@ -47,18 +48,47 @@ class RenderLimits:
         return min(scale, math.sqrt(self.max_pixels / max(width_pt * height_pt, 1.0)))
 
 
-def open_pdf(data: bytes) -> Any:
-    """A pypdfium2 PdfDocument, or a typed error saying why the bytes cannot be one."""
+def open_pdf(data: bytes, password: str | None = None) -> Any:
+    """A pypdfium2 PdfDocument, or a typed error saying why the bytes cannot be one.
+
+    The password is handed to PDFium only: it is never part of an error message.
+    """
     import pypdfium2 as pdfium
     from pypdfium2 import raw
 
     try:
-        return pdfium.PdfDocument(data)
+        return pdfium.PdfDocument(data, password=password or None)
     except pdfium.PdfiumError as exc:
         code = getattr(exc, "err_code", None)
-        if code in (raw.FPDF_ERR_PASSWORD, raw.FPDF_ERR_SECURITY):
-            raise DocumentEncryptedError("the PDF is encrypted (password-protected); send a decrypted copy") from None
+        if code == raw.FPDF_ERR_PASSWORD and password:
+            if _opens_without_password(data):
+                # Only an owner password protects it: any password (or none) opens it.
+                return pdfium.PdfDocument(data)
+            raise PasswordWrongError("the PDF's password is wrong") from None
+        if code == raw.FPDF_ERR_PASSWORD:
+            raise PasswordRequiredError(
+                "the PDF is encrypted (password-protected): send its password in the password field"
+            ) from None
+        if code == raw.FPDF_ERR_SECURITY:
+            raise DocumentEncryptedError("the PDF is encrypted with a security handler that cannot be read") from None
         raise DocumentCorruptError(f"corrupt or truncated PDF: {exc}") from None
+
+
+def _opens_without_password(data: bytes) -> bool:
+    import pypdfium2 as pdfium
+
+    try:
+        pdfium.PdfDocument(data).close()
+    except pdfium.PdfiumError:
+        return False
+    return True
+
+
+def needs_password(document: Any) -> bool:
+    """Whether the open document is encrypted (it took a password to open, or only has an owner one)."""
+    from pypdfium2 import raw
+
+    return int(raw.FPDF_GetSecurityHandlerRevision(document.raw)) >= 0
 
 
 def check_page_count(count: int, max_pages: int) -> None:
@@ -79,13 +109,16 @@ def page_problem(width_pt: float, height_pt: float) -> PageTooLargeError | Docum
     return None
 
 
-def render_page(page: Any, limits: RenderLimits) -> tuple[np.ndarray, float]:
-    """The page as a contiguous uint8 HxWx3 BGR array on white, and the scale used."""
+def render_page(page: Any, limits: RenderLimits, shrink: float = 1.0) -> tuple[np.ndarray, float]:
+    """The page as a contiguous uint8 HxWx3 BGR array on white, and the scale used.
+
+    shrink: a fraction of the OCR rendering's size (a preview is drawn smaller directly).
+    """
     width, height = page.get_size()
     problem = page_problem(width, height)
     if problem is not None:
         raise problem
-    scale = limits.scale(width, height)
+    scale = limits.scale(width, height) * shrink
     bitmap = page.render(scale=scale, fill_color=(255, 255, 255, 255), may_draw_forms=True)
     try:
         pixels = bitmap.to_numpy()
@@ -146,35 +179,6 @@ def text_layer(page: Any, size: tuple[int, int]) -> tuple[list[dict[str, Any]], 
         return lines, has_real_text(" ".join(whole))
     finally:
         textpage.close()
-
-
-def page_fingerprint(page: Any) -> str | None:
-    """The content identity of a scanned page: one image and nothing else drawn on it.
-
-    The sha256 of the image's stored bytes, its filters, colour space, size and placement and
-    the page's boxes and rotation: the same scan inside another PDF renders to the same pixels,
-    so its OCR can be re-used. None for any other page (it is then known by its document and
-    number only).
-    """
-    import pypdfium2 as pdfium
-
-    objects = list(page.get_objects(max_depth=1))
-    if len(objects) != 1 or not isinstance(objects[0], pdfium.PdfImage):
-        return None
-    image = objects[0]
-    meta = image.get_metadata()
-    digest = hashlib.sha256(bytes(image.get_data(decode_simple=False)))
-    layout = (
-        image.get_filters(),
-        image.get_matrix().get(),
-        (meta.width, meta.height, meta.bits_per_pixel, meta.colorspace),
-        page.get_size(),
-        page.get_mediabox(),
-        page.get_cropbox(),
-        page.get_rotation(),
-    )
-    digest.update(repr(layout).encode())
-    return digest.hexdigest()
 
 
 def rendered_size(page: Any, limits: RenderLimits) -> tuple[int, int]:

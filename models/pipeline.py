@@ -15,7 +15,7 @@ import numpy as np
 
 from .cls import TextClassifier
 from .det import TextDetector, crop_box, sort_reading_order
-from .documents import page_pixels, run_probe
+from .documents import jpeg_preview, page_pixels, run_preview, run_probe
 from .errors import ModelLoadError
 from .image_io import decode_image
 from .options import EngineOptions, check_model_files, det_settings, model_identity, resolve_model_paths
@@ -101,6 +101,8 @@ class OcrEngine:
         try:
             if document is not None and document.get("op") == "probe":
                 return run_probe(image_bytes, document)
+            if document is not None and document.get("op") == "preview":
+                return run_preview(image_bytes, document, self.options.max_image_pixels, self.options.min_image_side)
             return self._recognize(image_bytes, det, document)
         finally:
             if _malloc_trim is not None:
@@ -148,6 +150,11 @@ class OcrEngine:
                     texts[i] = (text, score)
         t_rec = time.perf_counter()
 
+        preview = None
+        if document is not None and document.get("preview"):
+            preview = jpeg_preview(img, document["preview"])  # from the pixels just read: no second render
+        t_preview = time.perf_counter()
+
         lines = []
         for box, (text, score) in zip(boxes, texts):
             if score < self.options.drop_score or not text.strip():
@@ -159,7 +166,7 @@ class OcrEngine:
                     "box": [[round(float(x)), round(float(y))] for x, y in box],
                 }
             )
-        return {
+        result = {
             "text_lines": lines,
             "image_size": [int(w), int(h)],
             "timing": {
@@ -171,6 +178,10 @@ class OcrEngine:
             },
             "det_used": use_det,
         }
+        if preview is not None:
+            result["preview"] = preview
+            result["timing"]["preview"] = _ms(t_preview - t_rec)
+        return result
 
 
 def create_engine(options: EngineOptions) -> OcrEngine:

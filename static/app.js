@@ -1,6 +1,7 @@
 // WebUI for POST /ocr_service: upload an image, draw the detected boxes over it,
 // list the text lines. A PDF or TIFF goes as a task (block_flag=false) whose progress is
-// followed by long-polling; its pages are drawn as sheets with each line's text in its box.
+// followed by long-polling; its pages come back with a JPEG preview each (page_images=true),
+// drawn with the boxes over it (a page without one: a sheet with each line's text in its box).
 // Plain browser JavaScript, no dependencies, no build step.
 "use strict";
 
@@ -59,7 +60,10 @@
     form.append("file_type", "file");
     form.append("det", detSelect.value);
     const asTask = looksLikeDocument(file);
-    if (asTask) form.append("block_flag", "false");
+    if (asTask) {
+      form.append("block_flag", "false");
+      form.append("page_images", "true"); // the browser cannot draw a PDF or TIFF page itself
+    }
     form.append("file", file, file.name || "image");
 
     let response;
@@ -170,8 +174,8 @@
     result.hidden = false;
   }
 
-  // A document: one sheet per page, sized from the page's pixels, with every line's box and
-  // its text drawn in it (the browser cannot show the PDF's pixels without a PDF renderer).
+  // A document: one sheet per page, sized from the page's pixels, with every line's box drawn
+  // over the page's preview (a JPEG the server made), or its text set in the box without one.
   function renderDocument(body) {
     stage.hidden = true;
     image.removeAttribute("src");
@@ -198,6 +202,20 @@
       sheet.className = "sheet";
       sheet.style.aspectRatio = `${width} / ${height}`;
       sheet.style.width = `min(100%, ${width}px, calc(80vh * ${width / height}))`;
+      if (page.preview) {
+        const picture = document.createElement("img");
+        picture.className = "page-image";
+        picture.alt = `Page ${page.page}`;
+        picture.loading = "lazy"; // a long document fetches the pages scrolled to
+        picture.addEventListener("error", () => {
+          // Dropped from the server's store since: the sheet shows the text in its boxes instead.
+          picture.remove();
+          sheet.classList.remove("has-image");
+        });
+        picture.src = page.preview.url;
+        sheet.classList.add("has-image");
+        sheet.append(picture);
+      }
       const svg = document.createElementNS(SVG_NS, "svg");
       svg.setAttribute("class", "overlay");
       svg.setAttribute("viewBox", `0 0 ${width} ${height}`);

@@ -6,8 +6,10 @@ the text layer is known exactly.
 
 from __future__ import annotations
 
+import hashlib
 import io
-from collections.abc import Iterable
+import struct
+from collections.abc import Callable, Iterable
 
 from PIL import Image
 
@@ -43,10 +45,12 @@ def text_pdf(
     media_boxes: dict[int, tuple[float, float]] | None = None,
     declared_count: int | None = None,
     trailer_extra: bytes = b"",
+    encrypt: Callable[[int, bytes], bytes] | None = None,
 ) -> bytes:
     """A born-digital PDF: each page's lines in Helvetica, top to bottom.
 
-    media_boxes: other sizes for some pages (by index); declared_count: a /Count that lies.
+    media_boxes: other sizes for some pages (by index); declared_count: a /Count that lies;
+    encrypt: applied to each content stream with its object number (see password_pdf).
     """
     font = 3 + 2 * len(pages)
     kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(len(pages))).encode()
@@ -56,6 +60,8 @@ def text_pdf(
         width, height = (media_boxes or {}).get(index, media_box)
         content = b"BT /F1 %d Tf 72 %d Td " % (font_size, int(height) - 100)
         content += b" ".join(b"(%s) Tj 0 -%d Td" % (_escape(line), 2 * font_size) for line in lines) + b" ET"
+        if encrypt is not None:
+            content = encrypt(4 + 2 * index, content)
         objects.append(
             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %.2f %.2f] /Contents %d 0 R"
             b" /Resources << /Font << /F1 %d 0 R >> >> >>" % (width, height, 4 + 2 * index, font)
@@ -65,12 +71,62 @@ def text_pdf(
     return write_pdf(objects, trailer_extra=trailer_extra)
 
 
-def encrypted_pdf() -> bytes:
-    """A PDF whose /Encrypt dictionary (standard handler) needs a password nobody has."""
-    encrypt = b"/Encrypt << /Filter /Standard /V 1 /R 2 /O <%s> /U <%s> /P -4 >> /ID [<%s> <%s>] " % (
+def encrypted_pdf(handler: bytes = b"Custom") -> bytes:
+    """A PDF encrypted by a security handler PDFium does not have (`Standard`: one whose
+    password nobody has)."""
+    encrypt = b"/Encrypt << /Filter /%s /V 1 /R 2 /O <%s> /U <%s> /P -4 >> /ID [<%s> <%s>] " % (
+        handler,
         b"ab" * 32,
         b"cd" * 32,
         b"01" * 16,
         b"01" * 16,
     )
     return text_pdf([["SECRET TEXT"]], trailer_extra=encrypt)
+
+
+# The standard security handler's password padding (PDF 32000-1, 7.6.3.3).
+PASSWORD_PAD = bytes.fromhex("28BF4E5E4E758A4164004E56FFFA01082E2E00B6D0683E802F0CA9FE6453697A")
+
+
+def _rc4(key: bytes, data: bytes) -> bytes:
+    state = list(range(256))
+    j = 0
+    for i in range(256):
+        j = (j + state[i] + key[i % len(key)]) % 256
+        state[i], state[j] = state[j], state[i]
+    out = bytearray()
+    i = j = 0
+    for byte in data:
+        i = (i + 1) % 256
+        j = (j + state[i]) % 256
+        state[i], state[j] = state[j], state[i]
+        out.append(byte ^ state[(state[i] + state[j]) % 256])
+    return bytes(out)
+
+
+def _padded(password: str) -> bytes:
+    return (password.encode("latin-1") + PASSWORD_PAD)[:32]
+
+
+def password_pdf(pages: list[list[str]], user_password: str, owner_password: str = "owner") -> bytes:
+    """A born-digital PDF encrypted as PDF writers do (standard handler, RC4 40-bit, revision 2).
+
+    user_password "" makes a PDF that opens without one (only an owner password protects it).
+    """
+    permissions = -4
+    file_id = hashlib.md5(repr(pages).encode()).digest()
+    owner = _rc4(hashlib.md5(_padded(owner_password)).digest()[:5], _padded(user_password))
+    key = hashlib.md5(_padded(user_password) + owner + struct.pack("<i", permissions) + file_id).digest()[:5]
+    user = _rc4(key, PASSWORD_PAD)
+
+    def encrypt(number: int, data: bytes) -> bytes:
+        return _rc4(hashlib.md5(key + struct.pack("<i", number)[:3] + b"\0\0").digest()[:10], data)
+
+    trailer = b"/Encrypt << /Filter /Standard /V 1 /R 2 /O <%s> /U <%s> /P %d >> /ID [<%s> <%s>] " % (
+        owner.hex().encode(),
+        user.hex().encode(),
+        permissions,
+        file_id.hex().encode(),
+        file_id.hex().encode(),
+    )
+    return text_pdf(pages, trailer_extra=trailer, encrypt=encrypt)

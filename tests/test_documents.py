@@ -20,7 +20,7 @@ from PIL import Image
 
 from bench.common import bag_cer
 from tests.conftest import GT_DIR, RunningServer, base_config, gt_manifest, random_word, text_image
-from tests.pdf_builder import encrypted_pdf, image_pdf, multipage_tiff, text_pdf
+from tests.pdf_builder import encrypted_pdf, image_pdf, multipage_tiff, password_pdf, text_pdf
 
 # Small pages of three kinds (a receipt, a printed document, a form) keep the tests quick.
 SCANS = ("sroie_320.jpg", "rapid_en.jpg", "funsd_82491256.png")
@@ -167,6 +167,7 @@ def test_non_blocking_document_reports_pages_done_then_long_polls_to_the_end(ocr
 def test_hostile_documents_get_typed_errors_and_the_server_keeps_serving(ocr_server: RunningServer) -> None:
     error = assert_error(post_document(ocr_server, encrypted_pdf()), 415, "encrypted_document")
     assert "encrypted" in error["message"]
+    assert_error(post_document(ocr_server, encrypted_pdf(b"Standard")), 422, "pdf_password_required")
     error = assert_error(
         post_document(ocr_server, text_pdf([["ONE"]], declared_count=1_000_000)), 413, "too_many_pages"
     )
@@ -243,3 +244,209 @@ def test_a_single_image_is_not_kept_waiting_behind_a_long_document(ocr_server: R
     while view["status"] not in ("done", "failed"):
         view = requests.get(f"{status_url}?wait=30", timeout=60).json()
     assert view["status"] == "done" and view["pages_failed"] == 0
+
+
+def fetch_preview(server: RunningServer, page: dict[str, Any]) -> Image.Image:
+    """GET a page's preview: a JPEG of the size the answer says."""
+    response = requests.get(server.url + page["preview"]["url"], timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "image/jpeg"
+    image = Image.open(io.BytesIO(response.content))
+    image.load()
+    assert image.format == "JPEG" and list(image.size) == page["preview"]["size"]
+    return image
+
+
+def assert_preview_fits(image: Image.Image, page: dict[str, Any]) -> None:
+    """The preview shows the whole page, smaller, and each box lands on dark (text) pixels."""
+    width, height = page["image_size"]
+    assert max(image.size) <= 1100 and abs(image.size[0] / image.size[1] - width / height) < 0.01
+    scale = page["preview"]["scale"]
+    assert abs(scale * width - image.size[0]) <= 1 and abs(scale * height - image.size[1]) <= 2
+    grey = image.convert("L")
+    for line in page["text_lines"]:
+        xs = [x * scale for x, _ in line["box"]]
+        ys = [y * scale for _, y in line["box"]]
+        assert 0 <= min(xs) and max(xs) <= image.size[0] + 1 and 0 <= min(ys) and max(ys) <= image.size[1] + 1
+        inside = grey.crop((int(min(xs)), int(min(ys)), int(max(xs)) + 1, int(max(ys)) + 1))
+        assert inside.getextrema()[0] < 100, line  # ink where the box says the text is
+    assert grey.getpixel((1, 1)) > 200  # and white paper around it
+
+
+def test_page_images_give_each_page_a_jpeg_its_boxes_fit(ocr_server: RunningServer) -> None:
+    lines = [[f"PREVIEW {random_word(6)}", "SECOND LINE"], [f"PAGE TWO {random_word(6)}"]]
+    pdf = text_pdf(lines)
+    plain = post_document(ocr_server, pdf).json()
+    assert all("preview" not in page for page in plain["pages"])  # opt-in: no previews by default
+
+    # Text-layer pages: the previews come from quick tasks that only draw the page.
+    body = post_document(ocr_server, pdf, page_images="true").json()
+    assert body["status"] == "done" and [page["source"] for page in body["pages"]] == ["layer", "layer"]
+    for page in body["pages"]:
+        assert page["image_size"] == [1700, 2200]  # US Letter at 200 dpi
+        assert_preview_fits(fetch_preview(ocr_server, page), page)
+
+    # Pages read by OCR: each page's preview comes with its OCR, from the same pixels (no
+    # second task per page: the probe and one task per page run).
+    runs = ocr_server.health()["ocr_runs"]
+    ocr = post_document(ocr_server, pdf, page_images="true", pdf_text="ocr").json()
+    assert [page["source"] for page in ocr["pages"]] == ["ocr", "ocr"]
+    assert ocr_server.health()["ocr_runs"] == runs + 3
+    for page in ocr["pages"]:
+        assert_preview_fits(fetch_preview(ocr_server, page), page)
+
+    # The same request again: the whole answer from the cache, previews included.
+    again = post_document(ocr_server, pdf, page_images="true").json()
+    assert again["cached"] is True
+    assert [page["preview"]["url"] for page in again["pages"]] == [page["preview"]["url"] for page in body["pages"]]
+
+    # A multi-page TIFF gets its previews too; as a task, the view links them.
+    words = [random_word(8) for _ in range(2)]
+    tiff = multipage_tiff([Image.open(io.BytesIO(text_image(word))) for word in words])
+    task = post_document(ocr_server, tiff, name="fax.tif", block_flag="false", page_images="true").json()
+    view = requests.get(f"{ocr_server.url}{task['status_url']}?wait=30", timeout=60).json()
+    while view["status"] not in ("done", "failed"):
+        view = requests.get(f"{ocr_server.url}{task['status_url']}?wait=30", timeout=60).json()
+    assert view["status"] == "done", view
+    for page, word in zip(view["pages"], words):
+        assert page["text_lines"][0]["text"] == word
+        image = fetch_preview(ocr_server, page)
+        assert list(image.size) == page["image_size"]  # small pages are not enlarged
+        assert_preview_fits(image, page)
+
+    missing = requests.get(f"{ocr_server.url}/ocr_service/previews/{'0' * 32}", timeout=10)
+    assert_error(missing, 404, "preview_not_found")
+    assert ocr_server.health()["documents"]["previews"]["bytes"] > 0
+
+
+def test_a_password_protected_pdf_is_read_with_its_password_and_only_with_it(ocr_server: RunningServer) -> None:
+    secret = f"pw-{random_word(10)}"
+    lines = [[f"CONFIDENTIAL {random_word(6)}"], [f"SALARY {random_word(6)}"]]
+    pdf = password_pdf(lines, secret)
+    error = assert_error(post_document(ocr_server, pdf), 422, "pdf_password_required")
+    assert "password" in error["message"]
+    assert_error(post_document(ocr_server, pdf, password="not-" + secret), 422, "pdf_password_wrong")
+    in_url = requests.post(
+        f"{ocr_server.url}/ocr_service?password={secret}", files={"file": ("doc.pdf", pdf)}, timeout=60
+    )
+    assert_error(in_url, 400, "invalid_field")  # URLs get logged: the body only
+
+    body = post_document(ocr_server, pdf, password=secret).json()
+    assert body["status"] == "done" and body["document"]["password_protected"] is True
+    assert [[line["text"] for line in page["text_lines"]] for page in body["pages"]] == lines
+    ocr = post_document(ocr_server, pdf, password=secret, pdf_text="ocr").json()  # its pixels too
+    assert [page["source"] for page in ocr["pages"]] == ["ocr", "ocr"]
+    assert error_rate({"lines": lines[0]}, ocr["pages"][0]["text_lines"]) <= 0.05
+
+    # Read once, the document is cached, but never answered from there without the password.
+    assert_error(post_document(ocr_server, pdf), 422, "pdf_password_required")
+    assert_error(post_document(ocr_server, pdf, pdf_text="ocr"), 422, "pdf_password_required")
+    assert_error(post_document(ocr_server, pdf, password="wrong"), 422, "pdf_password_wrong")
+    task = post_document(ocr_server, pdf, block_flag="false", pdf_text="ocr").json()
+    view = requests.get(f"{ocr_server.url}{task['status_url']}?wait=30", timeout=60).json()
+    assert view["status"] == "failed" and view["error"]["code"] == "pdf_password_required", view
+
+    # As a task with the password: the view has the text, and the password is nowhere.
+    task = post_document(ocr_server, pdf, block_flag="false", password=secret, page_images="true").json()
+    view = requests.get(f"{ocr_server.url}{task['status_url']}?wait=30", timeout=60).json()
+    while view["status"] not in ("done", "failed"):
+        view = requests.get(f"{ocr_server.url}{task['status_url']}?wait=30", timeout=60).json()
+    assert view["status"] == "done" and view["pages"][1]["text_lines"][0]["text"] == lines[1][0]
+    shown = [
+        requests.get(f"{ocr_server.url}{task['status_url']}", timeout=30).text,
+        requests.get(f"{ocr_server.url}/health", timeout=30).text,
+        requests.get(f"{ocr_server.url}/metrics", timeout=30).text,
+        ocr_server.log_text(),
+    ]
+    assert not [text[:200] for text in shown if secret in text]
+
+    # Only an owner password (no user password): it opens without one, as readers do.
+    owner_only = password_pdf([["OWNER PROTECTED ONLY"]], "")
+    body = post_document(ocr_server, owner_only).json()
+    assert body["pages"][0]["text_lines"][0]["text"] == "OWNER PROTECTED ONLY"
+
+
+def test_the_same_tiff_page_inside_another_tiff_is_not_read_again(ocr_server: RunningServer) -> None:
+    shared_word, first_word, other_word = (random_word(8) for _ in range(3))
+    shared, first, other = (Image.open(io.BytesIO(text_image(word))) for word in (shared_word, first_word, other_word))
+    body = post_document(ocr_server, multipage_tiff([first, shared]), name="a.tif").json()
+    assert [page["cached"] for page in body["pages"]] == [False, False]
+    runs = ocr_server.health()["ocr_runs"]
+    # Another fax holding the same page (at another place in another file): only the new page is read.
+    again = post_document(ocr_server, multipage_tiff([shared, other, first]), name="b.tif").json()
+    assert [page["cached"] for page in again["pages"]] == [True, False, True]
+    assert [page["text_lines"][0]["text"] for page in again["pages"]] == [shared_word, other_word, first_word]
+    assert ocr_server.health()["ocr_runs"] == runs + 1
+
+
+def test_a_page_that_hung_a_worker_is_remembered_not_read_again(server_factory: Any) -> None:
+    # The largest scan runs past a tiny task_timeout: each of its pages costs a worker once.
+    big = max(gt_manifest(), key=lambda row: row["width"] * row["height"])
+    image = open_gt(big)
+    tiff = multipage_tiff([image, image.rotate(180)])
+    # Two workers: both pages start at once (one alone would leave the second page queued
+    # while its worker is replaced, and a page that never ran says nothing about itself).
+    server = server_factory(base_config(number=2, task_timeout=0.2), name="doc-poison")
+    first = post_document(server, tiff, name="big.tif")
+    assert_error(first, 504, "timeout")
+    deadline = time.monotonic() + 60
+    while server.health()["workers"]["ready"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    health = server.health()
+    runs, restarts = health["ocr_runs"], health["workers"]["restarts"]
+    assert restarts == {"timeout": 2}, restarts
+    # Again, and inside another document: answered at once, saying why, no worker killed.
+    again = assert_error(post_document(server, tiff, name="big.tif"), 504, "timeout")
+    assert "remembered from an earlier attempt" in again["message"]
+    other = multipage_tiff([image.rotate(180), image])
+    view = post_document(server, other, name="other.tif", block_flag="false").json()
+    view = requests.get(f"{server.url}{view['status_url']}?wait=30", timeout=60).json()
+    assert view["status"] == "failed" and view["error"]["code"] == "timeout", view
+    health = server.health()
+    assert health["workers"]["restarts"] == {"timeout": 2} and health["ocr_runs"] == runs
+    assert health["cache"]["failures_answered"] == 4
+
+
+def test_the_same_born_digital_page_read_by_ocr_inside_another_pdf_is_not_read_again(
+    ocr_server: RunningServer,
+) -> None:
+    shared = [f"SHARED {random_word(6)}", "SECOND LINE"]
+    first = post_document(ocr_server, text_pdf([[f"FIRST {random_word(6)}"], shared]), pdf_text="ocr").json()
+    assert [page["cached"] for page in first["pages"]] == [False, False]
+    runs = ocr_server.health()["ocr_runs"]
+    # The same page (same text, font, place) first in another PDF: its OCR comes from the cache.
+    other = post_document(ocr_server, text_pdf([shared, [f"OTHER {random_word(6)}"]]), pdf_text="ocr").json()
+    assert [page["cached"] for page in other["pages"]] == [True, False]
+    assert other["pages"][0]["text_lines"] == first["pages"][1]["text_lines"]
+    assert ocr_server.health()["ocr_runs"] == runs + 2  # the probe and the new page
+    # One letter different, or the same text a point larger: another page, read again.
+    for near in (text_pdf([[shared[0], "SECOND LINF"]]), text_pdf([shared], font_size=29)):
+        assert post_document(ocr_server, near, pdf_text="ocr").json()["pages"][0]["cached"] is False
+
+
+def test_page_identity_reads_drawn_pages_and_gives_up_on_what_it_cannot_read() -> None:
+    from models.page_identity import page_fingerprint
+    from models.pdf import open_pdf
+
+    def identity(pdf: bytes, index: int = 0) -> str | None:
+        document = open_pdf(pdf)
+        try:
+            page = document[index]
+            try:
+                return page_fingerprint(page)
+            finally:
+                page.close()
+        finally:
+            document.close()
+
+    page = [["INVOICE 4711", "TOTAL 12.50"]]
+    same = identity(text_pdf(page))
+    assert same is not None and same == identity(text_pdf([["COVER"], *page]), 1)
+    assert identity(text_pdf([["INVOICE 4711", "TOTAL 12.5O"]])) != same
+    assert identity(text_pdf(page, media_box=(595, 842))) != same  # A4: the text sits elsewhere
+    # An annotation is drawn from its own appearance, not read here: no identity.
+    annotated = text_pdf(page).replace(
+        b"/Resources << /Font",
+        b"/Annots [<< /Type /Annot /Subtype /Square /Rect [10 10 100 100] /C [1 0 0] >>] /Resources << /Font",
+    )
+    assert identity(annotated) is None

@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from cache import OcrService
-from cache.documents import DocumentService, RenderSettings
+from cache.documents import DocumentInput, DocumentService, RenderSettings
 from ocr_pool import PoolError, TaskCancelledError, WorkerPool
 from ocr_pool.pages import PageScheduler
 from tests.test_pool import run, wait_for
@@ -20,7 +20,9 @@ RENDER = RenderSettings(dpi=200, max_side=4000, max_pixels=16_000_000, max_pages
 
 
 def services(pool: WorkerPool) -> tuple[OcrService, DocumentService]:
-    ocr = OcrService(pool, engine_identity="fake", cache_capacity=100, cache_ttl=60, task_capacity=10, task_ttl=60)
+    ocr = OcrService(
+        pool, engine_identity="fake", cache_capacity=100, cache_ttl=60, task_capacity=10, task_ttl=60, failure_ttl=60
+    )
     return ocr, DocumentService(ocr, PageScheduler(pool), RENDER)
 
 
@@ -62,7 +64,7 @@ def test_a_page_that_kills_its_worker_fails_that_page_only_and_the_pool_recovers
     async def scenario(pool: WorkerPool) -> None:
         _ocr, documents = services(pool)
         params = {"det": "auto", "pdf_text": "ocr"}
-        run_ = documents.join("doc-crash", "tiff", b"pages:crash=1", "h-crash", params, 3)
+        run_ = documents.join(DocumentInput("tiff", b"pages:crash=1", "h-crash", params, 3))
         result = await run_.future
         pages = result["pages"]
         assert [page["page"] for page in pages] == [1, 2, 3]
@@ -72,13 +74,23 @@ def test_a_page_that_kills_its_worker_fails_that_page_only_and_the_pool_recovers
         await wait_for(lambda: pool.ready_count == 2)
         assert pool.restarts["crashed"] == 2  # the page was tried twice, as an image would be
 
+        # The same document again: the crashing page is answered from memory, as an image would
+        # be (no worker killed for it), the others from the cache.
+        tasks_before = pool.tasks_run
+        again = await documents.join(DocumentInput("tiff", b"pages:crash=1", "h-crash", params, 3)).future
+        assert again["pages"][1]["error"]["code"] == "worker_crashed"
+        assert "remembered from an earlier attempt" in again["pages"][1]["error"]["message"]
+        assert [page.get("cached") for page in again["pages"]] == [True, None, True]
+        assert pool.restarts["crashed"] == 2 and pool.tasks_run == tasks_before
+        assert documents.ocr.flight.failures_answered == 1
+
     run(scenario)
 
 
 def test_a_hanging_page_times_out_alone_and_its_worker_is_replaced() -> None:
     async def scenario(pool: WorkerPool) -> None:
         _ocr, documents = services(pool)
-        run_ = documents.join("doc-hang", "tiff", b"pages:hang=0", "h-hang", {"det": "auto", "pdf_text": "ocr"}, 2)
+        run_ = documents.join(DocumentInput("tiff", b"pages:hang=0", "h-hang", {"det": "auto", "pdf_text": "ocr"}, 2))
         result = await run_.future
         assert result["pages"][0]["error"]["code"] == "timeout"
         assert result["pages"][1]["text_lines"][0]["text"] == "page 2"
@@ -92,8 +104,9 @@ def test_progress_and_per_page_cache() -> None:
     async def scenario(pool: WorkerPool) -> None:
         ocr, documents = services(pool)
         params = {"det": "auto", "pdf_text": "ocr"}
-        key = documents.document_key("h-progress", "tiff", params)
-        record = await documents.submit_task(key, "tiff", b"pages:sleep=0.2", "h-progress", params, 4)
+        doc = DocumentInput("tiff", b"pages:sleep=0.2", "h-progress", params, 4)
+        key = documents.document_key(doc)
+        record = await documents.submit_task(doc)
         seen = []
         while record.status != "done":
             view = record.view()
@@ -104,7 +117,7 @@ def test_progress_and_per_page_cache() -> None:
         # The document's entry gone, its pages' entries kept: a re-run OCRs nothing.
         ocr.results.cache.pop(key)
         before = pool.tasks_run
-        again = documents.join(key, "tiff", b"pages:sleep=0.2", "h-progress", params, 4)
+        again = documents.join(doc)
         result = await again.future
         assert pool.tasks_run == before
         assert [page["cached"] for page in result["pages"]] == [True] * 4
@@ -115,7 +128,7 @@ def test_progress_and_per_page_cache() -> None:
 def test_the_last_client_leaving_cancels_the_pages_not_started() -> None:
     async def scenario(pool: WorkerPool) -> None:
         ocr, documents = services(pool)
-        run_ = documents.join("doc-gone", "tiff", b"pages:sleep=0.3", "h-gone", {"det": "auto", "pdf_text": "ocr"}, 10)
+        run_ = documents.join(DocumentInput("tiff", b"pages:sleep=0.3", "h-gone", {"det": "auto", "pdf_text": "ocr"}, 10))
         await wait_for(lambda: run_.pages is not None and run_.state == "running")
         ocr.release(run_)  # the only waiter disconnected
         try:
@@ -155,7 +168,7 @@ def test_what_the_event_loop_calls_a_document() -> None:
 def test_a_document_cut_short_by_shutdown_fails_as_a_whole_with_503() -> None:
     async def scenario(pool: WorkerPool) -> None:
         _ocr, documents = services(pool)
-        run_ = documents.join("doc-stop", "tiff", b"pages:sleep=0.3", "h-stop", {"det": "auto", "pdf_text": "ocr"}, 8)
+        run_ = documents.join(DocumentInput("tiff", b"pages:sleep=0.3", "h-stop", {"det": "auto", "pdf_text": "ocr"}, 8))
         await wait_for(lambda: run_.pages_done >= 1)
         await pool.close(grace=0.2)  # SIGTERM: what has not started is refused
         try:
@@ -166,3 +179,21 @@ def test_a_document_cut_short_by_shutdown_fails_as_a_whole_with_503() -> None:
             raise AssertionError("a document with unread pages at shutdown must fail, not answer half")
 
     run(scenario)
+
+
+def test_page_previews_are_bounded_by_their_bytes_and_served_by_random_tokens() -> None:
+    from cache.previews import PreviewStore
+
+    store = PreviewStore(max_bytes=250)
+    for number in range(1, 4):
+        store.put(f"doc#{number}", bytes(100), (10, 10))
+    assert store.get("doc#1") is None and store.bytes == 200 and store.evictions == 1  # least recent dropped
+    store.get("doc#2")  # read: now the most recent
+    store.put("doc#4", bytes(100), (10, 10))
+    assert store.get("doc#3") is None and store.get("doc#2") is not None
+    kept = store.get("doc#4")
+    assert kept is not None and store.by_token(kept.token) is kept and len(kept.token) == 32
+    store.put("doc#4", bytes(50), (5, 5))  # made again: a new token, the old one dead
+    assert store.by_token(kept.token) is None and store.bytes == 150
+    store.put("huge", bytes(251), (1, 1))  # larger than the whole store: not kept
+    assert store.get("huge") is None and PreviewStore(0).stats()["entries"] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import os
 import re
 import shutil
@@ -17,13 +18,15 @@ from typing import Any
 import pytest
 import redis.asyncio
 import requests
+from PIL import Image
 
 from bench.launch import free_port
 from cache.records import ErrorInfo, TaskView
 from cache.redis_store import RedisStore
 from cache.service import OcrService
 from ocr_pool import WorkerPool
-from tests.conftest import REPO, RunningServer, base_config, random_word, start_server, text_image
+from tests.conftest import GT_DIR, REPO, RunningServer, base_config, gt_manifest, random_word, start_server, text_image
+from tests.pdf_builder import image_pdf
 
 REDIS = shutil.which("redis-server")
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
@@ -387,3 +390,25 @@ def test_task_views_keep_their_type_through_redis(redis_url: str) -> None:
         await store.close()
 
     asyncio.run(check())
+
+
+def test_a_document_sent_to_both_nodes_is_read_once(cluster: Cluster) -> None:
+    names = ("sroie_320.jpg", "rapid_en.jpg", "funsd_82491256.png")
+    rows = [row for row in gt_manifest() if row["image"].endswith(names)]
+    images = [Image.open(GT_DIR / row["image"]) for row in rows]
+    marker = Image.open(io.BytesIO(text_image(random_word())))  # a new document: nothing cached
+    pdf = image_pdf([marker, *images, *(image.rotate(180) for image in images)], dpi=150)
+    node1, node2 = cluster.nodes
+    before = cluster.ocr_runs()
+    submitted = upload(node1.url, pdf, block_flag="false")
+    assert submitted.status_code == 202, submitted.text
+    status_url = node1.url + submitted.json()["status_url"]
+    wait_until(lambda: requests.get(status_url, timeout=5).json()["status"] != "queued", "node 1 never started")
+    # Node 2 gets the same document while node 1 reads it: it waits for node 1's answer.
+    second = upload(node2.url, pdf)
+    assert second.status_code == 200, second.text
+    first = requests.get(status_url, params={"wait": 30}, timeout=60).json()
+    assert first["status"] == "done" and second.json()["pages"] == first["pages"]
+    assert node2.health()["ocr_runs"] == 0
+    assert cluster.ocr_runs() - before == 1 + 7  # the probe and each page, once in all
+    assert node2.health()["documents"]["documents_from_other_nodes"] == 1

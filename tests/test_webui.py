@@ -270,6 +270,18 @@ def test_document_shows_progress_then_every_page_with_its_boxes(webui: PageWatch
         assert sheet.locator("polygon.box").count() >= 1
     assert page.locator("#lines li.page-heading").all_text_contents() == ["Page 1", "Page 2"]
     assert page.locator("#pages polygon.box").count() == len(webui.shown_texts())
+    # Each page is drawn from its own image (a preview the server rendered), the boxes over it.
+    for number in (1, 2):
+        picture = page.locator(f'#pages section[data-page="{number}"] .sheet.has-image img.page-image')
+        picture.scroll_into_view_if_needed()
+        page.wait_for_function(
+            "(img) => img.complete && img.naturalWidth > 0", arg=picture.element_handle(), timeout=RESULT_TIMEOUT_MS
+        )
+        shown = picture.bounding_box()
+        drawn = page.locator(f'#pages section[data-page="{number}"] svg.overlay').bounding_box()
+        assert shown is not None and drawn is not None
+        assert abs(shown["width"] - drawn["width"]) < 2 and abs(shown["height"] - drawn["height"]) < 2
+    assert sum("/ocr_service/previews/" in url for url in webui.requests) == 2
     page.hover("#lines li.line >> nth=1")
     assert "active" in (page.get_attribute('#pages polygon[data-index="1"]', "class") or "")
     ARTIFACTS.mkdir(exist_ok=True)
