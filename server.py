@@ -35,6 +35,7 @@ access_log = logging.getLogger("ocr_server.access")
 # At shutdown, how long answers still being written (503 shutting_down) may take before the
 # connections are closed; shorter after a second signal.
 SHUTDOWN_FLUSH_S = 2.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SHUTDOWN_FLUSH_FORCED_S = 0.5
 
 
@@ -223,8 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
     )
+    # LOG_FORMAT prints no thread, process or multiprocessing name: not collecting them makes
+    # each record (one per request, the access log) cheaper (Python's logging HOWTO, Optimization).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     try:
         settings = load_settings(args.config)
         if args.port is not None or args.host is not None:
