@@ -43,6 +43,23 @@ class ListenError(RuntimeError):
     """The HTTP port cannot be bound."""
 
 
+class SecondCachingFormatter(logging.Formatter):
+    """logging.Formatter whose default %(asctime)s text ("2026-01-31 12:00:00,123") is built once
+    per second: localtime + strftime were a sixth of an access-log line's cost."""
+
+    _second: int | None = None
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt or not self.default_msec_format:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = second
+        return self.default_msec_format % (self._text, record.msecs)
+
+
 def log_request(handler: web.RequestHandler) -> None:
     """One access-log line per request: method, path, status, latency, task id, cache hit."""
     metrics = handler.application.settings.get("metrics")
@@ -222,12 +239,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format=LOG_FORMAT,
-    )
-    # LOG_FORMAT prints no thread, process or multiprocessing name: not collecting them makes
-    # each record (one per request, the access log) cheaper (Python's logging HOWTO, Optimization).
+    handler = logging.StreamHandler()
+    handler.setFormatter(SecondCachingFormatter(LOG_FORMAT))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    # LOG_FORMAT prints no source file, thread, process or multiprocessing name: not collecting
+    # them makes each record (one per request, the access log) cheaper, as the logging HOWTO's
+    # "Optimization" section describes.
+    logging._srcfile = None  # type: ignore[attr-defined]
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
