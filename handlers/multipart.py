@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from tornado.httputil import HTTPHeaders, _parse_header
 
-from handlers.upload_buffer import LARGE_PART_BYTES, sized_buffer
+from handlers.upload_buffer import LARGE_PART_BYTES, UPLOAD_BUFFERS
 
 # The same bounds as Tornado's own multipart parser.
 MAX_PARTS = 100
@@ -190,7 +190,7 @@ class MultipartParser:
             # The part's bytes are at most what is left of the body after its headers.
             room = self._body_size - self._fed + len(self._buffer)
             if room >= LARGE_PART_BYTES:
-                self._part.data, self._sized, self._filled = sized_buffer(room), True, 0
+                self._part.data, self._sized, self._filled = UPLOAD_BUFFERS.take(room), True, 0
         self.parts.append(self._part)
 
     def _append(self, data: memoryview) -> None:

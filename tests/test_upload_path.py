@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from handlers.multipart import MultipartError, MultipartParser
-from handlers.upload_buffer import LARGE_PART_BYTES
+from handlers.upload_buffer import LARGE_PART_BYTES, BufferPool
 from tests.conftest import RunningServer, base_config, metric, random_word, text_image
 
 MAX_BODY_BYTES = 20 * 1024 * 1024
@@ -82,6 +82,33 @@ def test_a_large_file_part_fills_one_buffer_sized_from_the_declared_length() -> 
     ]
     assert isinstance(parts[1].data, bytearray) and len(parts[1].data) == len(image)
     assert len(addresses) == 1, "the file part's buffer moved while it was filled"
+
+
+def test_a_kept_buffer_is_reused_only_once_nothing_holds_it() -> None:
+    pool = BufferPool(keep=1)
+    first = pool.take(LARGE_PART_BYTES)
+    first[:3] = b"old"
+    assert pool.take(LARGE_PART_BYTES) is not first  # still held by `first`: never handed out twice
+    address = _buffer_address(first)
+    del first
+    again = pool.take(LARGE_PART_BYTES + 10)
+    assert _buffer_address(again) == address and pool.reused == 1 and len(pool) == 1
+
+
+def test_an_upload_in_a_reused_buffer_holds_its_own_bytes_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import handlers.multipart
+
+    monkeypatch.setattr(handlers.multipart, "UPLOAD_BUFFERS", BufferPool(keep=1))
+    for fill, size in ((b"\xaa", LARGE_PART_BYTES + 3_000_000), (b"\x55", LARGE_PART_BYTES + 7)):
+        image = fill * size
+        body = body_of([("file", "a.png", image)])
+        parser = MultipartParser(b"XyZ", len(body))
+        for start in range(0, len(body), 65536):
+            parser.feed(body[start : start + 65536])
+        data = parser.close()[0].data
+        assert len(data) == size and data == image  # no byte of the earlier, longer upload
+        del data, parser
+    assert handlers.multipart.UPLOAD_BUFFERS.reused == 1
 
 
 @pytest.mark.parametrize("declared_short_by", [1, 1024 * 1024])
