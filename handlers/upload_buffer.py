@@ -22,7 +22,7 @@ import sys
 LARGE_PART_BYTES = 4 * 1024 * 1024
 # Large buffers kept for reuse (each up to web_server.max_body_bytes): the memory the main
 # process holds on to after large uploads, in exchange for no faults and no unmapping.
-KEPT_BUFFERS = 2
+KEPT_BUFFERS = 4
 
 _resize = ctypes.pythonapi.PyByteArray_Resize
 _resize.argtypes = [ctypes.py_object, ctypes.c_ssize_t]
