@@ -4,12 +4,14 @@
 
 A coroutine started on the server's own loop sleeps INTERVAL again and again and records
 how late each wake-up is: the time the loop could not run anything else. Lateness of at
-least REPORT_MS is appended to OUT_FILE as "unix_time lateness_ms runqueue_ms" lines
+least REPORT_MS is appended to OUT_FILE as "unix_time lateness_ms runqueue_ms cpu_ms" lines
 (flushed twice a second), so the benchmark can take the largest stall inside any time
 window. runqueue_ms is how long, in that interval, the loop's thread was ready to run but
 waiting for a CPU (Linux schedstat): on a machine shared with other CPU-heavy work, that
 part of a stall is the machine's, the rest (running, blocked in a syscall, waiting for the
-GIL) is the server's own. Injected from outside (asyncio.run is wrapped) so the same probe
+GIL) is the server's own. cpu_ms is the CPU time the loop's thread used in the interval:
+the work the server did then; an "own" stall much longer than it is the thread blocked
+(on a virtual machine: woken late with no work and no queue, the vCPU not running). Injected from outside (asyncio.run is wrapped) so the same probe
 measures any version of server.py.
 """
 
@@ -39,11 +41,13 @@ async def probe(out: Path) -> None:
     while True:
         before = time.perf_counter()
         waited_before = runqueue_ns(fd)
+        cpu_before = time.thread_time()
         await asyncio.sleep(INTERVAL_S)
         late_ms = (time.perf_counter() - before - INTERVAL_S) * 1000
         if late_ms >= REPORT_MS:
             waited_ms = (runqueue_ns(fd) - waited_before) / 1e6
-            pending.append(f"{time.time():.4f} {late_ms:.3f} {waited_ms:.3f}\n")
+            cpu_ms = (time.thread_time() - cpu_before) * 1000
+            pending.append(f"{time.time():.4f} {late_ms:.3f} {waited_ms:.3f} {cpu_ms:.3f}\n")
         if pending and time.monotonic() - last_flush >= FLUSH_EVERY_S:
             with out.open("a") as handle:
                 handle.writelines(pending)

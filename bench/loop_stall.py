@@ -10,9 +10,11 @@ the working tree):
    just under web_server.max_body_bytes, unique per upload, so each one is hashed, sent
    to a worker and read), --upload-concurrency at a time, while one client re-sends the
    cached small image in a loop (hit latency during the uploads);
-4. prints, per tree: the largest loop stall in the idle and upload windows, as seen and
-   the server's own part (without the time the loop's thread waited for a CPU other
-   processes held, see bench/loop_probe.py), how many wake-ups were more than 5 ms late, hit latency p50/p99/max during the uploads, and
+4. prints, per tree: the largest loop stall in the idle and upload windows, as seen, the
+   server's own part (without the time the loop's thread waited for a CPU other processes
+   held, see bench/loop_probe.py) and the CPU the loop's thread used during it (the work
+   the server did; "own" beyond it is the thread blocked, e.g. a virtual CPU not running),
+   how many wake-ups were more than 5 ms late, hit latency p50/p99/max during the uploads, and
    (when the server exports it) the server's own ocr_event_loop_lag_max_seconds.
 
     git archive <commit> | tar -x -C /tmp/before
@@ -77,17 +79,19 @@ def start_tree(tree: Path, workdir: Path, probe_file: Path) -> BenchServer:
     return start_process(argv, port, workdir, cwd=tree)
 
 
-def stalls(probe_file: Path, start: float, end: float) -> tuple[list[float], list[float]]:
-    """Lateness of the wake-ups in [start, end] (ms): as seen, and without the time the
-    loop's thread waited for a CPU that other processes held (the server's own share)."""
-    seen, own = [], []
+def stalls(probe_file: Path, start: float, end: float) -> tuple[list[float], list[float], list[float]]:
+    """Lateness of the wake-ups in [start, end] (ms): as seen, without the time the loop's
+    thread waited for a CPU that other processes held (the server's own share), and the CPU
+    time the thread used meanwhile (the server's work; older probes did not record it)."""
+    seen, own, cpu = [], [], []
     if probe_file.exists():
         for line in probe_file.read_text().splitlines():
-            stamp, late, waited = (float(x) for x in line.split())
+            stamp, late, waited, *used = (float(x) for x in line.split())
             if start <= stamp <= end:
                 seen.append(late)
                 own.append(max(0.0, late - waited))
-    return seen, own
+                cpu.extend(used)
+    return seen, own, cpu
 
 
 def server_lag_gauge(url: str) -> float | None:
@@ -147,8 +151,8 @@ def measure(name: str, tree: Path, args: argparse.Namespace, workdir: Path) -> d
         gauge = server_lag_gauge(server.url)
     finally:
         server.stop()
-    idle, idle_own = stalls(probe_file, idle_start, idle_end)
-    busy, busy_own = stalls(probe_file, upload_start, upload_end)
+    idle, idle_own, idle_cpu = stalls(probe_file, idle_start, idle_end)
+    busy, busy_own, busy_cpu = stalls(probe_file, upload_start, upload_end)
     hit_ms.sort()
     return {
         "tree": name,
@@ -157,10 +161,13 @@ def measure(name: str, tree: Path, args: argparse.Namespace, workdir: Path) -> d
         "upload_s": round(upload_end - upload_start, 2),
         "idle_max_stall_ms": max(idle, default=0.0),
         "idle_max_own_ms": max(idle_own, default=0.0),
+        "idle_max_cpu_ms": max(idle_cpu, default=0.0),
         "upload_max_stall_ms": max(busy, default=0.0),
         "upload_max_own_ms": max(busy_own, default=0.0),
+        "upload_max_cpu_ms": max(busy_cpu, default=0.0),
         "upload_stalls_over_goal": sum(1 for x in busy if x > STALL_GOAL_MS),
         "upload_own_over_goal": sum(1 for x in busy_own if x > STALL_GOAL_MS),
+        "upload_cpu_over_goal": sum(1 for x in busy_cpu if x > STALL_GOAL_MS),
         "hits": len(hit_ms),
         "hit_p50_ms": mr.percentile(hit_ms, 50) if hit_ms else None,
         "hit_p99_ms": mr.percentile(hit_ms, 99) if hit_ms else None,
@@ -173,8 +180,10 @@ def report(rows: list[dict[str, Any]]) -> str:
     def fmt(value: Any) -> str:
         return "-" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
 
-    cols = ["tree", "uploads", "upload_ok", "upload_s", "idle_max_stall_ms", "idle_max_own_ms", "upload_max_stall_ms",
-            "upload_max_own_ms", "upload_stalls_over_goal", "upload_own_over_goal", "hits", "hit_p50_ms", "hit_p99_ms", "hit_max_ms", "server_lag_gauge_ms"]  # fmt: skip
+    cols = ["tree", "uploads", "upload_ok", "upload_s", "idle_max_stall_ms", "idle_max_own_ms", "idle_max_cpu_ms",
+            "upload_max_stall_ms", "upload_max_own_ms", "upload_max_cpu_ms", "upload_stalls_over_goal",
+            "upload_own_over_goal", "upload_cpu_over_goal", "hits", "hit_p50_ms", "hit_p99_ms", "hit_max_ms",
+            "server_lag_gauge_ms"]  # fmt: skip
     lines = [" | ".join(cols)]
     lines += [" | ".join(fmt(row[c]) for c in cols) for row in rows]
     return "\n".join(lines)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -18,6 +19,23 @@ from cache.result_store import MemoryResultStore, RedisBackedResultStore
 from cache.single_flight import Computation, LocalClaims, SingleFlight
 from cache.task_store import TaskRecord, TaskStore
 from ocr_pool import WorkerPool
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """The parameters as they appear in a cache key (sorted JSON). The few distinct sets of
+    plain values are encoded once: a cache hit then spends no time on json.dumps."""
+    if all(type(value) in _PLAIN for value in params.values()):
+        # Each value's type is part of the memo key: 1, 1.0 and True are equal but encode differently.
+        return _params_text(tuple(sorted((name, type(value), value) for name, value in params.items())))
+    return json.dumps(params, sort_keys=True)
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+@functools.lru_cache(maxsize=256)
+def _params_text(items: tuple[tuple[str, type, Any], ...]) -> str:
+    return json.dumps({name: value for name, _, value in items}, sort_keys=True)
 
 
 class OcrService:
@@ -47,7 +65,7 @@ class OcrService:
         self.misses = 0
 
     def cache_key(self, image_hash: str, params: dict[str, Any]) -> str:
-        return f"{image_hash}|{self.engine_identity}|{json.dumps(params, sort_keys=True)}"
+        return f"{image_hash}|{self.engine_identity}|{params_text(params)}"
 
     @property
     def in_flight(self) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cache import OcrService
 from cache.documents import DocumentService
+from handlers.answers import EncodedAnswers
 from handlers.loop_lag import LoopLagMonitor
 from handlers.upload_budget import UploadBudget
 from ocr_pool import WorkerPool
@@ -28,3 +29,5 @@ class AppContext:
     documents: DocumentService | None = None
     started: float = field(default_factory=time.monotonic)
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
+    # Cached results' answers kept encoded for the next hit (handlers/answers.py).
+    answers: EncodedAnswers = field(default_factory=EncodedAnswers)

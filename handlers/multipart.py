@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from tornado.httputil import HTTPHeaders, _parse_header
 
+from handlers.upload_buffer import LARGE_PART_BYTES, UPLOAD_BUFFERS
+
 # The same bounds as Tornado's own multipart parser.
 MAX_PARTS = 100
 MAX_HEADER_BYTES = 10 * 1024
@@ -90,17 +92,24 @@ def boundary_of(content_type: str) -> bytes:
 
 
 class MultipartParser:
-    def __init__(self, boundary: bytes) -> None:
+    def __init__(self, boundary: bytes, body_size: int | None = None) -> None:
         self._first = b"--" + boundary  # the first delimiter may start the body
         self._delimiter = b"\r\n--" + boundary  # every later one follows a line break
         self._buffer = bytearray()  # bytes not yet consumed: at most a delimiter's length in "data"
         self._state = "preamble"  # preamble | after_delimiter | headers | data | done
         self._part: Part | None = None
         self.parts: list[Part] = []
+        # The body's declared length (Content-Length), if any: a large file part is then
+        # written into one buffer sized up front (handlers/upload_buffer.py) instead of grown.
+        self._body_size = body_size
+        self._fed = 0
+        self._sized = False  # the current part's data is a sized buffer...
+        self._filled = 0  # ... of which this many bytes are written
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
         if self._state == "done":
             return  # the epilogue after the final delimiter is ignored
+        self._fed += len(chunk)
         self._buffer += chunk
         while self._step():
             pass
@@ -154,11 +163,14 @@ class MultipartParser:
                 # All but a possible delimiter start belongs to the part.
                 keep = len(self._delimiter) - 1
                 if len(buffer) > keep:
-                    self._part.data += memoryview(buffer)[: len(buffer) - keep]
+                    self._append(memoryview(buffer)[: len(buffer) - keep])
                     del buffer[: len(buffer) - keep]
                 return False
-            self._part.data += memoryview(buffer)[:end]
+            self._append(memoryview(buffer)[:end])
             del buffer[: end + len(self._delimiter)]
+            if self._sized:
+                del self._part.data[self._filled :]  # the sized buffer's unused tail
+                self._sized = False
             self._part = None
             self._state = "after_delimiter"
             return True
@@ -174,4 +186,23 @@ class MultipartParser:
         except Exception as exc:  # noqa: BLE001 - any header Tornado cannot read is a malformed body
             raise MultipartError(f"unreadable part headers: {exc}") from None
         self._part = Part(name, filename, content_type)
+        if filename is not None and self._body_size is not None:
+            # The part's bytes are at most what is left of the body after its headers.
+            room = self._body_size - self._fed + len(self._buffer)
+            if room >= LARGE_PART_BYTES:
+                self._part.data, self._sized, self._filled = UPLOAD_BUFFERS.take(room), True, 0
         self.parts.append(self._part)
+
+    def _append(self, data: memoryview) -> None:
+        assert self._part is not None
+        if not self._sized:
+            self._part.data += data
+            return
+        end = self._filled + len(data)
+        if end > len(self._part.data):  # more than the declared length: grow as usual
+            del self._part.data[self._filled :]
+            self._sized = False
+            self._part.data += data
+            return
+        self._part.data[self._filled : end] = data
+        self._filled = end

@@ -11,6 +11,7 @@ from typing import Any
 from tornado import web
 
 from cache import Computation, TaskRecord
+from handlers.answers import splices
 from handlers.base import JsonHandler
 from handlers.context import AppContext
 from handlers.documents import DocumentAnswers, document_body, document_kind
@@ -207,6 +208,12 @@ class OcrHandler(DocumentAnswers, JsonHandler):
         task_id = uuid.uuid4().hex
         cached = await self.ctx.ocr.lookup(key)
         if cached is not None:
+            if splices(cached):
+                # The same bytes as _finish_result writes, without encoding the result again.
+                self.log_fields["cached"] = True
+                request_ms = round((time.perf_counter() - self._start) * 1000, 2)
+                self.finish(self.ctx.answers.hit_answer(key, cached, task_id, image_hash, request_ms))
+                return
             self._finish_result(task_id, image_hash, cached, True, None)
             return
         computation = await self.ctx.ocr.join(key, image_bytes, params)

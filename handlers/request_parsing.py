@@ -152,9 +152,15 @@ def start_multipart(content_type: str, headers: Any = None) -> MultipartParser:
     if headers and "Content-Encoding" in headers:
         raise _malformed(ValueError(f"unsupported Content-Encoding: {headers['Content-Encoding']}"))
     try:
-        return MultipartParser(boundary_of(content_type))
+        return MultipartParser(boundary_of(content_type), _declared_length(headers))
     except MultipartError as exc:
         raise _malformed(exc) from None
+
+
+def _declared_length(headers: Any) -> int | None:
+    """The body's Content-Length when it is a plain number (Tornado reads exactly that many bytes)."""
+    value = headers.get("Content-Length") if headers else None
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def feed_multipart(parser: MultipartParser, chunk: bytes) -> None:

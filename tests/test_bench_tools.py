@@ -94,3 +94,14 @@ def test_short_wrk_comparison_against_the_real_server(ocr_server: RunningServer,
     assert sorted(result["floor"]) == ["http-1", "http-2", "web-1", "web-2"]
     lines = hit_latency.report(result)
     assert any("this server / 1-process web floor" in line for line in lines)
+
+
+def test_loop_stall_reads_probe_lines_with_and_without_the_cpu_column(tmp_path: Path) -> None:
+    from bench.loop_stall import stalls
+
+    probe = tmp_path / "probe.txt"
+    probe.write_text("100.0 6.0 1.0\n101.0 8.0 0.5 7.25\n102.0 9.0 0.0 0.2\n200.0 50.0 0.0 40.0\n")
+    seen, own, cpu = stalls(probe, 99.0, 150.0)
+    assert seen == [6.0, 8.0, 9.0]
+    assert own == [5.0, 7.5, 9.0]
+    assert cpu == [7.25, 0.2]  # the older 3-column line has no CPU figure

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from handlers.multipart import MultipartError, MultipartParser
+from handlers.upload_buffer import LARGE_PART_BYTES, BufferPool
 from tests.conftest import RunningServer, base_config, metric, random_word, text_image
 
 MAX_BODY_BYTES = 20 * 1024 * 1024
@@ -54,6 +55,73 @@ def test_multipart_parser_gives_the_same_parts_whatever_the_chunking(chunk: int)
         ("det", None, b""),
     ]
     assert isinstance(parts[1].data, bytearray)  # handed on as is, not copied into bytes
+
+
+def _buffer_address(data: bytearray) -> int:
+    import ctypes
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(data))
+
+
+def test_a_large_file_part_fills_one_buffer_sized_from_the_declared_length() -> None:
+    # Grown chunk by chunk, a 20 MiB part was reallocated (and remapped) ~25 times on the
+    # event loop; with the body's length known it is written into one buffer, in place.
+    image = os.urandom(LARGE_PART_BYTES + 123_457)
+    body = body_of([("file_type", None, b"file"), ("file", "a.png", image), ("det", None, b"on")])
+    parser = MultipartParser(b"XyZ", len(body))
+    addresses = set()
+    for start in range(0, len(body), 65536):
+        parser.feed(body[start : start + 65536])
+        if len(parser.parts) >= 2 and parser.parts[1].data:
+            addresses.add(_buffer_address(parser.parts[1].data))
+    parts = parser.close()
+    assert [(p.name, p.filename, bytes(p.data)) for p in parts] == [
+        ("file_type", None, b"file"),
+        ("file", "a.png", image),
+        ("det", None, b"on"),
+    ]
+    assert isinstance(parts[1].data, bytearray) and len(parts[1].data) == len(image)
+    assert len(addresses) == 1, "the file part's buffer moved while it was filled"
+
+
+def test_a_kept_buffer_is_reused_only_once_nothing_holds_it() -> None:
+    pool = BufferPool(keep=1)
+    first = pool.take(LARGE_PART_BYTES)
+    first[:3] = b"old"
+    assert pool.take(LARGE_PART_BYTES) is not first  # still held by `first`: never handed out twice
+    kept_id = id(first)
+    del first
+    again = pool.take(LARGE_PART_BYTES + 10)  # the same bytearray, resized (its memory may move)
+    assert id(again) == kept_id and len(again) == LARGE_PART_BYTES + 10
+    assert pool.reused == 1 and len(pool) == 1
+
+
+def test_an_upload_in_a_reused_buffer_holds_its_own_bytes_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import handlers.multipart
+
+    monkeypatch.setattr(handlers.multipart, "UPLOAD_BUFFERS", BufferPool(keep=1))
+    for fill, size in ((b"\xaa", LARGE_PART_BYTES + 3_000_000), (b"\x55", LARGE_PART_BYTES + 7)):
+        image = fill * size
+        body = body_of([("file", "a.png", image)])
+        parser = MultipartParser(b"XyZ", len(body))
+        for start in range(0, len(body), 65536):
+            parser.feed(body[start : start + 65536])
+        data = parser.close()[0].data
+        assert len(data) == size and data == image  # no byte of the earlier, longer upload
+        del data, parser
+    assert handlers.multipart.UPLOAD_BUFFERS.reused == 1
+
+
+@pytest.mark.parametrize("declared_short_by", [1, 1024 * 1024])
+def test_a_file_part_longer_than_the_declared_length_is_still_read_whole(declared_short_by: int) -> None:
+    # Tornado reads exactly Content-Length bytes, so this cannot come from a client; the parser
+    # must still never lose or invent a byte if its size hint is wrong.
+    image = os.urandom(LARGE_PART_BYTES + 2 * 1024 * 1024)
+    body = body_of([("file", "a.png", image)])
+    parser = MultipartParser(b"XyZ", len(body) - declared_short_by)
+    for start in range(0, len(body), 65536):
+        parser.feed(body[start : start + 65536])
+    assert bytes(parser.close()[0].data) == image
 
 
 @pytest.mark.parametrize(
