@@ -67,6 +67,11 @@ class EngineOptions:
     # A second family's recogniser that also reads single-line images (det off); the
     # more confident reading wins. "" or the model's own family: none.
     line_rec_model: str = "PP-OCRv4"
+    # A faster family's recogniser that reads every detected line first; only lines it
+    # reads with less than fast_rec_min_confidence go to the model's own recogniser.
+    # "" or the model's own family: none (every line read by the model's recogniser).
+    fast_rec_model: str = ""
+    fast_rec_min_confidence: float = 0.97
     # DB post-processing; None: the detector's own settings (its inference.yml or
     # PaddleOCR's published values for it).
     det_db_thresh: float | None = None
@@ -196,6 +201,10 @@ def _check_options(options: EngineOptions) -> None:
     family_files(options.model, options.engine)  # unknown family, or none for this backend
     if options.line_rec_model:
         family_files(options.line_rec_model, options.engine)
+    if options.fast_rec_model:
+        family_files(options.fast_rec_model, options.engine)
+    if not 0.0 <= options.fast_rec_min_confidence <= 1.0:
+        raise ModelLoadError(f"fast_rec_min_confidence must be within 0..1, got {options.fast_rec_min_confidence}")
     if options.precision not in PRECISIONS:
         raise ModelLoadError(f"precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
     if options.precision == "int8" and options.engine not in ONNX_ENGINES:
@@ -250,6 +259,8 @@ _OUTPUT_FIELDS = (
     "det_limit_side_len",
     "det_min_side_len",
     "line_rec_model",
+    "fast_rec_model",
+    "fast_rec_min_confidence",
     "drop_score",
 )
 

@@ -7,6 +7,7 @@ import ctypes.util
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ class OcrEngine:
         characters: list[str],
         identity: str,
         line_recognizer: TextRecognizer | None = None,
+        fast_recognizer: TextRecognizer | None = None,
     ) -> None:
         self.options = options
         self.identity = identity
@@ -83,12 +85,16 @@ class OcrEngine:
         # A second recogniser (another family's) for whole-image single lines: the more
         # confident of the two readings wins (see EngineOptions.line_rec_model).
         self.line_recognizer = line_recognizer
+        # A faster family's recogniser that reads detected lines first (see
+        # EngineOptions.fast_rec_model); the main one rereads only its unsure lines.
+        self.fast_recognizer = fast_recognizer
 
     def warm_up(self) -> None:
         """First inference pays for graph optimisation; do it at load time."""
         self.recognizer.check()
-        if self.line_recognizer is not None:
-            self.line_recognizer.check()
+        for extra in (self.line_recognizer, self.fast_recognizer):
+            if extra is not None:
+                extra.check()
         img = np.full((64, 256, 3), 255, dtype=np.uint8)
         img[24:40, 16:240] = 0
         self.detector(img)
@@ -133,7 +139,7 @@ class OcrEngine:
         flipped = self.classifier(crops) if self.classifier is not None and crops else []
         t_cls = time.perf_counter()
 
-        texts = self.recognizer(crops) if crops else []
+        texts = self._read_lines(crops, use_det)
         if not use_det and self.line_recognizer is not None:
             for i, (text, score) in enumerate(self.line_recognizer(crops)):
                 if score > texts[i][1]:
@@ -183,6 +189,21 @@ class OcrEngine:
             result["timing"]["preview"] = _ms(t_preview - t_rec)
         return result
 
+    def _read_lines(self, crops: list[np.ndarray], detected: bool) -> list[tuple[str, float]]:
+        if not crops:
+            return []
+        if self.fast_recognizer is None or not detected:
+            return self.recognizer(crops)
+        # The fast recogniser is right when it is sure; what it is unsure of (rare
+        # characters outside its dictionary, hard crops) the main recogniser reads again.
+        texts = self.fast_recognizer(crops)
+        limit = self.options.fast_rec_min_confidence
+        unsure = [i for i, (_text, score) in enumerate(texts) if score < limit]
+        if unsure:
+            for i, reading in zip(unsure, self.recognizer([crops[i] for i in unsure])):
+                texts[i] = reading
+        return texts
+
 
 def create_engine(options: EngineOptions) -> OcrEngine:
     """Load the three models (worker process only) and warm them up."""
@@ -204,16 +225,12 @@ def create_engine(options: EngineOptions) -> OcrEngine:
     rec = load(paths.rec)
     line_recognizer = None
     if options.line_rec_model and options.line_rec_model != options.model and not options.rec_model_dir:
-        # Always the family's own files: the options' dictionary belongs to the main recogniser.
-        # ... and its full precision: only the main family's det and rec have INT8 variants.
-        line_family = dataclasses.replace(
-            options, model=options.line_rec_model, rec_char_dict_path=None, precision="fp32"
-        )
-        line_paths = resolve_model_paths(line_family)
-        line_rec = load(line_paths.rec)
-        line_recognizer = TextRecognizer(line_rec, _characters(line_rec, line_paths.rec, line_paths.rec_dict))
+        line_recognizer = _family_recognizer(options, options.line_rec_model, load)
+    fast_recognizer = None
+    if options.fast_rec_model and options.fast_rec_model != options.model and not options.rec_model_dir:
+        fast_recognizer = _family_recognizer(options, options.fast_rec_model, load)
     characters = _characters(rec, paths.rec, paths.rec_dict)
-    engine = OcrEngine(options, det, cls, rec, characters, model_identity(options), line_recognizer)
+    engine = OcrEngine(options, det, cls, rec, characters, model_identity(options), line_recognizer, fast_recognizer)
     try:
         engine.warm_up()
     except ModelLoadError:
@@ -222,6 +239,15 @@ def create_engine(options: EngineOptions) -> OcrEngine:
         # Broken-but-loadable files (wrong model in the det slot, ...) fail here.
         raise ModelLoadError(f"model smoke test failed for {paths.det} / {paths.rec}: {exc}") from exc
     return engine
+
+
+def _family_recognizer(options: EngineOptions, family: str, load: Callable[[Path], Session]) -> TextRecognizer:
+    """Another family's recogniser beside the main one. Always that family's own files (the
+    options' dictionary belongs to the main recogniser) at full precision (only the main
+    family's det and rec have INT8 variants)."""
+    paths = resolve_model_paths(dataclasses.replace(options, model=family, rec_char_dict_path=None, precision="fp32"))
+    session = load(paths.rec)
+    return TextRecognizer(session, _characters(session, paths.rec, paths.rec_dict))
 
 
 def _characters(rec: Session, rec_path: Path, rec_dict: Path | None) -> list[str]:
