@@ -509,7 +509,7 @@ def test_fast_recogniser_reads_first_and_the_main_one_rereads_only_its_unsure_li
     # slow one (reread[0]: its unsure lines; any later call: lines read upside down too).
     assert 0 < reread[0] < lines, (reread, lines)
     # ... and the text stays as good as the main recogniser's alone (within a character or two).
-    fast_edits, chars = bag_cer(row["lines"], [t["text"] for t in fast["text_lines"]])
+    fast_edits, _chars = bag_cer(row["lines"], [t["text"] for t in fast["text_lines"]])
     full_edits, _ = bag_cer(row["lines"], [t["text"] for t in full["text_lines"]])
     assert fast_edits <= full_edits + 2, ([t["text"] for t in fast["text_lines"]], fast_edits, full_edits)
 
