@@ -253,6 +253,7 @@ class DocumentService:
     def _keep_preview(self, doc_hash: str, number: int, made: dict[str, Any] | None) -> None:
         if made is not None:
             self.previews.put(self.preview_slot(doc_hash, number), made["jpeg"], (made["size"][0], made["size"][1]))
+
     # ---- the run ---------------------------------------------------------------------
 
     async def _run(self, run: DocumentRun, doc: DocumentInput) -> None:
