@@ -175,6 +175,9 @@ def watch_ready_workers(server: RunningServer, seen: list[int], expected_recycle
 
 def test_recycling_after_max_tasks_loses_no_request(server_factory) -> None:
     server = server_factory(base_config(number=2, max_task_number=3), name="recycle")
+    # /readyz answers once one worker is ready; the claim below is about recycling, so
+    # start from a full pool.
+    wait_for(lambda: server.health()["workers"]["ready"] == 2, timeout=120, message="second worker never ready")
     pids_before = {w["pid"] for w in server.health()["workers"]["workers"]}
     ready_seen: list[int] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as watcher_thread:
@@ -185,6 +188,7 @@ def test_recycling_after_max_tasks_loses_no_request(server_factory) -> None:
     assert [r.status_code for r in responses] == [200] * 30
     # Each replacement loads its models while the worker it replaces still serves.
     assert min(ready_seen) == 2, ready_seen
+
     # One worker reloads at a time, so a worker may serve a few tasks past its limit
     # while another reloads, and the second first-generation worker's successor may
     # still be loading when the first one's is ready (2 ready, one of them old): wait
