@@ -24,8 +24,8 @@ from typing import Any
 
 from cache.previews import PreviewStore
 from cache.records import Result, TaskView
+from cache.remote_poll import poll_pauses
 from cache.service import OcrService
-from cache.single_flight import REMOTE_POLL_S
 from cache.task_store import TaskRecord
 from ocr_pool import Job, PoolError, QueueFullError, TaskCancelledError, TaskFailedError
 from ocr_pool.pages import DocumentPages, PageScheduler, settle
@@ -37,7 +37,6 @@ SERVER_ERRORS = ("shutting_down", "no_worker", "queue_full", "cancelled")
 PREVIEW = {"max_side": 1100, "quality": 80}
 PREVIEW_URL = "/ocr_service/previews/{}"
 # A node waiting for another node's run of a document polls the shared store at most this rarely.
-REMOTE_POLL_MAX_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -304,15 +303,13 @@ class DocumentService:
     async def _wait_for_other_node(self, run: DocumentRun) -> Result | None:
         """The other node's result, or None once its claim is gone without one."""
         assert self.ocr.shared is not None
-        pause = REMOTE_POLL_S
-        while True:
-            await asyncio.sleep(pause)
-            pause = min(pause * 1.5, REMOTE_POLL_MAX_S)  # many waiting documents: few Redis reads
+        async for _ in poll_pauses():  # no deadline: the other node keeps its claim alive while it reads
             result = await self.ocr.results.get_shared(run.cache_key)
             if result is not None and not result["document"].get("password_protected"):
                 return result  # (a protected one is stored by a password's run: this request proves nothing)
             if not await self.ocr.shared.claim_held(run.cache_key):
                 return None
+        return None
 
     async def _keep_claim(self, key: str, token: str) -> None:
         assert self.ocr.shared is not None

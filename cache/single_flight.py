@@ -15,11 +15,11 @@ import uuid
 from typing import Any, Protocol
 
 from cache.records import Result
+from cache.remote_poll import FIRST_PAUSE_S, poll_pauses
 from cache.result_store import ResultStore
 from cache.ttl_lru import TTLLRUCache
 from ocr_pool import Job, PoolError, RememberedFailureError, TaskTimeoutError, WorkerCrashedError, WorkerPool
 
-REMOTE_POLL_S = 0.05
 # Failed images remembered at once (a key and an error each); the oldest are forgotten first.
 FAILURE_CAPACITY = 1000
 
@@ -200,8 +200,8 @@ class SingleFlight:
     async def _wait_for_other_node(self, computation: Computation, payload: bytes, params: dict[str, Any]) -> None:
         deadline = time.monotonic() + self.pool.task_timeout
         try:
-            while time.monotonic() < deadline:
-                await asyncio.sleep(REMOTE_POLL_S)
+            # A steady short pause: a single image is read in about a second.
+            async for _ in poll_pauses(deadline, max_pause=FIRST_PAUSE_S):
                 result = await self.results.get_shared(computation.key)
                 if result is not None:
                     computation.future.set_result(result)

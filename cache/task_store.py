@@ -14,11 +14,10 @@ from typing import Any
 
 from cache.records import ErrorInfo, Result, TaskView
 from cache.redis_store import RedisStore
-from cache.single_flight import REMOTE_POLL_S, Computation
+from cache.remote_poll import poll_pauses
+from cache.single_flight import Computation
 from cache.ttl_lru import TTLLRUCache
 from ocr_pool import PoolError
-
-LONG_POLL_MAX_PAUSE_S = 0.5
 
 
 class TaskRecord:
@@ -107,18 +106,14 @@ class TaskStore:
         assert self.shared is not None
         raw = await self.shared.get_task(task_id)
         view = None if raw is None else TaskView.from_json(raw)
-        deadline = time.monotonic() + wait
-        pause = REMOTE_POLL_S
-        while view is not None and not view.finished:
-            # The task runs on another node: follow it in Redis, backing off so that many
-            # long-polls do not become many Redis reads per second each.
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            await asyncio.sleep(min(pause, remaining))
-            pause = min(pause * 1.5, LONG_POLL_MAX_PAUSE_S)
+        if view is None or view.finished:
+            return view
+        # The task runs on another node: follow it in Redis until it ends or `wait` runs out.
+        async for _ in poll_pauses(time.monotonic() + wait):
             raw = await self.shared.get_task(task_id)
             view = None if raw is None else TaskView.from_json(raw)
+            if view is None or view.finished:
+                break
         return view
 
     def stats(self) -> dict[str, Any]:

@@ -189,3 +189,24 @@ def test_a_timeout_that_killed_a_worker_is_remembered_a_queued_one_is_not() -> N
         assert (await retried.future)["text_lines"][0]["text"] == "waiting"
 
     run(check, size=1, task_timeout=1.0)
+
+
+def test_remote_polling_backs_off_and_stops_at_its_deadline() -> None:
+    from cache.remote_poll import poll_pauses
+
+    async def pauses(deadline: float | None, max_pause: float, limit: int) -> list[float]:
+        seen, last = [], time.monotonic()
+        async for _ in poll_pauses(deadline, first_pause=0.01, max_pause=max_pause):
+            now = time.monotonic()
+            seen.append(now - last)
+            last = now
+            if len(seen) == limit:
+                break
+        return seen
+
+    growing = asyncio.run(pauses(None, max_pause=0.04, limit=6))
+    # 0.01, 0.015, 0.0225, 0.03375, then capped at 0.04: each pause at least what it should be.
+    assert [round(p, 3) >= want for p, want in zip(growing, [0.01, 0.015, 0.022, 0.033, 0.04, 0.04])] == [True] * 6
+    started = time.monotonic()
+    bounded = asyncio.run(pauses(started + 0.2, max_pause=0.05, limit=1000))
+    assert time.monotonic() - started < 2 and 3 <= len(bounded) < 1000  # ended by the deadline, not the limit
