@@ -78,6 +78,9 @@ class EngineOptions:
     det_db_box_thresh: float | None = None
     det_db_unclip_ratio: float | None = None
     drop_score: float = 0.5
+    # Write a space where the recogniser expects one somewhere in the gap between two
+    # letters, not only where one frame's best guess is a space (models/ctc.py).
+    rec_gap_spaces: bool = True
     max_image_pixels: int = 50_000_000
     min_image_side: int = 8
     # "int8": the family's det and rec models quantized by `python -m models.quantize`
@@ -260,8 +263,8 @@ _OUTPUT_FIELDS = (
     "det_min_side_len",
     "line_rec_model",
     "fast_rec_model",
-    "fast_rec_min_confidence",
     "drop_score",
+    "rec_gap_spaces",
 )
 
 
@@ -296,6 +299,9 @@ def model_identity(options: EngineOptions) -> str:
         except OSError as exc:
             raise ModelLoadError(f"cannot hash model file {f}: {exc}") from exc
     params = ",".join(f"{k}={getattr(options, k)!r}" for k in _OUTPUT_FIELDS)
+    if options.fast_rec_model not in ("", options.model):
+        # The threshold changes answers only when a fast recogniser runs.
+        params += f",fast_rec_min_confidence={options.fast_rec_min_confidence!r}"
     params += f",det={det_settings(options)!r}"  # det_db_* as in force: given or the model's own
     p = hashlib.sha256(params.encode()).hexdigest()[:8]
     return f"{options.engine}:{options.model}:{h.hexdigest()[:16]}:{p}"

@@ -81,7 +81,7 @@ class OcrEngine:
             min_side=options.det_min_side_len,
         )
         self.classifier = TextClassifier(cls) if cls is not None else None
-        self.recognizer = TextRecognizer(rec, characters)
+        self.recognizer = TextRecognizer(rec, characters, options.rec_gap_spaces)
         # A second recogniser (another family's) for whole-image single lines: the more
         # confident of the two readings wins (see EngineOptions.line_rec_model).
         self.line_recognizer = line_recognizer
@@ -247,7 +247,7 @@ def _family_recognizer(options: EngineOptions, family: str, load: Callable[[Path
     family's det and rec have INT8 variants)."""
     paths = resolve_model_paths(dataclasses.replace(options, model=family, rec_char_dict_path=None, precision="fp32"))
     session = load(paths.rec)
-    return TextRecognizer(session, _characters(session, paths.rec, paths.rec_dict))
+    return TextRecognizer(session, _characters(session, paths.rec, paths.rec_dict), options.rec_gap_spaces)
 
 
 def _characters(rec: Session, rec_path: Path, rec_dict: Path | None) -> list[str]:

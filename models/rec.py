@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _upstream
 from .cls import resize_norm
+from .ctc import decode_batch
 from .errors import ModelLoadError
 from .sessions import Session
 
@@ -33,11 +33,12 @@ def read_char_dict(path: str) -> list[str]:
 
 
 class TextRecognizer:
-    def __init__(self, session: Session, characters: list[str]) -> None:
+    def __init__(self, session: Session, characters: list[str], gap_spaces: bool = True) -> None:
         self.session = session
-        # CTCLabelDecode adds the CTC blank (index 0) and a trailing space.
-        self.decode = _upstream.rec_utils().CTCLabelDecode(character=list(characters))
-        self.num_classes = len(self.decode.character)
+        # Class 0 is the CTC blank; PP-OCR models append a space class after the dictionary.
+        self.characters = ["", *characters, " "]
+        self.num_classes = len(self.characters)
+        self.gap_spaces = gap_spaces
         height = session.input_height() or _SHAPE[1]
         self.shape = (_SHAPE[0], height, round(_SHAPE[2] * height / _SHAPE[1]))
 
@@ -62,6 +63,6 @@ class TextRecognizer:
             width = int(h * ratio)
             batch = np.stack([resize_norm(crops[i], self.shape, width) for i in idx])
             probs = self.session.run(batch)[0]
-            for i, (text, score) in zip(idx, self.decode(probs)):
+            for i, (text, score) in zip(idx, decode_batch(probs, self.characters, self.gap_spaces)):
                 results[i] = (text, float(score))
         return results

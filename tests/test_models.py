@@ -8,6 +8,7 @@ head-room for float noise between runtimes / CPUs).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import struct
@@ -218,6 +219,11 @@ def test_model_identity_stable_and_distinct() -> None:
     # Output-affecting option => different cache key; thread count => same.
     assert model_identity(ort) != model_identity(EngineOptions(drop_score=0.6))
     assert model_identity(ort) == model_identity(EngineOptions(cpu_threads=2))
+    assert model_identity(ort) != model_identity(EngineOptions(rec_gap_spaces=False))
+    # The fast recogniser's threshold matters only when a fast recogniser runs.
+    assert model_identity(ort) == model_identity(EngineOptions(fast_rec_min_confidence=0.5))
+    fast = EngineOptions(fast_rec_model="PP-OCRv6-tiny")
+    assert model_identity(fast) != model_identity(dataclasses.replace(fast, fast_rec_min_confidence=0.5))
 
 
 @pytest.mark.parametrize("engine", BACKENDS)
@@ -519,3 +525,45 @@ def test_fast_recogniser_settings_are_checked_at_start() -> None:
         check_model_files(EngineOptions(fast_rec_model="PP-OCRv1"))
     with pytest.raises(ModelLoadError, match="fast_rec_min_confidence"):
         check_model_files(EngineOptions(fast_rec_model="PP-OCRv6-tiny", fast_rec_min_confidence=1.5))
+
+
+# --- CTC decoding --------------------------------------------------------------
+
+
+def _frames(*rows: dict[int, float], classes: int = 8) -> np.ndarray:
+    """One line's (frames, classes) probabilities: each row names its classes' mass, the rest is blank."""
+    out = np.zeros((len(rows), classes), dtype=np.float32)
+    for i, row in enumerate(rows):
+        for cls, p in row.items():
+            out[i, cls] = p
+        out[i, 0] = 1.0 - sum(row.values())
+    return out
+
+
+def test_ctc_writes_a_space_the_model_expects_somewhere_in_a_gap() -> None:
+    from models.ctc import decode_batch
+
+    chars = ["", "A", "B", "中", "文", " ", ":", "-"]
+    # Between A and B the space class never wins a frame (0.4 < blank's 0.6) but is
+    # likely in at least one of the three frames: 1 - 0.6**3 = 0.78.
+    gap = _frames({1: 0.9}, {5: 0.4}, {5: 0.4}, {5: 0.4}, {2: 0.9})
+    assert decode_batch(gap[None], chars)[0][0] == "A B"
+    assert decode_batch(gap[None], chars, gap_spaces=False)[0][0] == "AB"
+    # One weak frame: a space is less likely than not.
+    assert decode_batch(_frames({1: 0.9}, {5: 0.2}, {2: 0.9})[None], chars)[0][0] == "AB"
+    # Chinese is written without spaces: the same gap between two ideographs stays closed.
+    cjk = _frames({3: 0.9}, {5: 0.4}, {5: 0.4}, {5: 0.4}, {4: 0.9})
+    assert decode_batch(cjk[None], chars)[0][0] == "中文"
+
+    # Nor before a colon or beside a hyphen (typesetting), only after the colon.
+    def spread(left: int, right: int) -> str:
+        frames = _frames({left: 0.9}, {5: 0.4}, {5: 0.4}, {5: 0.4}, {right: 0.9})
+        return decode_batch(frames[None], chars)[0][0]
+
+    assert [spread(1, 6), spread(6, 1), spread(1, 7), spread(7, 1)] == ["A:", ": A", "A-", "-A"]
+    # Plain CTC rules still hold: repeats collapse, a blank separates a doubled letter,
+    # a frame whose best class is the space writes it once.
+    plain = _frames({1: 0.9}, {1: 0.9}, {}, {1: 0.9}, {5: 0.8}, {5: 0.8}, {2: 0.9})
+    text, score = decode_batch(plain[None], chars)[0]
+    assert text == "AA B" and 0.8 < score < 0.95
+    assert decode_batch(_frames({}, {})[None], chars)[0] == ("", 0.0)
