@@ -567,3 +567,30 @@ def test_ctc_writes_a_space_the_model_expects_somewhere_in_a_gap() -> None:
     text, score = decode_batch(plain[None], chars)[0]
     assert text == "AA B" and 0.8 < score < 0.95
     assert decode_batch(_frames({}, {})[None], chars)[0] == ("", 0.0)
+
+
+# --- content region -------------------------------------------------------------
+
+
+def test_content_region_finds_a_document_on_a_blank_page_and_ignores_the_rest() -> None:
+    from models.det import content_region
+
+    page = np.full((700, 500, 3), 255, np.uint8)  # 7000 x 5000 px shrunk 10x for detection
+    page[300:420, 200:300] = 30  # the document
+    page[10, 10] = 0  # a speck of dust the shrink left
+    x0, y0, x1, y1 = content_region(page, (7000, 5000))
+    margin = 0.02 * 7000
+    # The document and a margin around it, give or take a pixel of the shrunk image (10 px).
+    assert [x0, y0, x1, y1] == pytest.approx([2000 - margin, 3000 - margin, 3000 + margin, 4200 + margin], abs=20)
+    # A grey background and dark text: the same.
+    grey = np.full((700, 500), 128, np.uint8)
+    grey[300:420, 200:300] = 20
+    assert content_region(grey, (7000, 5000)) is not None
+    # Content across most of the image (a photo, a full page): detect on all of it.
+    busy = np.random.default_rng(1).integers(0, 256, (700, 500, 3), dtype=np.uint8)
+    assert content_region(busy, (7000, 5000)) is None
+    nearly = np.full((700, 500, 3), 255, np.uint8)
+    nearly[50:650, 50:450] = 0
+    assert content_region(nearly, (7000, 5000)) is None
+    # Nothing on the page at all.
+    assert content_region(np.full((700, 500, 3), 255, np.uint8), (7000, 5000)) is None

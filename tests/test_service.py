@@ -50,6 +50,32 @@ def test_upload_reads_a_real_receipt(ocr_server: RunningServer) -> None:
     assert edits / chars < 0.08
 
 
+def test_a_receipt_in_the_middle_of_a_large_blank_scan_reads_like_the_receipt_alone(ocr_server: RunningServer) -> None:
+    # A receipt on a scanner's glass at 600 dpi: an A4 page (4961 x 7016) of white around it.
+    # Shrunk whole to the detector's 1280 px its text would be 2-3 px high.
+    import io
+
+    from PIL import Image
+
+    entry = gt_entry(lambda e: e["image"].endswith("sroie_020.jpg"))
+    receipt = Image.open(GT_DIR / entry["image"]).convert("RGB")
+    page = Image.new("RGB", (4961, 7016), "white")
+    left, top = (page.width - receipt.width) // 2, (page.height - receipt.height) // 2
+    page.paste(receipt, (left, top))
+    buffer = io.BytesIO()
+    page.save(buffer, "PNG")
+    alone, scanned = (ocr_server.ocr_upload(data).json() for data in ((GT_DIR / entry["image"]).read_bytes(), buffer.getvalue()))
+    assert scanned["image_size"] == [4961, 7016]
+    alone_edits, chars = bag_cer(entry["lines"], ocr_text(alone))
+    scanned_edits, _ = bag_cer(entry["lines"], ocr_text(scanned))
+    assert scanned_edits / chars <= alone_edits / chars + 0.02, (alone_edits, scanned_edits, chars)
+    # Boxes are in the page's pixels, on the receipt.
+    for line in scanned["text_lines"]:
+        xs, ys = [x for x, _ in line["box"]], [y for _, y in line["box"]]
+        assert left - 5 <= min(xs) and max(xs) <= left + receipt.width + 5, line
+        assert top - 5 <= min(ys) and max(ys) <= top + receipt.height + 5, line
+
+
 def test_chinese_document_comes_back_as_utf8_json(ocr_server: RunningServer) -> None:
     entry = gt_entry(lambda e: e["image"].endswith("pp_00059985.jpg"))
     response = ocr_server.ocr_upload((GT_DIR / entry["image"]).read_bytes())
