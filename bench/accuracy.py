@@ -29,6 +29,7 @@ import math
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -171,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--limit", type=int, default=0, help="only the first N manifest rows")
     ap.add_argument("--kinds", default="", help="only these kinds, comma-separated (document,form,receipt,scene,line)")
+    ap.add_argument(
+        "--rotate",
+        type=int,
+        choices=(0, 90, 180, 270),
+        default=0,
+        help="read every image turned by this many degrees counter-clockwise (a page scanned upside down or sideways)",
+    )
     ap.add_argument("--json", type=Path, help="write every variant's raw results and scores here")
     ap.add_argument("--rescore", type=Path, nargs="+", help="score earlier --json dumps instead of running OCR")
     args = ap.parse_args(argv)
@@ -202,9 +210,31 @@ def main(argv: list[str] | None = None) -> int:
             "script": ("peer_paddleocr.py", tuple(_paddleocr_args())),
         }
     suffix = f"; options {overrides}" if overrides else ""
+    suffix += f"; every image turned {args.rotate} degrees" if args.rotate else ""
     print(f"{len(rows)} images from {args.data}; det=auto; 2 processes x 1 thread{suffix}")
 
     images = [row["image"] for row in rows]
+    with tempfile.TemporaryDirectory(prefix="accuracy-turned-") as turned:
+        data = turned_copies(args.data, images, args.rotate, Path(turned)) if args.rotate else args.data
+        return _run(args, rows, images, variants, data)
+
+
+def turned_copies(root: Path, images: list[str], degrees: int, into: Path) -> Path:
+    """Lossless copies of `images` turned by `degrees` (EXIF orientation applied first), under `into`."""
+    from PIL import Image, ImageOps
+
+    for name in images:
+        target = into / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(root / name) as image:
+            upright = ImageOps.exif_transpose(image)
+            if upright.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
+                upright = upright.convert("RGB")  # CMYK, 16-bit: what PNG cannot hold
+            upright.rotate(degrees, expand=True).save(target, format="PNG")
+    return into
+
+
+def _run(args: argparse.Namespace, rows: list[dict], images: list[str], variants: dict[str, dict], data: Path) -> int:
     raw, scores, process = {}, {}, {}
     if args.rescore:
         for dump in args.rescore:
@@ -216,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
         for name, variant in variants.items():
             t0 = time.perf_counter()
-            raw[name], rss = run_variant(pool, variant, str(args.data), images)
+            raw[name], rss = run_variant(pool, variant, str(data), images)
             scores[name] = score(rows, raw[name])
             wall = time.perf_counter() - t0
             process[name] = {"wall_s": wall, "images_per_s": len(images) / wall, "rss_mb": rss}

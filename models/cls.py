@@ -38,11 +38,37 @@ class TextClassifier:
 
     def __call__(self, crops: list[np.ndarray]) -> list[bool]:
         """Flag crops that look upside down (the caller decides what to do)."""
-        out = [False] * len(crops)
+        return flip_suspects(self.upside_down(crops))
+
+    def upside_down(self, crops: list[np.ndarray]) -> list[float]:
+        """Each crop's probability of being upside down."""
+        out = [0.0] * len(crops)
         order = np.argsort([c.shape[1] / float(c.shape[0]) for c in crops])
         for start in range(0, len(crops), _BATCH):
             idx = order[start : start + _BATCH]
             batch = np.stack([resize_norm(crops[i], _SHAPE) for i in idx])
             for i, (label, score) in zip(idx, self.post(self.session.run(batch)[0])):
-                out[i] = label == "180" and float(score) > _THRESH
+                out[i] = float(score) if label == "180" else 1.0 - float(score)
         return out
+
+
+# A page votes when it has at least this many lines: on fewer, one short line that the
+# classifier gets wrong ("8.90 S" read as "S068" with > 0.9 confidence) would turn it.
+PAGE_VOTE_MIN_LINES = 3
+
+
+def flip_suspects(upside_down: list[float]) -> list[bool]:
+    """Lines the classifier is confident are upside down (read both ways by the caller)."""
+    return [p > _THRESH for p in upside_down]
+
+
+def page_upside_down(upside_down: list[float], crops: list[np.ndarray]) -> bool:
+    """Whether a page's lines, taken together, are upside down (a page scanned upside down).
+
+    Each line's probability counts by its length in line heights: long lines are the ones
+    the classifier judges well, and one line alone does not decide a page.
+    """
+    if len(upside_down) < PAGE_VOTE_MIN_LINES:
+        return False
+    weights = np.array([c.shape[1] / max(1, c.shape[0]) for c in crops], dtype=np.float64)
+    return float(np.dot(weights, upside_down) / weights.sum()) > 0.5

@@ -215,6 +215,11 @@ def sort_reading_order(boxes: list[np.ndarray]) -> list[int]:
     return order
 
 
+def turned_180(box: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Where `box` lies in its w x h image turned by 180 degrees."""
+    return np.array([w, h], dtype=np.float32) - box
+
+
 def crop_box(img: np.ndarray, box: np.ndarray) -> np.ndarray:
     """Perspective-rectify one quadrilateral; tall crops are turned to horizontal."""
     w = int(max(np.linalg.norm(box[0] - box[1]), np.linalg.norm(box[2] - box[3])))

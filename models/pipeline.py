@@ -14,8 +14,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .cls import TextClassifier
-from .det import TextDetector, crop_box, sort_reading_order
+from .cls import TextClassifier, flip_suspects, page_upside_down
+from .det import TextDetector, crop_box, sort_reading_order, turned_180
 from .documents import jpeg_preview, page_pixels, run_preview, run_probe
 from .errors import ModelLoadError
 from .image_io import decode_image
@@ -129,14 +129,24 @@ class OcrEngine:
 
         if use_det:
             boxes = self.detector(img)
-            boxes = [boxes[i] for i in sort_reading_order(boxes)]
             crops = [crop_box(img, b) for b in boxes]
         else:
             boxes = [np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)]
             crops = [img if h / w < 1.5 else np.ascontiguousarray(np.rot90(img))]
         t_det = time.perf_counter()
 
-        flipped = self.classifier(crops) if self.classifier is not None and crops else []
+        upside_down = self.classifier.upside_down(crops) if self.classifier is not None and crops else []
+        page_turned = use_det and page_upside_down(upside_down, crops)
+        if page_turned:
+            # A page scanned upside down: read every line turned, and in the turned page's
+            # order; a line the classifier is sure is the other way round is read both ways.
+            crops = [cv2.rotate(c, cv2.ROTATE_180) for c in crops]
+            upside_down = [1.0 - p for p in upside_down]
+        if use_det:
+            order = sort_reading_order([turned_180(b, w, h) for b in boxes] if page_turned else boxes)
+            boxes, crops = [boxes[i] for i in order], [crops[i] for i in order]
+            upside_down = [upside_down[i] for i in order] if upside_down else []
+        flipped = flip_suspects(upside_down)
         t_cls = time.perf_counter()
 
         texts = self._read_lines(crops, use_det)
