@@ -594,3 +594,16 @@ def test_content_region_finds_a_document_on_a_blank_page_and_ignores_the_rest() 
     assert content_region(nearly, (7000, 5000)) is None
     # Nothing on the page at all.
     assert content_region(np.full((700, 500, 3), 255, np.uint8), (7000, 5000)) is None
+
+
+def test_a_page_turns_on_its_lines_vote_weighted_by_length_never_on_one_or_two_lines() -> None:
+    from models.cls import page_upside_down
+
+    def lines(*lengths: int) -> list[np.ndarray]:
+        return [np.zeros((32, 32 * n, 3), np.uint8) for n in lengths]
+
+    # Two long lines sure they are upside down outweigh three short ones sure they are not.
+    assert page_upside_down([0.95, 0.9, 0.1, 0.05, 0.1], lines(20, 20, 2, 2, 2))
+    assert not page_upside_down([0.95, 0.9, 0.1, 0.05, 0.1], lines(2, 2, 20, 20, 20))
+    assert not page_upside_down([0.99, 0.99], lines(10, 10))  # too few lines to judge a page
+    assert not page_upside_down([0.5, 0.5, 0.5], lines(5, 5, 5))

@@ -69,11 +69,32 @@ def test_a_receipt_in_the_middle_of_a_large_blank_scan_reads_like_the_receipt_al
     alone_edits, chars = bag_cer(entry["lines"], ocr_text(alone))
     scanned_edits, _ = bag_cer(entry["lines"], ocr_text(scanned))
     assert scanned_edits / chars <= alone_edits / chars + 0.02, (alone_edits, scanned_edits, chars)
-    # Boxes are in the page's pixels, on the receipt.
+    # Boxes are in the page's pixels, on the receipt (a box around text at its edge may
+    # reach a little past it).
     for line in scanned["text_lines"]:
         xs, ys = [x for x, _ in line["box"]], [y for _, y in line["box"]]
-        assert left - 5 <= min(xs) and max(xs) <= left + receipt.width + 5, line
-        assert top - 5 <= min(ys) and max(ys) <= top + receipt.height + 5, line
+        assert left - 20 <= min(xs) and max(xs) <= left + receipt.width + 20, line
+        assert top - 20 <= min(ys) and max(ys) <= top + receipt.height + 20, line
+
+
+def test_a_page_scanned_upside_down_reads_like_the_page_and_in_its_order(ocr_server: RunningServer) -> None:
+    import io
+
+    from PIL import Image
+
+    entry = gt_entry(lambda e: e["image"].endswith("sroie_260.jpg"))
+    upright = (GT_DIR / entry["image"]).read_bytes()
+    turned = io.BytesIO()
+    Image.open(GT_DIR / entry["image"]).rotate(180).save(turned, "PNG")
+    alone, scanned = (ocr_server.ocr_upload(data).json() for data in (upright, turned.getvalue()))
+    alone_edits, chars = bag_cer(entry["lines"], ocr_text(alone))
+    turned_edits, _ = bag_cer(entry["lines"], ocr_text(scanned))
+    # Read line by line, this receipt upside down measured 14 % order-free CER.
+    assert turned_edits / chars <= alone_edits / chars + 0.02, (alone_edits, turned_edits, chars)
+    # The turned page's first line comes first: its top line is at the bottom of the image.
+    first = scanned["text_lines"][0]
+    assert first["text"].split()[0] == alone["text_lines"][0]["text"].split()[0], (first, alone["text_lines"][0])
+    assert min(y for _, y in first["box"]) > scanned["image_size"][1] / 2
 
 
 def test_chinese_document_comes_back_as_utf8_json(ocr_server: RunningServer) -> None:
