@@ -215,6 +215,24 @@ def sort_reading_order(boxes: list[np.ndarray]) -> list[int]:
     return order
 
 
+def page_sideways(boxes: list[np.ndarray], min_lines: int = 3) -> bool:
+    """Whether most of the detected text (by length) runs up or down the page: a page scanned
+    or photographed a quarter turn round. Fewer than `min_lines` boxes do not decide."""
+    if len(boxes) < min_lines:
+        return False
+    across = np.array([np.linalg.norm(b[1] - b[0]) for b in boxes])
+    down = np.array([np.linalg.norm(b[3] - b[0]) for b in boxes])
+    tall = down >= 1.5 * across  # the boxes crop_box turns to read
+    return float(np.maximum(across, down)[tall].sum()) > 0.5 * float(np.maximum(across, down).sum())
+
+
+def quarter_turned_back(box: np.ndarray, h: int) -> np.ndarray:
+    """A box found in an image of height `h` turned a quarter clockwise, in the image's own
+    pixels, clockwise from its top-left corner."""
+    back = np.stack([box[:, 1], h - box[:, 0]], axis=1).astype(np.float32)
+    return np.roll(back, -1, axis=0)
+
+
 def turned_180(box: np.ndarray, w: int, h: int) -> np.ndarray:
     """Where `box` lies in its w x h image turned by 180 degrees."""
     return np.array([w, h], dtype=np.float32) - box

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .cls import TextClassifier, flip_suspects, page_upside_down
-from .det import TextDetector, crop_box, sort_reading_order, turned_180
+from .det import TextDetector, crop_box, page_sideways, quarter_turned_back, sort_reading_order, turned_180
 from .documents import jpeg_preview, page_pixels, run_preview, run_probe
 from .errors import ModelLoadError
 from .image_io import decode_image
@@ -127,9 +127,18 @@ class OcrEngine:
         h, w = img.shape[:2]
         use_det = det == "on" or (det == "auto" and not looks_like_single_line(w, h))
 
+        sideways = False
         if use_det:
             boxes = self.detector(img)
-            crops = [crop_box(img, b) for b in boxes]
+            if page_sideways(boxes):
+                # A page turned by a quarter: detect again on it turned upright (or upside
+                # down, which the classifier's page vote below settles), so that short
+                # words are cut as lines and the lines are ordered as the page reads.
+                sideways, view = True, cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+                boxes = self.detector(view)
+                crops = [crop_box(view, b) for b in boxes]
+            else:
+                crops = [crop_box(img, b) for b in boxes]
         else:
             boxes = [np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)]
             crops = [img if h / w < 1.5 else np.ascontiguousarray(np.rot90(img))]
@@ -143,8 +152,11 @@ class OcrEngine:
             crops = [cv2.rotate(c, cv2.ROTATE_180) for c in crops]
             upside_down = [1.0 - p for p in upside_down]
         if use_det:
-            order = sort_reading_order([turned_180(b, w, h) for b in boxes] if page_turned else boxes)
+            vw, vh = (h, w) if sideways else (w, h)
+            order = sort_reading_order([turned_180(b, vw, vh) for b in boxes] if page_turned else boxes)
             boxes, crops = [boxes[i] for i in order], [crops[i] for i in order]
+            if sideways:
+                boxes = [quarter_turned_back(b, h) for b in boxes]  # in the image's own pixels
             upside_down = [upside_down[i] for i in order] if upside_down else []
         flipped = flip_suspects(upside_down)
         t_cls = time.perf_counter()
