@@ -607,3 +607,20 @@ def test_a_page_turns_on_its_lines_vote_weighted_by_length_never_on_one_or_two_l
     assert not page_upside_down([0.95, 0.9, 0.1, 0.05, 0.1], lines(2, 2, 20, 20, 20))
     assert not page_upside_down([0.99, 0.99], lines(10, 10))  # too few lines to judge a page
     assert not page_upside_down([0.5, 0.5, 0.5], lines(5, 5, 5))
+
+
+def test_a_page_is_sideways_when_most_of_its_text_runs_down_it() -> None:
+    from models.det import page_sideways, quarter_turned_back
+
+    def box(x: float, y: float, w: float, h: float) -> np.ndarray:
+        return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], dtype=np.float32)
+
+    columns = [box(10 * i, 0, 20, 300) for i in range(4)]
+    words = [box(0, 0, 30, 20) for _ in range(3)]
+    assert page_sideways(columns + words)  # three short words across, four long lines down
+    assert not page_sideways([box(0, 0, 300, 20) for _ in range(4)] + columns[:1])
+    assert not page_sideways(columns[:2])  # too few to judge a page
+    # Found in the image turned a quarter clockwise (100 high: 100 wide when turned), back in
+    # the image's pixels and clockwise from the top-left corner.
+    back = quarter_turned_back(box(80, 20, 15, 40), h=100)
+    assert back.tolist() == box(20, 5, 40, 15).tolist()
