@@ -233,9 +233,11 @@ def quarter_turned_back(box: np.ndarray, h: int) -> np.ndarray:
     return np.roll(back, -1, axis=0)
 
 
-def turned_180(box: np.ndarray, w: int, h: int) -> np.ndarray:
-    """Where `box` lies in its w x h image turned by 180 degrees."""
-    return np.array([w, h], dtype=np.float32) - box
+def box_in_image(box: np.ndarray, quarter_turns: int, w: int, h: int) -> np.ndarray:
+    """A box found in the w x h image turned clockwise by `quarter_turns`, in the image's own pixels."""
+    for turns in range(quarter_turns, 0, -1):
+        box = quarter_turned_back(box, h if (turns - 1) % 2 == 0 else w)
+    return box
 
 
 def crop_box(img: np.ndarray, box: np.ndarray) -> np.ndarray:

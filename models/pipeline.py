@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .cls import TextClassifier, flip_suspects, page_upside_down
-from .det import TextDetector, crop_box, page_sideways, quarter_turned_back, sort_reading_order, turned_180
+from .det import TextDetector, box_in_image, crop_box, page_sideways, sort_reading_order
 from .documents import jpeg_preview, page_pixels, run_preview, run_probe
 from .errors import ModelLoadError
 from .image_io import decode_image
@@ -127,39 +127,17 @@ class OcrEngine:
         h, w = img.shape[:2]
         use_det = det == "on" or (det == "auto" and not looks_like_single_line(w, h))
 
-        sideways = False
         if use_det:
-            boxes = self.detector(img)
-            if page_sideways(boxes):
-                # A page turned by a quarter: detect again on it turned upright (or upside
-                # down, which the classifier's page vote below settles), so that short
-                # words are cut as lines and the lines are ordered as the page reads.
-                sideways, view = True, cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
-                boxes = self.detector(view)
-                crops = [crop_box(view, b) for b in boxes]
-            else:
-                crops = [crop_box(img, b) for b in boxes]
+            boxes, crops, upside_down, cls_seconds = self._find_lines(img)
         else:
             boxes = [np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)]
             crops = [img if h / w < 1.5 else np.ascontiguousarray(np.rot90(img))]
-        t_det = time.perf_counter()
-
-        upside_down = self.classifier.upside_down(crops) if self.classifier is not None and crops else []
-        page_turned = use_det and page_upside_down(upside_down, crops)
-        if page_turned:
-            # A page scanned upside down: read every line turned, and in the turned page's
-            # order; a line the classifier is sure is the other way round is read both ways.
-            crops = [cv2.rotate(c, cv2.ROTATE_180) for c in crops]
-            upside_down = [1.0 - p for p in upside_down]
-        if use_det:
-            vw, vh = (h, w) if sideways else (w, h)
-            order = sort_reading_order([turned_180(b, vw, vh) for b in boxes] if page_turned else boxes)
-            boxes, crops = [boxes[i] for i in order], [crops[i] for i in order]
-            if sideways:
-                boxes = [quarter_turned_back(b, h) for b in boxes]  # in the image's own pixels
-            upside_down = [upside_down[i] for i in order] if upside_down else []
+            started = time.perf_counter()
+            upside_down = self.classifier.upside_down(crops) if self.classifier is not None else []
+            cls_seconds = time.perf_counter() - started
         flipped = flip_suspects(upside_down)
         t_cls = time.perf_counter()
+        t_det = t_cls - cls_seconds
 
         texts = self._read_lines(crops, use_det)
         if not use_det and self.line_recognizer is not None:
@@ -210,6 +188,40 @@ class OcrEngine:
             result["preview"] = preview
             result["timing"]["preview"] = _ms(t_preview - t_rec)
         return result
+
+    def _find_lines(self, img: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], list[float], float]:
+        """The image's text lines in reading order: boxes in its pixels, crops, each crop's
+        probability of being upside down, and the seconds the classifier took.
+
+        The page's orientation is settled first, so that a page scanned sideways or upside
+        down is cut into lines and ordered as it reads: when most of the text (by length) runs
+        up or down, detection runs again on the page turned a quarter clockwise; when its lines
+        taken together are upside down, again on it turned round.
+        """
+        h, w = img.shape[:2]
+        view, quarter_turns = img, 0  # view: img turned clockwise by quarter_turns
+        boxes = self.detector(view)
+        if page_sideways(boxes):
+            view, quarter_turns = cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE), 1
+            boxes = self.detector(view)
+        crops = [crop_box(view, b) for b in boxes]
+        started = time.perf_counter()
+        upside_down = self.classifier.upside_down(crops) if self.classifier is not None and crops else []
+        cls_seconds = time.perf_counter() - started
+        if page_upside_down(upside_down, crops):
+            view, quarter_turns = cv2.rotate(view, cv2.ROTATE_180), quarter_turns + 2
+            boxes = self.detector(view)
+            crops = [crop_box(view, b) for b in boxes]
+            started = time.perf_counter()
+            upside_down = self.classifier.upside_down(crops) if self.classifier is not None and crops else []
+            cls_seconds += time.perf_counter() - started
+        order = sort_reading_order(boxes)
+        return (
+            [box_in_image(boxes[i], quarter_turns, w, h) for i in order],
+            [crops[i] for i in order],
+            [upside_down[i] for i in order] if upside_down else [],
+            cls_seconds,
+        )
 
     def _read_lines(self, crops: list[np.ndarray], detected: bool) -> list[tuple[str, float]]:
         if not crops:

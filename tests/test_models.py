@@ -624,3 +624,24 @@ def test_a_page_is_sideways_when_most_of_its_text_runs_down_it() -> None:
     # the image's pixels and clockwise from the top-left corner.
     back = quarter_turned_back(box(80, 20, 15, 40), h=100)
     assert back.tolist() == box(20, 5, 40, 15).tolist()
+
+
+@pytest.mark.parametrize("quarter_turns", [0, 1, 2, 3])
+def test_a_box_found_in_a_turned_image_maps_back_onto_the_same_pixels(quarter_turns: int) -> None:
+    import cv2
+
+    from models.det import box_in_image
+
+    h, w = 100, 200
+    image = np.zeros((h, w), np.uint8)
+    image[10:30, 40:120] = 255  # x 40..120, y 10..30
+    view = image
+    for _ in range(quarter_turns):
+        view = cv2.rotate(view, cv2.ROTATE_90_CLOCKWISE)
+    ys, xs = np.nonzero(view)
+    found = np.array(
+        [[xs.min(), ys.min()], [xs.max() + 1, ys.min()], [xs.max() + 1, ys.max() + 1], [xs.min(), ys.max() + 1]],
+        dtype=np.float32,
+    )
+    back = box_in_image(found, quarter_turns, w, h)
+    assert back.tolist() == [[40, 10], [120, 10], [120, 30], [40, 30]]  # clockwise from top-left
