@@ -202,19 +202,26 @@ class OcrEngine:
         view, quarter_turns = img, 0  # view: img turned clockwise by quarter_turns
         boxes = self.detector(view)
         if page_sideways(boxes):
-            view, quarter_turns = cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE), 1
-            boxes = self.detector(view)
+            turned = cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+            turned_boxes = self.detector(turned)
+            if not page_sideways(turned_boxes):  # else not a turned page (columns of vertical text)
+                view, quarter_turns, boxes = turned, 1, turned_boxes
         crops = [crop_box(view, b) for b in boxes]
         started = time.perf_counter()
-        upside_down = self.classifier.upside_down(crops) if self.classifier is not None and crops else []
+        upside_down = self._upside_down(crops)
         cls_seconds = time.perf_counter() - started
         if page_upside_down(upside_down, crops):
-            view, quarter_turns = cv2.rotate(view, cv2.ROTATE_180), quarter_turns + 2
-            boxes = self.detector(view)
-            crops = [crop_box(view, b) for b in boxes]
-            started = time.perf_counter()
-            upside_down = self.classifier.upside_down(crops) if self.classifier is not None and crops else []
-            cls_seconds += time.perf_counter() - started
+            turned = cv2.rotate(view, cv2.ROTATE_180)
+            turned_boxes = self.detector(turned)
+            turned_crops = [crop_box(turned, b) for b in turned_boxes]
+            # The classifier's vote can be near even on lines that look alike either way up
+            # ("[06]", "[82-03]"); the recogniser settles it: the longest lines of both
+            # views are read, and the page turns only if they read better turned.
+            if self._reads_better(turned_crops, crops):
+                view, quarter_turns, boxes, crops = turned, quarter_turns + 2, turned_boxes, turned_crops
+                started = time.perf_counter()
+                upside_down = self._upside_down(crops)
+                cls_seconds += time.perf_counter() - started
         order = sort_reading_order(boxes)
         return (
             [box_in_image(boxes[i], quarter_turns, w, h) for i in order],
@@ -222,6 +229,23 @@ class OcrEngine:
             [upside_down[i] for i in order] if upside_down else [],
             cls_seconds,
         )
+
+    def _reads_better(self, crops: list[np.ndarray], than: list[np.ndarray], sample: int = 8) -> bool:
+        """Whether the recogniser is surer of `crops` than of `than` (the `sample` longest of
+        each, confidence weighted by length in line heights)."""
+
+        def confidence(lines: list[np.ndarray]) -> float:
+            longest = sorted(lines, key=lambda c: c.shape[1] / max(1, c.shape[0]), reverse=True)[:sample]
+            if not longest:
+                return 0.0
+            weights = [c.shape[1] / max(1, c.shape[0]) for c in longest]
+            scores = [score for _text, score in self.recognizer(longest)]
+            return float(np.dot(weights, scores) / sum(weights))
+
+        return confidence(crops) > confidence(than)
+
+    def _upside_down(self, crops: list[np.ndarray]) -> list[float]:
+        return self.classifier.upside_down(crops) if self.classifier is not None and crops else []
 
     def _read_lines(self, crops: list[np.ndarray], detected: bool) -> list[tuple[str, float]]:
         if not crops:

@@ -645,3 +645,20 @@ def test_a_box_found_in_a_turned_image_maps_back_onto_the_same_pixels(quarter_tu
     )
     back = box_in_image(found, quarter_turns, w, h)
     assert back.tolist() == [[40, 10], [120, 10], [120, 30], [40, 30]]  # clockwise from top-left
+
+
+def test_upright_pages_of_capitals_are_not_turned(engine) -> None:
+    # Lines of random capitals and digits look much the same either way up: the angle
+    # classifier's page vote can come out "upside down" on them. The page must still be read
+    # as it is (the recogniser, reading both ways, settles it).
+    import random
+
+    from tests.conftest import UNAMBIGUOUS
+    from tests.test_hardening import page_image
+
+    rng = random.Random(7)
+    for _ in range(6):
+        words = ["".join(rng.choices(UNAMBIGUOUS, k=8)) for _ in range(40)]
+        page = page_image([" ".join(words[i : i + 5]) for i in range(0, 40, 5)])
+        text = " ".join(line["text"] for line in engine.recognize(page)["text_lines"])
+        assert sum(word in text for word in words) >= 36, text
