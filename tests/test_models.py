@@ -657,7 +657,7 @@ def test_upright_pages_of_capitals_are_not_turned(engine) -> None:
     from tests.test_hardening import page_image
 
     rng = random.Random(7)
-    for _ in range(6):
+    for _ in range(4):
         words = ["".join(rng.choices(UNAMBIGUOUS, k=8)) for _ in range(40)]
         page = page_image([" ".join(words[i : i + 5]) for i in range(0, 40, 5)])
         text = " ".join(line["text"] for line in engine.recognize(page)["text_lines"])
