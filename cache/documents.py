@@ -36,8 +36,6 @@ SERVER_ERRORS = ("shutting_down", "no_worker", "queue_full", "cancelled")
 # Page previews (page_images=true): the longest side in pixels, and the JPEG quality.
 PREVIEW = {"max_side": 1100, "quality": 80}
 PREVIEW_URL = "/ocr_service/previews/{}"
-# A node waiting for another node's run of a document polls the shared store at most this rarely.
-
 
 @dataclass(frozen=True)
 class RenderSettings:

@@ -1,7 +1,7 @@
 """Access to RapidOCR's pure pre/post-processing helpers.
 
-We reuse (not copy) ``DetPreProcess``/``DBPostProcess``, ``CTCLabelDecode`` and
-``ClsPostProcess``.  Importing them the normal way executes the package
+We reuse (not copy) ``DetPreProcess``/``DBPostProcess`` and ``ClsPostProcess``
+(CTC decoding is our own, models/ctc.py).  Importing them the normal way executes the package
 ``__init__``, which imports onnxruntime and builds a RapidOCR logger; a paddle
 worker would then carry both runtimes.  The helper modules themselves only
 need numpy/cv2/shapely/pyclipper, so they are loaded straight from their
@@ -45,10 +45,6 @@ def _helper(subpath: str) -> ModuleType:
 
 def det_utils() -> ModuleType:
     return _helper("ch_ppocr_det/utils")
-
-
-def rec_utils() -> ModuleType:
-    return _helper("ch_ppocr_rec/utils")
 
 
 def cls_utils() -> ModuleType:

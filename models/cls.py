@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from . import _upstream
+from .det import PAGE_MIN_LINES, line_length
 from .sessions import Session
 
 _SHAPE = (3, 48, 192)
@@ -52,11 +53,6 @@ class TextClassifier:
         return out
 
 
-# A page votes when it has at least this many lines: on fewer, one short line that the
-# classifier gets wrong ("8.90 S" read as "S068" with > 0.9 confidence) would turn it.
-PAGE_VOTE_MIN_LINES = 3
-
-
 def flip_suspects(upside_down: list[float]) -> list[bool]:
     """Lines the classifier is confident are upside down (read both ways by the caller)."""
     return [p > _THRESH for p in upside_down]
@@ -68,7 +64,7 @@ def page_upside_down(upside_down: list[float], crops: list[np.ndarray]) -> bool:
     Each line's probability counts by its length in line heights: long lines are the ones
     the classifier judges well, and one line alone does not decide a page.
     """
-    if len(upside_down) < PAGE_VOTE_MIN_LINES:
+    if len(upside_down) < PAGE_MIN_LINES:
         return False
-    weights = np.array([c.shape[1] / max(1, c.shape[0]) for c in crops], dtype=np.float64)
+    weights = np.array([line_length(c) for c in crops], dtype=np.float64)
     return float(np.dot(weights, upside_down) / weights.sum()) > 0.5

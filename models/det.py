@@ -139,7 +139,9 @@ def content_region(small: np.ndarray, full_size: tuple[int, int]) -> tuple[int, 
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     background = int(np.median(border))
     content = (np.abs(gray.astype(np.int16) - background) > _CONTENT_CONTRAST).astype(np.uint8)
-    _count, _labels, stats, _centroids = cv2.connectedComponentsWithStats(cv2.dilate(content, np.ones((3, 3), np.uint8)))
+    _count, _labels, stats, _centroids = cv2.connectedComponentsWithStats(
+        cv2.dilate(content, np.ones((3, 3), np.uint8))
+    )
     marks = stats[1:][stats[1:, cv2.CC_STAT_AREA] > 9]  # a lone pixel dilates to exactly 9
     if not len(marks):
         return None
@@ -215,10 +217,20 @@ def sort_reading_order(boxes: list[np.ndarray]) -> list[int]:
     return order
 
 
-def page_sideways(boxes: list[np.ndarray], min_lines: int = 3) -> bool:
+# A page's orientation is judged from at least this many lines: on fewer, one short line
+# that looks turned (a label, "8.90 S" that the classifier reads as "S068") would turn it.
+PAGE_MIN_LINES = 3
+
+
+def line_length(crop: np.ndarray) -> float:
+    """A line crop's length in line heights: what a page's orientation votes are weighted by."""
+    return crop.shape[1] / max(1, crop.shape[0])
+
+
+def page_sideways(boxes: list[np.ndarray]) -> bool:
     """Whether most of the detected text (by length) runs up or down the page: a page scanned
-    or photographed a quarter turn round. Fewer than `min_lines` boxes do not decide."""
-    if len(boxes) < min_lines:
+    or photographed a quarter turn round. Fewer than PAGE_MIN_LINES boxes do not decide."""
+    if len(boxes) < PAGE_MIN_LINES:
         return False
     across = np.array([np.linalg.norm(b[1] - b[0]) for b in boxes])
     down = np.array([np.linalg.norm(b[3] - b[0]) for b in boxes])

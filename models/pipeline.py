@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .cls import TextClassifier, flip_suspects, page_upside_down
-from .det import TextDetector, box_in_image, crop_box, page_sideways, sort_reading_order
+from .det import TextDetector, box_in_image, crop_box, line_length, page_sideways, sort_reading_order
 from .documents import jpeg_preview, page_pixels, run_preview, run_probe
 from .errors import ModelLoadError
 from .image_io import decode_image
@@ -132,9 +132,7 @@ class OcrEngine:
         else:
             boxes = [np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)]
             crops = [img if h / w < 1.5 else np.ascontiguousarray(np.rot90(img))]
-            started = time.perf_counter()
-            upside_down = self.classifier.upside_down(crops) if self.classifier is not None else []
-            cls_seconds = time.perf_counter() - started
+            upside_down, cls_seconds = self._upside_down(crops)
         flipped = flip_suspects(upside_down)
         t_cls = time.perf_counter()
         t_det = t_cls - cls_seconds
@@ -207,9 +205,7 @@ class OcrEngine:
             if not page_sideways(turned_boxes):  # else not a turned page (columns of vertical text)
                 view, quarter_turns, boxes = turned, 1, turned_boxes
         crops = [crop_box(view, b) for b in boxes]
-        started = time.perf_counter()
-        upside_down = self._upside_down(crops)
-        cls_seconds = time.perf_counter() - started
+        upside_down, cls_seconds = self._upside_down(crops)
         if page_upside_down(upside_down, crops):
             turned = cv2.rotate(view, cv2.ROTATE_180)
             turned_boxes = self.detector(turned)
@@ -219,9 +215,8 @@ class OcrEngine:
             # views are read, and the page turns only if they read better turned.
             if self._reads_better(turned_crops, crops):
                 view, quarter_turns, boxes, crops = turned, quarter_turns + 2, turned_boxes, turned_crops
-                started = time.perf_counter()
-                upside_down = self._upside_down(crops)
-                cls_seconds += time.perf_counter() - started
+                upside_down, seconds = self._upside_down(crops)
+                cls_seconds += seconds
         order = sort_reading_order(boxes)
         return (
             [box_in_image(boxes[i], quarter_turns, w, h) for i in order],
@@ -235,17 +230,20 @@ class OcrEngine:
         each, confidence weighted by length in line heights)."""
 
         def confidence(lines: list[np.ndarray]) -> float:
-            longest = sorted(lines, key=lambda c: c.shape[1] / max(1, c.shape[0]), reverse=True)[:sample]
+            longest = sorted(lines, key=line_length, reverse=True)[:sample]
             if not longest:
                 return 0.0
-            weights = [c.shape[1] / max(1, c.shape[0]) for c in longest]
+            weights = [line_length(c) for c in longest]
             scores = [score for _text, score in self.recognizer(longest)]
             return float(np.dot(weights, scores) / sum(weights))
 
         return confidence(crops) > confidence(than)
 
-    def _upside_down(self, crops: list[np.ndarray]) -> list[float]:
-        return self.classifier.upside_down(crops) if self.classifier is not None and crops else []
+    def _upside_down(self, crops: list[np.ndarray]) -> tuple[list[float], float]:
+        """Each crop's probability of being upside down ([] without a classifier), and the seconds it took."""
+        started = time.perf_counter()
+        upside_down = self.classifier.upside_down(crops) if self.classifier is not None and crops else []
+        return upside_down, time.perf_counter() - started
 
     def _read_lines(self, crops: list[np.ndarray], detected: bool) -> list[tuple[str, float]]:
         if not crops:
