@@ -9,6 +9,7 @@ import random
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,9 +123,19 @@ def start_server(workdir: Path, config: dict[str, Any], ready_timeout: float = 1
     launched = launch.start_server(
         config, ready_timeout=ready_timeout, log_level="INFO", workdir=workdir, new_session=False
     )
-    return RunningServer(
+    server = RunningServer(
         launched.url, launched.pid, workdir / "config.json", workdir / "server.log", launched.process
     )
+    # /readyz answers once one worker is ready; tests reason about the configured pool
+    # (which pages run at once, how many workers are replaced), so wait for all of it.
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        workers = server.health()["workers"]
+        if workers["ready"] >= workers["configured"]:
+            return server
+        if time.monotonic() > deadline or server.process.poll() is not None:
+            raise RuntimeError(f"pool never full: {workers}\n{server.log_text()[-3000:]}")
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")
