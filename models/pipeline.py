@@ -34,6 +34,9 @@ DET_MODES = ("on", "off", "auto")
 # groups; the aspect floor keeps small square icons/logos on the det path.
 AUTO_MAX_LINE_HEIGHT = 80
 AUTO_MIN_ASPECT = 1.5
+# Lines read both ways up to settle whether a page is upside down: the longest ones, which
+# the recogniser judges best; when the page turns, these readings are kept, not redone.
+ORIENTATION_SAMPLE = 8
 
 
 def _load_malloc_trim():
@@ -127,8 +130,9 @@ class OcrEngine:
         h, w = img.shape[:2]
         use_det = det == "on" or (det == "auto" and not looks_like_single_line(w, h))
 
+        read: dict[int, tuple[str, float]] = {}  # lines already read while settling the page's orientation
         if use_det:
-            boxes, crops, upside_down, cls_seconds = self._find_lines(img)
+            boxes, crops, upside_down, cls_seconds, read = self._find_lines(img)
         else:
             boxes = [np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)]
             crops = [img if h / w < 1.5 else np.ascontiguousarray(np.rot90(img))]
@@ -137,7 +141,7 @@ class OcrEngine:
         t_cls = time.perf_counter()
         t_det = t_cls - cls_seconds
 
-        texts = self._read_lines(crops, use_det)
+        texts = self._read_lines(crops, use_det, read)
         if not use_det and self.line_recognizer is not None:
             for i, (text, score) in enumerate(self.line_recognizer(crops)):
                 if score > texts[i][1]:
@@ -187,9 +191,12 @@ class OcrEngine:
             result["timing"]["preview"] = _ms(t_preview - t_rec)
         return result
 
-    def _find_lines(self, img: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], list[float], float]:
+    def _find_lines(
+        self, img: np.ndarray
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[float], float, dict[int, tuple[str, float]]]:
         """The image's text lines in reading order: boxes in its pixels, crops, each crop's
-        probability of being upside down, and the seconds the classifier took.
+        probability of being upside down, the seconds the classifier took, and the readings
+        of the lines the recogniser has already read (by position in that order).
 
         The page's orientation is settled first, so that a page scanned sideways or upside
         down is cut into lines and ordered as it reads: when most of the text (by length) runs
@@ -206,6 +213,7 @@ class OcrEngine:
                 view, quarter_turns, boxes = turned, 1, turned_boxes
         crops = [crop_box(view, b) for b in boxes]
         upside_down, cls_seconds = self._upside_down(crops)
+        read: dict[int, tuple[str, float]] = {}
         if page_upside_down(upside_down, crops):
             turned = cv2.rotate(view, cv2.ROTATE_180)
             turned_boxes = self.detector(turned)
@@ -213,31 +221,25 @@ class OcrEngine:
             # The classifier's vote can be near even on lines that look alike either way up
             # ("[06]", "[82-03]"); the recogniser settles it: the longest lines of both
             # views are read, and the page turns only if they read better turned.
-            if self._reads_better(turned_crops, crops):
+            turned_read = self._read_longest(turned_crops)
+            if _confidence(turned_read, turned_crops) > _confidence(self._read_longest(crops), crops):
                 view, quarter_turns, boxes, crops = turned, quarter_turns + 2, turned_boxes, turned_crops
                 upside_down, seconds = self._upside_down(crops)
                 cls_seconds += seconds
+                read = turned_read  # read upright: the main pass need not read them again
         order = sort_reading_order(boxes)
         return (
             [box_in_image(boxes[i], quarter_turns, w, h) for i in order],
             [crops[i] for i in order],
             [upside_down[i] for i in order] if upside_down else [],
             cls_seconds,
+            {position: read[i] for position, i in enumerate(order) if i in read},
         )
 
-    def _reads_better(self, crops: list[np.ndarray], than: list[np.ndarray], sample: int = 8) -> bool:
-        """Whether the recogniser is surer of `crops` than of `than` (the `sample` longest of
-        each, confidence weighted by length in line heights)."""
-
-        def confidence(lines: list[np.ndarray]) -> float:
-            longest = sorted(lines, key=line_length, reverse=True)[:sample]
-            if not longest:
-                return 0.0
-            weights = [line_length(c) for c in longest]
-            scores = [score for _text, score in self.recognizer(longest)]
-            return float(np.dot(weights, scores) / sum(weights))
-
-        return confidence(crops) > confidence(than)
+    def _read_longest(self, crops: list[np.ndarray], sample: int = ORIENTATION_SAMPLE) -> dict[int, tuple[str, float]]:
+        """The `sample` longest lines read by the main recogniser, by index in `crops`."""
+        longest = sorted(range(len(crops)), key=lambda i: line_length(crops[i]), reverse=True)[:sample]
+        return dict(zip(longest, self.recognizer([crops[i] for i in longest])))
 
     def _upside_down(self, crops: list[np.ndarray]) -> tuple[list[float], float]:
         """Each crop's probability of being upside down ([] without a classifier), and the seconds it took."""
@@ -245,20 +247,40 @@ class OcrEngine:
         upside_down = self.classifier.upside_down(crops) if self.classifier is not None and crops else []
         return upside_down, time.perf_counter() - started
 
-    def _read_lines(self, crops: list[np.ndarray], detected: bool) -> list[tuple[str, float]]:
-        if not crops:
-            return []
+    def _read_lines(
+        self, crops: list[np.ndarray], detected: bool, read: dict[int, tuple[str, float]] | None = None
+    ) -> list[tuple[str, float]]:
+        """Every crop's reading; `read` holds main-recogniser readings already made."""
+        read = read or {}
+        texts: list[tuple[str, float]] = [read.get(i, ("", 0.0)) for i in range(len(crops))]
+        todo = [i for i in range(len(crops)) if i not in read]
+        if not todo:
+            return texts
         if self.fast_recognizer is None or not detected:
-            return self.recognizer(crops)
+            for i, reading in zip(todo, self.recognizer([crops[i] for i in todo])):
+                texts[i] = reading
+            return texts
         # The fast recogniser is right when it is sure; what it is unsure of (rare
         # characters outside its dictionary, hard crops) the main recogniser reads again.
-        texts = self.fast_recognizer(crops)
         limit = self.options.fast_rec_min_confidence
-        unsure = [i for i, (_text, score) in enumerate(texts) if score < limit]
+        unsure = []
+        for i, reading in zip(todo, self.fast_recognizer([crops[i] for i in todo])):
+            texts[i] = reading
+            if reading[1] < limit:
+                unsure.append(i)
         if unsure:
             for i, reading in zip(unsure, self.recognizer([crops[i] for i in unsure])):
                 texts[i] = reading
         return texts
+
+
+def _confidence(readings: dict[int, tuple[str, float]], crops: list[np.ndarray]) -> float:
+    """Mean recogniser confidence of `readings`, each weighted by its line's length in line heights."""
+    if not readings:
+        return 0.0
+    weights = [line_length(crops[i]) for i in readings]
+    scores = [score for _text, score in readings.values()]
+    return float(np.dot(weights, scores) / sum(weights))
 
 
 def create_engine(options: EngineOptions) -> OcrEngine:

@@ -662,3 +662,31 @@ def test_upright_pages_of_capitals_are_not_turned(engine) -> None:
         page = page_image([" ".join(words[i : i + 5]) for i in range(0, 40, 5)])
         text = " ".join(line["text"] for line in engine.recognize(page)["text_lines"])
         assert sum(word in text for word in words) >= 36, text
+
+
+def test_a_page_upside_down_reads_each_line_once(engine, gt_rows) -> None:
+    # Settling that a page is upside down reads its longest lines turned; those readings are
+    # the page's, so the main pass must not read the same crops again.
+    row = gt_rows["sroie_010.jpg"]
+    upright = (OCR_GT / row["image"]).read_bytes()
+    turned = io.BytesIO()
+    Image.open(io.BytesIO(upright)).rotate(180).save(turned, "PNG")
+    seen: list[np.ndarray] = []  # kept alive, so no two crops share an id()
+    main_read = engine.recognizer
+
+    def counting(crops):
+        seen.extend(crops)
+        return main_read(crops)
+
+    engine.recognizer = counting
+    try:
+        result = engine.recognize(turned.getvalue(), det="auto")
+    finally:
+        engine.recognizer = main_read
+    ids = [id(crop) for crop in seen]
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} crops read twice"
+    # ... and the page still reads as well as upright.
+    texts = [line["text"] for line in result["text_lines"]]
+    edits, chars = bag_cer(row["lines"], texts)
+    upright_edits, _ = bag_cer(row["lines"], [t["text"] for t in engine.recognize(upright, det="auto")["text_lines"]])
+    assert edits <= upright_edits + 0.01 * chars, (edits, upright_edits, texts)
