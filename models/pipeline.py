@@ -34,8 +34,8 @@ DET_MODES = ("on", "off", "auto")
 # groups; the aspect floor keeps small square icons/logos on the det path.
 AUTO_MAX_LINE_HEIGHT = 80
 AUTO_MIN_ASPECT = 1.5
-# Lines read both ways up to settle whether a page is upside down: the longest ones, which
-# the recogniser judges best; when the page turns, these readings are kept, not redone.
+# Lines compared both ways up to settle whether a page is upside down: the longest ones,
+# which the recogniser judges best.
 ORIENTATION_SAMPLE = 8
 
 
@@ -221,12 +221,19 @@ class OcrEngine:
             # The classifier's vote can be near even on lines that look alike either way up
             # ("[06]", "[82-03]"); the recogniser settles it: the longest lines of both
             # views are read, and the page turns only if they read better turned.
-            turned_read = self._read_longest(turned_crops)
-            if _confidence(turned_read, turned_crops) > _confidence(self._read_longest(crops), crops):
+            # The turned page is read whole, as the main pass would read it (the same batches,
+            # so the same text): when it is kept, which is nearly always, that is the page's
+            # reading; as it came, only its longest lines are read.
+            turned_read = dict(enumerate(self.recognizer(turned_crops)))
+            turned_longest = {i: turned_read[i] for i in _longest(turned_crops)}
+            as_it_came = _longest(crops)
+            if _confidence(turned_longest, turned_crops) > _confidence(
+                dict(zip(as_it_came, self.recognizer([crops[i] for i in as_it_came]))), crops
+            ):
                 view, quarter_turns, boxes, crops = turned, quarter_turns + 2, turned_boxes, turned_crops
                 upside_down, seconds = self._upside_down(crops)
                 cls_seconds += seconds
-                read = turned_read  # read upright: the main pass need not read them again
+                read = turned_read  # the main pass need not read them again
         order = sort_reading_order(boxes)
         return (
             [box_in_image(boxes[i], quarter_turns, w, h) for i in order],
@@ -235,11 +242,6 @@ class OcrEngine:
             cls_seconds,
             {position: read[i] for position, i in enumerate(order) if i in read},
         )
-
-    def _read_longest(self, crops: list[np.ndarray], sample: int = ORIENTATION_SAMPLE) -> dict[int, tuple[str, float]]:
-        """The `sample` longest lines read by the main recogniser, by index in `crops`."""
-        longest = sorted(range(len(crops)), key=lambda i: line_length(crops[i]), reverse=True)[:sample]
-        return dict(zip(longest, self.recognizer([crops[i] for i in longest])))
 
     def _upside_down(self, crops: list[np.ndarray]) -> tuple[list[float], float]:
         """Each crop's probability of being upside down ([] without a classifier), and the seconds it took."""
@@ -272,6 +274,11 @@ class OcrEngine:
             for i, reading in zip(unsure, self.recognizer([crops[i] for i in unsure])):
                 texts[i] = reading
         return texts
+
+
+def _longest(crops: list[np.ndarray], sample: int = ORIENTATION_SAMPLE) -> list[int]:
+    """Indices of the `sample` longest crops (in line heights)."""
+    return sorted(range(len(crops)), key=lambda i: line_length(crops[i]), reverse=True)[:sample]
 
 
 def _confidence(readings: dict[int, tuple[str, float]], crops: list[np.ndarray]) -> float:
