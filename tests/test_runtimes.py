@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,32 @@ def test_int8_before_it_is_built_names_the_build_command(tmp_path: Path, monkeyp
     monkeypatch.setenv("OCR_MODEL_CACHE", str(tmp_path))
     with pytest.raises(ModelLoadError, match=r"python -m models\.quantize --model PP-OCRv6-small"):
         check_model_files(EngineOptions(precision="int8"))
+
+
+def test_int8_files_of_an_earlier_recipe_are_not_used(int8_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A cache holding only files built the way an earlier release built them (same fp32
+    # source, no recipe in the name) must send the user to rebuild, not load them.
+    old = tmp_path / "int8"
+    old.mkdir()
+    for built in (int8_cache / "int8").glob("*.onnx"):
+        (old / re.sub(r"-r\d+\.onnx$", ".onnx", built.name)).write_bytes(built.read_bytes())
+    monkeypatch.setenv("OCR_MODEL_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError, match=r"python -m models\.quantize"):
+        check_model_files(EngineOptions(precision="int8"))
+
+
+def test_int8_recogniser_keeps_its_attention_and_classifier_in_fp32(int8_cache: Path) -> None:
+    import onnx
+
+    rec = next((int8_cache / "int8").glob("rec-*.onnx"))
+    graph = onnx.load(str(rec)).graph
+    weights = {init.name for init in graph.initializer}
+    matmuls = [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights]
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    # Weights read straight from the file are fp32; INT8 ones come through a DequantizeLinear.
+    assert len(matmuls) >= 2, [n.name for n in graph.node if n.op_type == "MatMul"]
+    # ... while every convolution's weights are INT8.
+    assert convs and not [n.name for n in convs if n.input[1] in weights]
 
 
 def test_int8_needs_an_onnx_engine() -> None:
