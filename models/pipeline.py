@@ -219,11 +219,11 @@ class OcrEngine:
             turned_boxes = self.detector(turned)
             turned_crops = [crop_box(turned, b) for b in turned_boxes]
             # The classifier's vote can be near even on lines that look alike either way up
-            # ("[06]", "[82-03]"); the recogniser settles it: the longest lines of both
-            # views are read, and the page turns only if they read better turned.
-            # The turned page is read whole, as the main pass would read it (the same batches,
-            # so the same text): when it is kept, which is nearly always, that is the page's
-            # reading; as it came, only its longest lines are read.
+            # ("[06]", "[82-03]"); the recogniser settles it: the page turns only if its
+            # longest lines read better turned. The turned page is read whole, in the
+            # batches the main pass would make (so the same text), and when it is kept,
+            # which is nearly always, that reading is the page's (by the main recogniser,
+            # even with a fast one configured); as it came, only its longest lines are read.
             turned_read = dict(enumerate(self.recognizer(turned_crops)))
             turned_longest = {i: turned_read[i] for i in _longest(turned_crops)}
             as_it_came = _longest(crops)
