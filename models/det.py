@@ -252,15 +252,29 @@ def box_in_image(box: np.ndarray, quarter_turns: int, w: int, h: int) -> np.ndar
     return box
 
 
-def crop_box(img: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Perspective-rectify one quadrilateral; tall crops are turned to horizontal."""
+# A crop this many times taller than wide is a line running up or down the image.
+VERTICAL_RATIO = 1.5
+
+
+def _box_size(box: np.ndarray) -> tuple[int, int]:
     w = int(max(np.linalg.norm(box[0] - box[1]), np.linalg.norm(box[2] - box[3])))
     h = int(max(np.linalg.norm(box[0] - box[3]), np.linalg.norm(box[1] - box[2])))
-    w, h = max(w, 1), max(h, 1)
+    return max(w, 1), max(h, 1)
+
+
+def is_vertical(box: np.ndarray) -> bool:
+    """Whether crop_box turns this box's crop a quarter to read it (which way is a guess)."""
+    w, h = _box_size(box)
+    return h / w >= VERTICAL_RATIO
+
+
+def crop_box(img: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Perspective-rectify one quadrilateral; tall crops are turned to horizontal."""
+    w, h = _box_size(box)
     dst = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
     m = cv2.getPerspectiveTransform(box.astype(np.float32), dst)
     crop = cv2.warpPerspective(img, m, (w, h), borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_CUBIC)
-    if h / w >= 1.5:
+    if h / w >= VERTICAL_RATIO:
         # Vertical text column: the recogniser reads left-to-right only.
         crop = np.ascontiguousarray(np.rot90(crop))
     return crop

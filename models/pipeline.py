@@ -15,7 +15,16 @@ import cv2
 import numpy as np
 
 from .cls import TextClassifier, flip_suspects, page_upside_down
-from .det import TextDetector, box_in_image, crop_box, line_length, page_sideways, sort_reading_order
+from .det import (
+    VERTICAL_RATIO,
+    TextDetector,
+    box_in_image,
+    crop_box,
+    is_vertical,
+    line_length,
+    page_sideways,
+    sort_reading_order,
+)
 from .documents import jpeg_preview, page_pixels, run_preview, run_probe
 from .errors import ModelLoadError
 from .image_io import decode_image
@@ -132,10 +141,11 @@ class OcrEngine:
 
         read: dict[int, tuple[str, float]] = {}  # lines already read while settling the page's orientation
         if use_det:
-            boxes, crops, upside_down, cls_seconds, read = self._find_lines(img)
+            boxes, crops, upside_down, cls_seconds, read, vertical = self._find_lines(img)
         else:
             boxes = [np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)]
-            crops = [img if h / w < 1.5 else np.ascontiguousarray(np.rot90(img))]
+            vertical = [h / w >= VERTICAL_RATIO]
+            crops = [np.ascontiguousarray(np.rot90(img)) if vertical[0] else img]
             upside_down, cls_seconds = self._upside_down(crops)
         flipped = flip_suspects(upside_down)
         t_cls = time.perf_counter()
@@ -146,7 +156,9 @@ class OcrEngine:
             for i, (text, score) in enumerate(self.line_recognizer(crops)):
                 if score > texts[i][1]:
                     texts[i] = (text, score)
-        suspects = [i for i, f in enumerate(flipped) if f]
+        # A vertical line was turned a quarter one way to be read, which is right for text
+        # running down and upside down for text running up: it is read both ways too.
+        suspects = [i for i in range(len(crops)) if (flipped and flipped[i]) or vertical[i]]
         if suspects:
             # The mobile cls model flips short upright lines ("8.90 S" read as
             # "S068") with >0.9 confidence on receipts.  Recognise both ways
@@ -193,10 +205,11 @@ class OcrEngine:
 
     def _find_lines(
         self, img: np.ndarray
-    ) -> tuple[list[np.ndarray], list[np.ndarray], list[float], float, dict[int, tuple[str, float]]]:
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[float], float, dict[int, tuple[str, float]], list[bool]]:
         """The image's text lines in reading order: boxes in its pixels, crops, each crop's
-        probability of being upside down, the seconds the classifier took, and the readings
-        of the lines the recogniser has already read (by position in that order).
+        probability of being upside down, the seconds the classifier took, the readings
+        of the lines the recogniser has already read (by position in that order), and
+        which crops were turned a quarter from vertical boxes.
 
         The page's orientation is settled first, so that a page scanned sideways or upside
         down is cut into lines and ordered as it reads: when most of the text (by length) runs
@@ -241,6 +254,7 @@ class OcrEngine:
             [upside_down[i] for i in order] if upside_down else [],
             cls_seconds,
             {position: read[i] for position, i in enumerate(order) if i in read},
+            [is_vertical(boxes[i]) for i in order],
         )
 
     def _upside_down(self, crops: list[np.ndarray]) -> tuple[list[float], float]:
