@@ -690,3 +690,20 @@ def test_a_page_upside_down_reads_each_line_once(engine, gt_rows) -> None:
     edits, chars = bag_cer(row["lines"], texts)
     upright_edits, _ = bag_cer(row["lines"], [t["text"] for t in engine.recognize(upright, det="auto")["text_lines"]])
     assert edits <= upright_edits + 0.01 * chars, (edits, upright_edits, texts)
+
+
+
+@pytest.mark.parametrize("degrees", [90, 270])
+def test_a_photo_of_signs_turned_a_quarter_reads_as_upright(engine, gt_rows, degrees: int) -> None:
+    # Two signs in a street photo, the photo turned a quarter: each sign's one line runs up
+    # or down. Which way a vertical line runs cannot be told from its box; read one way
+    # only, one sign came back upside down ("fusionopolis" as "joodovoumy").
+    row = gt_rows["ic15_img_3.jpg"]
+    upright = (OCR_GT / row["image"]).read_bytes()
+    turned = io.BytesIO()
+    Image.open(io.BytesIO(upright)).rotate(degrees, expand=True).save(turned, "PNG")
+    texts = [line["text"] for line in engine.recognize(turned.getvalue())["text_lines"]]
+    upright_texts = [line["text"] for line in engine.recognize(upright)["text_lines"]]
+    edits, _chars = bag_cer(row["lines"], texts)
+    upright_edits, _ = bag_cer(row["lines"], upright_texts)
+    assert edits <= upright_edits, (texts, upright_texts)
