@@ -16,7 +16,6 @@ import numpy as np
 
 from .cls import TextClassifier, flip_suspects, page_upside_down
 from .det import (
-    VERTICAL_RATIO,
     TextDetector,
     box_in_image,
     crop_box,
@@ -144,7 +143,7 @@ class OcrEngine:
             boxes, crops, upside_down, cls_seconds, read, vertical = self._find_lines(img)
         else:
             boxes = [np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)]
-            vertical = [h / w >= VERTICAL_RATIO]
+            vertical = [is_vertical(boxes[0])]
             crops = [np.ascontiguousarray(np.rot90(img)) if vertical[0] else img]
             upside_down, cls_seconds = self._upside_down(crops)
         flipped = flip_suspects(upside_down)
