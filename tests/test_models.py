@@ -665,8 +665,8 @@ def test_upright_pages_of_capitals_are_not_turned(engine) -> None:
 
 
 def test_a_page_upside_down_reads_each_line_once(engine, gt_rows) -> None:
-    # Settling that a page is upside down reads its longest lines turned; those readings are
-    # the page's, so the main pass must not read the same crops again.
+    # Settling that a page is upside down reads the turned page; that reading is the
+    # page's, so the main pass must not read the same crops again.
     row = gt_rows["sroie_010.jpg"]
     upright = (OCR_GT / row["image"]).read_bytes()
     turned = io.BytesIO()
@@ -690,7 +690,6 @@ def test_a_page_upside_down_reads_each_line_once(engine, gt_rows) -> None:
     edits, chars = bag_cer(row["lines"], texts)
     upright_edits, _ = bag_cer(row["lines"], [t["text"] for t in engine.recognize(upright, det="auto")["text_lines"]])
     assert edits <= upright_edits + 0.01 * chars, (edits, upright_edits, texts)
-
 
 
 @pytest.mark.parametrize("degrees", [90, 270])
