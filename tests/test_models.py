@@ -692,6 +692,18 @@ def test_a_page_upside_down_reads_each_line_once(engine, gt_rows) -> None:
     assert edits <= upright_edits + 0.01 * chars, (edits, upright_edits, texts)
 
 
+def test_a_page_of_vertical_chinese_columns_is_read_column_by_column_right_to_left(engine) -> None:
+    # Classical Chinese set in vertical columns, read from the right. Most of the page's text
+    # runs down, so it is detected again turned a quarter round: each column is cut as one
+    # line and the rightmost comes first, as such a page is read.
+    path = _need(LOAD / "rapidocr_tests__test_files_text_vertical_words.png")
+    columns = ["有評是是非非之士師也", "是非不得問之人要取之", "已取之時不參一人見而"]
+    texts = [line["text"] for line in engine.recognize(path.read_bytes())["text_lines"]]
+    assert len(texts) == len(columns), texts
+    for want, got in zip(columns, texts):
+        assert cer(want, got) <= 0.15, (want, got)
+
+
 @pytest.mark.parametrize("degrees", [90, 270])
 def test_a_photo_of_signs_turned_a_quarter_reads_as_upright(engine, gt_rows, degrees: int) -> None:
     # Two signs in a street photo, the photo turned a quarter: each sign's one line runs up
