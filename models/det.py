@@ -157,6 +157,37 @@ def content_region(small: np.ndarray, full_size: tuple[int, int]) -> tuple[int, 
     return x0, y0, x1, y1
 
 
+# A line image read without detection is cut to its ink plus this share of the ink's height
+# on every side (the recogniser reads text that fills its crop, as detection's crops do), but
+# only when that takes away more than _LINE_MIN_CUT of its height or width: crops that are
+# already tight are read as they are.
+_LINE_MARGIN = 0.5
+_LINE_MIN_CUT = 0.1
+
+
+def line_extent(img: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of a one-line image's text with a margin, or None to read it whole.
+
+    Ink is what differs from the border's median grey by more than _CONTENT_CONTRAST; single
+    pixels (noise) do not count. A photo's textured background leaves the image whole."""
+    h, w = img.shape[:2]
+    gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if img.ndim == 3 else img
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    ink = (np.abs(gray.astype(np.int16) - int(np.median(border))) > _CONTENT_CONTRAST).astype(np.uint8)
+    _count, _labels, stats, _centroids = cv2.connectedComponentsWithStats(ink)
+    marks = stats[1:][stats[1:, cv2.CC_STAT_AREA] > 1]
+    if not len(marks):
+        return None
+    left, top = int(marks[:, cv2.CC_STAT_LEFT].min()), int(marks[:, cv2.CC_STAT_TOP].min())
+    right = int((marks[:, cv2.CC_STAT_LEFT] + marks[:, cv2.CC_STAT_WIDTH]).max())
+    bottom = int((marks[:, cv2.CC_STAT_TOP] + marks[:, cv2.CC_STAT_HEIGHT]).max())
+    margin = max(2, round(_LINE_MARGIN * (bottom - top)))
+    x0, y0, x1, y1 = max(0, left - margin), max(0, top - margin), min(w, right + margin), min(h, bottom + margin)
+    if (y1 - y0) > (1 - _LINE_MIN_CUT) * h and (x1 - x0) > (1 - _LINE_MIN_CUT) * w:
+        return None
+    return x0, y0, x1, y1
+
+
 def _needs_letterbox(h: int, w: int) -> bool:
     return h < _MIN_SIDE or w < _MIN_SIDE or w > _MAX_ASPECT * h
 

@@ -64,6 +64,10 @@ class EngineOptions:
     det_limit_side_len: int = 1280
     # Images whose shortest side is below this are enlarged for detection (0: never).
     det_min_side_len: int = 0
+    # det="auto": an image shaped like one line is read without detection; when that reading
+    # is less confident than this (one line in wide margins, a small image of several lines),
+    # it is read with detection too and the more confident reading kept. 0: never.
+    auto_det_min_confidence: float = 0.9
     # A second family's recogniser that also reads single-line images (det off); the
     # more confident reading wins. "" or the model's own family: none.
     line_rec_model: str = "PP-OCRv4"
@@ -206,6 +210,8 @@ def _check_options(options: EngineOptions) -> None:
         family_files(options.line_rec_model, options.engine)
     if options.fast_rec_model:
         family_files(options.fast_rec_model, options.engine)
+    if not 0.0 <= options.auto_det_min_confidence <= 1.0:
+        raise ModelLoadError(f"auto_det_min_confidence must be within 0..1, got {options.auto_det_min_confidence}")
     if not 0.0 <= options.fast_rec_min_confidence <= 1.0:
         raise ModelLoadError(f"fast_rec_min_confidence must be within 0..1, got {options.fast_rec_min_confidence}")
     if options.precision not in PRECISIONS:
@@ -261,6 +267,7 @@ _OUTPUT_FIELDS = (
     "use_angle_cls",
     "det_limit_side_len",
     "det_min_side_len",
+    "auto_det_min_confidence",
     "line_rec_model",
     "fast_rec_model",
     "drop_score",

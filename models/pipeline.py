@@ -20,6 +20,7 @@ from .det import (
     box_in_image,
     crop_box,
     is_vertical,
+    line_extent,
     line_length,
     page_sideways,
     sort_reading_order,
@@ -69,6 +70,32 @@ def looks_like_single_line(width: int, height: int) -> bool:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reading:
+    """An image's kept lines (API dicts), whether detection found them, and the seconds spent."""
+
+    lines: list[dict[str, Any]]
+    det_used: bool
+    det_seconds: float
+    cls_seconds: float
+    rec_seconds: float
+
+    @property
+    def confidence(self) -> float:
+        """Mean confidence of the kept lines, each weighted by its characters; 0 without any."""
+        chars = sum(len(line["text"]) for line in self.lines)
+        return sum(len(line["text"]) * line["confidence"] for line in self.lines) / chars if chars else 0.0
+
+    def plus_time_of(self, other: _Reading) -> _Reading:
+        """This reading, charged with the time another (discarded) reading took too."""
+        return dataclasses.replace(
+            self,
+            det_seconds=self.det_seconds + other.det_seconds,
+            cls_seconds=self.cls_seconds + other.cls_seconds,
+            rec_seconds=self.rec_seconds + other.rec_seconds,
+        )
 
 
 class OcrEngine:
@@ -137,18 +164,56 @@ class OcrEngine:
         t_decode = time.perf_counter()
         h, w = img.shape[:2]
         use_det = det == "on" or (det == "auto" and not looks_like_single_line(w, h))
+        reading = self._read(img, use_det)
+        if det == "auto" and not use_det and reading.confidence < self.options.auto_det_min_confidence:
+            # Shaped like a line but read with little confidence: it may be one line in wide
+            # margins (the recogniser then sees small text) or a small image of several
+            # lines. Detection settles both; the more confident reading is kept.
+            detected = self._read(img, True)
+            if detected.confidence > reading.confidence:
+                reading = detected.plus_time_of(reading)
+            else:
+                reading = reading.plus_time_of(detected)
+        t_rec = time.perf_counter()
 
+        preview = None
+        if document is not None and document.get("preview"):
+            preview = jpeg_preview(img, document["preview"])  # from the pixels just read: no second render
+        t_preview = time.perf_counter()
+
+        result = {
+            "text_lines": reading.lines,
+            "image_size": [int(w), int(h)],
+            "timing": {
+                "decode": _ms(t_decode - t0),
+                "det": _ms(reading.det_seconds),
+                "cls": _ms(reading.cls_seconds),
+                "rec": _ms(reading.rec_seconds),
+                "total": _ms(t_rec - t0),
+            },
+            "det_used": reading.det_used,
+        }
+        if preview is not None:
+            result["preview"] = preview
+            result["timing"]["preview"] = _ms(t_preview - t_rec)
+        return result
+
+    def _read(self, img: np.ndarray, use_det: bool) -> _Reading:
+        """The image's lines, with detection or as one line, and the time each stage took."""
+        started = time.perf_counter()
+        h, w = img.shape[:2]
         read: dict[int, tuple[str, float]] = {}  # lines already read while settling the page's orientation
         if use_det:
             boxes, crops, upside_down, cls_seconds, read, vertical = self._find_lines(img)
         else:
-            boxes = [np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)]
+            x0, y0, x1, y1 = line_extent(img) or (0, 0, w, h)
+            boxes = [np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32)]
             vertical = [is_vertical(boxes[0])]
-            crops = [np.ascontiguousarray(np.rot90(img)) if vertical[0] else img]
+            line = img[y0:y1, x0:x1]
+            crops = [np.ascontiguousarray(np.rot90(line)) if vertical[0] else line]
             upside_down, cls_seconds = self._upside_down(crops)
         flipped = flip_suspects(upside_down)
         t_cls = time.perf_counter()
-        t_det = t_cls - cls_seconds
 
         texts = self._read_lines(crops, use_det, read)
         if not use_det and self.line_recognizer is not None:
@@ -169,11 +234,6 @@ class OcrEngine:
                     texts[i] = (text, score)
         t_rec = time.perf_counter()
 
-        preview = None
-        if document is not None and document.get("preview"):
-            preview = jpeg_preview(img, document["preview"])  # from the pixels just read: no second render
-        t_preview = time.perf_counter()
-
         lines = []
         for box, (text, score) in zip(boxes, texts):
             if score < self.options.drop_score or not text.strip():
@@ -185,22 +245,7 @@ class OcrEngine:
                     "box": [[round(float(x)), round(float(y))] for x, y in box],
                 }
             )
-        result = {
-            "text_lines": lines,
-            "image_size": [int(w), int(h)],
-            "timing": {
-                "decode": _ms(t_decode - t0),
-                "det": _ms(t_det - t_decode),
-                "cls": _ms(t_cls - t_det),
-                "rec": _ms(t_rec - t_cls),
-                "total": _ms(t_rec - t0),
-            },
-            "det_used": use_det,
-        }
-        if preview is not None:
-            result["preview"] = preview
-            result["timing"]["preview"] = _ms(t_preview - t_rec)
-        return result
+        return _Reading(lines, use_det, t_cls - started - cls_seconds, cls_seconds, t_rec - t_cls)
 
     def _find_lines(
         self, img: np.ndarray
