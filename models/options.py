@@ -65,8 +65,9 @@ class EngineOptions:
     # Images whose shortest side is below this are enlarged for detection (0: never).
     det_min_side_len: int = 0
     # det="auto": an image shaped like one line is read without detection; when that reading
-    # is less confident than this (one line in wide margins, a small image of several lines),
-    # it is read with detection too and the more confident reading kept. 0: never.
+    # is less confident than this, it is read with detection too, and when detection finds
+    # several lines read with more confidence (a small image of several lines), those are
+    # the answer. 0: never.
     auto_det_min_confidence: float = 0.9
     # A second family's recogniser that also reads single-line images (det off); the
     # more confident reading wins. "" or the model's own family: none.

@@ -166,11 +166,13 @@ class OcrEngine:
         use_det = det == "on" or (det == "auto" and not looks_like_single_line(w, h))
         reading = self._read(img, use_det)
         if det == "auto" and not use_det and reading.confidence < self.options.auto_det_min_confidence:
-            # Shaped like a line but read with little confidence: it may be one line in wide
-            # margins (the recogniser then sees small text) or a small image of several
-            # lines. Detection settles both; the more confident reading is kept.
+            # Shaped like a line but read with little confidence: it may be a small image of
+            # several lines. If detection finds several there, and reads them with more
+            # confidence, they are the answer. (One line found is the line already read:
+            # detection would only cut it differently, or read a lone tall "I" as a vertical
+            # line.)
             detected = self._read(img, True)
-            if detected.confidence > reading.confidence:
+            if len(detected.lines) > 1 and detected.confidence > reading.confidence:
                 reading = detected.plus_time_of(reading)
             else:
                 reading = reading.plus_time_of(detected)
@@ -206,9 +208,11 @@ class OcrEngine:
         if use_det:
             boxes, crops, upside_down, cls_seconds, read, vertical = self._find_lines(img)
         else:
+            # Which way the line runs is the image's shape, not its text's: a lone "I" cut
+            # from a wide image is taller than wide, and still upright.
+            vertical = [is_vertical(np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32))]
             x0, y0, x1, y1 = line_extent(img) or (0, 0, w, h)
             boxes = [np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32)]
-            vertical = [is_vertical(boxes[0])]
             line = img[y0:y1, x0:x1]
             crops = [np.ascontiguousarray(np.rot90(line)) if vertical[0] else line]
             upside_down, cls_seconds = self._upside_down(crops)
