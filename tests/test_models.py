@@ -356,8 +356,8 @@ def test_a_line_in_wide_margins_is_read_from_its_text(engine, size: int) -> None
     [
         # One clean line in wide margins: read whole, "Covfef is aerectly cromulent word.".
         ("ocrmypdf__resources_crom.png", ["Covfefe is a perfectly cromulent word."]),
-        # 300 x 69 px, shaped like a line but three rows of two labels each: read as one line
-        # it was "606002".
+        # 300 x 69 px, shaped like a line but two panels side by side, each two numbers, a
+        # half-cut third and a caption: read as one line it was "606002".
         (
             "easyocr_examples__examples_width_ths.png",
             ["35,498,648.64", "35,498,648.64", "6,001,271.61", "6,001,271.61", "width_ths = 0.5", "width_ths = 0.7"],
@@ -369,7 +369,7 @@ def test_line_shaped_images_that_are_not_a_tight_line_read_fully(engine, name: s
     result = engine.recognize(path.read_bytes(), det="auto")
     got = [line["text"].replace(" ", "") for line in result["text_lines"]]
     # Every line wanted is read, to a character (PP-OCRv4 writes fewer spaces and misreads
-    # one letter here; the half-cut fourth row of the second image may come too).
+    # one letter here; the half-cut numbers may come too).
     for line in want:
         assert min(cer(line.replace(" ", ""), text) for text in got) <= 0.1, (line, got)
 
