@@ -130,6 +130,7 @@ def build_context(settings: Settings) -> AppContext:
         allowed_roots=settings.allowed_root_paths(),
         upload_budget=UploadBudget(settings.web_server.max_buffered_bytes),
         usable_cpus=cpus,
+        precision=options.precision,
     )
 
 

@@ -65,7 +65,9 @@ class ProcessSettings:
 
 @dataclass(frozen=True)
 class OcrSettings:
-    engine: str = "onnxruntime"
+    # OpenVINO: on CPUs with bf16 units it computes in bf16 (precision "auto"), ~1.5x the
+    # images/s of onnxruntime at the same accuracy; onnxruntime needs a quarter of the memory.
+    engine: str = "openvino"
     process: ProcessSettings = field(default_factory=ProcessSettings)
     # Engine options (see models.EngineOptions); cpu_threads defaults to usable CPUs / workers.
     predict_system: dict[str, Any] = field(default_factory=dict)

@@ -161,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=OCR_GT)
     ap.add_argument("--models", default="", help="model families (default: every family the backend has)")
-    ap.add_argument("--engines", default="onnxruntime", help="backends, comma-separated (onnxruntime,openvino,paddle)")
+    ap.add_argument("--engines", default="openvino", help="backends, comma-separated (openvino,onnxruntime,paddle)")
     ap.add_argument(
-        "--precisions", default="fp32", help="fp32 and/or int8 (python -m models.quantize builds INT8), comma-separated"
+        "--precisions",
+        default="auto",
+        help="auto, fp32, bf16 (openvino) and/or int8 (python -m models.quantize builds INT8), comma-separated",
     )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="engine option for every variant")
     ap.add_argument("--peer-python", help="python of a virtualenv with rapidocr==3.10.0: adds the reference row")
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rescore", type=Path, nargs="+", help="score earlier --json dumps instead of running OCR")
     args = ap.parse_args(argv)
 
-    from models import FAMILIES
+    from models import FAMILIES, EngineOptions
     from models.families import families_for
 
     rows = load_manifest(args.data)
@@ -198,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         for family in families:
             if family not in families_for(engine):
                 continue
-            for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+            for asked in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+                precision = EngineOptions(engine=engine, precision=asked).precision  # "auto" resolved
+                if precision == "bf16" and engine != "openvino":
+                    continue  # an OpenVINO inference precision
                 name = f"{family} {engine}" + ("" if precision == "fp32" else f" {precision}")
                 options = {"engine": engine, "model": family, "precision": precision, **overrides}
                 variants[name] = {"options": options}

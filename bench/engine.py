@@ -1,9 +1,9 @@
 """Engine speed / memory benchmark (not a test).
 
-    python bench/engine.py [--engines onnxruntime,paddle+mkldnn] [--n 100] [--rss-images 200]
+    python bench/engine.py [--engines openvino,onnxruntime,paddle+mkldnn] [--n 100] [--rss-images 200]
     python bench/engine.py --engines "onnxruntime@PP-OCRv4,onnxruntime@PP-OCRv6-small;det_limit_side_len=960"
 
-For each engine spec ("onnxruntime", "paddle", "paddle+mkldnn") it measures,
+For each engine spec ("openvino", "onnxruntime", "paddle", "paddle+mkldnn") it measures,
 each in a fresh spawned process so RSS numbers are clean:
 
 * 1 process x 1 thread (also model load time incl. warm-up);
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--engines",
-        default="onnxruntime,paddle+mkldnn",
+        default="openvino,onnxruntime,paddle+mkldnn",
         help="comma list of ENGINE[+mkldnn][@FAMILY][;option=value...], e.g. onnxruntime@PP-OCRv6-small",
     )
     ap.add_argument("--n", type=int, default=50, help="images per speed setup")

@@ -67,7 +67,7 @@ def describe_machine() -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
     versions: dict[str, str] = {}
-    for name in ("onnxruntime", "tornado", "numpy", "cv2"):
+    for name in ("openvino", "onnxruntime", "tornado", "numpy", "cv2"):
         with contextlib.suppress(Exception):
             module = __import__(name)
             versions[name] = str(getattr(module, "__version__", getattr(module, "version", "?")))

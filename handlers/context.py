@@ -25,6 +25,8 @@ class AppContext:
     upload_budget: UploadBudget
     # CPUs the process may use (affinity, cgroup quota): the workers' threads are shared out of these.
     usable_cpus: int = 1
+    # The precision the workers compute in (ocr.predict_system.precision, "auto" resolved).
+    precision: str = "fp32"
     # PDFs and multi-page TIFFs (built beside `ocr` in server.build_context).
     documents: DocumentService | None = None
     started: float = field(default_factory=time.monotonic)

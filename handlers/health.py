@@ -43,6 +43,7 @@ class HealthHandler(JsonHandler):
                 "uptime_s": round(time.monotonic() - self.ctx.started, 1),
                 "engine": self.ctx.settings.ocr.engine,
                 "model": self.ctx.settings.model_family(),
+                "precision": self.ctx.precision,
                 "model_identity": self.ctx.engine_identity,
                 "workers": pool.stats(),
                 "cpus": {"usable": self.ctx.usable_cpus, "threads_per_worker": pool.threads},

@@ -260,12 +260,17 @@ def _schemas() -> dict[str, Any]:
         },
         "Health": {
             "type": "object",
-            "required": ["status", "uptime_s", "engine", "model", "model_identity", "workers", "queue", "ocr_runs", "cache"],
+            "required": ["status", "uptime_s", "engine", "model", "precision", "model_identity", "workers", "queue", "ocr_runs", "cache"],
             "properties": {
                 "status": {"type": "string", "enum": ["ok", "degraded"]},
                 "uptime_s": {"type": "number"},
                 "engine": {"type": "string"},
                 "model": {"type": "string", "description": "PP-OCR model family (ocr.predict_system.model)"},
+                "precision": {
+                    "type": "string",
+                    "enum": ["fp32", "bf16", "int8"],
+                    "description": "What the workers compute in (ocr.predict_system.precision; auto resolved)",
+                },
                 "model_identity": {"type": "string"},
                 "workers": {"type": "object", "description": "Pool state: configured, alive, ready, busy, restarts by reason, tasks_retried."},
                 "cpus": {

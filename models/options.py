@@ -7,6 +7,7 @@ paying for the inference runtimes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import threading
@@ -19,16 +20,17 @@ from .families import FAMILIES, DetDefaults, default_family, det_defaults, famil
 ENGINES = ("onnxruntime", "openvino", "paddle")
 # Engines that run the ONNX files (the families' "onnxruntime" entries).
 ONNX_ENGINES = ("onnxruntime", "openvino")
-PRECISIONS = ("fp32", "int8")
+# "auto": bf16 where OpenVINO runs on a CPU with bf16 units, else fp32 (see EngineOptions).
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+# CPU flags (Linux /proc/cpuinfo) of the units OpenVINO's CPU plugin runs bf16 on:
+# AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake) and AMX (Intel Sapphire Rapids and later).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 # The Python packages each engine imports in the workers, and how to install them:
 # the paddle backend is an optional extra, so a runtime-only install lacks it.
 _ENGINE_PACKAGES = {
     "onnxruntime": (("onnxruntime", "rapidocr_onnxruntime"), "pip install -r requirements.txt"),
-    "openvino": (
-        ("openvino", "rapidocr_onnxruntime"),
-        "pip install -r requirements-openvino.txt (or pip install '.[openvino]')",
-    ),
+    "openvino": (("openvino", "rapidocr_onnxruntime"), "pip install -r requirements.txt"),
     "paddle": (
         ("paddle", "rapidocr_paddle"),
         "pip install -r requirements-paddle.txt (or pip install '.[paddle]')",
@@ -89,12 +91,17 @@ class EngineOptions:
     max_image_pixels: int = 50_000_000
     min_image_side: int = 8
     # "int8": the family's det and rec models quantized by `python -m models.quantize`
-    # (ONNX engines only; built once, never at request time).
-    precision: str = "fp32"
+    # (ONNX engines only; built once, never at request time). "bf16": OpenVINO computes in
+    # bfloat16 on CPUs with bf16 units (the same files). "auto" is resolved here, in the
+    # parent, so the workers and the cache key see the precision actually used.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.model:
             object.__setattr__(self, "model", default_family(self.engine))
+        if self.precision == "auto":
+            bf16 = self.engine == "openvino" and cpu_has_bf16()
+            object.__setattr__(self, "precision", "bf16" if bf16 else "fp32")
 
 
 @dataclass(frozen=True)
@@ -219,10 +226,30 @@ def _check_options(options: EngineOptions) -> None:
         raise ModelLoadError(f"precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
     if options.precision == "int8" and options.engine not in ONNX_ENGINES:
         raise ModelLoadError(f"precision int8 needs an ONNX engine ({', '.join(ONNX_ENGINES)}), not {options.engine!r}")
+    if options.precision == "bf16" and options.engine != "openvino":
+        raise ModelLoadError(f"precision bf16 needs ocr.engine openvino, not {options.engine!r}")
+    if options.precision == "bf16" and not cpu_has_bf16():
+        raise ModelLoadError(
+            f"precision bf16 needs a CPU with bf16 units ({' or '.join(BF16_CPU_FLAGS)} in /proc/cpuinfo), "
+            "which this one lacks; use precision auto or fp32"
+        )
     if options.cpu_threads < 1:
         raise ModelLoadError(f"cpu_threads must be >= 1, got {options.cpu_threads}")
     if options.det_limit_side_len < 32:
         raise ModelLoadError(f"det_limit_side_len must be >= 32, got {options.det_limit_side_len}")
+
+
+@functools.cache
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has the units OpenVINO computes bf16 on (False where unknown)."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return any(flag in BF16_CPU_FLAGS for flag in line.split(":", 1)[-1].split())
+    except OSError:
+        pass
+    return False
 
 
 def check_engine_installed(engine: str) -> None:
@@ -273,6 +300,7 @@ _OUTPUT_FIELDS = (
     "fast_rec_model",
     "drop_score",
     "rec_gap_spaces",
+    "precision",
 )
 
 

@@ -364,7 +364,7 @@ def create_engine(options: EngineOptions) -> OcrEngine:
         if options.engine == "onnxruntime":
             return OrtSession(path, threads)
         if options.engine == "openvino":
-            return OvSession(path, threads)
+            return OvSession(path, threads, options.precision)
         return PaddleSession(path, threads, options.enable_mkldnn)
 
     det = load(paths.det)
@@ -390,8 +390,8 @@ def create_engine(options: EngineOptions) -> OcrEngine:
 
 def _family_recognizer(options: EngineOptions, family: str, load: Callable[[Path], Session]) -> TextRecognizer:
     """Another family's recogniser beside the main one. Always that family's own files (the
-    options' dictionary belongs to the main recogniser) at full precision (only the main
-    family's det and rec have INT8 variants)."""
+    options' dictionary belongs to the main recogniser), fp32 files (only the main family's
+    det and rec have INT8 variants), computed in bf16 when the engine is."""
     paths = resolve_model_paths(dataclasses.replace(options, model=family, rec_char_dict_path=None, precision="fp32"))
     session = load(paths.rec)
     return TextRecognizer(session, _characters(session, paths.rec, paths.rec_dict), options.rec_gap_spaces)

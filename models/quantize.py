@@ -66,7 +66,7 @@ def int8_path(source: Path, role: str) -> Path:
 def missing_message(path: Path, family: str) -> str:
     return (
         f"INT8 model {path} has not been built; build it once with: "
-        f"python -m models.quantize --model {family} (needs the onnx package: pip install -r requirements-openvino.txt)"
+        f"python -m models.quantize --model {family} (needs the onnx package: pip install -r requirements-quantize.txt)"
     )
 
 

@@ -41,6 +41,9 @@ class TextRecognizer:
         self.gap_spaces = gap_spaces
         height = session.input_height() or _SHAPE[1]
         self.shape = (_SHAPE[0], height, round(_SHAPE[2] * height / _SHAPE[1]))
+        # Batches are padded to a multiple of this width where the runtime is faster on shapes
+        # it has seen before (OpenVINO compiles kernels per input shape).
+        self.width_step: int = getattr(session, "width_step", 1)
 
     def check(self) -> None:
         """Run one dummy line; the class count must match the dictionary."""
@@ -60,7 +63,7 @@ class TextRecognizer:
             idx = order[start : start + _BATCH]
             ratio = max([_MIN_RATIO] + [crops[i].shape[1] / float(crops[i].shape[0]) for i in idx])
             ratio = min(ratio, _MAX_RATIO)
-            width = int(h * ratio)
+            width = -(-int(h * ratio) // self.width_step) * self.width_step
             batch = np.stack([resize_norm(crops[i], self.shape, width) for i in idx])
             probs = self.session.run(batch)[0]
             for i, (text, score) in zip(idx, decode_batch(probs, self.characters, self.gap_spaces)):

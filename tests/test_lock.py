@@ -1,7 +1,7 @@
 """The lock files agree with pyproject.toml's direct dependencies and with each other.
 
 requirements.txt (server), requirements-paddle.txt (+ paddle backend),
-requirements-openvino.txt (+ openvino backend and the INT8 model builder) and
+requirements-quantize.txt (+ the INT8 model builder) and
 requirements-test.txt (everything) are compiled by requirements/lock.sh. A hand edit
 to either side, or a lock refreshed from a stale list, fails here.
 """
@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 LOCKS = {
     "requirements.txt": (),
     "requirements-paddle.txt": ("paddle",),
-    "requirements-openvino.txt": ("openvino", "quantize"),
-    "requirements-test.txt": ("paddle", "openvino", "quantize", "test"),
+    "requirements-quantize.txt": ("quantize",),
+    "requirements-test.txt": ("paddle", "quantize", "test"),
 }
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
 
@@ -98,7 +98,7 @@ def test_every_direct_dependency_is_pinned_within_its_range(lock: str) -> None:
 
 def test_one_version_of_each_package_across_the_locks() -> None:
     full, _ = read_lock("requirements-test.txt")
-    for lock in ("requirements.txt", "requirements-paddle.txt", "requirements-openvino.txt"):
+    for lock in ("requirements.txt", "requirements-paddle.txt", "requirements-quantize.txt"):
         pins, _ = read_lock(lock)
         assert set(pins) <= set(full), f"{lock} has packages the full lock lacks: {set(pins) - set(full)}"
         differ = {n: (v, full[n]) for n, v in pins.items() if full[n] != v}

@@ -13,7 +13,9 @@ import requests
 
 from bench.common import cer, normalize_lines
 from models import EngineOptions, ModelLoadError, check_model_files, create_engine, model_identity
+from models.options import cpu_has_bf16
 from models.quantize import build, calibration_images
+from models.rec import TextRecognizer
 from tests.conftest import GT_DIR, LOAD_DIR, base_config, gt_manifest, random_word, text_image
 
 RECEIPT = "sroie_290.jpg"
@@ -25,7 +27,13 @@ MAX_CER_INT8 = 0.12
 
 def needs_openvino() -> None:
     if importlib.util.find_spec("openvino") is None:
-        pytest.skip("openvino is not installed (pip install -r requirements-openvino.txt)")
+        pytest.skip("openvino is not installed (pip install -r requirements.txt)")
+
+
+def needs_bf16() -> None:
+    needs_openvino()
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 units (avx512_bf16 / amx_bf16)")
 
 
 def receipt_cer(engine: Any) -> float:
@@ -50,19 +58,89 @@ def int8_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_openvino_engine_reads_a_receipt() -> None:
-    needs_openvino()
-    engine = create_engine(EngineOptions(engine="openvino", cpu_threads=1))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_openvino_engine_reads_a_receipt(precision: str) -> None:
+    needs_bf16() if precision == "bf16" else needs_openvino()
+    engine = create_engine(EngineOptions(engine="openvino", precision=precision, cpu_threads=1))
     assert engine.identity.startswith("openvino:PP-OCRv6-small:")
+    # What OpenVINO was told is what it compiled: every model computes in the asked precision.
+    hint = "bf16" if precision == "bf16" else "f32"
+    for session in (engine.detector.session, engine.recognizer.session):
+        compiled = session._request.get_compiled_model()
+        assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == hint
     assert receipt_cer(engine) <= MAX_CER_FP32
 
 
-def test_server_with_openvino_answers_uploads(server_factory: Any) -> None:
-    needs_openvino()
+def test_precision_auto_is_bf16_on_openvino_where_the_cpu_has_it(tmp_path: Path) -> None:
+    with_bf16, without = tmp_path / "bf16", tmp_path / "plain"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert cpu_has_bf16(str(with_bf16)) and not cpu_has_bf16(str(without))
+    assert not cpu_has_bf16(str(tmp_path / "missing"))
+    expected = "bf16" if cpu_has_bf16() else "fp32"
+    assert EngineOptions(engine="openvino").precision == expected
+    assert EngineOptions(engine="onnxruntime").precision == "fp32"
+    assert EngineOptions(engine="paddle").precision == "fp32"
+    # bf16 and fp32 readings differ slightly: the cache never mixes them.
+    assert model_identity(EngineOptions(engine="openvino", precision="bf16")) != model_identity(
+        EngineOptions(engine="openvino", precision="fp32")
+    )
+
+
+def test_bf16_where_it_cannot_run_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ModelLoadError, match="bf16 needs ocr.engine openvino"):
+        check_model_files(EngineOptions(engine="onnxruntime", precision="bf16"))
+    monkeypatch.setattr("models.options.cpu_has_bf16", lambda: False)
+    with pytest.raises(ModelLoadError, match=r"avx512_bf16 or amx_bf16.*precision auto or fp32"):
+        check_model_files(EngineOptions(engine="openvino", precision="bf16"))
+    assert EngineOptions(engine="openvino").precision == "fp32"  # auto falls back instead
+
+
+class _ShapeRecorder:
+    """A recogniser session that answers blanks and remembers the input shapes."""
+
+    def __init__(self, width_step: int | None) -> None:
+        if width_step is not None:
+            self.width_step = width_step
+        self.shapes: list[tuple[int, ...]] = []
+        self.path = Path("recorder.onnx")
+        self.classes = 1
+
+    def input_height(self) -> int:
+        return 48
+
+    def run(self, x: Any) -> list[Any]:
+        import numpy as np
+
+        self.shapes.append(x.shape)
+        return [np.zeros((x.shape[0], x.shape[3] // 8, self.classes), dtype=np.float32)]
+
+
+def test_openvino_line_batches_are_padded_to_a_few_widths() -> None:
+    import numpy as np
+
+    crops = [np.full((30, 30 + 17 * i, 3), 255, np.uint8) for i in range(30)]
+    fixed, free = _ShapeRecorder(64), _ShapeRecorder(None)
+    for session in (fixed, free):
+        recognizer = TextRecognizer(session, ["a"], gap_spaces=False)
+        session.classes = recognizer.num_classes
+        recognizer(crops)
+    assert {shape[3] % 64 for shape in fixed.shapes} == {0}
+    assert len({s[3] for s in fixed.shapes}) < len({s[3] for s in free.shapes}) == len(free.shapes)
+    # Padding only: each batch is at least as wide as without it, and by less than a step.
+    assert all(0 <= a[3] - b[3] < 64 for a, b in zip(fixed.shapes, free.shapes))
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_server_on_each_onnx_engine_answers_uploads(server_factory: Any, engine: str) -> None:
+    if engine == "openvino":
+        needs_openvino()
     config = base_config(number=1)
-    config["ocr"]["engine"] = "openvino"
-    server = server_factory(config, name="openvino")
-    assert server.health()["model_identity"].startswith("openvino:")
+    config["ocr"]["engine"] = engine
+    server = server_factory(config, name=engine)
+    health = server.health()
+    assert health["engine"] == engine and health["model_identity"].startswith(f"{engine}:")
+    assert health["precision"] == ("bf16" if engine == "openvino" and cpu_has_bf16() else "fp32")
     word = random_word()
     response = server.ocr_upload(text_image(word))
     assert response.status_code == 200, response.text
@@ -74,7 +152,7 @@ def test_openvino_without_openvino_installed_names_the_install_command(monkeypat
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real_find_spec(name, *a)
     )
-    with pytest.raises(ModelLoadError, match=r"'openvino'.*requirements-openvino\.txt"):
+    with pytest.raises(ModelLoadError, match=r"'openvino'.*pip install -r requirements\.txt"):
         check_model_files(EngineOptions(engine="openvino"))
 
 
