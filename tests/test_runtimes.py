@@ -68,6 +68,7 @@ def test_openvino_engine_reads_a_receipt(precision: str) -> None:
     for session in (engine.detector.session, engine.recognizer.session):
         compiled = session._request.get_compiled_model()
         assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == hint
+    assert engine.recognizer.width_step == 64  # line batches padded to a few widths (below)
     assert receipt_cer(engine) <= MAX_CER_FP32
 
 
