@@ -65,7 +65,7 @@ class ProcessSettings:
 
 @dataclass(frozen=True)
 class OcrSettings:
-    # OpenVINO: on CPUs with bf16 units it computes in bf16 (precision "auto"), ~1.5x the
+    # OpenVINO: on CPUs with bf16 units it computes in bf16 (precision "auto"), ~1.45x the
     # images/s of onnxruntime at the same accuracy; onnxruntime needs a quarter of the memory.
     engine: str = "openvino"
     process: ProcessSettings = field(default_factory=ProcessSettings)

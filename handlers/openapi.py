@@ -20,6 +20,7 @@ from handlers.request_parsing import (
     PDF_TEXT_MODES,
     TRUE_WORDS,
 )
+from models.options import PRECISIONS
 
 API_VERSION = "0.1.0"
 JSON = "application/json"
@@ -268,7 +269,7 @@ def _schemas() -> dict[str, Any]:
                 "model": {"type": "string", "description": "PP-OCR model family (ocr.predict_system.model)"},
                 "precision": {
                     "type": "string",
-                    "enum": ["fp32", "bf16", "int8"],
+                    "enum": [p for p in PRECISIONS if p != "auto"],  # "auto" is resolved at start
                     "description": "What the workers compute in (ocr.predict_system.precision; auto resolved)",
                 },
                 "model_identity": {"type": "string"},

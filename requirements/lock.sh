@@ -8,7 +8,8 @@
 # interpreter CI tests on; each carries the hashes of every file of each pinned release.
 # The full set (requirements-test.txt) is compiled first; the server's, the paddle
 # backend's and the INT8 model builder's sets are then compiled under it as a
-# constraint, so one package has one version in all of them. After a refresh: ./test.sh (tests/test_lock.py included) must pass.
+# constraint, so one package has one version in all of them. After a refresh:
+# ./test.sh (tests/test_lock.py included) must pass.
 set -eu
 cd "$(dirname "$0")/.."
 UV="${UV:-uv}"
