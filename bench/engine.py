@@ -20,6 +20,12 @@ Images: every file of shared/data/ocr-gt and shared/data/load, shuffled with a
 fixed seed; the first ``--n`` are used.  ms/image is the wall time of
 ``OcrEngine.recognize`` (decode + det + cls + rec), det="auto".
 Default run: about 10 minutes on 2 cores; ``--n 20 --rss-images 60`` ~3 min.
+
+On a shared machine two runs of the same engine a few minutes apart can differ by 10 %,
+more than the difference between two close variants. ``--rounds R`` repeats every setup
+R times with the engines in alternating order (A B, then B A, ...) and prints, per engine,
+the median img/s and, against the first engine, the median of the per-round ratios: each
+ratio comes from two runs back to back, so a drift in the machine's load cancels out.
 """
 
 from __future__ import annotations
@@ -139,6 +145,25 @@ def _run(spec: str, threads: int, procs: int, paths: list[str]) -> dict:
     }
 
 
+def round_order(specs: list[str], round_index: int) -> list[str]:
+    """The engines' order in one round: as given, then reversed, alternately."""
+    return list(specs) if round_index % 2 == 0 else list(reversed(specs))
+
+
+def round_summary(ips: dict[str, list[float]], baseline: str) -> dict[str, dict[str, float]]:
+    """Per engine: median, lowest and highest img/s over the rounds, and the median of its
+    per-round ratio to ``baseline`` (round i of each engine ran beside round i of the other)."""
+    return {
+        spec: {
+            "median": statistics.median(values),
+            "low": min(values),
+            "high": max(values),
+            "ratio": statistics.median(v / b for v, b in zip(values, ips[baseline], strict=True)),
+        }
+        for spec, values in ips.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -150,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rss-images", type=int, default=200, help="images per worker in the memory soak (0: skip)")
     ap.add_argument("--setups", default="1x1,1x2,2x1", help="PROCSxTHREADS list")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="repeat each setup, engines in alternating order; summary per engine"
+    )
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
 
     paths = [str(OCR_GT / r["image"]) for r in load_manifest(OCR_GT)]
     paths += [str(LOAD_DIR / r["image"]) for r in load_files(LOAD_DIR)]
@@ -162,16 +192,29 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'engine':40s} {'setup':10s} {'median ms':>9s} {'mean ms':>8s} {'img/s':>6s} {'load s':>6s} {'RSS end':>8s}"
     )
-    for spec in specs:
-        for setup in args.setups.split(","):
-            procs, threads = (int(v) for v in setup.split("x"))
-            r = _run(spec, threads, procs, paths)
-            label = f"{procs}p x {threads}t"
-            print(
-                f"{spec:40s} {label:10s} {r['median_ms']:9.1f} {r['mean_ms']:8.1f} {r['ips']:6.2f} "
-                f"{r['load_s']:6.2f} {r['rss_end'] * mb:7.0f}M",
-                flush=True,
-            )
+    setups = [tuple(int(v) for v in setup.split("x")) for setup in args.setups.split(",")]
+    ips: dict[tuple[int, int], dict[str, list[float]]] = {setup: {spec: [] for spec in specs} for setup in setups}
+    for round_index in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {round_index + 1} of {args.rounds}")
+        for spec in round_order(specs, round_index):
+            for procs, threads in setups:
+                r = _run(spec, threads, procs, paths)
+                ips[(procs, threads)][spec].append(r["ips"])
+                label = f"{procs}p x {threads}t"
+                print(
+                    f"{spec:40s} {label:10s} {r['median_ms']:9.1f} {r['mean_ms']:8.1f} {r['ips']:6.2f} "
+                    f"{r['load_s']:6.2f} {r['rss_end'] * mb:7.0f}M",
+                    flush=True,
+                )
+    if args.rounds > 1:
+        print(f"\nover {args.rounds} rounds, ratios against {specs[0]}, each from the same round")
+        print(f"{'engine':40s} {'setup':10s} {'img/s median':>12s} {'low':>6s} {'high':>6s} {'ratio':>6s}")
+        for (procs, threads), per_spec in ips.items():
+            for spec, summary in round_summary(per_spec, specs[0]).items():
+                label = f"{procs}p x {threads}t"
+                figures = " ".join(f"{summary[key]:6.2f}" for key in ("low", "high", "ratio"))
+                print(f"{spec:40s} {label:10s} {summary['median']:12.2f} {figures}")
     if args.rss_images:
         print(f"\nmemory soak: {args.rss_images} images per worker, cycling the {len(paths)} images above")
         print(f"{'engine':40s} {'RSS load':>9s} {'RSS pass1':>9s} {'RSS end':>9s} {'growth after pass1':>19s}")

@@ -105,3 +105,20 @@ def test_loop_stall_reads_probe_lines_with_and_without_the_cpu_column(tmp_path: 
     assert seen == [6.0, 8.0, 9.0]
     assert own == [5.0, 7.5, 9.0]
     assert cpu == [7.25, 0.2]  # the older 3-column line has no CPU figure
+
+
+def test_engine_rounds_alternate_the_order_and_pair_ratios_by_round() -> None:
+    from bench.engine import round_order, round_summary
+
+    assert [round_order(["a", "b", "c"], i) for i in range(3)] == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
+    # The machine slows down between rounds: every engine's figure drops, the ratio does not.
+    ips = {"base": [1.0, 0.5, 0.8], "fast": [1.5, 0.75, 1.2]}
+    summary = round_summary(ips, "base")
+    assert summary["fast"]["ratio"] == pytest.approx(1.5)
+    assert summary["base"]["ratio"] == pytest.approx(1.0)
+    assert (summary["fast"]["low"], summary["fast"]["median"], summary["fast"]["high"]) == (0.75, 1.2, 1.5)
+    # The ratio of medians would mix rounds; the median of per-round ratios does not.
+    uneven = round_summary({"base": [1.0, 2.0, 3.0], "other": [3.0, 2.2, 3.3]}, "base")
+    assert uneven["other"]["ratio"] == pytest.approx(1.1)
+    with pytest.raises(ValueError):
+        round_summary({"base": [1.0, 2.0], "short": [1.0]}, "base")
