@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -57,6 +59,7 @@ class TextDetector:
         min_side: int = 0,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
+        rescue_low_score: bool = False,
     ) -> None:
         du = _upstream.det_utils()
         self.session = session
@@ -70,6 +73,22 @@ class TextDetector:
             unclip_ratio=settings.unclip_ratio,
             score_mode="fast",
             use_dilation=True,
+        )
+        # A second look at what the first pass left, stricter on both counts: pixels halfway
+        # from the pixel threshold to the box threshold (which splits a label from a faint
+        # line it touches), regions halfway from the box threshold to certainty (a part
+        # kept must be plainly text, not a fragment of the line or of a stamp).
+        self.rescue = (
+            du.DBPostProcess(
+                thresh=(settings.thresh + settings.box_thresh) / 2,
+                box_thresh=(settings.box_thresh + 1.0) / 2,
+                max_candidates=settings.max_candidates,
+                unclip_ratio=settings.unclip_ratio,
+                score_mode="fast",
+                use_dilation=True,
+            )
+            if rescue_low_score
+            else None
         )
 
     def __call__(self, img: np.ndarray) -> list[np.ndarray]:
@@ -106,6 +125,8 @@ class TextDetector:
             resized = resize_for_detection(padded, scale)
         pred = self.session.run(normalize_for_detection(resized, self.mean, self.std))[0]
         boxes, _scores = self.post(pred, (ph, pw))
+        if self.rescue is not None:
+            boxes = [*boxes, *self.rescue(outside_boxes(pred, boxes, (ph, pw)), (ph, pw))[0]]
         out: list[np.ndarray] = []
         for box in boxes:
             b = _order_clockwise(np.asarray(box, dtype=np.float32))
@@ -115,6 +136,17 @@ class TextDetector:
                 continue  # slivers left after clipping to the real image
             out.append(b)
         return out
+
+
+def outside_boxes(pred: np.ndarray, boxes: Any, size: tuple[int, int]) -> np.ndarray:
+    """The probability map with the regions of ``boxes`` (in pixels of an image of ``size``
+    (h, w)) set to zero: what a second pass may still find."""
+    h, w = size
+    scale = np.array([pred.shape[-1] / w, pred.shape[-2] / h], dtype=np.float32)
+    covered = np.zeros(pred.shape[-2:], dtype=np.uint8)
+    for box in boxes:
+        cv2.fillPoly(covered, [np.round(np.asarray(box, dtype=np.float32) * scale).astype(np.int32)], 1)
+    return np.where(covered.astype(bool), np.float32(0), pred)
 
 
 # Content region: pixels further than this from the background's grey level are content,

@@ -85,6 +85,10 @@ class EngineOptions:
     det_db_box_thresh: float | None = None
     det_db_unclip_ratio: float | None = None
     drop_score: float = 0.5
+    # A detected region whose mean text probability falls below the box threshold is
+    # binarised again at a stricter pixel threshold and its confident parts kept: a label
+    # that runs into a form's blank line ("Name: ____") is otherwise dropped with it.
+    det_rescue_low_score: bool = True
     # Write a space where the recogniser expects one somewhere in the gap between two
     # letters, not only where one frame's best guess is a space (models/ctc.py).
     rec_gap_spaces: bool = True
@@ -299,6 +303,7 @@ _OUTPUT_FIELDS = (
     "line_rec_model",
     "fast_rec_model",
     "drop_score",
+    "det_rescue_low_score",
     "rec_gap_spaces",
     "precision",
 )

@@ -38,7 +38,8 @@ from models import (
     create_engine,
     model_identity,
 )
-from models.det import sort_reading_order
+from models.det import TextDetector, outside_boxes, sort_reading_order
+from models.families import DetDefaults
 from models.image_io import decode_image
 from models.pipeline import looks_like_single_line
 
@@ -221,6 +222,7 @@ def test_model_identity_stable_and_distinct() -> None:
     assert model_identity(ort) == model_identity(EngineOptions(cpu_threads=2))
     assert model_identity(ort) != model_identity(EngineOptions(rec_gap_spaces=False))
     assert model_identity(ort) != model_identity(EngineOptions(auto_det_min_confidence=0.5))
+    assert model_identity(ort) != model_identity(EngineOptions(det_rescue_low_score=False))
     # The fast recogniser's threshold matters only when a fast recogniser runs.
     assert model_identity(ort) == model_identity(EngineOptions(fast_rec_min_confidence=0.5))
     fast = EngineOptions(fast_rec_model="PP-OCRv6-tiny")
@@ -258,6 +260,70 @@ def test_reading_order_and_auto_rule() -> None:
     assert looks_like_single_line(94, 24)  # licence plate
     assert not looks_like_single_line(709, 132)  # 4-line paragraph
     assert not looks_like_single_line(40, 40)  # icon-like square
+
+
+class _FixedMap:
+    """A detector session that answers one probability map (whatever the input)."""
+
+    path = Path("fixed.onnx")
+
+    def __init__(self, prob: np.ndarray) -> None:
+        self.prob = prob
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        assert x.shape[2:] == self.prob.shape
+        return [self.prob[None, None]]
+
+
+def _label_touching_a_line() -> np.ndarray:
+    """A confident label (0.9) whose baseline runs into a long, faint blank line (0.25)."""
+    prob = np.zeros((96, 320), dtype=np.float32)
+    prob[30:50, 20:80] = 0.9
+    prob[46:50, 80:300] = 0.25
+    return prob
+
+
+def test_detector_keeps_a_label_that_runs_into_a_faint_line() -> None:
+    settings = DetDefaults(thresh=0.2, box_thresh=0.45, unclip_ratio=1.4)
+    image = np.full((96, 320, 3), 255, np.uint8)
+    found = {
+        rescue: TextDetector(_FixedMap(_label_touching_a_line()), settings, 1280, rescue_low_score=rescue)(image)
+        for rescue in (False, True)
+    }
+    # Label and line form one region whose mean probability is under the box threshold.
+    assert found[False] == []
+    [box] = found[True]
+    x0, y0 = box.min(axis=0)
+    x1, y1 = box.max(axis=0)
+    # The label only (widened by the unclip ratio), not the line beside it.
+    assert 10 <= x0 <= 20 and 80 <= x1 <= 95 and 20 <= y0 <= 30 and 50 <= y1 <= 65
+
+
+def test_detector_second_pass_skips_what_the_first_found() -> None:
+    settings = DetDefaults(thresh=0.2, box_thresh=0.45, unclip_ratio=1.4)
+    prob = np.zeros((96, 320), dtype=np.float32)
+    prob[30:50, 20:200] = 0.95  # one clear line: found once, not twice
+    image = np.full((96, 320, 3), 255, np.uint8)
+    assert len(TextDetector(_FixedMap(prob), settings, 1280, rescue_low_score=True)(image)) == 1
+    box = np.array([[10, 20], [100, 20], [100, 60], [10, 60]], dtype=np.float32)
+    left = outside_boxes(prob[None, None], [box * 2], (192, 640))  # boxes in a 2x larger image
+    assert left.shape == (1, 1, 96, 320)
+    assert not left[0, 0, 20:60, 10:100].any() and (left[0, 0, 30:50, 101:200] == prob[30:50, 101:200]).all()
+
+
+def test_worksheet_label_beside_a_blank_line_is_read(gt_rows) -> None:
+    # "班别：____" on a 574 x 528 worksheet: the label and its blank line form one region
+    # that the first pass drops; the label on its own is plainly text.
+    row = gt_rows["pp_00059985.jpg"]
+    image = (OCR_GT / row["image"]).read_bytes()
+    texts = {
+        rescue: [line["text"] for line in create_engine(EngineOptions(det_rescue_low_score=rescue)).recognize(image)["text_lines"]]
+        for rescue in (False, True)
+    }
+    assert "班别：" in row["lines"]
+    assert "班别：" in texts[True] and "班别：" not in texts[False]
+    # One line more; nothing else found or lost (a neighbour's batch may change a character).
+    assert len(texts[True]) == len(texts[False]) + 1
 
 
 # --- real models ---------------------------------------------------------
