@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
 
 import cv2
 import numpy as np
@@ -138,7 +138,7 @@ class TextDetector:
         return out
 
 
-def outside_boxes(pred: np.ndarray, boxes: Any, size: tuple[int, int]) -> np.ndarray:
+def outside_boxes(pred: np.ndarray, boxes: Iterable[np.ndarray], size: tuple[int, int]) -> np.ndarray:
     """The probability map with the regions of ``boxes`` (in pixels of an image of ``size``
     (h, w)) set to zero: what a second pass may still find."""
     h, w = size
