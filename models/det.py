@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -66,27 +67,24 @@ class TextDetector:
         self.max_side = max_side
         self.min_side = min_side
         self.mean, self.std = mean, std
-        self.post = du.DBPostProcess(
-            thresh=settings.thresh,
-            box_thresh=settings.box_thresh,
-            max_candidates=settings.max_candidates,
-            unclip_ratio=settings.unclip_ratio,
-            score_mode="fast",
-            use_dilation=True,
-        )
-        # A second look at what the first pass left, stricter on both counts: pixels halfway
-        # from the pixel threshold to the box threshold (which splits a label from a faint
-        # line it touches), regions halfway from the box threshold to certainty (a part
-        # kept must be plainly text, not a fragment of the line or of a stamp).
-        self.rescue = (
-            du.DBPostProcess(
-                thresh=(settings.thresh + settings.box_thresh) / 2,
-                box_thresh=(settings.box_thresh + 1.0) / 2,
+
+        def db_pass(thresh: float, box_thresh: float) -> Any:
+            return du.DBPostProcess(
+                thresh=thresh,
+                box_thresh=box_thresh,
                 max_candidates=settings.max_candidates,
                 unclip_ratio=settings.unclip_ratio,
                 score_mode="fast",
                 use_dilation=True,
             )
+
+        self.post = db_pass(settings.thresh, settings.box_thresh)
+        # A second look at what the first pass left, stricter on both counts: pixels halfway
+        # from the pixel threshold to the box threshold (which splits a label from a faint
+        # line it touches), regions halfway from the box threshold to certainty (a part
+        # kept must be plainly text, not a fragment of the line or of a stamp).
+        self.rescue = (
+            db_pass((settings.thresh + settings.box_thresh) / 2, (settings.box_thresh + 1.0) / 2)
             if rescue_low_score
             else None
         )
@@ -143,10 +141,11 @@ def outside_boxes(pred: np.ndarray, boxes: Iterable[np.ndarray], size: tuple[int
     (h, w)) set to zero: what a second pass may still find."""
     h, w = size
     scale = np.array([pred.shape[-1] / w, pred.shape[-2] / h], dtype=np.float32)
-    covered = np.zeros(pred.shape[-2:], dtype=np.uint8)
-    for box in boxes:
-        cv2.fillPoly(covered, [np.round(np.asarray(box, dtype=np.float32) * scale).astype(np.int32)], 1)
-    return np.where(covered.astype(bool), np.float32(0), pred)
+    left = np.array(pred, dtype=np.float32)  # a contiguous copy: the first pass's map stays
+    polygons = [np.round(np.asarray(box, dtype=np.float32) * scale).astype(np.int32) for box in boxes]
+    if polygons:
+        cv2.fillPoly(left.reshape(left.shape[-2:]), polygons, 0.0)
+    return left
 
 
 # Content region: pixels further than this from the background's grey level are content,
