@@ -2,6 +2,7 @@
 
     python bench/engine.py [--engines openvino,onnxruntime,paddle+mkldnn] [--n 100] [--rss-images 200]
     python bench/engine.py --engines "onnxruntime@PP-OCRv4,onnxruntime@PP-OCRv6-small;det_limit_side_len=960"
+    python bench/engine.py --tree before=../checkout-of-main --engines "openvino,before:onnxruntime"
 
 For each engine spec ("openvino", "onnxruntime", "paddle", "paddle+mkldnn") it measures,
 each in a fresh spawned process so RSS numbers are clean:
@@ -26,6 +27,9 @@ more than the difference between two close variants. ``--rounds R`` repeats ever
 R times with the engines in alternating order (A B, then B A, ...) and prints, per engine,
 the median img/s and, against the first engine, the median of the per-round ratios: each
 ratio comes from two runs back to back, so a drift in the machine's load cancels out.
+
+``--tree NAME=PATH`` makes the engines of another source tree (e.g. a checkout of the code
+before a change) available as ``NAME:SPEC``: their workers import ``models`` from PATH.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import statistics
 import sys
 import time
@@ -61,9 +66,23 @@ def _options(spec: str, threads: int):
     )
 
 
-def _worker(spec: str, threads: int, paths: list[str], total: int, barrier, queue, counter=None) -> None:
+def split_tree(spec: str, trees: dict[str, str]) -> tuple[str | None, str]:
+    """"NAME:SPEC" -> (the tree's path, SPEC); a plain SPEC -> (None, SPEC) (this tree)."""
+    name, sep, rest = spec.partition(":")
+    if not sep or not re.fullmatch(r"[\w.-]+", name):  # a colon inside an option's JSON value
+        return None, spec
+    if name not in trees:
+        raise ValueError(f"engine {spec!r} names tree {name!r}; given: {sorted(trees) or 'none'} (--tree NAME=PATH)")
+    return trees[name], rest
+
+
+def _worker(
+    spec: str, threads: int, paths: list[str], total: int, barrier, queue, counter=None, tree: str | None = None
+) -> None:
     import psutil
 
+    if tree is not None:
+        sys.path.insert(0, tree)  # this spawned process has not imported models yet
     from models import create_engine
 
     proc = psutil.Process()
@@ -108,10 +127,13 @@ def _worker(spec: str, threads: int, paths: list[str], total: int, barrier, queu
     )
 
 
-def _soak(specs: list[str], paths: list[str], total: int) -> dict[str, dict]:
+def _soak(specs: list[str], paths: list[str], total: int, trees: dict[str, str]) -> dict[str, dict]:
     ctx = get_context("spawn")
     queues = {s: ctx.Queue() for s in specs}
-    workers = [ctx.Process(target=_worker, args=(s, 1, paths, total, None, queues[s])) for s in specs]
+    workers = []
+    for s in specs:
+        tree, engine = split_tree(s, trees)
+        workers.append(ctx.Process(target=_worker, args=(engine, 1, paths, total, None, queues[s], None, tree)))
     for w in workers:
         w.start()
     out = {s: queues[s].get() for s in specs}
@@ -120,13 +142,14 @@ def _soak(specs: list[str], paths: list[str], total: int) -> dict[str, dict]:
     return out
 
 
-def _run(spec: str, threads: int, procs: int, paths: list[str]) -> dict:
+def _run(spec: str, threads: int, procs: int, paths: list[str], trees: dict[str, str]) -> dict:
+    tree, spec = split_tree(spec, trees)
     ctx = get_context("spawn")
     queue = ctx.Queue()
     barrier = ctx.Barrier(procs) if procs > 1 else None
     counter = ctx.Value("i", 0)
     workers = [
-        ctx.Process(target=_worker, args=(spec, threads, paths, len(paths), barrier, queue, counter))
+        ctx.Process(target=_worker, args=(spec, threads, paths, len(paths), barrier, queue, counter, tree))
         for _ in range(procs)
     ]
     for w in workers:
@@ -178,9 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--rounds", type=int, default=1, help="repeat each setup, engines in alternating order; summary per engine"
     )
+    ap.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
+                    help="another source tree whose engines are named NAME:SPEC in --engines")  # fmt: skip
     args = ap.parse_args(argv)
     if args.rounds < 1:
         ap.error("--rounds must be >= 1")
+    trees = dict(tree.split("=", 1) for tree in args.tree)
+    for name, path in trees.items():
+        if not (Path(path) / "models" / "__init__.py").is_file():
+            ap.error(f"--tree {name}={path}: no models/ package there")
 
     paths = [str(OCR_GT / r["image"]) for r in load_manifest(OCR_GT)]
     paths += [str(LOAD_DIR / r["image"]) for r in load_files(LOAD_DIR)]
@@ -199,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {round_index + 1} of {args.rounds}")
         for spec in round_order(specs, round_index):
             for procs, threads in setups:
-                r = _run(spec, threads, procs, paths)
+                r = _run(spec, threads, procs, paths, trees)
                 ips[(procs, threads)][spec].append(r["ips"])
                 label = f"{procs}p x {threads}t"
                 print(
@@ -218,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rss_images:
         print(f"\nmemory soak: {args.rss_images} images per worker, cycling the {len(paths)} images above")
         print(f"{'engine':40s} {'RSS load':>9s} {'RSS pass1':>9s} {'RSS end':>9s} {'growth after pass1':>19s}")
-        for spec, r in _soak(specs, paths, args.rss_images).items():
+        for spec, r in _soak(specs, paths, args.rss_images, trees).items():
             grow = (r["rss_end"] - r["rss_pass"]) * mb
             print(
                 f"{spec:40s} {r['rss_load'] * mb:8.0f}M {r['rss_pass'] * mb:8.0f}M {r['rss_end'] * mb:8.0f}M "

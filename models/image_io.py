@@ -7,9 +7,11 @@ the header (``Image.open`` is lazy) *before* any pixel buffer is allocated.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
@@ -139,10 +141,11 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 8
 
 
 def _upright(img: Image.Image) -> Image.Image:
-    try:
-        return ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a malformed EXIF block is no reason to reject good pixels
-        return img
+    # In place: otherwise every image is copied whole, turned or not (~4 ms per 10 MP).
+    # A malformed EXIF block is no reason to reject good pixels.
+    with contextlib.suppress(Exception):
+        ImageOps.exif_transpose(img, in_place=True)
+    return img
 
 
 def _to_bgr(img: Image.Image) -> np.ndarray:
@@ -172,4 +175,5 @@ def _to_bgr(img: Image.Image) -> np.ndarray:
         img = Image.alpha_composite(white, img).convert("RGB")
 
     rgb = np.asarray(img, dtype=np.uint8)
-    return np.ascontiguousarray(rgb[:, :, ::-1])
+    # cvtColor: the same bytes as a reversed-stride numpy copy, ~4x faster on large pages.
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cls import resize_norm
-from .ctc import decode_batch
+from .ctc import decode_batch, space_classes_of
 from .errors import ModelLoadError
 from .sessions import Session
 
@@ -39,6 +39,7 @@ class TextRecognizer:
         self.characters = ["", *characters, " "]
         self.num_classes = len(self.characters)
         self.gap_spaces = gap_spaces
+        self._space_classes = space_classes_of(self.characters)
         height = session.input_height() or _SHAPE[1]
         self.shape = (_SHAPE[0], height, round(_SHAPE[2] * height / _SHAPE[1]))
         # Batches are padded to a multiple of this width where the runtime is faster on shapes
@@ -66,6 +67,6 @@ class TextRecognizer:
             width = -(-int(h * ratio) // self.width_step) * self.width_step
             batch = np.stack([resize_norm(crops[i], self.shape, width) for i in idx])
             probs = self.session.run(batch)[0]
-            for i, (text, score) in zip(idx, decode_batch(probs, self.characters, self.gap_spaces)):
+            for i, (text, score) in zip(idx, decode_batch(probs, self.characters, self.gap_spaces, self._space_classes)):
                 results[i] = (text, float(score))
         return results

@@ -20,7 +20,9 @@ from .options import PADDLE_PARAMS_FILE, paddle_model_file
 class Session(Protocol):
     path: Path
 
-    def run(self, x: np.ndarray) -> list[np.ndarray]: ...
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        """The model's outputs for batch x; they may be views valid only until the next run."""
+        ...
 
     def character_list(self) -> list[str] | None: ...
 
@@ -103,8 +105,11 @@ class OvSession:
             raise ModelLoadError(f"cannot load ONNX model {path} with OpenVINO: {exc}") from exc
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
+        """The outputs are views of the request's own buffers, valid until the next run: a
+        recogniser batch's output is 18,710 classes per frame (~10 MB), and copying it cost
+        as much as decoding it. Every caller reads them before running the model again."""
         self._request.infer({0: np.ascontiguousarray(x)})
-        return [np.array(t.data, copy=True) for t in self._request.output_tensors]
+        return [t.data for t in self._request.output_tensors]
 
     def input_height(self) -> int | None:
         if self._shape.rank.get_length() == 4 and self._shape[2].is_static:

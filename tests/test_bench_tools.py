@@ -122,3 +122,37 @@ def test_engine_rounds_alternate_the_order_and_pair_ratios_by_round() -> None:
     assert uneven["other"]["ratio"] == pytest.approx(1.1)
     with pytest.raises(ValueError):
         round_summary({"base": [1.0, 2.0], "short": [1.0]}, "base")
+
+
+def test_engine_tree_prefix_runs_the_other_trees_models(tmp_path: Path) -> None:
+    from bench.engine import _run, split_tree
+
+    trees = {"before": str(tmp_path / "tree")}
+    assert split_tree("before:onnxruntime@PP-OCRv4", trees) == (trees["before"], "onnxruntime@PP-OCRv4")
+    assert split_tree("openvino", trees) == (None, "openvino")
+    # A colon inside an option's JSON value names no tree.
+    assert split_tree('onnxruntime;x={"a":1}', trees) == (None, 'onnxruntime;x={"a":1}')
+    with pytest.raises(ValueError, match="after"):
+        split_tree("after:openvino", trees)
+
+    # A stand-in models package in the other tree: the worker must import it, not ours.
+    package = tmp_path / "tree" / "models"
+    package.mkdir(parents=True)
+    marker = tmp_path / "loaded-from-other-tree"
+    (package / "__init__.py").write_text(
+        "from pathlib import Path\n"
+        "class EngineOptions:\n"
+        "    def __init__(self, **kw):\n"
+        "        self.kw = kw\n"
+        "class _Engine:\n"
+        "    def recognize(self, data, det):\n"
+        "        return {}\n"
+        "def create_engine(options):\n"
+        f"    Path({str(marker)!r}).write_text(options.kw['engine'])\n"
+        "    return _Engine()\n"
+    )
+    image = tmp_path / "img.bin"
+    image.write_bytes(b"x")
+    result = _run("before:onnxruntime", 1, 1, [str(image)] * 3, trees)
+    assert result["n"] == 3
+    assert marker.read_text() == "onnxruntime"
