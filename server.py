@@ -23,7 +23,7 @@ from cache.redis_store import RedisStore, redact
 from handlers import AppContext, ServiceMetrics, routes
 from handlers.base import OPEN_REQUESTS, NotFoundHandler
 from handlers.upload_budget import UploadBudget
-from http_listener import GuardedHTTPServer, map_large_buffers, raise_descriptor_limit
+from http_listener import GuardedHTTPServer, keep_freed_heap, map_large_buffers, raise_descriptor_limit
 from models import ModelLoadError, check_model_files, model_identity
 from ocr_pool import WorkerPool, read_usable_cpus
 from ocr_pool.pages import PageScheduler
@@ -261,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if after != before:
         log.info("file descriptor limit raised from %d to %d", before, after)
     map_large_buffers()  # uploads grow without copies and are given back when freed
+    keep_freed_heap()  # small uploads reuse the heap's pages instead of faulting in new ones
     try:
         return asyncio.run(serve(settings))
     except ModelLoadError as exc:

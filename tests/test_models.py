@@ -148,6 +148,22 @@ def test_exif_orientation_applied() -> None:
     assert arr.shape[:2] == (200, 50)
 
 
+def test_decoded_pixels_are_bgr_and_turned_as_exif_says() -> None:
+    # Left half red, right half blue; stored upside down (orientation 3: turn 180 to display).
+    rgb = np.zeros((40, 80, 3), np.uint8)
+    rgb[:, :40] = (255, 0, 0)
+    rgb[:, 40:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    arr = decode_image(_encode(Image.fromarray(rgb), "PNG", exif=exif))
+    assert arr.flags["C_CONTIGUOUS"] and arr.dtype == np.uint8 and arr.shape == (40, 80, 3)
+    # Displayed: blue on the left, red on the right; in BGR order.
+    assert arr[20, 10].tolist() == [255, 0, 0]  # blue
+    assert arr[20, 70].tolist() == [0, 0, 255]  # red
+    plain = decode_image(_encode(Image.fromarray(rgb), "PNG"))
+    assert plain[20, 10].tolist() == [0, 0, 255] and plain[20, 70].tolist() == [255, 0, 0]
+
+
 @pytest.mark.parametrize(
     "data,err",
     [

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +21,7 @@ from handlers.upload_buffer import LARGE_PART_BYTES, BufferPool
 from tests.conftest import RunningServer, base_config, metric, random_word, text_image
 
 MAX_BODY_BYTES = 20 * 1024 * 1024
+REPO = Path(__file__).resolve().parents[1]
 
 
 def padded_png(png: bytes, total: int) -> bytes:
@@ -217,3 +221,34 @@ def test_part_headers_read_like_tornado_reads_them(raw: bytes) -> None:
     _, params = _parse_header(headers.get("Content-Disposition", ""))
     expected = (params["name"], params.get("filename") or None, headers.get("Content-Type", "application/unknown"))
     assert part_header_fields(raw) == expected
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_small_buffers_are_reused_without_page_faults() -> None:
+    # What a cache hit does with its ~100 KB upload: take buffers, free them, again and again.
+    # Freed at the top of the heap they were given back and faulted in anew every time.
+    code = """
+import resource, sys
+from http_listener import keep_freed_heap, map_large_buffers
+map_large_buffers()
+if sys.argv[1] == "keep" and not keep_freed_heap():
+    print("unsupported"); sys.exit()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    b = bytearray(300_000); b[::4096] = bytes(len(b[::4096])); del b
+before = faults()
+for _ in range(100):
+    b = bytearray(300_000); b[::4096] = bytes(len(b[::4096])); del b
+print((faults() - before) / 100)
+"""
+    per_buffer = {}
+    for mode in ("default", "keep"):
+        done = subprocess.run(
+            [sys.executable, "-c", code, mode], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+        )
+        if done.stdout.strip() == "unsupported":
+            pytest.skip("not glibc")
+        per_buffer[mode] = float(done.stdout)
+    assert per_buffer["default"] > 10  # ~73 pages of 4 KiB faulted in for every buffer
+    assert per_buffer["keep"] < 1
