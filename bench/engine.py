@@ -26,7 +26,9 @@ On a shared machine two runs of the same engine a few minutes apart can differ b
 more than the difference between two close variants. ``--rounds R`` repeats every setup
 R times with the engines in alternating order (A B, then B A, ...) and prints, per engine,
 the median img/s and, against the first engine, the median of the per-round ratios: each
-ratio comes from two runs back to back, so a drift in the machine's load cancels out.
+ratio comes from two runs back to back, so a drift in the machine's load cancels out. Each
+run also reports the CPU time its workers used per image (all their threads): what the
+engine costs, which a VM's stolen time and other load move much less than img/s.
 
 ``--tree NAME=PATH`` makes the engines of another source tree (e.g. a checkout of the code
 before a change) available as ``NAME:SPEC``: their workers import ``models`` from PATH.
@@ -96,6 +98,7 @@ def _worker(
     ms: list[float] = []
     rss_pass = 0
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     i = -1
     while True:
         if counter is None:
@@ -114,6 +117,7 @@ def _worker(
         if i + 1 == len(blobs):
             rss_pass = proc.memory_info().rss
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0  # every thread of this worker
     queue.put(
         {
             "load_s": load_s,
@@ -122,6 +126,7 @@ def _worker(
             "rss_end": proc.memory_info().rss,
             "ms": ms,
             "wall": wall,
+            "cpu": cpu,
             "n_first": min(len(blobs), total) if counter is None else len(ms),
         }
     )
@@ -162,6 +167,9 @@ def _run(spec: str, threads: int, procs: int, paths: list[str], trees: dict[str,
         "median_ms": statistics.median(all_ms),
         "mean_ms": statistics.fmean(all_ms),
         "ips": len(all_ms) / max(r["wall"] for r in results),
+        # CPU time the workers used per image: what the engine costs, much less moved than
+        # wall time by other load or a VM's stolen time.
+        "cpu_ms": 1000 * sum(r["cpu"] for r in results) / len(all_ms),
         "load_s": max(r["load_s"] for r in results),
         "rss_end": max(r["rss_end"] for r in results),
         "n": len(all_ms),
@@ -185,6 +193,15 @@ def round_summary(ips: dict[str, list[float]], baseline: str) -> dict[str, dict[
         }
         for spec, values in ips.items()
     }
+
+
+def _print_rounds(figure: str, table: dict[tuple[int, int], dict[str, list[float]]], baseline: str) -> None:
+    print(f"{'engine':40s} {'setup':10s} {figure:>12s} {'low':>6s} {'high':>6s} {'ratio':>6s}")
+    for (procs, threads), per_spec in table.items():
+        for spec, summary in round_summary(per_spec, baseline).items():
+            label = f"{procs}p x {threads}t"
+            figures = " ".join(f"{summary[key]:6.2f}" for key in ("low", "high", "ratio"))
+            print(f"{spec:40s} {label:10s} {summary['median']:12.2f} {figures}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,10 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     mb = 1 / 2**20
     print(f"{len(paths)} images/setup, det=auto, {os.cpu_count()} CPUs")
     print(
-        f"{'engine':40s} {'setup':10s} {'median ms':>9s} {'mean ms':>8s} {'img/s':>6s} {'load s':>6s} {'RSS end':>8s}"
+        f"{'engine':40s} {'setup':10s} {'median ms':>9s} {'mean ms':>8s} {'img/s':>6s} {'CPU ms/img':>10s} "
+        f"{'load s':>6s} {'RSS end':>8s}"
     )
     setups = [tuple(int(v) for v in setup.split("x")) for setup in args.setups.split(",")]
     ips: dict[tuple[int, int], dict[str, list[float]]] = {setup: {spec: [] for spec in specs} for setup in setups}
+    per_cpu_s: dict[tuple[int, int], dict[str, list[float]]] = {setup: {spec: [] for spec in specs} for setup in setups}
     for round_index in range(args.rounds):
         if args.rounds > 1:
             print(f"round {round_index + 1} of {args.rounds}")
@@ -230,20 +249,18 @@ def main(argv: list[str] | None = None) -> int:
             for procs, threads in setups:
                 r = _run(spec, threads, procs, paths, trees)
                 ips[(procs, threads)][spec].append(r["ips"])
+                per_cpu_s[(procs, threads)][spec].append(1000 / r["cpu_ms"])
                 label = f"{procs}p x {threads}t"
                 print(
-                    f"{spec:40s} {label:10s} {r['median_ms']:9.1f} {r['mean_ms']:8.1f} {r['ips']:6.2f} "
+                    f"{spec:40s} {label:10s} {r['median_ms']:9.1f} {r['mean_ms']:8.1f} {r['ips']:6.2f} {r['cpu_ms']:10.0f} "
                     f"{r['load_s']:6.2f} {r['rss_end'] * mb:7.0f}M",
                     flush=True,
                 )
     if args.rounds > 1:
         print(f"\nover {args.rounds} rounds, ratios against {specs[0]}, each from the same round")
-        print(f"{'engine':40s} {'setup':10s} {'img/s median':>12s} {'low':>6s} {'high':>6s} {'ratio':>6s}")
-        for (procs, threads), per_spec in ips.items():
-            for spec, summary in round_summary(per_spec, specs[0]).items():
-                label = f"{procs}p x {threads}t"
-                figures = " ".join(f"{summary[key]:6.2f}" for key in ("low", "high", "ratio"))
-                print(f"{spec:40s} {label:10s} {summary['median']:12.2f} {figures}")
+        _print_rounds("img/s median", ips, specs[0])
+        print(f"\nthe same by CPU time: images per CPU second of the workers, ratios against {specs[0]}")
+        _print_rounds("img/CPU s", per_cpu_s, specs[0])
     if args.rss_images:
         print(f"\nmemory soak: {args.rss_images} images per worker, cycling the {len(paths)} images above")
         print(f"{'engine':40s} {'RSS load':>9s} {'RSS pass1':>9s} {'RSS end':>9s} {'growth after pass1':>19s}")
