@@ -130,6 +130,20 @@ def cpu_seconds(pid: int, children: bool) -> float:
     return total
 
 
+def minor_faults(pid: int, children: bool) -> int:
+    """Minor page faults of a process (and its children) so far: memory it touches fresh
+    (~5 us a page on a VM). Linux only; 0 elsewhere."""
+    import psutil
+
+    process = psutil.Process(pid)
+    total = 0
+    for proc in [process, *(process.children(recursive=True) if children else [])]:
+        with contextlib.suppress(OSError, psutil.Error):
+            stat = Path(f"/proc/{proc.pid}/stat").read_text()
+            total += int(stat.rsplit(")", 1)[1].split()[7])  # field 10, minflt
+    return total
+
+
 def measure_wrk_series(
     wrk: str, url: str, script: Path, env: dict[str, str], connections: list[int], duration: float,
     server: BenchServer | None = None, cpu_pid: int | None = None,
@@ -143,10 +157,13 @@ def measure_wrk_series(
     for count in connections:
         before = hit_count(server) if server is not None else None
         cpu_before = cpu_seconds(cpu_pid, with_children) if cpu_pid is not None else None
+        faults_before = minor_faults(cpu_pid, with_children) if cpu_pid is not None else None
         figures = run_wrk(wrk, url, script, env, count, duration)
-        if cpu_pid is not None and cpu_before is not None and figures["requests"]:
+        if cpu_pid is not None and cpu_before is not None and faults_before is not None and figures["requests"]:
             spent = cpu_seconds(cpu_pid, with_children) - cpu_before
             figures["cpu_us_per_request"] = spent / figures["requests"] * 1e6
+            faults = minor_faults(cpu_pid, with_children) - faults_before
+            figures["faults_per_request"] = faults / figures["requests"]
         if server is not None and before is not None:
             # wrk counts only completed responses; requests cut off at the end may still hit.
             figures["hits"] = hit_count(server) - before
@@ -235,6 +252,8 @@ def report(result: dict[str, Any]) -> list[str]:
             notes = []
             if "cpu_us_per_request" in s:
                 notes.append(f"CPU {s['cpu_us_per_request']:.0f} us/answer")
+            if "faults_per_request" in s:
+                notes.append(f"{s['faults_per_request']:.2f} page faults/answer")
             if "hits" in s:
                 notes.append(f"hits {s['hits']} for {s['requests']} answered")
             if s["non_2xx"] or s["socket_errors"]:
