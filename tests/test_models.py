@@ -857,3 +857,16 @@ def test_a_photo_of_signs_turned_a_quarter_reads_as_upright(engine, gt_rows, deg
     edits, _chars = bag_cer(row["lines"], texts)
     upright_edits, _ = bag_cer(row["lines"], upright_texts)
     assert edits <= upright_edits, (texts, upright_texts)
+
+
+def test_detection_input_is_the_normalised_image_plane_by_plane() -> None:
+    from models.det import normalize_for_detection
+
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)  # odd sizes: no stride luck
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    x = normalize_for_detection(img, mean, std)
+    reference = (img.astype(np.float32) * np.float32(1 / 255) - np.float32(mean)) / np.float32(std)
+    assert x.shape == (1, 3, 37, 53) and x.dtype == np.float32 and x.flags["C_CONTIGUOUS"]
+    assert np.array_equal(x[0], reference.transpose(2, 0, 1))  # the same values, bit for bit
+    assert x[0, 2, 5, 7] == pytest.approx((img[5, 7, 2] / 255 - 0.406) / 0.225, rel=1e-6)
