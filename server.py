@@ -23,7 +23,13 @@ from cache.redis_store import RedisStore, redact
 from handlers import AppContext, ServiceMetrics, routes
 from handlers.base import OPEN_REQUESTS, NotFoundHandler
 from handlers.upload_budget import UploadBudget
-from http_listener import GuardedHTTPServer, keep_freed_heap, map_large_buffers, raise_descriptor_limit
+from http_listener import (
+    BODY_CHUNK_BYTES,
+    GuardedHTTPServer,
+    keep_freed_heap,
+    map_large_buffers,
+    raise_descriptor_limit,
+)
 from models import ModelLoadError, check_model_files, model_identity
 from ocr_pool import WorkerPool, read_usable_cpus
 from ocr_pool.pages import PageScheduler
@@ -151,6 +157,7 @@ async def serve(settings: Settings) -> int:
     server = GuardedHTTPServer(
         app,
         xheaders=False,
+        chunk_size=BODY_CHUNK_BYTES,
         idle_connection_timeout=web_settings.idle_timeout,
         body_timeout=web_settings.body_timeout,
     )

@@ -2,7 +2,8 @@
 
 POST /ocr_service reads the whole upload and answers a fixed JSON body read from --response
 (the real server's cached answer, so both send the same bytes back). No multipart parsing,
-no hashing, no cache, no access log; the same glibc heap settings as the server. GET /readyz answers {"status": "ready"} so the benchmark
+no hashing, no cache, no access log; the same glibc heap settings and body chunk size as
+the server. GET /readyz answers {"status": "ready"} so the benchmark
 launcher can wait for it. Two layers:
 
 - `--layer web` (default): a tornado.web.Application with one streaming RequestHandler
@@ -34,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from http_listener import keep_freed_heap, map_large_buffers
+from http_listener import BODY_CHUNK_BYTES, keep_freed_heap, map_large_buffers
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
@@ -97,7 +98,7 @@ async def serve(sockets: list[socket.socket], body: bytes, layer: str) -> None:
             [(r"/ocr_service", FixedAnswerHandler, {"body": body}), (r"/readyz", ReadyHandler)],
             log_function=lambda handler: None,
         )
-    server = httpserver.HTTPServer(target, max_body_size=MAX_BODY_BYTES)
+    server = httpserver.HTTPServer(target, max_body_size=MAX_BODY_BYTES, chunk_size=BODY_CHUNK_BYTES)
     server.add_sockets(sockets)
     # SIGTERM through the loop: the stop runs as ordinary code, never as an exception
     # raised wherever the signal happened to land.
