@@ -88,7 +88,7 @@ def keep_freed_heap() -> bool:
 
     With the mapping threshold fixed (above), glibc gives back any free top of the heap over
     128 KiB at once. A cache hit's upload (a 111 KB receipt: the body chunks, the part's
-    buffer) was freed at the top and taken again by the next request as fresh pages: 5-12
+    buffer) was freed at the top and taken again by the next request as fresh pages: 5-20
     page faults per hit at ~5 us each on a VM, none now. Buffers of 1 MiB or more are mapped
     and never held here. False where this is not glibc.
     """
