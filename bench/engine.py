@@ -233,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     random.Random(args.seed).shuffle(paths)
     paths = paths[: args.n]
     specs = [s.strip() for s in args.engines.split(",") if s.strip()]
+    for spec in specs:  # an unknown tree name fails now, not after other engines have run
+        try:
+            split_tree(spec, trees)
+        except ValueError as exc:
+            ap.error(str(exc))
     mb = 1 / 2**20
     print(f"{len(paths)} images/setup, det=auto, {os.cpu_count()} CPUs")
     print(
