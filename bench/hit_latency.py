@@ -116,14 +116,21 @@ def hit_count(server: BenchServer) -> int:
     return int(server.health()["cache"]["hits"])
 
 
+def _processes(pid: int, children: bool) -> list[Any]:
+    """The process `pid` and, with `children`, all its descendants (psutil.Process objects)."""
+    import psutil
+
+    process = psutil.Process(pid)
+    return [process, *(process.children(recursive=True) if children else [])]
+
+
 def cpu_seconds(pid: int, children: bool) -> float:
     """CPU time (user + system) of a process (and its children): the HTTP processes' own work,
     which on a shared machine says more than req/s (other load takes the CPU away)."""
     import psutil
 
-    process = psutil.Process(pid)
     total = 0.0
-    for proc in [process, *(process.children(recursive=True) if children else [])]:
+    for proc in _processes(pid, children):
         with contextlib.suppress(psutil.Error):
             times = proc.cpu_times()
             total += times.user + times.system
@@ -135,9 +142,8 @@ def minor_faults(pid: int, children: bool) -> int:
     (~5 us a page on a VM). Linux only; 0 elsewhere."""
     import psutil
 
-    process = psutil.Process(pid)
     total = 0
-    for proc in [process, *(process.children(recursive=True) if children else [])]:
+    for proc in _processes(pid, children):
         with contextlib.suppress(OSError, psutil.Error):
             stat = Path(f"/proc/{proc.pid}/stat").read_text()
             total += int(stat.rsplit(")", 1)[1].split()[7])  # field 10, minflt
