@@ -21,7 +21,7 @@ from cache import OcrService
 from cache.documents import DocumentService, RenderSettings
 from cache.redis_store import RedisStore, redact
 from handlers import AppContext, ServiceMetrics, routes
-from handlers.base import OPEN_REQUESTS, NotFoundHandler
+from handlers.base import NO_BODY_BYTES, OPEN_REQUESTS, NotFoundHandler
 from handlers.upload_budget import UploadBudget
 from http_listener import (
     BODY_CHUNK_BYTES,
@@ -158,6 +158,7 @@ async def serve(settings: Settings) -> int:
         app,
         xheaders=False,
         chunk_size=BODY_CHUNK_BYTES,
+        max_body_size=NO_BODY_BYTES,  # POST /ocr_service raises it for its own requests
         idle_connection_timeout=web_settings.idle_timeout,
         body_timeout=web_settings.body_timeout,
     )

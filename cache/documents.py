@@ -30,12 +30,14 @@ from cache.task_store import TaskRecord
 from ocr_pool import Job, PoolError, QueueFullError, TaskCancelledError, TaskFailedError
 from ocr_pool.pages import DocumentPages, PageScheduler, settle
 
-# Errors that say nothing about a page but about the server (stopping, no worker, full): a
-# page failing so fails the whole document, to be retried (its finished pages are cached).
-SERVER_ERRORS = ("shutting_down", "no_worker", "queue_full", "cancelled")
+# Errors that say nothing about a page but about the server (stopping, no worker, full or
+# overloaded): a page failing so fails the whole document, to be retried (its finished pages
+# are cached).
+SERVER_ERRORS = ("shutting_down", "no_worker", "queue_full", "queue_timeout", "cancelled")
 # Page previews (page_images=true): the longest side in pixels, and the JPEG quality.
 PREVIEW = {"max_side": 1100, "quality": 80}
 PREVIEW_URL = "/ocr_service/previews/{}"
+
 
 @dataclass(frozen=True)
 class RenderSettings:

@@ -67,6 +67,15 @@ def method_not_allowed(handler: web.RequestHandler) -> dict[str, dict[str, str]]
 OPEN_REQUESTS: set[web.RequestHandler] = set()
 
 
+# Only POST /ocr_service takes a body (its handler raises the limit for itself). Any other
+# request's body is refused past this size, before it is read: left to Tornado, up to 100 MB
+# of it would be buffered in memory, outside web_server.max_buffered_bytes.
+NO_BODY_BYTES = 64 * 1024
+
+
+# Streaming: prepare() runs as soon as the headers are in, so a body can be refused (with a
+# JSON 413) before any of it is read; what is sent anyway is dropped as it arrives.
+@web.stream_request_body
 class JsonHandler(web.RequestHandler):
     # Extra fields for the access log line (request id, task id, cache hit).
     log_fields: dict[str, Any]
@@ -87,6 +96,16 @@ class JsonHandler(web.RequestHandler):
         self.request_id = clean_request_id(self.request.headers.get(REQUEST_ID_HEADER))
         if self.request_id:
             self.set_header(REQUEST_ID_HEADER, self.request_id)
+
+    def prepare(self) -> None:
+        if self.request.method not in allowed_methods(self).split(", "):
+            raise web.HTTPError(405)  # before the body's size: the method is the first mistake
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > NO_BODY_BYTES:
+            raise ApiError(413, "body_too_large", f"{self.request.path} takes no request body")
+
+    def data_received(self, chunk: bytes) -> None:
+        pass  # no handler but OcrHandler (which overrides this) reads a body
 
     def finish(self, chunk: Any = None) -> Any:
         try:

@@ -72,6 +72,7 @@ class DocumentAnswers:
     ctx: Any
     log_fields: dict[str, Any]
     _computation: Any
+    client_gone: bool
 
     async def answer_document(
         self, request: OcrRequest, data: bytes, doc_hash: str, kind: str, pages: int | None
@@ -101,6 +102,8 @@ class DocumentAnswers:
             if cached is not None:
                 self._finish_result(uuid.uuid4().hex, doc_hash, cached, True, None)  # type: ignore[attr-defined]
                 return
+            if self.client_gone:
+                return  # it left while the pages were fingerprinted or looked up: no run for it
             run = documents.join(doc)
             self._computation = run  # released (and the run cancelled) if the client leaves
             self.log_fields["task_id"] = run.task_id

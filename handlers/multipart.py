@@ -11,6 +11,9 @@ Accepted like Tornado accepts it: a boundary quoted or not, a preamble before th
 delimiter is ignored (as RFC 2046 says), RFC 2231 `filename*=` names; refused: a part
 without headers, a name or a Content-Disposition other than form-data, header bytes that
 are not UTF-8, over MAX_PARTS parts or MAX_HEADER_BYTES of part headers, no final delimiter.
+Unlike Tornado: the disposition type is case-insensitive ("Form-Data", RFC 7578/2183), and a
+part with a filename parameter is a file even when the name is empty (`filename=""`, what
+browsers send for an empty file input and some clients for unnamed uploads).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ MAX_HEADER_BYTES = 10 * 1024
 # What browsers, curl and requests send: read with one regex match instead of the email
 # package's general parameter decoding (a third of a small upload's parsing time). Anything
 # else (RFC 2231 `filename*=`, escapes, folded lines) takes Tornado's general parser.
-_SIMPLE_DISPOSITION = re.compile(r'form-data; ?name="([^"\\*]+)"(?:; ?filename="([^"\\]*)")?')
+_SIMPLE_DISPOSITION = re.compile(r'form-data; ?name="([^"\\*]+)"(?:; ?filename="([^"\\]*)")?', re.IGNORECASE)
 _SIMPLE_HEADER = re.compile(r"([A-Za-z0-9-]+): ?([^\r\n]*)")
 
 
@@ -45,22 +48,26 @@ def _simple_headers(text: str) -> dict[str, str] | None:
     return headers
 
 
-def part_header_fields(raw_headers: bytes) -> tuple[str, str | None, str]:
-    """(name, filename or None, content type) of a part's header block."""
+def read_part_headers(raw_headers: bytes) -> tuple[str, str | None, str]:
+    """(name, filename, content type) of a part's header block.
+
+    filename is None when the Content-Disposition has no filename parameter (a form field),
+    and a string, maybe empty, when it has one (an uploaded file).
+    """
     text = raw_headers.decode("utf-8")
     simple = _simple_headers(text)
     if simple is not None:
         match = _SIMPLE_DISPOSITION.fullmatch(simple.get("content-disposition", ""))
         if match is not None:
-            return match.group(1), match.group(2) or None, simple.get("content-type", "application/unknown")
+            return match.group(1), match.group(2), simple.get("content-type", "application/unknown")
     headers = HTTPHeaders.parse(text)
     disposition, params = _parse_header(headers.get("Content-Disposition", ""))
-    if disposition != "form-data":
+    if disposition.lower() != "form-data":
         raise MultipartError("a part is not form-data")
     name = params.get("name")
     if not name:
         raise MultipartError("a part has no name")
-    return name, params.get("filename") or None, headers.get("Content-Type", "application/unknown")
+    return name, params.get("filename"), headers.get("Content-Type", "application/unknown")
 
 
 class MultipartError(ValueError):
@@ -70,7 +77,7 @@ class MultipartError(ValueError):
 @dataclass
 class Part:
     name: str
-    filename: str | None  # None: a form field; a string (maybe empty-less): an uploaded file
+    filename: str | None  # None: a form field; a string (maybe empty): an uploaded file
     content_type: str
     data: bytearray = field(default_factory=bytearray)
 
@@ -180,7 +187,7 @@ class MultipartParser:
         if len(self.parts) >= MAX_PARTS:
             raise MultipartError("too many parts")
         try:
-            name, filename, content_type = part_header_fields(raw_headers)
+            name, filename, content_type = read_part_headers(raw_headers)
         except MultipartError:
             raise
         except Exception as exc:  # noqa: BLE001 - any header Tornado cannot read is a malformed body

@@ -68,6 +68,9 @@ class OcrHandler(DocumentAnswers, JsonHandler):
     # Class default: on_connection_close may run for requests prepare() never saw (405).
     _computation: Computation | None = None
     _held = 0
+    # Set when the client leaves; checked after each await that comes before a task exists
+    # (reading, hashing), when on_connection_close had nothing to release yet.
+    client_gone = False
 
     def prepare(self) -> None:
         self._start = time.perf_counter()
@@ -216,8 +219,13 @@ class OcrHandler(DocumentAnswers, JsonHandler):
                 return
             self._finish_result(task_id, image_hash, cached, True, None)
             return
+        if self.client_gone:
+            return  # nobody to answer: no task for it
         computation = await self.ctx.ocr.join(key, image_bytes, params)
         self._computation = computation
+        if self.client_gone:
+            self._release()  # it left while the task was being created
+            return
         task_id = computation.task_id
         self.log_fields["task_id"] = task_id
         try:
@@ -257,6 +265,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
 
     def on_connection_close(self) -> None:
         # The client gave up: a queued task nobody else waits for is dropped.
+        self.client_gone = True
         self._release()
         self._give_back()
         super().on_connection_close()

@@ -12,6 +12,7 @@ from typing import Any
 from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
 from handlers.errors import ApiError
+from handlers.files import is_encodable
 from handlers.multipart import MultipartError, MultipartParser, boundary_of
 
 FILE_FIELDS = ("file", "image")
@@ -52,7 +53,22 @@ def parse_bool(name: str, value: Any) -> bool:
             return True
         if word in FALSE_WORDS:
             return False
-    raise ApiError(400, "invalid_field", f"{name} must be true or false, got {json.dumps(value)[:100]}")
+    raise ApiError(400, "invalid_field", f"{name} must be true or false, got {describe_value(value)}")
+
+
+def describe_value(value: Any) -> str:
+    """A client's value, short, for an error message: scalars as JSON, anything else by its kind.
+
+    Never serialises a list or an object: one nested nearly as deep as the JSON parser allows
+    would overflow the stack here (a 500), and could be 64 KiB long anyway.
+    """
+    if isinstance(value, str):
+        return json.dumps(value[:60]) + ("..." if len(value) > 60 else "")
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return "a very long integer"  # str() of a huge int is slow, and refused past 4,300 digits
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    return {dict: "an object", list: "an array"}.get(type(value), f"a {type(value).__name__}")
 
 
 # JSON and urlencoded bodies carry fields only (the image travels as a multipart upload),
@@ -133,7 +149,9 @@ def parse_form_body(content_type: str, body: bytes, headers: Any = None) -> tupl
     arguments: dict[str, list[bytes]] = {}
     files: dict[str, list[HTTPFile]] = {}
     try:
-        parse_body_arguments(content_type, body, arguments, files, headers)
+        # Media types are case-insensitive, Tornado's match is not: give it the lower-case type
+        # ("Application/x-www-form-urlencoded" would otherwise parse as no fields at all).
+        parse_body_arguments(media_type_of(content_type), body, arguments, files, headers)
     except HTTPInputError as exc:
         raise _malformed(exc) from None
     return _form_fields(arguments, files)
@@ -179,7 +197,7 @@ def multipart_fields(parser: MultipartParser) -> tuple[dict[str, Any], list[HTTP
     arguments: dict[str, list[bytes]] = {}
     files: dict[str, list[HTTPFile]] = {}
     for part in parts:
-        if part.filename is None:
+        if part.filename is None:  # no filename parameter; filename="" is an (unnamed) upload
             arguments.setdefault(part.name, []).append(bytes(part.data))
         else:
             upload = HTTPFile(filename=part.filename, body=part.data, content_type=part.content_type)
@@ -194,6 +212,9 @@ def parse_json_body(body: bytes) -> tuple[dict[str, Any], list[HTTPFile]]:
         raise ApiError(400, "malformed_body", f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         raise ApiError(400, "malformed_body", "the JSON body is nested too deeply") from None
+    except ValueError:
+        # Python refuses to convert an integer of over 4,300 digits (sys.int_info.default_max_str_digits).
+        raise ApiError(400, "malformed_body", "the JSON body holds a number with too many digits") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_body", "the JSON body must be an object")
     return data, []
@@ -268,4 +289,7 @@ def parse_password(value: Any) -> str | None:
         raise ApiError(400, "invalid_field", "password must be a string")
     if len(value) > MAX_PASSWORD_CHARS or "\x00" in value:
         raise ApiError(400, "invalid_field", f"password must be at most {MAX_PASSWORD_CHARS} characters, without NUL")
+    if not is_encodable(value):
+        # JSON can carry "\ud800", which no PDF password can hold (PDFium takes UTF-8).
+        raise ApiError(400, "invalid_field", "password holds a lone surrogate (not valid Unicode text)")
     return value

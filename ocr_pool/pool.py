@@ -355,6 +355,7 @@ class WorkerPool:
         delay = self._restart_delay()
         log.error("%s; trying again in %.1f s", self._last_start_error, delay)
         self._loop.call_later(delay, self._respawn)
+        self._fail_queue_if_unserved()
         self._changed.set()
 
     def _restart_delay(self) -> float:
@@ -504,19 +505,26 @@ class WorkerPool:
                 self.tasks_retried += 1
                 job.state = "queued"
                 if job.timer:
-                    job.timer.cancel()  # the retry gets a run budget of its own when dispatched
-                    job.timer = None
+                    job.timer.cancel()
+                # Waiting again, it may wait task_timeout at most (as a new task would): a retry
+                # must not wait forever if no worker comes back. Dispatched, it gets a run
+                # budget of its own.
+                job.timer = self._loop.call_later(self.task_timeout, self._on_timeout, job)
                 self._queue.appendleft(job)
             else:
                 self._fail(job, WorkerCrashedError("the OCR worker died while processing this image"))
         if not self._closing and reason not in ("recycled", "shutdown"):
             self._loop.call_later(self._restart_delay(), self._respawn)
-        if self.ready_count == 0 and self._start_failures and not self._has_live_worker():
-            # Nothing can serve the queue now: fail fast rather than time out.
-            while self._queue:
-                self._fail(self._queue.popleft(), NoWorkerError(f"no OCR worker could start: {self._last_start_error}"))
+        self._fail_queue_if_unserved()
         self._dispatch()
         self._changed.set()
+
+    def _fail_queue_if_unserved(self) -> None:
+        """Nothing can serve the queue now (no worker alive, the last start failed): fail
+        fast with no_worker rather than let the tasks time out."""
+        if self.ready_count == 0 and self._start_failures and not self._has_live_worker():
+            while self._queue:
+                self._fail(self._queue.popleft(), NoWorkerError(f"no OCR worker could start: {self._last_start_error}"))
 
     def _has_live_worker(self) -> bool:
         return any(w.state in ("idle", "busy", "retiring") for w in self._workers)

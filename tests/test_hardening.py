@@ -584,6 +584,19 @@ def test_overload_gets_quick_503_and_health_stays_fast(server_factory) -> None:
     assert health_latencies and max(health_latencies) < 1.0
 
 
+def raw_upload(image: bytes) -> bytes:
+    """A whole POST /ocr_service request uploading `image`, for a raw socket."""
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="q.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + image + b"\r\n--b--\r\n"
+    )
+    return (
+        b"POST /ocr_service HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
 def test_client_disconnect_while_queued_drops_the_task(server_factory) -> None:
     require_shared()
     big = (LOAD_DIR / "paddleocr_doc_imgs__xfund_demo_gt_zh_train_0.jpg").read_bytes()
@@ -591,17 +604,8 @@ def test_client_disconnect_while_queued_drops_the_task(server_factory) -> None:
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         busy = pool.submit(server.ocr_upload, big, 120)
         time.sleep(0.5)  # the only worker is now busy
-        queued_png = text_image(random_word())
-        body = (
-            b'--b\r\nContent-Disposition: form-data; name="file"; filename="q.png"\r\n'
-            b"Content-Type: image/png\r\n\r\n" + queued_png + b"\r\n--b--\r\n"
-        )
         with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=10) as sock:
-            sock.sendall(
-                b"POST /ocr_service HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                + body
-            )
+            sock.sendall(raw_upload(text_image(random_word())))
             time.sleep(0.3)
             assert server.health()["queue"]["depth"] == 1
         assert busy.result(timeout=120).status_code == 200
@@ -609,6 +613,19 @@ def test_client_disconnect_while_queued_drops_the_task(server_factory) -> None:
     health = server.health()
     assert health["queue"]["cancelled"] == 1
     assert health["ocr_runs"] == 1
+
+    # A client that leaves while its large upload is still being hashed (off the loop, before
+    # any task exists) must not leave a task behind either.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        busy = pool.submit(server.ocr_upload, big + os.urandom(8), 120)
+        time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=10) as sock:
+            sock.sendall(raw_upload(padded_png(64, 8 << 20)))
+        assert busy.result(timeout=120).status_code == 200
+    time.sleep(1.0)
+    health = server.health()
+    assert health["ocr_runs"] == 2, health  # the two busy uploads only
+    assert health["queue"]["depth"] == 0
 
 
 def padded_png(side: int, pad_bytes: int) -> bytes:
@@ -908,6 +925,37 @@ def test_oversized_upload_waiting_for_100_continue_is_refused_before_sending(ocr
         reply = sock.recv(65536).decode(errors="replace")
     assert reply.startswith("HTTP/1.1 413"), reply[:200]  # not "100 Continue"
     assert '"body_too_large"' in reply
+
+
+def test_bodies_sent_to_endpoints_that_take_none_are_refused_before_they_are_read(ocr_server: RunningServer) -> None:
+    # Only POST /ocr_service reads a body. Elsewhere a large one is refused from its declared
+    # length with a JSON 413 (or 405/404 first), and never buffered: RSS stays put.
+    port = int(ocr_server.url.rsplit(":", 1)[1])
+    process = psutil.Process(ocr_server.pid)
+    rss_before = process.memory_info().rss
+    declared = 95 * 1024 * 1024
+    expected = {
+        ("GET", "/health"): ("413", "body_too_large"),
+        ("GET", "/ocr_service/tasks/abc"): ("413", "body_too_large"),
+        ("POST", "/livez"): ("405", "method_not_allowed"),
+        ("POST", "/no/such/path"): ("404", "not_found"),
+    }
+    for (method, path), (status, code) in expected.items():
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+                f"Content-Length: {declared}\r\n\r\n".encode()
+                + b"x" * 1_000_000  # some of it sent anyway, without waiting for 100 Continue
+            )
+            reply = b""
+            with contextlib.suppress(OSError):
+                while chunk := sock.recv(65536):
+                    reply += chunk
+        text = reply.decode(errors="replace")
+        assert text.startswith(f"HTTP/1.1 {status}"), (method, path, text[:200])
+        assert json.loads(text.split("\r\n\r\n", 1)[1])["error"]["code"] == code
+    assert process.memory_info().rss - rss_before < 20 * 1024 * 1024
+    assert requests.get(f"{ocr_server.url}/livez", timeout=10).status_code == 200
 
 
 def test_json_bodies_are_small_and_deep_nesting_is_a_400(ocr_server: RunningServer) -> None:

@@ -128,7 +128,9 @@ def test_progress_and_per_page_cache() -> None:
 def test_the_last_client_leaving_cancels_the_pages_not_started() -> None:
     async def scenario(pool: WorkerPool) -> None:
         ocr, documents = services(pool)
-        run_ = documents.join(DocumentInput("tiff", b"pages:sleep=0.3", "h-gone", {"det": "auto", "pdf_text": "ocr"}, 10))
+        run_ = documents.join(
+            DocumentInput("tiff", b"pages:sleep=0.3", "h-gone", {"det": "auto", "pdf_text": "ocr"}, 10)
+        )
         await wait_for(lambda: run_.pages is not None and run_.state == "running")
         ocr.release(run_)  # the only waiter disconnected
         try:
@@ -168,7 +170,9 @@ def test_what_the_event_loop_calls_a_document() -> None:
 def test_a_document_cut_short_by_shutdown_fails_as_a_whole_with_503() -> None:
     async def scenario(pool: WorkerPool) -> None:
         _ocr, documents = services(pool)
-        run_ = documents.join(DocumentInput("tiff", b"pages:sleep=0.3", "h-stop", {"det": "auto", "pdf_text": "ocr"}, 8))
+        run_ = documents.join(
+            DocumentInput("tiff", b"pages:sleep=0.3", "h-stop", {"det": "auto", "pdf_text": "ocr"}, 8)
+        )
         await wait_for(lambda: run_.pages_done >= 1)
         await pool.close(grace=0.2)  # SIGTERM: what has not started is refused
         try:
@@ -179,6 +183,25 @@ def test_a_document_cut_short_by_shutdown_fails_as_a_whole_with_503() -> None:
             raise AssertionError("a document with unread pages at shutdown must fail, not answer half")
 
     run(scenario)
+
+
+def test_a_page_expired_in_an_overloaded_queue_fails_the_document_with_503() -> None:
+    # queue_timeout says the server is busy, not that the page is bad: like queue_full, the
+    # whole document fails (to be retried; its finished pages are cached), not a 200 with a hole.
+    async def scenario(pool: WorkerPool) -> None:
+        _ocr, documents = services(pool)
+        await pool.submit(b"sleep:1.5", {}).future  # recent runs now say a task takes ~1.5 s
+        busy = pool.submit(b"sleep:1.8", {})  # another client's image holds the only worker
+        run_ = documents.join(DocumentInput("tiff", b"pages:sleep=0", "h-busy", {"det": "auto", "pdf_text": "ocr"}, 2))
+        try:
+            await run_.future
+        except PoolError as error:
+            assert error.code == "queue_timeout", error.code
+        else:
+            raise AssertionError("a page that expired in the queue must fail the document with 503")
+        await busy.future
+
+    run(scenario, size=1, task_timeout=2.0)
 
 
 def test_page_previews_are_bounded_by_their_bytes_and_served_by_random_tokens() -> None:

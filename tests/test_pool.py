@@ -370,6 +370,25 @@ def test_a_worker_the_os_refuses_to_start_is_retried_and_the_pool_recovers(monke
     run(check)
 
 
+def test_a_task_whose_worker_died_fails_with_no_worker_when_no_replacement_can_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The task goes back to the queue for a second attempt; if the OS then refuses every new
+    # process, it must fail (no_worker) rather than wait for a worker that never comes.
+    async def check(pool: WorkerPool) -> None:
+        job = pool.submit(b"sleep:2", {})
+        await wait_for(lambda: job.state == "running")
+        fail_next_starts(monkeypatch, 100)
+        os.kill(job.worker.pid, signal.SIGKILL)
+        with pytest.raises(NoWorkerError) as failed:
+            await asyncio.wait_for(job.future, timeout=10)
+        assert "could not start a worker process" in str(failed.value)
+        monkeypatch.undo()  # the OS recovers: so does the pool
+        await wait_for(lambda: pool.ready_count == 1)
+
+    run(check, size=1, task_timeout=3.0)
+
+
 async def min_ready_while(pool: WorkerPool, work: Awaitable[None]) -> int:
     """The fewest ready workers seen (checked every couple of milliseconds) while `work` runs."""
     fewest = pool.ready_count

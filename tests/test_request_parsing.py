@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
 from handlers.errors import ApiError
-from handlers.request_parsing import FIELDS_BODY_LIMIT, MAX_TASK_WAIT_S, parse_ocr_request, parse_wait
+from handlers.multipart import MultipartParser
+from handlers.request_parsing import (
+    FIELDS_BODY_LIMIT,
+    MAX_TASK_WAIT_S,
+    build_ocr_request,
+    parse_bool,
+    parse_ocr_request,
+    parse_password,
+    parse_wait,
+)
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -27,8 +37,9 @@ def test_block_flag_words_of_the_original_clients(flag: str, expected: bool) -> 
 
 
 def test_json_body_with_real_booleans() -> None:
-    request = parse(json.dumps({"file_type": "filename", "filename": "./imgs/a.png", "block_flag": False}),
-                    "application/json")
+    request = parse(
+        json.dumps({"file_type": "filename", "filename": "./imgs/a.png", "block_flag": False}), "application/json"
+    )
     assert (request.file_type, request.filename, request.block) == ("filename", "./imgs/a.png", False)
 
 
@@ -39,9 +50,7 @@ def test_defaults_block_and_auto_detection() -> None:
 
 def test_multipart_file_part_named_file_or_image() -> None:
     for name in ("file", "image"):
-        body = (
-            f'--B\r\nContent-Disposition: form-data; name="{name}"; filename="x.png"\r\n\r\nPNGDATA\r\n--B--\r\n'
-        )
+        body = f'--B\r\nContent-Disposition: form-data; name="{name}"; filename="x.png"\r\n\r\nPNGDATA\r\n--B--\r\n'
         request = parse(body, "multipart/form-data; boundary=B")
         assert request.file_type == "file" and request.file_body == b"PNGDATA"
 
@@ -74,7 +83,9 @@ def test_query_string_fields_are_accepted_body_wins() -> None:
     assert request.block is True and request.det == "off"
 
 
-@pytest.mark.parametrize(("value", "seconds"), [(None, 0.0), ("", 0.0), ("0", 0.0), ("2.5", 2.5), ("30", 30.0), ("600", 30.0)])
+@pytest.mark.parametrize(
+    ("value", "seconds"), [(None, 0.0), ("", 0.0), ("0", 0.0), ("2.5", 2.5), ("30", 30.0), ("600", 30.0)]
+)
 def test_task_wait_is_seconds_capped_at_the_maximum(value: str | None, seconds: float) -> None:
     assert parse_wait(value) == seconds
     assert MAX_TASK_WAIT_S == 30.0
@@ -107,3 +118,166 @@ def test_fields_only_bodies_are_small(content_type: str) -> None:
         parse_ocr_request(content_type, big, {})
     assert info.value.status_code == 413 and info.value.code == "body_too_large"
     assert "multipart/form-data" in info.value.message
+
+
+# ---- client mistakes that used to be 500s or wrong 400s -------------------------------------
+
+
+def test_json_integer_too_long_to_convert_is_malformed_not_a_crash() -> None:
+    # Python refuses int("1" * 5000) with a plain ValueError, not a JSONDecodeError.
+    body = b'{"file_type":"filename","filename":"x","anything":' + b"1" * 5000 + b"}"
+    with pytest.raises(ApiError) as info:
+        parse(body, "application/json")
+    assert (info.value.status_code, info.value.code) == (400, "malformed_body")
+    assert "set_int_max_str_digits" not in info.value.message  # no advice about our interpreter
+
+
+def test_json_integers_of_ordinary_length_still_parse() -> None:
+    request = parse(b'{"file_type":"filename","filename":"x","anything":' + b"1" * 4000 + b"}", "application/json")
+    assert request.filename == "x"
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [1, 50, 100_000])
+def test_a_nested_det_or_flag_is_a_400_whatever_its_depth(depth: int) -> None:
+    for name, value in [
+        ("det", _nested(depth)),
+        ("block_flag", _nested(depth)),
+        ("page_images", {"a": _nested(depth)}),
+    ]:
+        fields = {"file_type": "filename", "filename": "x", name: value}
+        with pytest.raises(ApiError) as info:
+            build_ocr_request(fields, [], {})
+        assert (info.value.status_code, info.value.code) == (400, "invalid_field")
+
+
+def test_json_det_nested_just_under_the_parsers_limit_is_a_400() -> None:
+    # json.loads accepts nesting up to about the recursion limit; serialising the value again
+    # one frame deeper (for the error message) used to overflow: a 500 in a narrow band of depths.
+    limit = sys.getrecursionlimit()
+    for depth in range(limit - 400, limit + 10):
+        body = b'{"filename":"a","det":' + b"[" * depth + b"]" * depth + b"}"
+        with pytest.raises(ApiError) as info:
+            parse(body, "application/json")
+        assert info.value.status_code == 400 and info.value.code in ("invalid_field", "malformed_body"), depth
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("maybe", '"maybe"'),
+        (2, "2"),
+        (1.5, "1.5"),
+        (None, "null"),
+        ([1, 2], "an array"),
+        ({"a": 1}, "an object"),
+        ("x" * 1000, '"' + "x" * 50),
+    ],
+)
+def test_flag_errors_describe_the_value_without_serialising_containers(value: object, shown: str) -> None:
+    with pytest.raises(ApiError) as info:
+        parse_bool("block_flag", value)
+    assert info.value.code == "invalid_field" and shown in info.value.message
+    assert len(info.value.message) < 200
+
+
+@pytest.mark.parametrize("escaped", [b"\\ud800", b"\\udfff", b"ab\\udc80cd"])
+def test_a_password_with_a_lone_surrogate_is_refused_without_repeating_it(escaped: bytes) -> None:
+    body = b'{"file_type":"filename","filename":"doc.pdf","password":"' + escaped + b'"}'
+    with pytest.raises(ApiError) as info:
+        parse(body, "application/json")
+    assert (info.value.status_code, info.value.code) == (400, "invalid_field")
+    assert "password" in info.value.message and "\\u" not in info.value.message
+    assert not any("\ud800" <= char <= "\udfff" for char in info.value.message)
+
+
+def test_a_non_ascii_password_is_still_accepted() -> None:
+    assert parse_password("pässwörd-\U0001f511") == "pässwörd-\U0001f511"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "Application/x-www-form-urlencoded",
+        "APPLICATION/X-WWW-FORM-URLENCODED; charset=UTF-8",
+        " application/x-www-form-urlencoded ;charset=utf-8",
+    ],
+)
+def test_form_media_type_is_case_insensitive(content_type: str) -> None:
+    request = parse("file_type=filename&filename=a.png&det=off", content_type)
+    assert (request.file_type, request.filename, request.det) == ("filename", "a.png", "off")
+
+
+PNG_START = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+
+
+def _multipart(*parts: tuple[str, bytes]) -> bytes:
+    body = b"".join(b"--B\r\n" + headers.encode() + b"\r\n\r\n" + data + b"\r\n" for headers, data in parts)
+    return body + b"--B--\r\n"
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [
+        'Content-Disposition: form-data; name="file"; filename=""',
+        'Content-Disposition: form-data; name="file"; filename=""; size=4',  # Tornado's general parser
+        'Content-Disposition: form-data; name="file"; filename=""\r\nContent-Type: application/octet-stream',
+        'content-disposition: form-data;name="image";filename=""',
+        'Content-Disposition: form-data; name="file"; filename=',
+    ],
+)
+def test_a_part_with_an_empty_filename_is_an_upload(disposition: str) -> None:
+    body = _multipart(('Content-Disposition: form-data; name="file_type"', b"file"), (disposition, PNG_START))
+    request = parse(body, "multipart/form-data; boundary=B")
+    assert request.file_type == "file" and request.file_body == PNG_START
+
+
+def test_an_empty_file_input_is_an_empty_upload() -> None:
+    # What a browser sends for a file input left empty: the handler answers 400 empty_file.
+    body = _multipart(
+        ('Content-Disposition: form-data; name="file"; filename=""\r\nContent-Type: application/octet-stream', b"")
+    )
+    request = parse(body, "multipart/form-data; boundary=B")
+    assert request.file_type == "file" and request.file_body == b""
+
+
+def test_multipart_parts_keep_an_empty_filename_apart_from_none() -> None:
+    parser = MultipartParser(b"B")
+    parser.feed(
+        _multipart(
+            ('Content-Disposition: form-data; name="a"', b"text"),
+            ('Content-Disposition: form-data; name="b"; filename=""', b"\xff"),
+            ('Content-Disposition: form-data; name="c"; filename="c.png"', b"\xfe"),
+        )
+    )
+    assert [(p.name, p.filename) for p in parser.close()] == [("a", None), ("b", ""), ("c", "c.png")]
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [
+        'Content-Disposition: Form-Data; name="{name}"',
+        'Content-Disposition: FORM-DATA; name="{name}"',
+        'CONTENT-DISPOSITION: form-Data;name="{name}"',
+        'Content-Disposition: Form-Data; Name="{name}"',  # parameter names are case-insensitive too
+        "Content-Disposition: Form-Data; name*=UTF-8''{name}",  # the general parser's path
+    ],
+)
+def test_form_data_disposition_is_case_insensitive(disposition: str) -> None:
+    upload = disposition.format(name="file") + '; filename="a.png"'
+    body = _multipart((disposition.format(name="file_type"), b"file"), (upload, PNG_START))
+    request = parse(body, "multipart/form-data; boundary=B")
+    assert request.file_type == "file" and request.file_body == PNG_START
+
+
+@pytest.mark.parametrize("disposition", ['attachment; name="file_type"', 'form-datax; name="file_type"', "form-data"])
+def test_other_dispositions_are_still_refused(disposition: str) -> None:
+    with pytest.raises(ApiError) as info:
+        parse(_multipart(("Content-Disposition: " + disposition, b"file")), "multipart/form-data; boundary=B")
+    assert (info.value.status_code, info.value.code) == (400, "malformed_body")

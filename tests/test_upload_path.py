@@ -212,15 +212,16 @@ def test_hits_are_answered_while_a_worker_takes_its_time_reading_a_20_mib_upload
     ],
 )
 def test_part_headers_read_like_tornado_reads_them(raw: bytes) -> None:
-    """The one-regex fast path for common part headers gives what Tornado's general parser gives."""
+    """The one-regex fast path for common part headers gives what Tornado's general parser gives
+    (an empty filename stays "": the part is still a file)."""
     from tornado.httputil import HTTPHeaders, _parse_header
 
-    from handlers.multipart import part_header_fields
+    from handlers.multipart import read_part_headers
 
     headers = HTTPHeaders.parse(raw.decode())
     _, params = _parse_header(headers.get("Content-Disposition", ""))
-    expected = (params["name"], params.get("filename") or None, headers.get("Content-Type", "application/unknown"))
-    assert part_header_fields(raw) == expected
+    expected = (params["name"], params.get("filename"), headers.get("Content-Type", "application/unknown"))
+    assert read_part_headers(raw) == expected
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

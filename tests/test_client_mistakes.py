@@ -1,0 +1,107 @@
+"""Client mistakes in a request body get a JSON 4xx from the real server, never a 500.
+
+Each case here was once a 500 (or a wrong 400); the pure parsing is unit-tested in
+tests/test_request_parsing.py, these check the answer on the wire and that the server
+serves on afterwards.
+"""
+
+from __future__ import annotations
+
+import requests
+
+from tests.conftest import RunningServer, random_word, text_image
+from tests.pdf_builder import password_pdf
+
+JSON = {"Content-Type": "application/json"}
+
+
+def error_of(response: requests.Response) -> dict:
+    assert response.headers["Content-Type"].startswith("application/json"), response.text[:200]
+    return response.json()["error"]
+
+
+def assert_still_serving(server: RunningServer) -> None:
+    word = random_word()
+    response = server.ocr_upload(text_image(word), timeout=60)
+    assert response.status_code == 200, response.text
+    assert word in " ".join(line["text"] for line in response.json()["text_lines"])
+
+
+def test_a_json_integer_too_long_to_convert_is_a_400(ocr_server: RunningServer) -> None:
+    # Python refuses to convert integers over 4,300 digits: even in a field the server ignores.
+    body = b'{"file_type":"filename","filename":"x","anything":' + b"1" * 5000 + b"}"
+    response = requests.post(f"{ocr_server.url}/ocr_service", data=body, headers=JSON, timeout=10)
+    assert response.status_code == 400, response.text
+    assert error_of(response)["code"] == "malformed_body"
+    assert_still_serving(ocr_server)
+
+
+def test_a_deeply_nested_det_is_a_400_at_every_depth(ocr_server: RunningServer) -> None:
+    # Serialising the value for the error message once overflowed the stack in a narrow band of
+    # depths just under the JSON parser's own limit (which is a 400 malformed_body).
+    with requests.Session() as session:
+        for depth in range(850, 1010):
+            body = b'{"filename":"a.png","det":' + b"[" * depth + b"]" * depth + b"}"
+            response = session.post(f"{ocr_server.url}/ocr_service", data=body, headers=JSON, timeout=10)
+            assert response.status_code == 400, (depth, response.text[:300])
+            assert error_of(response)["code"] in ("invalid_field", "malformed_body"), depth
+    assert_still_serving(ocr_server)
+
+
+def test_a_password_with_a_lone_surrogate_is_a_400_that_does_not_repeat_it(ocr_server: RunningServer) -> None:
+    assert ocr_server.images_dir is not None
+    path = ocr_server.images_dir / f"protected-{random_word()}.pdf"
+    path.write_bytes(password_pdf([["SURROGATE PASSWORD"]], "secret"))
+    url = f"{ocr_server.url}/ocr_service"
+    # Only JSON can carry a lone surrogate as text ("\ud800"); it cannot be encoded for PDFium.
+    body = b'{"file_type":"filename","filename":"%s","password":"x\\ud800"}' % str(path).encode()
+    response = requests.post(url, data=body, headers=JSON, timeout=30)
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    assert error["code"] == "invalid_field" and "password" in error["message"]
+    assert "x\ud800" not in error["message"] and "\\ud800" not in response.text
+    # The right password still opens it.
+    opened = requests.post(url, json={"filename": str(path), "password": "secret"}, timeout=60)
+    assert opened.status_code == 200, opened.text
+    assert "SURROGATE PASSWORD" in opened.text
+    assert_still_serving(ocr_server)
+
+
+def test_the_form_media_type_is_case_insensitive(ocr_server: RunningServer) -> None:
+    assert ocr_server.images_dir is not None
+    word = random_word()
+    path = ocr_server.images_dir / f"form-{word}.png"
+    path.write_bytes(text_image(word))
+    url = f"{ocr_server.url}/ocr_service"
+    for content_type in ("Application/x-www-form-urlencoded", "APPLICATION/X-WWW-FORM-URLENCODED; charset=UTF-8"):
+        response = requests.post(
+            url,
+            data=f"file_type=filename&filename={path}".encode(),
+            headers={"Content-Type": content_type},
+            timeout=60,
+        )
+        assert response.status_code == 200, (content_type, response.text)
+        assert word in " ".join(line["text"] for line in response.json()["text_lines"])
+
+
+def test_multipart_empty_filenames_and_capitalised_form_data(ocr_server: RunningServer) -> None:
+    word = random_word()
+    png = text_image(word)
+
+    def multipart(upload_disposition: bytes, data: bytes) -> requests.Response:
+        body = (
+            b'--B\r\nContent-Disposition: Form-Data; name="file_type"\r\n\r\nfile\r\n'
+            b"--B\r\nContent-Disposition: " + upload_disposition + b"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n--B--\r\n"
+        )
+        headers = {"Content-Type": "multipart/form-data; boundary=B"}
+        return requests.post(f"{ocr_server.url}/ocr_service", data=body, headers=headers, timeout=60)
+
+    unnamed = multipart(b'form-data; name="file"; filename=""', png)
+    assert unnamed.status_code == 200, unnamed.text
+    assert word in " ".join(line["text"] for line in unnamed.json()["text_lines"])
+    capitalised = multipart(b'FORM-DATA; name="file"; filename="a.png"', png)
+    assert capitalised.status_code == 200, capitalised.text
+    # A browser's empty file input: an unnamed part without bytes.
+    empty = multipart(b'form-data; name="file"; filename=""', b"")
+    assert empty.status_code == 400 and error_of(empty)["code"] == "empty_file", empty.text
