@@ -100,6 +100,11 @@ class DocumentRun:
             return "running"
         return "queued"
 
+    @property
+    def doomed(self) -> bool:
+        """Its last waiter left and the run is being cancelled: nobody may join it any more."""
+        return self.poller is not None and (self.poller.cancelled() or self.poller.cancelling() > 0)
+
 
 class DocumentTaskRecord(TaskRecord):
     """A block_flag=false document: its view also says how many pages are done."""
@@ -189,7 +194,7 @@ class DocumentService:
         """
         key = self.run_key(doc)
         run = self._in_flight.get(key)
-        if run is None:
+        if run is None or run.doomed:  # a doomed run leaves _in_flight a loop turn later
             cache_key = self.document_key(doc)
             remembered = self.ocr.flight.remembered_failure(cache_key)
             if remembered is not None:

@@ -146,6 +146,23 @@ def test_the_last_client_leaving_cancels_the_pages_not_started() -> None:
     run(scenario)
 
 
+def test_a_request_right_after_the_last_client_left_gets_a_fresh_run_not_the_cancelled_one() -> None:
+    async def scenario(pool: WorkerPool) -> None:
+        ocr, documents = services(pool)
+        doc = DocumentInput("tiff", b"pages:sleep=0", "h-again", {"det": "auto", "pdf_text": "ocr"}, 3)
+        busy = pool.submit(b"sleep:0.5", {})  # the document's pages wait behind it
+        first = documents.join(doc)
+        await asyncio.sleep(0.1)
+        ocr.release(first)  # its only client left ...
+        again = documents.join(doc)  # ... and the same document arrives in the same loop turn
+        assert again is not first
+        result = await again.future
+        assert len(result["pages"]) == 3 and not [page for page in result["pages"] if "error" in page]
+        await busy.future
+
+    run(scenario, size=1)
+
+
 def test_what_the_event_loop_calls_a_document() -> None:
     from handlers.documents import document_kind
     from handlers.errors import ApiError
