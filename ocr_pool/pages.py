@@ -52,6 +52,9 @@ class PageScheduler:
         self._documents: collections.deque[DocumentPages] = collections.deque()
         self._in_pool = 0
         self._refeed: asyncio.TimerHandle | None = None
+        # At shutdown the pool lets the pages of documents already accepted finish (within
+        # its grace), not only what is in its queue.
+        pool.add_drain_source(lambda: self.pending)
 
     @property
     def pending(self) -> int:
@@ -92,7 +95,7 @@ class PageScheduler:
             task = document.pending.popleft()
             self._documents.rotate(-1)  # the next page comes from the next document
             try:
-                job = self.pool.submit(document.payload, task.params)
+                job = self.pool.submit(document.payload, task.params, accepted=True)
             except QueueFullError:
                 document.pending.appendleft(task)  # images fill the queue: try again shortly
                 self._schedule_refeed()

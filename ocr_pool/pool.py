@@ -160,6 +160,10 @@ class WorkerPool:
         self._ids = itertools.count()
         self._closing = False
         self._hurry = False  # a second signal: close() stops waiting and kills the workers
+        # Work accepted before close() but not in the queue yet (a document's later pages):
+        # close() waits for it too, within its grace, and submit(accepted=True) still takes it.
+        self._drain_sources: list[Callable[[], int]] = []
+        self._drain_over = False
         self._changed = asyncio.Event()
         self._start_failures = 0
         self._last_start_error: str | None = None
@@ -204,11 +208,12 @@ class WorkerPool:
         self._closing = True
         deadline = time.monotonic() + grace
         while (
-            (self._queue or any(w.state == "busy" for w in self._workers))
+            (self._queue or any(w.state == "busy" for w in self._workers) or self._accepted_waiting())
             and time.monotonic() < deadline
             and not self._hurry
         ):
             await asyncio.sleep(0.05)
+        self._drain_over = True
         while self._queue:
             self._fail(self._queue.popleft(), PoolClosedError("the server is shutting down"))
         for worker in list(self._workers):
@@ -224,6 +229,13 @@ class WorkerPool:
         while self._workers and time.monotonic() < stop_by + 5.0:
             await asyncio.sleep(0.05)
         atexit.unregister(self._kill_on_exit)
+
+    def add_drain_source(self, waiting: Callable[[], int]) -> None:
+        """Count `waiting()` tasks as accepted work that close() lets finish (see submit)."""
+        self._drain_sources.append(waiting)
+
+    def _accepted_waiting(self) -> int:
+        return sum(waiting() for waiting in self._drain_sources)
 
     def hurry(self) -> None:
         """Cut a running close() short: fail what is left at once and kill the workers."""
@@ -241,9 +253,11 @@ class WorkerPool:
 
     # ---- public API --------------------------------------------------------------
 
-    def submit(self, payload: bytes | bytearray, params: dict[str, Any]) -> Job:
+    def submit(self, payload: bytes | bytearray, params: dict[str, Any], accepted: bool = False) -> Job:
+        """Queue a task. `accepted`: part of work taken before close() (a document's next
+        page), still queued while close() drains; anything else is refused once closing."""
         assert self._loop is not None, "start() the pool first"
-        if self._closing:
+        if self._closing and (not accepted or self._drain_over):
             raise PoolClosedError("the server is shutting down")
         if self.ready_count == 0 and self._start_failures > 0:
             raise NoWorkerError(f"no OCR worker could start: {self._last_start_error}")

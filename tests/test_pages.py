@@ -5,6 +5,7 @@ in test_documents.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from typing import Any
 
@@ -221,6 +222,27 @@ def test_a_page_expired_in_an_overloaded_queue_fails_the_document_with_503() -> 
     run(scenario, size=1, task_timeout=2.0)
 
 
+def test_a_document_accepted_before_shutdown_is_finished_within_the_grace() -> None:
+    # SIGTERM drains: the pages still waiting in the scheduler (not yet in the pool's queue)
+    # belong to work already accepted, and are read like the queued ones.
+    async def scenario(pool: WorkerPool) -> None:
+        _ocr, documents = services(pool)
+        run_ = documents.join(
+            DocumentInput("tiff", b"pages:sleep=0.2", "h-drain", {"det": "auto", "pdf_text": "ocr"}, 4)
+        )
+        await wait_for(lambda: run_.state == "running")
+        closing = asyncio.ensure_future(pool.close(grace=20))
+        await asyncio.sleep(0.05)  # close() has begun
+        with contextlib.suppress(PoolError):
+            pool.submit(b"new", {})
+            raise AssertionError("a new task must be refused once the pool is closing")
+        result = await run_.future
+        assert len(result["pages"]) == 4 and not [page for page in result["pages"] if "error" in page]
+        await closing
+
+    run(scenario, size=1)
+
+
 def test_page_previews_are_bounded_by_their_bytes_and_served_by_random_tokens() -> None:
     from cache.previews import PreviewStore
 
@@ -237,3 +259,62 @@ def test_page_previews_are_bounded_by_their_bytes_and_served_by_random_tokens() 
     assert store.by_token(kept.token) is None and store.bytes == 150
     store.put("huge", bytes(251), (1, 1))  # larger than the whole store: not kept
     assert store.get("huge") is None and PreviewStore(0).stats()["entries"] == 0
+
+
+def _nested_forms_pdf(pages: int, depth: int = 6, fan: int = 10) -> bytes:
+    """The review's probe bomb: form k draws form k+1 `fan` times, the last one 1x1 square, so
+    each page draws fan ** (depth - 1) squares (1e5) from a few hundred bytes of streams."""
+    from multirequest import write_pdf
+
+    first_form = 3 + pages + 1
+    kids = b" ".join(b"%d 0 R" % (3 + i) for i in range(pages))
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages)]
+    for _ in range(pages):
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R"
+            b" /Resources << /XObject << /X %d 0 R >> >> >>" % (3 + pages, first_form)
+        )
+    objects.append(b"<< /Length 5 >>\nstream\n/X Do\nendstream")
+    for level in range(depth):
+        if level < depth - 1:
+            body, resources = b"/X Do " * fan, b"/Resources << /XObject << /X %d 0 R >> >>" % (first_form + level + 1)
+        else:
+            body, resources = b"0 0 1 1 re f", b""
+        objects.append(
+            b"<< /Type /XObject /Subtype /Form /BBox [0 0 612 792] %s /Length %d >>\nstream\n" % (resources, len(body))
+            + body
+            + b"\nendstream"
+        )
+    return write_pdf(objects)
+
+
+def test_a_probe_bomb_gets_no_page_identity_within_the_work_budget() -> None:
+    import hashlib
+
+    from models import page_identity
+    from models.documents import run_probe
+    from models.pdf import open_pdf
+
+    bomb = _nested_forms_pdf(1)
+    assert len(bomb) < 4000
+    document = open_pdf(bomb)
+    try:
+        page = document[0]
+        try:
+            budget = page_identity.FingerprintBudget()
+            assert page_identity.page_fingerprint(page, budget) is None
+            # Stopped at the object limit (plus what those objects' segments cost), not after
+            # reading the 111111 objects the page draws.
+            assert budget.pages_over == 1
+            assert page_identity.MAX_OBJECTS < budget.spent <= 5 * page_identity.MAX_OBJECTS
+            # A document whose deadline has passed: no page gets read at all.
+            late = page_identity.FingerprintBudget(seconds=-1.0)
+            assert page_identity.page_fingerprint(page, late) is None and late.spent == 0 and late.pages_over == 1
+        finally:
+            page.close()
+    finally:
+        document.close()
+    spec = {"dpi": 200.0, "max_side": 4000, "max_pixels": 16_000_000, "hash": hashlib.sha256(bomb).hexdigest()}
+    probe = run_probe(bomb, {**spec, "op": "probe", "max_pages": 100, "pdf_text": "ocr"})
+    assert probe["pages_total"] == 1 and probe["pages"][0]["fingerprint"] is None
+    assert probe["pages"][0]["image_size"] == [1700, 2200]
