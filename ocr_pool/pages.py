@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from typing import Any
 
-from ocr_pool.errors import PoolError, QueueFullError, TaskCancelledError
+from ocr_pool.errors import PoolError, QueueFullError, QueueTimeoutError, TaskCancelledError
 from ocr_pool.pool import Job, WorkerPool
 
-# When the pool's queue is full of images, pages try again after this long.
+# When the pool's queue is full of images, pages try again after this long ...
 REFEED_DELAY_S = 0.1
+# ... for at most task_timeout; then the page fails with queue_timeout.
+OVERLOADED = (
+    "the server is overloaded: the page found the OCR queue full for {:.1f} s (task_timeout {:g} s); try again later"
+)
 
 
 class PageTask:
@@ -31,6 +36,7 @@ class PageTask:
         self.params = params
         self.future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.job: Job | None = None
+        self.refused_since: float | None = None  # when a full queue first turned it away
 
     @property
     def state(self) -> str:
@@ -97,6 +103,16 @@ class PageScheduler:
             try:
                 job = self.pool.submit(document.payload, task.params, accepted=True)
             except QueueFullError:
+                now = time.monotonic()
+                task.refused_since = task.refused_since or now
+                if now - task.refused_since > self.pool.task_timeout:
+                    # Images kept the queue full for as long as a page may wait: overloaded
+                    # (the document fails with 503, to be retried), never a wait without end.
+                    error = QueueTimeoutError(OVERLOADED.format(now - task.refused_since, self.pool.task_timeout))
+                    settle(task.future, None, error)
+                    while document.pending:  # its other pages would only wait as long again
+                        settle(document.pending.popleft().future, None, error)
+                    continue
                 document.pending.appendleft(task)  # images fill the queue: try again shortly
                 self._schedule_refeed()
                 return

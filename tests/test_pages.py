@@ -13,7 +13,7 @@ from PIL import Image
 
 from cache import OcrService
 from cache.documents import DocumentInput, DocumentService, RenderSettings
-from ocr_pool import PoolError, TaskCancelledError, WorkerPool
+from ocr_pool import PoolError, QueueFullError, QueueTimeoutError, TaskCancelledError, WorkerPool
 from ocr_pool.pages import PageScheduler
 from tests.test_pool import run, wait_for
 
@@ -241,6 +241,32 @@ def test_a_document_accepted_before_shutdown_is_finished_within_the_grace() -> N
         await closing
 
     run(scenario, size=1)
+
+
+class _AlwaysFullPool:
+    """A pool whose queue other clients' images keep full."""
+
+    size = 1
+    task_timeout = 0.3
+
+    def add_drain_source(self, waiting: Any) -> None:
+        pass
+
+    def submit(self, payload: bytes, params: dict[str, Any], accepted: bool = False) -> None:
+        raise QueueFullError("the OCR queue is full")
+
+
+def test_pages_that_find_the_queue_full_for_task_timeout_fail_as_overloaded() -> None:
+    async def scenario() -> None:
+        scheduler = PageScheduler(_AlwaysFullPool())  # type: ignore[arg-type]
+        document = scheduler.add(b"doc", page_params(3))
+        results = await asyncio.wait_for(
+            asyncio.gather(*(task.future for task in document.tasks), return_exceptions=True), timeout=10
+        )
+        assert [type(error) for error in results] == [QueueTimeoutError] * 3, results
+        assert "overloaded" in str(results[0]) and scheduler.pending == 0
+
+    asyncio.run(scenario())
 
 
 def test_page_previews_are_bounded_by_their_bytes_and_served_by_random_tokens() -> None:
