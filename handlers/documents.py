@@ -13,13 +13,13 @@ from typing import Any
 from cache.documents import DocumentInput, DocumentService
 from handlers.errors import STATUS_BY_CODE, ApiError, api_error_from_pool
 from handlers.request_parsing import OcrRequest
-from models.tiff import count_tiff_pages, is_tiff, page_fingerprints
+from models.tiff import TIFF_MAGIC, count_tiff_pages, is_tiff, page_fingerprints
 from ocr_pool import PoolError
 
 # PDF readers accept the header anywhere in the first KiB (some generators put junk first)...
 PDF_HEADER_WINDOW = 1024
 # ... but an image whose metadata happens to hold "%PDF-" stays an image.
-IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"II*\x00", b"MM\x00*", b"RIFF", b"BM")
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", *TIFF_MAGIC, b"RIFF", b"BM")  # TIFF: BigTIFF too
 
 
 def document_kind(data: bytes, max_pages: int) -> tuple[str, int | None] | None:

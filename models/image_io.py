@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, TiffImagePlugin
 
-from .errors import ImageDecodeError, ImageTooLargeError, ImageTooSmallError
+from .errors import ImageDecodeError, ImageError, ImageTooLargeError, ImageTooSmallError
+from .tiff import is_tiff, page_tags
 
 # The formats read here (for GIF and multi-page TIFF, the first frame), as people write them;
 # PIL's names are the same in capitals.
@@ -31,6 +33,8 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"GIF89a", 0, "GIF"),
     (b"II*\x00", 0, "TIFF"),
     (b"MM\x00*", 0, "TIFF"),
+    (b"II+\x00", 0, "TIFF"),  # BigTIFF
+    (b"MM\x00+", 0, "TIFF"),
     (b"%PDF-", 0, "a PDF document"),
     (b"PK\x03\x04", 0, "a ZIP archive (or an Office document)"),
     (b"\x00\x00\x00\x0cjP  ", 0, "JPEG 2000"),
@@ -72,7 +76,58 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(str(exc)) from exc
     except Exception as exc:  # UnidentifiedImageError, SyntaxError, struct.error...
+        if data[:4] == b"MM\x00+":
+            # Pillow (12.x) reads a big-endian BigTIFF's IFDs as a classic TIFF's.
+            raise ImageDecodeError(
+                "unsupported TIFF image: a big-endian (MM) BigTIFF cannot be read; send a little-endian one "
+                "or a classic TIFF"
+            ) from exc
+        reason = _tiff_reason(data, 0, _tiff_open_error(data, exc)) if is_tiff(data) else None
+        if reason is not None:
+            raise ImageDecodeError(f"unsupported TIFF image: {reason}") from exc
         raise ImageDecodeError(unreadable_message(data)) from exc
+
+
+def _tiff_open_error(data: bytes, exc: Exception) -> Exception:
+    """Why PIL cannot open this TIFF: Image.open hides it behind "cannot identify"."""
+    if not isinstance(exc, Image.UnidentifiedImageError):
+        return exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            TiffImagePlugin.TiffImageFile(io.BytesIO(data)).close()
+    except Exception as cause:  # noqa: BLE001 - it is only looked at
+        return cause
+    return exc
+
+
+# PIL's words for a page whose samples it has no decoder for.
+_PIXEL_FORMAT_ERRORS = ("unknown pixel mode", "samples per pixel")
+_SAMPLE_KINDS = {1: "unsigned integer", 2: "signed integer", 3: "floating-point"}
+_PHOTOMETRIC = {0: "greyscale", 1: "greyscale", 2: "RGB", 3: "palette", 4: "mask", 5: "CMYK", 6: "YCbCr", 8: "CIELab"}
+
+
+def _tiff_reason(data: bytes, frame: int, exc: Exception) -> str | None:
+    """What about this TIFF page PIL cannot read, when it is an unsupported pixel format or
+    compression (rather than a corrupt header); None otherwise."""
+    try:
+        tags = page_tags(data, frame, (258, 259, 262, 277, 339))
+        if isinstance(exc, KeyError) and 259 in tags and tags[259][0] not in TiffImagePlugin.COMPRESSION_INFO:
+            return f"its compression ({tags[259][0]}) is not supported"
+        if isinstance(exc, SyntaxError) and any(words in str(exc) for words in _PIXEL_FORMAT_ERRORS):
+            return f"its pixel format ({_pixel_format(tags)}) is not supported"
+    except Exception:  # noqa: BLE001 - a reason is a courtesy: the error stays typed without it
+        return None
+    return None
+
+
+def _pixel_format(tags: dict[int, tuple[int, ...]]) -> str:
+    samples = tags.get(277, (1,))[0]
+    bits = "/".join(str(b) for b in sorted(set(tags.get(258, (1,)))))
+    kind = _SAMPLE_KINDS.get(tags.get(339, (1,))[0], "unknown-type")
+    photometric = tags.get(262, (None,))[0]
+    colour = _PHOTOMETRIC.get(photometric, f"photometric interpretation {photometric}")  # type: ignore[arg-type]
+    return f"{samples} x {bits}-bit {kind} sample{'s' if samples != 1 else ''} per pixel, {colour}"
 
 
 def sniff_kind(data: bytes) -> str | None:
@@ -113,9 +168,13 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 8
     try:
         if frame:
             try:
-                img.seek(frame)
-            except (EOFError, ValueError, OSError) as exc:
-                raise ImageDecodeError(f"page {frame + 1} of the {img.format} image cannot be read: {exc}") from exc
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    img.seek(frame)
+            except Image.DecompressionBombError as exc:
+                raise ImageTooLargeError(str(exc)) from exc
+            except Exception as exc:  # EOFError; SyntaxError, KeyError...: a page's IFD PIL rejects
+                raise _page_error(data, frame, img.format, exc) from exc
         w, h = img.size
         if w * h > max_pixels:
             raise ImageTooLargeError(f"image declares {w}x{h} = {w * h} pixels > limit {max_pixels}")
@@ -140,6 +199,17 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 8
     return arr
 
 
+def _page_error(data: bytes, frame: int, fmt: str | None, exc: Exception) -> ImageError:
+    """The typed error for a page past the first that cannot be opened, as the first would get."""
+    where = f"page {frame + 1} of the {fmt} image cannot be read"
+    reason = _tiff_reason(data, frame, exc) if is_tiff(data) else None
+    if reason is not None:
+        return ImageDecodeError(f"{where}: {reason}")
+    if isinstance(exc, (EOFError, ValueError, OSError)):
+        return ImageDecodeError(f"{where}: {exc}")
+    return ImageDecodeError(f"{where}: its header is corrupt ({type(exc).__name__}: {exc})")
+
+
 def _upright(img: Image.Image) -> Image.Image:
     # In place: otherwise every image is copied whole, turned or not (~4 ms per 10 MP).
     # A malformed EXIF block is no reason to reject good pixels.
@@ -148,32 +218,115 @@ def _upright(img: Image.Image) -> Image.Image:
     return img
 
 
+# Pixels per band of rows in the 16/32-bit and alpha conversions: their wider temporaries
+# stay a few MB. np.asarray(img) would copy the whole image, twice over at its peak (PIL's
+# tobytes joins a list of chunks).
+BAND_PIXELS = 1 << 20
+
+
+def _bands(img: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
+    """(top row, pixels) of each band of rows of the image, top to bottom."""
+    width, height = img.size
+    step = max(1, BAND_PIXELS // max(width, 1))
+    for top in range(0, height, step):
+        yield top, np.asarray(img.crop((0, top, width, min(height, top + step))))
+
+
 def _to_bgr(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         # 16/32-bit greyscale: PIL's convert("L") clips at 255, which turns
         # most 16-bit scans white.  Rescale to the 8-bit range instead.
-        a = np.asarray(img, dtype=np.float64)
-        top = float(a.max()) if a.size else 0.0
-        if top > 255.0:
-            a = a * (255.0 / max(65535.0, top))
-        gray = np.clip(a, 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+        return _deep_grey_to_bgr(img)
+    if mode in ("RGBA", "LA"):
+        return _on_white(img)
 
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode in ("RGBA", "LA", "La", "PA", "RGBa") or (mode == "L" and "transparency" in img.info):
+    elif mode in ("La", "PA", "RGBa") or (mode == "L" and "transparency" in img.info):
         img = img.convert("RGBA")
     elif mode != "RGB":
         # 1-bit, L, CMYK (PIL inverts Adobe CMYK JPEGs), YCbCr, LAB, HSV...
         img = img.convert("RGB")
 
     if img.mode == "RGBA":
-        # Transparent areas become white: dark text on a transparent canvas
-        # would otherwise turn into black-on-black.
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img).convert("RGB")
+        return _on_white(img)
 
     rgb = np.asarray(img, dtype=np.uint8)
     # cvtColor: the same bytes as a reversed-stride numpy copy, ~10x faster on large pages.
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def _on_white(img: Image.Image) -> np.ndarray:
+    """An RGBA or LA image composited on opaque white, as BGR.
+
+    Transparent areas become white: dark text on a transparent canvas would otherwise turn
+    into black-on-black. The same bytes as PIL's alpha_composite over a white canvas
+    (AlphaComposite.c: 7 extra bits, the division by 255 rounded with shifts), computed a
+    band of rows at a time instead of a white canvas, their composite and its RGB copy.
+    """
+    width, height = img.size
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    for top, band in _bands(img):
+        alpha = band[..., -1:].astype(np.uint32)
+        mixed = band[..., :-1].astype(np.uint32)
+        mixed *= alpha
+        mixed += 255 * (255 - alpha)
+        mixed *= 128
+        mixed += 0x4000
+        mixed += mixed >> 8
+        mixed >>= 15
+        # RGB -> BGR; LA's one grey channel is repeated into three.
+        out[top : top + band.shape[0]] = mixed[..., ::-1] if mixed.shape[2] == 3 else mixed
+    return out
+
+
+def _deep_grey_to_bgr(img: Image.Image) -> np.ndarray:
+    """16/32-bit integer or float greyscale as 8-bit BGR.
+
+    Integers: kept when the largest is at most 255, else scaled by 255 / max(65535, largest)
+    (16-bit data by 65535). Floats: NaN -> 0 and +-inf -> the largest / smallest finite
+    value, then 0..1 data scaled by 255, 0..255 data kept, anything else stretched from
+    min(0, smallest) .. largest to 0..255.
+    """
+    width, height = img.size
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    if not out.size:
+        return out
+    if img.mode != "F":
+        top = max(int(band.max()) for _, band in _bands(img))
+        divisor = max(65535, top) if top > 255 else 1
+        for row, band in _bands(img):
+            values = band.astype(np.int64)
+            if divisor > 1:
+                values *= 255
+                values //= divisor
+            np.clip(values, 0, 255, out=values)
+            out[row : row + band.shape[0]] = values[:, :, None]
+        return out
+
+    low, high = _finite_range(img)
+    if low >= 0.0 and high <= 1.0:
+        offset, scale = 0.0, 255.0
+    elif low >= 0.0 and high <= 255.0:
+        offset, scale = 0.0, 1.0
+    else:
+        offset = min(low, 0.0)
+        scale = 255.0 / (high - offset) if high > offset else 0.0
+    for row, band in _bands(img):
+        values = np.nan_to_num(band.astype(np.float32), copy=False, nan=0.0, posinf=high, neginf=low)
+        values -= offset
+        values *= scale
+        np.clip(values, 0.0, 255.0, out=values)
+        out[row : row + band.shape[0]] = values[:, :, None]
+    return out
+
+
+def _finite_range(img: Image.Image) -> tuple[float, float]:
+    """The smallest and largest finite values of a float image (0, 0 when it has none)."""
+    low, high = np.inf, -np.inf
+    for _, band in _bands(img):
+        finite = band[np.isfinite(band)]
+        if finite.size:
+            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+    return (low, high) if low <= high else (0.0, 0.0)

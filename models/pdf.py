@@ -71,6 +71,9 @@ def open_pdf(data: bytes, password: str | None = None) -> Any:
             ) from None
         if code == raw.FPDF_ERR_SECURITY:
             raise DocumentEncryptedError("the PDF is encrypted with a security handler that cannot be read") from None
+        if code == raw.FPDF_ERR_SUCCESS:
+            # PDFium refuses a document without pages but reports no error for it.
+            raise DocumentCorruptError("the PDF has no pages") from None
         raise DocumentCorruptError(f"corrupt or truncated PDF: {exc}") from None
 
 
