@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import ImageDecodeError, ImageError
 from .image_io import decode_image
-from .page_identity import page_fingerprint
+from .page_identity import FingerprintBudget, page_fingerprint
 from .pdf import (
     RenderLimits,
     check_page_count,
@@ -64,6 +64,7 @@ def probe_pdf(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
     limits = limits_of(spec)
     mode = spec.get("pdf_text", "auto")
     pages = []
+    budget = FingerprintBudget()  # one deadline for all the pages' fingerprints
     for index in range(count):
         info: dict[str, Any] = {"image_size": None, "layer": None, "error": None, "fingerprint": None}
         try:
@@ -85,7 +86,7 @@ def probe_pdf(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
                     if mode == "layer" or real:
                         info["layer"] = lines
                 if info["layer"] is None:
-                    info["fingerprint"] = _fingerprint(page)
+                    info["fingerprint"] = _fingerprint(page, budget)
         finally:
             page.close()
         pages.append(info)
@@ -94,9 +95,9 @@ def probe_pdf(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
     return {"pages_total": count, "pages": pages, "protected": protected}
 
 
-def _fingerprint(page: Any) -> str | None:
+def _fingerprint(page: Any, budget: FingerprintBudget) -> str | None:
     try:
-        return page_fingerprint(page)
+        return page_fingerprint(page, budget)
     except Exception:  # noqa: BLE001 - no content identity: the page is keyed by its number
         return None
 
@@ -148,7 +149,11 @@ def run_preview(data: bytes, spec: dict[str, Any], max_pixels: int, min_side: in
         finally:
             page.close()
     preview = jpeg_preview(pixels, spec["preview"])
-    return {"image_size": size, "preview": preview, "timing": {"preview": round((time.perf_counter() - started) * 1000, 2)}}
+    return {
+        "image_size": size,
+        "preview": preview,
+        "timing": {"preview": round((time.perf_counter() - started) * 1000, 2)},
+    }
 
 
 def run_probe(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:

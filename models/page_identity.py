@@ -11,10 +11,19 @@ the other (the same page inside another PDF is not OCR'd again). Two forms:
   mode; an image's stored bytes and colour space), plus each character's origin as PDFium
   lays the text out.
 
+An image's pixels also depend on entries PDFium's API does not show (/Decode, /DecodeParms,
+the colour space's parameters: an ICC profile, a tint transform; masks), so each image is
+also decoded and drawn at its own pixel size and those pixels hashed (FPDFImageObj_
+GetRenderedBitmap applies all of them); only images with filters whose decoders are simple
+(Flate, DCT, LZW, RunLength, ASCII) and at most MAX_IMAGE_PIXELS are read so.
+
 A page with something this does not read exactly (annotations, transparency or blending,
-shadings, optional-content layers, palette images, an object PDFium cannot describe) has no
-identity (None): it is then known by its document and number only. Runs in the workers
-(PDFium is native code reading untrusted bytes); no image decoder runs for it.
+masked images, clip paths around a scan, shadings, optional-content layers, palette images,
+JPX or JBIG2 images, an object PDFium cannot describe) has no identity (None): it is then
+known by its document and number only. So has a page past the work budget (objects,
+characters, segments, pixels; a deadline shared by the whole document): a tiny PDF can draw
+10^5 objects from nested forms. Runs in the workers (PDFium is native code reading untrusted
+bytes).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import re
+import time
 from typing import Any
 
 TEXT, PATH, IMAGE, SHADING, FORM = 1, 2, 3, 4, 5
@@ -30,40 +40,187 @@ MAX_FORM_DEPTH = 8
 GLYPH_SIZE = 1000.0
 SUBSET_TAG = re.compile(rb"^[A-Z]{6}\+")
 
-
-def page_fingerprint(page: Any) -> str | None:
-    """The page's content identity (sha256 hex), or None when it cannot be read exactly."""
-    layout = (page.get_size(), page.get_mediabox(), page.get_cropbox(), page.get_rotation())
-    scan = _scan_fingerprint(page, layout)
-    if scan is not None:
-        return scan
-    return _drawn_fingerprint(page, layout)
-
-
-def _scan_fingerprint(page: Any, layout: tuple[Any, ...]) -> str | None:
-    import pypdfium2 as pdfium
-
-    objects = list(page.get_objects(max_depth=1))
-    if len(objects) != 1 or not isinstance(objects[0], pdfium.PdfImage):
-        return None
-    image = objects[0]
-    meta = image.get_metadata()
-    digest = hashlib.sha256(bytes(image.get_data(decode_simple=False)))
-    described = (
-        image.get_filters(),
-        image.get_matrix().get(),
-        (meta.width, meta.height, meta.bits_per_pixel, meta.colorspace),
-        *layout,
-    )
-    digest.update(repr(described).encode())
-    return digest.hexdigest()
+# The work one page's identity may take, and the time all the pages of one document may take
+# together; past either the page has no identity (keyed by document and number: still right).
+# Measured here (a shared 2-core machine, pypdfium2 5.15 / PDFium 159): an object costs ~65 us
+# (the review's bomb, 1e5 squares drawn by nested forms from 3 KB: 6.5-7 s a page unbounded,
+# while the page loads in 0.43 s and renders in 0.5 s); a dense page of 50 lines x 60
+# characters (50 objects, 6000 character reads: its text objects and the text layout) 43-46 ms
+# here (25 ms in the README's measurement), so ~7 us a character read; a 2500 x 3300 JPEG
+# scan is drawn and hashed in 65-76 ms (its page renders at 200 dpi in 79 ms). At these
+# limits the bomb's page stops after 0.48 s (about its render time); a normal page is far
+# below all of them; the deadline bounds a document of many costly pages.
+MAX_OBJECTS = 10_000  # objects visited, form children included (a per-glyph writer: 1 per character)
+MAX_CHARACTERS = 100_000  # character reads: ~50 dense pages' worth of text on one page
+MAX_SEGMENTS = 200_000  # path, clip and glyph-outline segments read
+MAX_IMAGE_PIXELS = 16_000_000  # one image drawn for its pixels (64 MB ARGB), as max_page_pixels
+MAX_PAGE_PIXELS = 32_000_000  # all the images of one page
+DOCUMENT_SECONDS = 5.0  # all the fingerprints of one document's probe
+# Filters whose decoders are run in the probe to read an image's pixels (simple and bounded by
+# MAX_IMAGE_PIXELS); JPX and JBIG2 images are left to the page's own task.
+SAFE_FILTERS = frozenset(
+    (b"FlateDecode", b"Fl", b"DCTDecode", b"DCT", b"LZWDecode", b"LZW", b"RunLengthDecode", b"RL")
+    + (b"ASCIIHexDecode", b"AHx", b"ASCII85Decode", b"A85")
+)
 
 
 class _Unreadable(Exception):
     """Something on the page this identity does not capture exactly."""
 
 
-def _drawn_fingerprint(page: Any, layout: tuple[Any, ...]) -> str | None:
+class _OverBudget(_Unreadable):
+    """The page (or the document) took more work than its identity is worth."""
+
+
+class FingerprintBudget:
+    """The work budget of one document's fingerprints: per-page limits and a shared deadline.
+
+    `spent` counts every unit of work read (objects, characters, segments) over the document,
+    `pages_over` the pages left without an identity for lack of budget.
+    """
+
+    def __init__(self, seconds: float = DOCUMENT_SECONDS) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.spent = 0
+        self.pixels = 0
+        self.pages_over = 0
+        self._page: dict[str, int] = {}
+
+    def start_page(self) -> None:
+        self._page = {"objects": 0, "characters": 0, "segments": 0, "pixels": 0}
+        self.check_time()
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise _OverBudget("the document's fingerprint deadline")
+
+    def spend(self, kind: str, units: int = 1) -> None:
+        used = self._page[kind] = self._page[kind] + units
+        if kind == "pixels":
+            self.pixels += units
+            if used > MAX_PAGE_PIXELS:
+                raise _OverBudget(kind)
+        else:
+            self.spent += units
+            limit = MAX_OBJECTS if kind == "objects" else MAX_CHARACTERS if kind == "characters" else MAX_SEGMENTS
+            if used > limit:
+                raise _OverBudget(kind)
+        self.check_time()
+
+
+def page_fingerprint(page: Any, budget: FingerprintBudget | None = None) -> str | None:
+    """The page's content identity (sha256 hex), or None when it cannot be read exactly or
+    within `budget` (one per document: its deadline is shared by all its pages)."""
+    budget = budget if budget is not None else FingerprintBudget()
+    try:
+        budget.start_page()
+        layout = (page.get_size(), page.get_mediabox(), page.get_cropbox(), page.get_rotation())
+        scan = _scan_fingerprint(page, layout, budget)
+        if scan is not None:
+            return scan
+        return _drawn_fingerprint(page, layout, budget)
+    except _OverBudget:
+        budget.pages_over += 1
+        return None
+    except _Unreadable:
+        return None
+
+
+def _scan_fingerprint(page: Any, layout: tuple[Any, ...], budget: FingerprintBudget) -> str | None:
+    from pypdfium2 import raw
+
+    if raw.FPDFPage_CountObjects(page.raw) != 1:
+        return None
+    obj = raw.FPDFPage_GetObject(page.raw, 0)
+    if raw.FPDFPageObj_GetType(obj) != IMAGE:
+        return None
+    if raw.FPDFPageObj_HasTransparency(obj):
+        return None  # a blend mode, soft mask or constant alpha of the graphics state
+    clip = raw.FPDFPageObj_GetClipPath(obj)
+    if clip and raw.FPDFClipPath_CountPaths(clip) != -1:
+        # A clip PDFium kept (one covering the page is dropped when the page is parsed, and
+        # then counts -1): not read here, its fill rule cannot be.
+        return None
+    matrix = raw.FS_MATRIX()
+    raw.FPDFPageObj_GetMatrix(obj, matrix)
+    placement = (matrix.a, matrix.b, matrix.c, matrix.d, matrix.e, matrix.f)
+    image = _image_identity(page, obj, budget)
+    digest = hashlib.sha256(b"scan|" + image)
+    digest.update(repr((placement, *layout)).encode())
+    return digest.hexdigest()
+
+
+def _image_identity(page: Any, obj: Any, budget: FingerprintBudget) -> bytes:
+    """An image's stored bytes, filters, size and colour space, and the pixels PDFium draws of
+    it at its own size (its /Decode, /DecodeParms, colour-space parameters, colour-key mask,
+    a stencil's fill colour applied): an identity of what it paints. Raises _Unreadable for a
+    palette image, a masked one (alpha below opaque; not a stencil), one too large or behind
+    a decoder not run here."""
+    from pypdfium2 import raw
+
+    meta = raw.FPDF_IMAGEOBJ_METADATA()
+    raw.FPDFImageObj_GetImageMetadata(obj, page.raw, meta)
+    if meta.colorspace == raw.FPDF_COLORSPACE_INDEXED:
+        raise _Unreadable("palette image")  # as the README says: no identity
+    filters = []
+    for index in range(raw.FPDFImageObj_GetImageFilterCount(obj)):
+        name = ctypes.create_string_buffer(64)
+        raw.FPDFImageObj_GetImageFilter(obj, index, name, ctypes.sizeof(name))
+        filters.append(name.value)
+    if any(name not in SAFE_FILTERS for name in filters):
+        raise _Unreadable("image filter")
+    pixels = meta.width * meta.height
+    if not 0 < pixels <= MAX_IMAGE_PIXELS:
+        raise _Unreadable("image size")
+    budget.spend("pixels", pixels)
+    length = raw.FPDFImageObj_GetImageDataRaw(obj, None, 0)
+    data = (ctypes.c_ubyte * max(1, length))()
+    raw.FPDFImageObj_GetImageDataRaw(obj, data, length)
+    digest = hashlib.sha256(memoryview(data)[:length])
+    stencil = meta.colorspace == raw.FPDF_COLORSPACE_UNKNOWN and meta.bits_per_pixel == 1
+    digest.update(repr((meta.width, meta.height, meta.bits_per_pixel, meta.colorspace, filters, stencil)).encode())
+    digest.update(_drawn_pixels(page, obj, meta.width, meta.height, stencil))
+    budget.check_time()
+    return digest.digest()
+
+
+def _drawn_pixels(page: Any, obj: Any, width: int, height: int, stencil: bool) -> bytes:
+    """sha256 of the image drawn by PDFium at width x height pixels (BGRA), everything applied
+    but its placement; the object is moved there for the call and put back."""
+    from pypdfium2 import raw
+
+    placed = raw.FS_MATRIX()
+    if not raw.FPDFPageObj_GetMatrix(obj, placed):
+        raise _Unreadable("image matrix")
+    raw.FPDFPageObj_SetMatrix(obj, raw.FS_MATRIX(float(width), 0.0, 0.0, float(height), 0.0, 0.0))
+    try:
+        bitmap = raw.FPDFImageObj_GetRenderedBitmap(page.pdf.raw, page.raw, obj)
+    finally:
+        raw.FPDFPageObj_SetMatrix(obj, placed)
+    if not bitmap:
+        raise _Unreadable("image not drawn")
+    try:
+        drawn = (raw.FPDFBitmap_GetWidth(bitmap), raw.FPDFBitmap_GetHeight(bitmap), raw.FPDFBitmap_GetFormat(bitmap))
+        stride = raw.FPDFBitmap_GetStride(bitmap)
+        if drawn != (width, height, raw.FPDFBitmap_BGRA) or stride != 4 * width:
+            raise _Unreadable(f"image drawn as {drawn}")
+        address = ctypes.cast(raw.FPDFBitmap_GetBuffer(bitmap), ctypes.c_void_p).value
+        if not address:
+            raise _Unreadable("image not drawn")
+        buffer = (ctypes.c_ubyte * (stride * height)).from_address(address)
+        if not stencil:
+            import numpy as np
+
+            # A soft mask or a /Mask: drawn here at the image's size, while the page draws it at
+            # its own (it may be finer): not read. A stencil is its own mask, at its own size.
+            if int(np.frombuffer(buffer, np.uint8)[3::4].min()) != 255:
+                raise _Unreadable("masked image")
+        return hashlib.sha256(buffer).digest()
+    finally:
+        raw.FPDFBitmap_Destroy(bitmap)
+
+
+def _drawn_fingerprint(page: Any, layout: tuple[Any, ...], budget: FingerprintBudget) -> str | None:
     from pypdfium2 import raw
 
     if raw.FPDFPage_GetAnnotCount(page.raw) > 0:
@@ -71,31 +228,34 @@ def _drawn_fingerprint(page: Any, layout: tuple[Any, ...]) -> str | None:
     digest = hashlib.sha256(b"drawn|" + repr(layout).encode())
     textpage = page.get_textpage()
     try:
-        reader = _ObjectReader(digest, page.raw, textpage.raw)
+        reader = _ObjectReader(digest, page, textpage.raw, budget)
         for index in range(raw.FPDFPage_CountObjects(page.raw)):
             reader.read(raw.FPDFPage_GetObject(page.raw, index), 0)
         # Where each glyph lands and how far it reaches (spacing, kerning, scaling, a ligature's
         # glyph against its letters'): PDFium's own text layout.
         x, y = ctypes.c_double(), ctypes.c_double()
         box = [ctypes.c_double() for _ in range(4)]
-        for index in range(raw.FPDFText_CountChars(textpage.raw)):
+        count = raw.FPDFText_CountChars(textpage.raw)
+        budget.spend("characters", max(0, count))
+        for index in range(count):
+            if index % 512 == 511:
+                budget.check_time()
             raw.FPDFText_GetCharOrigin(textpage.raw, index, x, y)
             raw.FPDFText_GetCharBox(textpage.raw, index, *box)
             code = raw.FPDFText_GetUnicode(textpage.raw, index)
             size = raw.FPDFText_GetFontSize(textpage.raw, index)
             digest.update(repr((code, x.value, y.value, [side.value for side in box], size)).encode())
-    except _Unreadable:
-        return None
     finally:
         textpage.close()
     return digest.hexdigest()
 
 
 class _ObjectReader:
-    def __init__(self, digest: Any, page: Any, textpage: Any) -> None:
+    def __init__(self, digest: Any, page: Any, textpage: Any, budget: FingerprintBudget) -> None:
         self.digest = digest
-        self.page = page
+        self.pdf_page = page
         self.textpage = textpage
+        self.budget = budget
         self.fonts: dict[tuple[int, bool], bytes] = {}  # (font handle, program read) -> identity
         self.glyphs: dict[tuple[int, str], bytes] = {}  # (font handle, character) -> its outline
 
@@ -105,6 +265,7 @@ class _ObjectReader:
     def read(self, obj: Any, depth: int) -> None:
         from pypdfium2 import raw
 
+        self.budget.spend("objects")
         kind = raw.FPDFPageObj_GetType(obj)
         if kind not in (TEXT, PATH, IMAGE, FORM) or depth > MAX_FORM_DEPTH:
             raise _Unreadable(f"object type {kind}")
@@ -167,6 +328,7 @@ class _ObjectReader:
     def _segments(self, count: int, segment_at: Any) -> list[tuple[Any, ...]]:
         from pypdfium2 import raw
 
+        self.budget.spend("segments", max(0, count))
         x, y = ctypes.c_float(), ctypes.c_float()
         segments = []
         for index in range(count):
@@ -188,7 +350,10 @@ class _ObjectReader:
             count = raw.FPDFClipPath_CountPathSegments(clip, path)
             if count < 0:
                 raise _Unreadable("clip path")  # a text clip: not described by segments
-            self.put("clip", self._segments(count, lambda index, path=path: raw.FPDFClipPath_GetPathSegment(clip, path, index)))
+            self.put(
+                "clip",
+                self._segments(count, lambda index, path=path: raw.FPDFClipPath_GetPathSegment(clip, path, index)),
+            )
 
     def _text(self, obj: Any) -> None:
         from pypdfium2 import raw
@@ -199,6 +364,7 @@ class _ObjectReader:
         buffer = (ctypes.c_ushort * max(1, length // 2))()
         raw.FPDFTextObj_GetText(obj, self.textpage, buffer, length)
         text = bytes(buffer)[: max(0, length - 2)].decode("utf-16-le", errors="surrogatepass")
+        self.budget.spend("characters", len(text))
         font = raw.FPDFTextObj_GetFont(obj)
         if not font:
             raise _Unreadable("text without a font")
@@ -258,25 +424,14 @@ class _ObjectReader:
         fill, stroke = ctypes.c_int(), ctypes.c_int()
         raw.FPDFPath_GetDrawMode(obj, fill, stroke)
         count = raw.FPDFPath_CountSegments(obj)
-        self.put("path", fill.value, stroke.value, self._segments(count, lambda index: raw.FPDFPath_GetPathSegment(obj, index)))
+        self.put(
+            "path",
+            fill.value,
+            stroke.value,
+            self._segments(count, lambda index: raw.FPDFPath_GetPathSegment(obj, index)),
+        )
 
     def _image(self, obj: Any) -> None:
-        """The image's stored bytes, filters, size and colour space, as a scan's are read (no
-        decoder runs in the probe: a decoder crash costs a page's task, not the document).
-        A palette image has no identity: its palette is not read."""
-        from pypdfium2 import raw
-
-        meta = raw.FPDF_IMAGEOBJ_METADATA()
-        raw.FPDFImageObj_GetImageMetadata(obj, self.page, meta)
-        if meta.colorspace == raw.FPDF_COLORSPACE_INDEXED:
-            raise _Unreadable("palette image")
-        length = raw.FPDFImageObj_GetImageDataRaw(obj, None, 0)
-        data = (ctypes.c_ubyte * max(1, length))()
-        raw.FPDFImageObj_GetImageDataRaw(obj, data, length)
-        filters = []
-        for index in range(raw.FPDFImageObj_GetImageFilterCount(obj)):
-            name = ctypes.create_string_buffer(64)
-            raw.FPDFImageObj_GetImageFilter(obj, index, name, ctypes.sizeof(name))
-            filters.append(name.value)
-        described = (meta.width, meta.height, meta.bits_per_pixel, meta.colorspace, filters)
-        self.put("image", hashlib.sha256(memoryview(data)[:length]).hexdigest(), described)
+        """As a scan's image is read (stored bytes and the pixels drawn of them); a palette
+        image, a masked one or one past the limits has no identity."""
+        self.put("image", _image_identity(self.pdf_page, obj, self.budget).hex())

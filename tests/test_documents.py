@@ -425,20 +425,7 @@ def test_the_same_born_digital_page_read_by_ocr_inside_another_pdf_is_not_read_a
 
 
 def test_page_identity_reads_drawn_pages_and_gives_up_on_what_it_cannot_read() -> None:
-    from models.page_identity import page_fingerprint
-    from models.pdf import open_pdf
-
-    def identity(pdf: bytes, index: int = 0) -> str | None:
-        document = open_pdf(pdf)
-        try:
-            page = document[index]
-            try:
-                return page_fingerprint(page)
-            finally:
-                page.close()
-        finally:
-            document.close()
-
+    identity = _first_page_identity
     page = [["INVOICE 4711", "TOTAL 12.50"]]
     same = identity(text_pdf(page))
     assert same is not None and same == identity(text_pdf([["COVER"], *page]), 1)
@@ -450,3 +437,169 @@ def test_page_identity_reads_drawn_pages_and_gives_up_on_what_it_cannot_read() -
         b"/Annots [<< /Type /Annot /Subtype /Square /Rect [10 10 100 100] /C [1 0 0] >>] /Resources << /Font",
     )
     assert identity(annotated) is None
+
+
+def _first_page_identity(pdf: bytes, index: int = 0) -> str | None:
+    from models.page_identity import page_fingerprint
+    from models.pdf import open_pdf
+
+    document = open_pdf(pdf)
+    try:
+        page = document[index]
+        try:
+            return page_fingerprint(page)
+        finally:
+            page.close()
+    finally:
+        document.close()
+
+
+def _one_image_pdf(
+    image_extra: bytes,
+    stream: bytes,
+    width: int,
+    height: int,
+    colour_space: bytes = b"/DeviceGray",
+    content: bytes = b"",
+) -> bytes:
+    """A scanned page as the review built it: one Flate image, nothing else drawn."""
+    from multirequest import write_pdf
+
+    content = content or b"q 432 0 0 144 90 324 cm /Im1 Do Q"
+    image = (
+        b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /BitsPerComponent 8 /ColorSpace %s"
+        b" /Filter /FlateDecode %s /Length %d >>\nstream\n"
+        % (width, height, colour_space, image_extra, len(stream))
+        + stream
+        + b"\nendstream"
+    )
+    return write_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            (
+                b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+                b" /Resources << /XObject << /Im1 5 0 R >> >> >>"
+            ),
+            b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+            image,
+        ]
+    )
+
+
+def test_scans_that_differ_only_in_palette_decode_array_clip_or_mask_never_share_an_identity() -> None:
+    import zlib
+
+    import numpy as np
+
+    width, height = 120, 40
+    indices = (np.arange(width * height) % 3).astype(np.uint8).tobytes()
+    gray = (np.arange(width * height) % 251).astype(np.uint8).tobytes()
+    pairs = {
+        # The same indices through two palettes: "PAY 100" against "PAY 999" in the review.
+        "palette": [
+            _one_image_pdf(
+                b"", zlib.compress(indices), width, height, b"[/Indexed /DeviceRGB 2 <FFFFFF 000000 FFFFFF>]"
+            ),
+            _one_image_pdf(
+                b"", zlib.compress(indices), width, height, b"[/Indexed /DeviceRGB 2 <FFFFFF FFFFFF 000000>]"
+            ),
+        ],
+        "decode_array": [
+            _one_image_pdf(b"", zlib.compress(gray), width, height),
+            _one_image_pdf(b"/Decode [1 0]", zlib.compress(gray), width, height),
+        ],
+        "clip_path": [
+            _one_image_pdf(b"", zlib.compress(gray), width, height),
+            _one_image_pdf(
+                b"",
+                zlib.compress(gray),
+                width,
+                height,
+                content=b"q 250 324 272 144 re W n 432 0 0 144 90 324 cm /Im1 Do Q",
+            ),
+        ],
+        "predictor": [
+            _one_image_pdf(b"", zlib.compress(gray), width, height),
+            _one_image_pdf(b"/DecodeParms << /Predictor 2 /Columns %d >>" % width, zlib.compress(gray), width, height),
+        ],
+        "colour_key_mask": [
+            _one_image_pdf(b"", zlib.compress(gray), width, height),
+            _one_image_pdf(b"/Mask [0 100]", zlib.compress(gray), width, height),
+        ],
+    }
+    for name, (first, second) in pairs.items():
+        one, other = _first_page_identity(first), _first_page_identity(second)
+        assert one is None or one != other, name
+    # The plain one keeps its identity, equal in another PDF with the same image.
+    plain = pairs["decode_array"][0]
+    assert _first_page_identity(plain) is not None
+    assert _first_page_identity(plain) == _first_page_identity(pairs["clip_path"][0])
+
+
+def test_a_soft_masked_scan_has_no_identity_and_a_born_digital_image_reads_its_decode_array() -> None:
+    import zlib
+
+    from multirequest import write_pdf
+
+    width, height = 60, 20
+    gray = zlib.compress(bytes(range(60)) * height)
+    mask = zlib.compress(bytes(width * height // 2) + b"\xff" * (width * height // 2))
+    soft_mask = (
+        b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /BitsPerComponent 8 /ColorSpace /DeviceGray"
+        b" /Filter /FlateDecode /Length %d >>\nstream\n" % (width, height, len(mask)) + mask + b"\nendstream"
+    )
+    document = write_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            (
+                b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+                b" /Resources << /XObject << /Im1 5 0 R >> >> >>"
+            ),
+            b"<< /Length 33 >>\nstream\nq 432 0 0 144 90 324 cm /Im1 Do Q\nendstream",
+            b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /BitsPerComponent 8 /ColorSpace /DeviceGray"
+            b" /Filter /FlateDecode /SMask 6 0 R /Length %d >>\nstream\n"
+            % (width, height, len(gray))
+            + gray
+            + b"\nendstream",
+            soft_mask,
+        ]
+    )
+    assert _first_page_identity(_one_image_pdf(b"", gray, width, height)) is not None
+    assert _first_page_identity(document) is None
+
+    # A born-digital page (text and an image): the image's /Decode array is read too.
+    def drawn(image_extra: bytes) -> bytes:
+        content = b"BT /F1 20 Tf 72 700 Td (LOGO) Tj ET q 120 0 0 40 72 600 cm /Im1 Do Q"
+        return write_pdf(
+            [
+                b"<< /Type /Catalog /Pages 2 0 R >>",
+                b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+                (
+                    b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+                    b" /Resources << /Font << /F1 6 0 R >> /XObject << /Im1 5 0 R >> >> >>"
+                ),
+                b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+                b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /BitsPerComponent 8 /ColorSpace /DeviceGray"
+                b" /Filter /FlateDecode %s /Length %d >>\nstream\n"
+                % (width, height, image_extra, len(gray))
+                + gray
+                + b"\nendstream",
+                b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            ]
+        )
+
+    plain = _first_page_identity(drawn(b""))
+    assert plain is not None and plain == _first_page_identity(drawn(b""))
+    assert _first_page_identity(drawn(b"/Decode [1 0]")) not in (None, plain)
+
+
+def test_the_same_scanned_jpeg_in_two_pdfs_keeps_one_identity() -> None:
+    from tests.pdf_builder import image_pdf
+
+    scan = Image.open(io.BytesIO(text_image(f"SCANNED {random_word(6)}")))
+    cover = Image.open(io.BytesIO(text_image("COVER")))
+    alone = _first_page_identity(image_pdf([scan]))
+    assert alone is not None and alone == _first_page_identity(image_pdf([cover, scan]), 1)
+    assert alone != _first_page_identity(image_pdf([cover]))
