@@ -104,9 +104,15 @@ class OcrHandler(DocumentAnswers, JsonHandler):
             if declared_bytes > self._drain_limit:
                 raise self._body_too_large()
             self._too_large = declared_bytes > body_limit
-            if self._too_large and self.request.headers.get("Expect", "").lower() == "100-continue":
-                # The client waits for our go-ahead before sending: no body to drain, answer now.
-                raise self._body_too_large()
+            if self.request.headers.get("Expect", "").lower() == "100-continue":
+                # The client waits for our go-ahead before sending: a request that will fail
+                # anyway is answered now, with no body to send and drain.
+                if self._too_large:
+                    raise self._body_too_large()
+                if self._parse_error is not None:
+                    raise self._parse_error
+                if not self.ctx.upload_budget.fits(declared_bytes):
+                    raise ApiError(503, "server_busy", "too many uploads in progress; retry shortly", retry_after=1)
         if self.request.method == "POST":
             # Room above the drain limit so that a chunked body (no declared length) gets our
             # JSON 413 from data_received, not Tornado's bare 400, when it passes the limit.

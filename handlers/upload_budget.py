@@ -21,5 +21,12 @@ class UploadBudget:
         self.used += size
         return True
 
+    def fits(self, size: int) -> bool:
+        """Whether `size` more bytes would be taken now (a refusal is counted)."""
+        if self.used + size > self.limit:
+            self.refused += 1
+            return False
+        return True
+
     def give_back(self, size: int) -> None:
         self.used = max(0, self.used - size)

@@ -925,6 +925,15 @@ def test_oversized_upload_waiting_for_100_continue_is_refused_before_sending(ocr
         reply = sock.recv(65536).decode(errors="replace")
     assert reply.startswith("HTTP/1.1 413"), reply[:200]  # not "100 Continue"
     assert '"body_too_large"' in reply
+    # Nor is a body invited that could not be parsed (a multipart type without a boundary).
+    with socket.create_connection(("127.0.0.1", int(ocr_server.url.rsplit(":", 1)[1])), timeout=10) as sock:
+        sock.sendall(
+            b"POST /ocr_service HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+            b"Content-Type: multipart/form-data\r\nContent-Length: 5000000\r\n\r\n"
+        )
+        reply = sock.recv(65536).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 400"), reply[:200]
+    assert '"malformed_body"' in reply
 
 
 def test_bodies_sent_to_endpoints_that_take_none_are_refused_before_they_are_read(ocr_server: RunningServer) -> None:
