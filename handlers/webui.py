@@ -6,6 +6,7 @@ Everything the page needs ships in static/ (no CDN), so it works on an offline h
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,9 @@ class StaticHandler(web.StaticFileHandler):
         # Tornado hands a NUL byte (/static/%00) on to os.path, which raises: a 500.
         if "\x00" in absolute_path:
             raise web.HTTPError(404)
+        inside = os.path.abspath(root)
+        if (absolute_path == inside or absolute_path.startswith(inside + os.sep)) and os.path.isdir(absolute_path):
+            raise web.HTTPError(404)  # a folder inside: Tornado's 403 "is not a file" read as "outside"
         return super().validate_absolute_path(root, absolute_path)
 
     def get_content_type(self) -> str:

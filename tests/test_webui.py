@@ -127,6 +127,8 @@ def test_static_routes_serve_the_page_offline(ocr_server: RunningServer) -> None
         ("/static/missing.js", 404, "not_found"),
         ("/static/%2e%2e/server.py", 403, "forbidden_path"),
         ("/static/%00", 404, "not_found"),
+        ("/static/", 404, "not_found"),  # the folder itself is no file, and not outside it
+        ("/static/%2e%2e/", 403, "forbidden_path"),
     ):
         answer = requests.get(f"{ocr_server.url}{path}", timeout=10)
         assert answer.status_code == status, (path, answer.text)
