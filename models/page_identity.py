@@ -18,7 +18,8 @@ GetRenderedBitmap applies all of them); only images with filters whose decoders 
 (Flate, DCT, LZW, RunLength, ASCII) and at most MAX_IMAGE_PIXELS are read so.
 
 A page with something this does not read exactly (annotations, transparency or blending,
-masked images, clip paths around a scan, shadings, optional-content layers, palette images,
+masked images, clip paths around a scan, shadings, patterns (or a colour PDFium reports for
+one: white or 191 grey), optional-content layers, palette images,
 JPX or JBIG2 images, an object PDFium cannot describe) has no identity (None): it is then
 known by its document and number only. So has a page past the work budget (objects,
 characters, segments, pixels; a deadline shared by the whole document): a tiny PDF can draw
@@ -136,6 +137,9 @@ def _scan_fingerprint(page: Any, layout: tuple[Any, ...], budget: FingerprintBud
         return None
     if raw.FPDFPageObj_HasTransparency(obj):
         return None  # a blend mode, soft mask or constant alpha of the graphics state
+    r, g, b, a = (ctypes.c_uint() for _ in range(4))
+    ok = raw.FPDFPageObj_GetFillColor(obj, r, g, b, a)
+    _check_pattern(page, obj, IMAGE, [(ok, r.value, g.value, b.value, a.value), (1, 0, 0, 0, 255)])
     clip = raw.FPDFPageObj_GetClipPath(obj)
     if clip and raw.FPDFClipPath_CountPaths(clip) != -1:
         # A clip PDFium kept (one covering the page is dropped when the page is parsed, and
@@ -250,6 +254,45 @@ def _drawn_fingerprint(page: Any, layout: tuple[Any, ...], budget: FingerprintBu
     return digest.hexdigest()
 
 
+# What FPDFPageObj_GetFillColor (GetStrokeColor) reports for a colour of the /Pattern space: a
+# shading pattern reads white, a coloured tiling pattern this grey (PDFium 159: the pattern's own
+# colours are not described, nor is the colour space). A plain fill of one of these colours
+# reads the same, so one painted in them cannot be told from a pattern: no identity.
+PATTERN_COLOURS = frozenset(((255, 255, 255), (191, 191, 191)))
+
+
+def _check_pattern(page: Any, obj: Any, kind: int, colours: list[tuple[int, int, int, int, int]]) -> None:
+    """Raise _Unreadable when a colour the object paints with may be a pattern (PATTERN_COLOURS)."""
+    from pypdfium2 import raw
+
+    fill, stroke = colours
+    if kind == PATH:
+        fill_mode, stroked = ctypes.c_int(), ctypes.c_int()
+        raw.FPDFPath_GetDrawMode(obj, fill_mode, stroked)
+        painted = [fill] if fill_mode.value else []
+        painted += [stroke] if stroked.value else []
+    elif kind == TEXT:
+        mode = raw.FPDFTextObj_GetTextRenderMode(obj)
+        painted = [fill] if mode in (0, 2, 4, 6) else []
+        painted += [stroke] if mode in (1, 2, 5, 6) else []
+    elif kind == IMAGE:
+        painted = [fill]  # a stencil mask is painted in the fill colour; another image: none
+    else:
+        return  # a form's children carry their own colours
+    if any(not ok or (r, g, b) in PATTERN_COLOURS for ok, r, g, b, _ in painted):
+        if kind == IMAGE and not _is_stencil(page, obj):
+            return
+        raise _Unreadable("a pattern colour, or one PDFium reports for a pattern")
+
+
+def _is_stencil(page: Any, obj: Any) -> bool:
+    from pypdfium2 import raw
+
+    meta = raw.FPDF_IMAGEOBJ_METADATA()
+    raw.FPDFImageObj_GetImageMetadata(obj, page.raw, meta)
+    return meta.colorspace == raw.FPDF_COLORSPACE_UNKNOWN and meta.bits_per_pixel == 1
+
+
 class _ObjectReader:
     def __init__(self, digest: Any, page: Any, textpage: Any, budget: FingerprintBudget) -> None:
         self.digest = digest
@@ -275,7 +318,9 @@ class _ObjectReader:
         matrix = raw.FS_MATRIX()
         raw.FPDFPageObj_GetMatrix(obj, matrix)
         self.put("object", kind, active.value, (matrix.a, matrix.b, matrix.c, matrix.d, matrix.e, matrix.f))
-        opaque = self._style(obj)
+        colours = self._style(obj)
+        opaque = all(alpha == 255 for _, _, _, _, alpha in colours)
+        _check_pattern(self.pdf_page, obj, kind, colours)
         if raw.FPDFPageObj_HasTransparency(obj) and (opaque or kind in (IMAGE, FORM)):
             # Not a constant alpha (that is in the colours read above): a blend mode, a soft
             # mask or a transparency group, none of which PDFium describes.
@@ -304,8 +349,9 @@ class _ObjectReader:
             if name == "OC":
                 raise _Unreadable("optional content")  # shown or hidden by the document's layers
 
-    def _style(self, obj: Any) -> bool:
-        """Put the colours (with their alpha) and line style; whether both alphas are opaque."""
+    def _style(self, obj: Any) -> list[tuple[int, int, int, int, int]]:
+        """Put the colours (with their alpha) and line style; the (ok, r, g, b, a) of the fill and
+        the stroke colours."""
         from pypdfium2 import raw
 
         colours = []
@@ -323,7 +369,7 @@ class _ObjectReader:
         raw.FPDFPageObj_GetDashPhase(obj, phase)
         line = (raw.FPDFPageObj_GetLineJoin(obj), raw.FPDFPageObj_GetLineCap(obj))
         self.put("style", colours, width.value, list(dash_array)[:dashes], phase.value, line)
-        return all(alpha == 255 for _, _, _, _, alpha in colours)
+        return colours
 
     def _segments(self, count: int, segment_at: Any) -> list[tuple[Any, ...]]:
         from pypdfium2 import raw

@@ -603,3 +603,74 @@ def test_the_same_scanned_jpeg_in_two_pdfs_keeps_one_identity() -> None:
     alone = _first_page_identity(image_pdf([scan]))
     assert alone is not None and alone == _first_page_identity(image_pdf([cover, scan]), 1)
     assert alone != _first_page_identity(image_pdf([cover]))
+
+
+def _pattern_page(content: bytes, resources: bytes, *extra: bytes) -> bytes:
+    """One page drawing `content`, with `resources`; objects 5 on are `extra`."""
+    from multirequest import write_pdf
+
+    return write_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << %s >> >>" % resources,
+            b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+            *extra,
+        ]
+    )
+
+
+def _axial(start: bytes, end: bytes, pattern: bool = True) -> bytes:
+    shading = (
+        b"<< /ShadingType 2 /ColorSpace /DeviceRGB /Coords [100 0 500 0] /Extend [true true]"
+        b" /Function << /FunctionType 2 /Domain [0 1] /C0 [%s] /C1 [%s] /N 1 >> >>" % (start, end)
+    )
+    return b"<< /PatternType 2 /Shading %s >>" % shading if pattern else shading
+
+
+def _tiling(colour: bytes) -> bytes:
+    cell = b"%s rg 0 0 5 5 re f" % colour
+    return (
+        b"<< /Type /Pattern /PatternType 1 /PaintType 1 /TilingType 1 /BBox [0 0 10 10] /XStep 10 /YStep 10"
+        b" /Resources << >> /Length %d >>\nstream\n" % len(cell) + cell + b"\nendstream"
+    )
+
+
+def test_paths_and_text_painted_with_a_pattern_never_share_an_identity() -> None:
+    # PDFium reports a shading pattern's colour as white and a tiling pattern's as grey
+    # (FPDFPageObj_GetFillColor): a red and a blue gradient read the same.
+    patterns = b"/Pattern << /P1 5 0 R >>"
+    fill, stroke = b"/Pattern cs /P1 scn 100 100 400 400 re f", b"/Pattern CS /P1 SCN 20 w 100 100 400 400 re S"
+    text = b"/Pattern cs /P1 scn BT /F1 48 Tf 100 400 Td (TOTAL 12.50) Tj ET"
+    font = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
+    with_font = patterns + b" /Font << /F1 6 0 R >>"
+    pairs = {
+        "shading_fill": [_pattern_page(fill, patterns, _axial(c, b"1 1 1")) for c in (b"1 0 0", b"0 0 1")],
+        "shading_stroke": [_pattern_page(stroke, patterns, _axial(c, b"1 1 1")) for c in (b"1 0 0", b"0 0 1")],
+        "shading_text": [_pattern_page(text, with_font, _axial(c, b"1 1 1"), font) for c in (b"1 0 0", b"0 0 1")],
+        "tiling_fill": [_pattern_page(fill, patterns, _tiling(c)) for c in (b"1 0 0", b"0 0 1")],
+        "tiling_stroke": [_pattern_page(stroke, patterns, _tiling(c)) for c in (b"1 0 0", b"0 0 1")],
+        # A gradient against a plain fill of the colour PDFium reports for it.
+        "shading_or_white": [
+            _pattern_page(fill, patterns, _axial(b"1 0 0", b"1 1 1")),
+            _pattern_page(b"1 1 1 rg 100 100 400 400 re f", b""),
+        ],
+        "tiling_or_grey": [
+            _pattern_page(fill, patterns, _tiling(b"1 0 0")),
+            _pattern_page(b"0.75 g 100 100 400 400 re f", b""),
+        ],
+    }
+    for name, (first, second) in pairs.items():
+        one, other = _first_page_identity(first), _first_page_identity(second)
+        assert one is None or one != other, name
+    # A shading drawn with `sh`: no identity either.
+    drawn = _pattern_page(
+        b"q 100 100 400 400 re W n /Sh1 sh Q", b"/Shading << /Sh1 5 0 R >>", _axial(b"1 0 0", b"1 1 1", False)
+    )
+    assert _first_page_identity(drawn) is None
+    # A plain coloured page keeps its identity, the same in another PDF.
+    red = _pattern_page(b"1 0 0 rg 100 100 400 400 re f", b"")
+    assert _first_page_identity(red) is not None
+    assert _first_page_identity(red) == _first_page_identity(
+        _pattern_page(b"1 0 0 rg 100 100 400 400 re f", b"/Font << >>")
+    )
