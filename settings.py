@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -137,10 +138,17 @@ class Settings:
     def with_listen(self, port: int | None = None, host: str | None = None) -> Settings:
         """A copy listening elsewhere (command-line overrides)."""
         changes = {name: value for name, value in (("port", port), ("host", host)) if value is not None}
-        return dataclasses.replace(self, web_server=dataclasses.replace(self.web_server, **changes))
+        moved = dataclasses.replace(self, web_server=dataclasses.replace(self.web_server, **changes))
+        _check_ranges(moved)  # --port 70000 is refused as web_server.port would be
+        return moved
 
     def allowed_root_paths(self) -> list[Path]:
         return [Path(os.path.realpath(Path(self.base_dir, root))) for root in self.web_server.allowed_roots]
+
+
+MAX_CONFIG_INT = 2**53  # the largest integer a JSON number carries exactly
+# More OCR processes than this is a typo (each loads the models: 150-800 MB).
+MAX_PROCESSES = 256
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -154,9 +162,11 @@ def _type_ok(value: Any, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        # Bounded: a 400-digit count would pass every range check and overflow a timer later.
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_CONFIG_INT
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        # Finite: JSON's Infinity or 1e999 passed the range checks and broke timers and TTLs.
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if hint is str:
         return isinstance(value, str)
     if origin is tuple:
@@ -215,7 +225,9 @@ def _check_ranges(settings: Settings) -> None:
         (len(web.allowed_roots) > 0, "web_server.allowed_roots must name at least one folder"),
         (web.idle_timeout > 0, "web_server.idle_timeout must be > 0"),
         (web.body_timeout > 0, "web_server.body_timeout must be > 0"),
-        (proc.number >= 1, "ocr.process.number must be >= 1"),
+        (bool(web.host), "web_server.host must name an address (an empty one listens on every interface)"),
+        (web.shutdown_grace >= 0, "web_server.shutdown_grace must be >= 0"),
+        (1 <= proc.number <= MAX_PROCESSES, f"ocr.process.number must be 1..{MAX_PROCESSES}"),
         (proc.max_task_number >= 1, "ocr.process.max_task_number must be >= 1"),
         (proc.queue_size >= 1, "ocr.process.queue_size must be >= 1"),
         (proc.task_timeout > 0, "ocr.process.task_timeout must be > 0"),
@@ -232,12 +244,19 @@ def _check_ranges(settings: Settings) -> None:
         (settings.ocr.engine in ENGINES, f"ocr.engine must be one of {', '.join(ENGINES)}"),
         (svc.backend in BACKENDS, f"service.backend must be one of {', '.join(BACKENDS)}"),
     ]
+    predict = settings.ocr.predict_system
+    if "max_image_pixels" in predict:
+        checks.append((predict["max_image_pixels"] >= 64, "ocr.predict_system.max_image_pixels must be >= 64"))
+    if "min_image_side" in predict:
+        checks.append((1 <= predict["min_image_side"] <= 1024, "ocr.predict_system.min_image_side must be 1..1024"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
 
 
 def settings_from_dict(data: dict[str, Any], base_dir: str | Path = REPO_DIR) -> Settings:
+    if not isinstance(data, dict):
+        raise ConfigError(f"the configuration must be a JSON object, got {type(data).__name__}")
     data = dict(data)
     if "base_dir" in data:
         raise ConfigError("unknown key base_dir")
@@ -257,6 +276,8 @@ def load_settings(path: str | Path | None) -> Settings:
         data = json.loads(config_path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read {config_path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{config_path} is not UTF-8 text: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{config_path} is not valid JSON: {exc}") from exc
     return settings_from_dict(data, base_dir=config_path.resolve().parent)

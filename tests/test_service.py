@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import subprocess
 import sys
 import time
@@ -64,7 +65,9 @@ def test_a_receipt_in_the_middle_of_a_large_blank_scan_reads_like_the_receipt_al
     page.paste(receipt, (left, top))
     buffer = io.BytesIO()
     page.save(buffer, "PNG")
-    alone, scanned = (ocr_server.ocr_upload(data).json() for data in ((GT_DIR / entry["image"]).read_bytes(), buffer.getvalue()))
+    alone, scanned = (
+        ocr_server.ocr_upload(data).json() for data in ((GT_DIR / entry["image"]).read_bytes(), buffer.getvalue())
+    )
     assert scanned["image_size"] == [4961, 7016]
     alone_edits, chars = bag_cer(entry["lines"], ocr_text(alone))
     scanned_edits, _ = bag_cer(entry["lines"], ocr_text(scanned))
@@ -441,6 +444,49 @@ def test_bad_config_fails_at_start_with_the_key(tmp_path: Path) -> None:
     result = _start_with_config(tmp_path, {"ocr": {"process": {"number": "two"}}})
     assert result.returncode == 2
     assert "ocr.process.number" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        # JSON's Infinity and 1e999 passed "> 0" and broke timers and Redis TTLs later.
+        ({"service": {"time": float("inf")}}, "service.time: expected float"),
+        ({"ocr": {"process": {"task_timeout": 1e999}}}, "ocr.process.task_timeout: expected float"),
+        ({"ocr": {"process": {"max_task_number": 10**400}}}, "ocr.process.max_task_number: expected int"),
+        ({"web_server": {"shutdown_grace": -5}}, "web_server.shutdown_grace must be >= 0"),
+        ({"web_server": {"host": ""}}, "web_server.host must name an address"),
+        ({"ocr": {"process": {"number": 1000}}}, "ocr.process.number must be 1..256"),
+        ({"ocr": {"predict_system": {"max_image_pixels": 0}}}, "max_image_pixels must be >= 64"),
+        ({"ocr": {"predict_system": {"min_image_side": 100_000}}}, "min_image_side must be 1..1024"),
+        ([], "must be a JSON object, got list"),
+        ([["ocr", {}]], "must be a JSON object, got list"),
+        ("abc", "must be a JSON object, got str"),
+        (None, "must be a JSON object, got NoneType"),
+    ],
+)
+def test_configs_that_would_break_the_server_later_are_refused_naming_the_key(config: object, message: str) -> None:
+    from settings import ConfigError, settings_from_dict
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        settings_from_dict(config)  # type: ignore[arg-type]
+
+
+def test_a_config_that_is_no_object_or_no_text_and_a_port_out_of_range_stop_the_server(tmp_path: Path) -> None:
+    result = _start_with_config(tmp_path, ["ocr", {}])
+    assert result.returncode == 2 and "config error: the configuration must be a JSON object" in result.stderr
+    assert "Traceback" not in result.stderr
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b'{"ocr": "\xff"}')  # Latin-1, not UTF-8
+    result = subprocess.run(
+        [sys.executable, str(REPO / "server.py"), "--config", str(binary)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2 and "is not UTF-8 text" in result.stderr, result.stderr
+    result = _start_with_config(tmp_path, {}, "--port", "70000")
+    assert result.returncode == 2 and "web_server.port must be 0..65535" in result.stderr
 
 
 def test_repo_config_json_matches_the_embedded_defaults() -> None:
