@@ -230,6 +230,7 @@ class DocumentService:
         if cached is not None:
             record.result, record.cached = cached, True
         else:
+            self.ocr.tasks.refuse_if_full()
             run = self.join(doc)  # never released: the task must run
             record.computation = run  # type: ignore[assignment]  # a Computation look-alike
         await self.ocr.tasks.add(record)  # records the outcome and shares the view when the run ends

@@ -98,6 +98,7 @@ class OcrService:
         if cached is not None:
             record.result, record.cached = cached, True
         else:
+            self.tasks.refuse_if_full()
             record.computation = await self.join(key, payload, params)  # never released: the task must run
         await self.tasks.add(record)
         return record

@@ -17,7 +17,7 @@ from cache.redis_store import RedisStore
 from cache.remote_poll import poll_pauses
 from cache.single_flight import Computation
 from cache.ttl_lru import TTLLRUCache
-from ocr_pool import PoolError
+from ocr_pool import PoolError, QueueFullError
 
 
 class TaskRecord:
@@ -60,27 +60,51 @@ class TaskRecord:
 
 
 class TaskStore:
+    """Finished records live in a TTL + LRU store (service.time, service.task_number);
+    unfinished ones apart, never evicted: a client polling a task still queued or running
+    must not get 404 because newer tasks or the clock pushed it out. At most `capacity` are
+    unfinished at once (refuse_if_full() says when a new task must be refused)."""
+
     def __init__(self, capacity: int, ttl: float, shared: RedisStore | None = None) -> None:
         self.records: TTLLRUCache[TaskRecord] = TTLLRUCache(capacity, ttl)
+        self.unfinished: dict[str, TaskRecord] = {}
+        self.capacity = capacity
         self.shared = shared
+        # Background writes of finished records: referenced until done, so none is collected early.
+        self._pending: set[asyncio.Future[None]] = set()
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) + len(self.unfinished)
+
+    def refuse_if_full(self) -> None:
+        """Raise QueueFullError (503) when `capacity` tasks are unfinished already."""
+        if len(self.unfinished) >= max(1, self.capacity):
+            raise QueueFullError(
+                f"too many unfinished tasks ({len(self.unfinished)}, service.task_number); retry shortly"
+            )
 
     async def add(self, record: TaskRecord) -> None:
         """Keep a new record; one with a computation records its outcome when that ends."""
         computation = record.computation
         if computation is not None:
-            computation.future.add_done_callback(lambda future: asyncio.ensure_future(self._finished(record, future)))
-        self.records.set(record.task_id, record)
+            self.unfinished[record.task_id] = record
+            computation.future.add_done_callback(lambda future: self._on_done(record, future))
+        else:
+            self.records.set(record.task_id, record)
         await self._share(record)
+
+    def _on_done(self, record: TaskRecord, future: asyncio.Future[Result]) -> None:
+        finishing = asyncio.ensure_future(self._finished(record, future))
+        self._pending.add(finishing)
+        finishing.add_done_callback(self._pending.discard)
 
     async def _finished(self, record: TaskRecord, future: asyncio.Future[Result]) -> None:
         record.record_outcome(future)
         # The outcome is copied: let go of the computation (and through it the job and the image).
         record.computation = None
-        # Keep the finished record a full TTL from now, not from submission.
+        # Kept a full TTL from now, not from submission.
         self.records.set(record.task_id, record)
+        self.unfinished.pop(record.task_id, None)
         await self._share(record)
 
     async def _share(self, record: TaskRecord) -> None:
@@ -89,7 +113,7 @@ class TaskStore:
 
     async def view(self, task_id: str, wait: float = 0.0) -> TaskView | None:
         """The task's state; with `wait`, first wait up to that many seconds for it to finish."""
-        record = self.records.get(task_id)
+        record = self.unfinished.get(task_id) or self.records.get(task_id)
         if record is not None:
             computation = record.computation
             if wait > 0 and computation is not None and record.status in ("queued", "running"):
@@ -117,4 +141,4 @@ class TaskStore:
         return view
 
     def stats(self) -> dict[str, Any]:
-        return {"tasks_kept": len(self.records)}
+        return {"tasks_kept": len(self), "tasks_unfinished": len(self.unfinished)}

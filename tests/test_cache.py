@@ -210,3 +210,39 @@ def test_remote_polling_backs_off_and_stops_at_its_deadline() -> None:
     started = time.monotonic()
     bounded = asyncio.run(pauses(started + 0.2, max_pause=0.05, limit=1000))
     assert time.monotonic() - started < 2 and 3 <= len(bounded) < 1000  # ended by the deadline, not the limit
+
+
+def test_unfinished_task_records_are_never_pushed_out_and_the_count_is_bounded() -> None:
+    # service.task_number 1: a second task used to evict the first while it still ran (its
+    # poll answered 404), and a record whose TTL passed mid-run vanished until it finished.
+    from cache.task_store import TaskRecord, TaskStore
+    from ocr_pool import QueueFullError
+
+    class Running:
+        state = "running"
+
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.future: asyncio.Future[dict] = loop.create_future()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        store = TaskStore(capacity=1, ttl=0.05)
+        first = TaskRecord("a" * 64)
+        first.computation = Running(loop)  # type: ignore[assignment]
+        await store.add(first)
+        with pytest.raises(QueueFullError):
+            store.refuse_if_full()  # one unfinished task is the bound here
+        cached = TaskRecord("b" * 64)
+        cached.result = {"text_lines": []}
+        await store.add(cached)  # an answer from the cache: finished at once
+        await asyncio.sleep(0.1)  # past the TTL
+        view = await store.view(first.task_id)
+        assert view is not None and view.status == "running"
+        first.computation.future.set_result({"text_lines": [], "image_size": [1, 1]})  # type: ignore[union-attr]
+        await asyncio.sleep(0.01)
+        view = await store.view(first.task_id)
+        assert view is not None and view.status == "done"  # kept a TTL from the end, not the start
+        store.refuse_if_full()  # room again
+        assert store.stats() == {"tasks_kept": 1, "tasks_unfinished": 0}
+
+    asyncio.run(scenario())
