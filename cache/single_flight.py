@@ -49,6 +49,15 @@ class LocalClaims:
         return None
 
 
+# Past twice task_timeout, how long a waiting node still gives the owner (its claim_ttl is
+# 2 x task_timeout + 5 s: a dead owner's claim is gone before this node gives up).
+OWNER_GRACE_S = 10.0
+
+
+def wait_for_owner_s(pool: Any) -> float:
+    return 2 * pool.task_timeout + OWNER_GRACE_S
+
+
 def is_poison(error: BaseException) -> bool:
     """A failure that says something about the image and cost a worker: worth remembering."""
     if isinstance(error, WorkerCrashedError):
@@ -198,7 +207,10 @@ class SingleFlight:
                 computation.future.exception()  # seen: nobody may be waiting any more
 
     async def _wait_for_other_node(self, computation: Computation, payload: bytes, params: dict[str, Any]) -> None:
-        deadline = time.monotonic() + self.pool.task_timeout
+        # The owner may take its queue wait plus its run, task_timeout each: giving up after one
+        # task_timeout answered 504 for images the owner then read. Its claim lapses by itself
+        # (claim_ttl, just over both) if it dies: then this node takes over, as below.
+        deadline = time.monotonic() + wait_for_owner_s(self.pool)
         try:
             # A steady short pause: a single image is read in about a second.
             async for _ in poll_pauses(deadline, max_pause=FIRST_PAUSE_S):
@@ -213,7 +225,7 @@ class SingleFlight:
                         continue  # a third node was faster; keep waiting for it
                     self._start_job(computation, payload, params, claim)
                     return
-            raise TaskTimeoutError(f"OCR did not finish within {self.pool.task_timeout:g} s")
+            raise TaskTimeoutError(f"another node did not finish this image within {wait_for_owner_s(self.pool):g} s")
         except PoolError as error:
             if not computation.future.done():
                 computation.future.set_exception(error)

@@ -412,3 +412,45 @@ def test_a_document_sent_to_both_nodes_is_read_once(cluster: Cluster) -> None:
     assert node2.health()["ocr_runs"] == 0
     assert cluster.ocr_runs() - before == 1 + 7  # the probe and each page, once in all
     assert node2.health()["documents"]["documents_from_other_nodes"] == 1
+
+
+def test_a_node_waits_for_an_owner_that_takes_its_queue_wait_plus_its_run(redis_url: str) -> None:
+    # The owner's task may wait task_timeout for a worker and then run nearly task_timeout:
+    # another node sent the same image meanwhile used to give up after one task_timeout (504).
+    from cache.result_store import RedisBackedResultStore
+    from cache.single_flight import SingleFlight
+    from ocr_pool.pool import Job
+
+    class SlowPool:
+        task_timeout = 1.0
+
+        def __init__(self, takes: float) -> None:
+            self.takes = takes
+            self.jobs: list[Job] = []
+
+        def submit(self, payload: bytes, params: dict[str, Any]) -> Job:
+            loop = asyncio.get_running_loop()
+            job = Job(payload, params, loop, self.task_timeout)
+            loop.call_later(self.takes, job.future.set_result, {"text_lines": [{"text": "read by A"}]})
+            self.jobs.append(job)
+            return job
+
+        def cancel(self, job: Job) -> bool:
+            return False
+
+    async def scenario() -> None:
+        nodes = []
+        for takes in (1.8, 0.1):  # A: queue + run, within 2 x task_timeout; B would be quick
+            store = make_store(redis_url, claim_ttl=2 * SlowPool.task_timeout + 5.0)
+            pool = SlowPool(takes)
+            nodes.append((store, pool, SingleFlight(pool, RedisBackedResultStore(100, 60.0, store), store)))
+        (store_a, pool_a, node_a), (store_b, pool_b, node_b) = nodes
+        owned = await node_a.join("same-image", b"x", {})
+        waiting = await node_b.join("same-image", b"x", {})
+        assert (await waiting.future)["text_lines"][0]["text"] == "read by A"
+        assert (await owned.future)["text_lines"][0]["text"] == "read by A"
+        assert len(pool_a.jobs) == 1 and pool_b.jobs == []  # one read in all
+        for store in (store_a, store_b):
+            await store.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
