@@ -947,6 +947,8 @@ def test_bodies_sent_to_endpoints_that_take_none_are_refused_before_they_are_rea
         ("GET", "/health"): ("413", "body_too_large"),
         ("GET", "/ocr_service/tasks/abc"): ("413", "body_too_large"),
         ("POST", "/livez"): ("405", "method_not_allowed"),
+        ("GET", "/ocr_service"): ("405", "method_not_allowed"),
+        ("PUT", "/ocr_service"): ("405", "method_not_allowed"),
         ("POST", "/no/such/path"): ("404", "not_found"),
     }
     for (method, path), (status, code) in expected.items():
