@@ -224,12 +224,18 @@ def _upright(img: Image.Image) -> Image.Image:
 BAND_PIXELS = 1 << 20
 
 
-def _bands(img: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
-    """(top row, pixels) of each band of rows of the image, top to bottom."""
+def _band_images(img: Image.Image) -> Iterator[tuple[int, Image.Image]]:
+    """(top row, crop) of each band of rows of the image, top to bottom."""
     width, height = img.size
     step = max(1, BAND_PIXELS // max(width, 1))
     for top in range(0, height, step):
-        yield top, np.asarray(img.crop((0, top, width, min(height, top + step))))
+        yield top, img.crop((0, top, width, min(height, top + step)))
+
+
+def _bands(img: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
+    """(top row, pixels) of each band of rows of the image, top to bottom."""
+    for top, band in _band_images(img):
+        yield top, np.asarray(band)
 
 
 def _to_bgr(img: Image.Image) -> np.ndarray:
@@ -267,9 +273,7 @@ def _on_white(img: Image.Image) -> np.ndarray:
     """
     width, height = img.size
     out = np.empty((height, width, 3), dtype=np.uint8)
-    step = max(1, BAND_PIXELS // max(width, 1))
-    for top in range(0, height, step):
-        band = img.crop((0, top, width, min(height, top + step)))
+    for top, band in _band_images(img):
         rows = slice(top, top + band.size[1])
         if band.getextrema()[-1][0] == 255:
             # Opaque (screenshots are often RGBA with no transparency): the colours as they are.
