@@ -461,8 +461,11 @@ def _one_image_pdf(
     height: int,
     colour_space: bytes = b"/DeviceGray",
     content: bytes = b"",
+    more_resources: bytes = b"",
+    more_objects: tuple[bytes, ...] = (),
 ) -> bytes:
-    """A scanned page as the review built it: one Flate image, nothing else drawn."""
+    """A scanned page as the review built it: one Flate image (object 5), nothing else drawn
+    unless `content` says so; `more_objects` are numbered from 6."""
     from multirequest import write_pdf
 
     content = content or b"q 432 0 0 144 90 324 cm /Im1 Do Q"
@@ -479,10 +482,11 @@ def _one_image_pdf(
             b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
             (
                 b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
-                b" /Resources << /XObject << /Im1 5 0 R >> >> >>"
+                b" /Resources << %s/XObject << /Im1 5 0 R >> >> >>" % more_resources
             ),
             b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
             image,
+            *more_objects,
         ]
     )
 
@@ -540,8 +544,6 @@ def test_scans_that_differ_only_in_palette_decode_array_clip_or_mask_never_share
 def test_a_soft_masked_scan_has_no_identity_and_a_born_digital_image_reads_its_decode_array() -> None:
     import zlib
 
-    from multirequest import write_pdf
-
     width, height = 60, 20
     gray = zlib.compress(bytes(range(60)) * height)
     mask = zlib.compress(bytes(width * height // 2) + b"\xff" * (width * height // 2))
@@ -549,45 +551,20 @@ def test_a_soft_masked_scan_has_no_identity_and_a_born_digital_image_reads_its_d
         b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /BitsPerComponent 8 /ColorSpace /DeviceGray"
         b" /Filter /FlateDecode /Length %d >>\nstream\n" % (width, height, len(mask)) + mask + b"\nendstream"
     )
-    document = write_pdf(
-        [
-            b"<< /Type /Catalog /Pages 2 0 R >>",
-            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-            (
-                b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
-                b" /Resources << /XObject << /Im1 5 0 R >> >> >>"
-            ),
-            b"<< /Length 33 >>\nstream\nq 432 0 0 144 90 324 cm /Im1 Do Q\nendstream",
-            b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /BitsPerComponent 8 /ColorSpace /DeviceGray"
-            b" /Filter /FlateDecode /SMask 6 0 R /Length %d >>\nstream\n"
-            % (width, height, len(gray))
-            + gray
-            + b"\nendstream",
-            soft_mask,
-        ]
-    )
+    document = _one_image_pdf(b"/SMask 6 0 R", gray, width, height, more_objects=(soft_mask,))
     assert _first_page_identity(_one_image_pdf(b"", gray, width, height)) is not None
     assert _first_page_identity(document) is None
 
     # A born-digital page (text and an image): the image's /Decode array is read too.
     def drawn(image_extra: bytes) -> bytes:
-        content = b"BT /F1 20 Tf 72 700 Td (LOGO) Tj ET q 120 0 0 40 72 600 cm /Im1 Do Q"
-        return write_pdf(
-            [
-                b"<< /Type /Catalog /Pages 2 0 R >>",
-                b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-                (
-                    b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
-                    b" /Resources << /Font << /F1 6 0 R >> /XObject << /Im1 5 0 R >> >> >>"
-                ),
-                b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
-                b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /BitsPerComponent 8 /ColorSpace /DeviceGray"
-                b" /Filter /FlateDecode %s /Length %d >>\nstream\n"
-                % (width, height, image_extra, len(gray))
-                + gray
-                + b"\nendstream",
-                b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-            ]
+        return _one_image_pdf(
+            image_extra,
+            gray,
+            width,
+            height,
+            content=b"BT /F1 20 Tf 72 700 Td (LOGO) Tj ET q 120 0 0 40 72 600 cm /Im1 Do Q",
+            more_resources=b"/Font << /F1 6 0 R >> ",
+            more_objects=(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",),
         )
 
     plain = _first_page_identity(drawn(b""))
