@@ -44,13 +44,18 @@ def method_label(method: str | None) -> str:
     return method if method in SERVED_METHODS else "other"
 
 
-def allowed_methods(handler: web.RequestHandler) -> str:
-    """The Allow header: the methods this handler implements (Tornado's default ones answer 405)."""
-    return ", ".join(
+def served_methods(handler: web.RequestHandler) -> list[str]:
+    """The methods this handler implements (Tornado's default ones answer 405)."""
+    return [
         method
         for method in handler.SUPPORTED_METHODS
         if getattr(type(handler), method.lower(), None) is not getattr(web.RequestHandler, method.lower(), None)
-    )
+    ]
+
+
+def allowed_methods(handler: web.RequestHandler) -> str:
+    """The Allow header."""
+    return ", ".join(served_methods(handler))
 
 
 def method_not_allowed(handler: web.RequestHandler) -> dict[str, dict[str, str]]:
@@ -98,11 +103,15 @@ class JsonHandler(web.RequestHandler):
             self.set_header(REQUEST_ID_HEADER, self.request_id)
 
     def prepare(self) -> None:
-        if self.request.method not in allowed_methods(self).split(", "):
-            raise web.HTTPError(405)  # before the body's size: the method is the first mistake
+        self.refuse_unserved_method()
         declared = self.request.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > NO_BODY_BYTES:
             raise ApiError(413, "body_too_large", f"{self.request.path} takes no request body")
+
+    def refuse_unserved_method(self) -> None:
+        """A JSON 405 before any body is read: the method is the first mistake."""
+        if self.request.method not in served_methods(self):
+            raise web.HTTPError(405)
 
     def data_received(self, chunk: bytes) -> None:
         pass  # no handler but OcrHandler (which overrides this) reads a body

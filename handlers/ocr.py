@@ -74,9 +74,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
 
     def prepare(self) -> None:
         self._start = time.perf_counter()
-        if self.request.method != "POST":
-            # Before any body is read: only POST takes one (the server's limit for others is 64 KiB).
-            raise web.HTTPError(405)
+        self.refuse_unserved_method()  # only POST takes a body; the server's limit for others is 64 KiB
         self._chunks: list[bytes] = []
         self._received = 0
         self._too_large = False
