@@ -54,10 +54,6 @@ class LocalClaims:
 OWNER_GRACE_S = 10.0
 
 
-def wait_for_owner_s(pool: Any) -> float:
-    return 2 * pool.task_timeout + OWNER_GRACE_S
-
-
 def is_poison(error: BaseException) -> bool:
     """A failure that says something about the image and cost a worker: worth remembering."""
     if isinstance(error, WorkerCrashedError):
@@ -210,7 +206,8 @@ class SingleFlight:
         # The owner may take its queue wait plus its run, task_timeout each: giving up after one
         # task_timeout answered 504 for images the owner then read. Its claim lapses by itself
         # (claim_ttl, just over both) if it dies: then this node takes over, as below.
-        deadline = time.monotonic() + wait_for_owner_s(self.pool)
+        wait_s = 2 * self.pool.task_timeout + OWNER_GRACE_S
+        deadline = time.monotonic() + wait_s
         try:
             # A steady short pause: a single image is read in about a second.
             async for _ in poll_pauses(deadline, max_pause=FIRST_PAUSE_S):
@@ -225,7 +222,7 @@ class SingleFlight:
                         continue  # a third node was faster; keep waiting for it
                     self._start_job(computation, payload, params, claim)
                     return
-            raise TaskTimeoutError(f"another node did not finish this image within {wait_for_owner_s(self.pool):g} s")
+            raise TaskTimeoutError(f"another node did not finish this image within {wait_s:g} s")
         except PoolError as error:
             if not computation.future.done():
                 computation.future.set_exception(error)
