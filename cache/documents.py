@@ -299,11 +299,12 @@ class DocumentService:
                 if doc.page_images:
                     return await self._compute(run, doc)  # its pages are cached now: only the previews are made
                 return result
-        keeper = asyncio.ensure_future(self._keep_claim(run.cache_key, token))
+        keeper = shared.keep(run.cache_key, token)  # a short lease, renewed while the run lasts
         try:
             return await self._compute(run, doc)
         finally:
-            keeper.cancel()
+            if keeper is not None:
+                keeper.cancel()
             await shared.release(run.cache_key, token)
 
     async def _wait_for_other_node(self, run: DocumentRun) -> Result | None:
@@ -316,13 +317,6 @@ class DocumentService:
             if not await self.ocr.shared.claim_held(run.cache_key):
                 return None
         return None
-
-    async def _keep_claim(self, key: str, token: str) -> None:
-        assert self.ocr.shared is not None
-        while True:
-            await asyncio.sleep(self.ocr.shared.claim_ttl / 3)
-            if not await self.ocr.shared.extend(key, token):
-                return  # lost (Redis was down long enough): another node may read it too, no harm
 
     def _abandon(self, run: DocumentRun) -> None:
         if run.probe is not None:

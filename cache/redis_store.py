@@ -7,13 +7,15 @@ back-off (a circuit breaker, so a dead Redis costs no latency per request).
 Keys (all under `prefix`):
   result:<cache key>   JSON result, EX = cache TTL
   lru                  ZSET cache key -> last use time; bounds the result count (true LRU)
-  task:<task id>       JSON task view, EX = task TTL
-  claim:<cache key>    token of the node computing this key, PX = task timeout (a document's
-                       claim is extended while its run lasts)
+  task:<task id>       JSON task view, EX = task TTL; while the task is unfinished its node
+                       rewrites it every few seconds (a heartbeat: `node`, `heartbeat_at`)
+  claim:<cache key>    token of the node computing this key, PX = a short lease (CLAIM_LEASE_S)
+                       that the node renews while its run lasts
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -44,12 +46,30 @@ if excess > 0 then
 end
 return 0
 """
-# Push a claim's expiry further, only if it is still ours (a long document outlives claim_ttl).
+# Push a claim's expiry one lease further, only if it is still ours.
 EXTEND_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
+# Write an unfinished task's view (its first write and every heartbeat) unless its outcome is
+# there already: the two race, and a fast run's outcome can land first. Stamped with Redis's
+# clock, so that every node judges the heartbeat's age by the same clock.
+PUT_UNFINISHED_TASK_SCRIPT = """
+local current = redis.call('get', KEYS[1])
+if current then
+  local ok, old = pcall(cjson.decode, current)
+  if ok and (old['status'] == 'done' or old['status'] == 'failed') then return 0 end
+end
+local view = cjson.decode(ARGV[1])
+local now = redis.call('time')
+view['heartbeat_at'] = tonumber(now[1]) + tonumber(now[2]) / 1000000
+redis.call('set', KEYS[1], cjson.encode(view), 'EX', ARGV[2])
+return 1
+"""
 RETRY_AFTER_FAILURE_S = 2.0
+# How long a claim outlives its node's last renewal (renewed every third of it while the run
+# lasts): a node that died mid-run holds up the others this long, not claim_ttl (minutes).
+CLAIM_LEASE_S = 6.0
 T = TypeVar("T")
 
 
@@ -86,6 +106,9 @@ class RedisStore:
         self._release = self._client.register_script(RELEASE_SCRIPT)
         self._extend = self._client.register_script(EXTEND_SCRIPT)
         self._put_result = self._client.register_script(PUT_RESULT_SCRIPT)
+        self._put_unfinished_task = self._client.register_script(PUT_UNFINISHED_TASK_SCRIPT)
+        # Claim renewals and task heartbeats running now: close() stops those left at shutdown.
+        self._keepers: set[asyncio.Task[None]] = set()
         self.connected = True
         self.errors = 0
         self._down_until = 0.0
@@ -175,8 +198,7 @@ class RedisStore:
         token = f"{self.node_id}:{uuid.uuid4().hex[:8]}"
 
         async def take() -> str | None:
-            claim_ms = max(1, int(self.claim_ttl * 1000))
-            won = await self._client.set(self.prefix + "claim:" + key, token, nx=True, px=claim_ms)
+            won = await self._client.set(self.prefix + "claim:" + key, token, nx=True, px=self._lease_ms())
             return token if won else None
 
         return await self._guarded(take, "local")
@@ -187,16 +209,46 @@ class RedisStore:
 
         return await self._guarded(held, False)
 
+    @property
+    def claim_lease(self) -> float:
+        """Seconds a claim lasts past its last renewal (never longer than claim_ttl)."""
+        return min(CLAIM_LEASE_S, self.claim_ttl)
+
+    def _lease_ms(self) -> int:
+        return max(1, int(self.claim_lease * 1000))
+
     async def extend(self, key: str, token: str) -> bool:
-        """Keep holding a claim for another claim_ttl; False if it is no longer ours."""
+        """Keep holding a claim for another lease; False if it is no longer ours (or Redis is down)."""
         if token == "local":
             return True
 
         async def push() -> bool:
-            claim_ms = max(1, int(self.claim_ttl * 1000))
-            return bool(await self._extend(keys=[self.prefix + "claim:" + key], args=[token, claim_ms]))
+            return bool(await self._extend(keys=[self.prefix + "claim:" + key], args=[token, self._lease_ms()]))
 
         return await self._guarded(push, False)
+
+    def keep(self, key: str, token: str) -> asyncio.Task[None] | None:
+        """Renew our claim on `key` every third of a lease until the returned task is cancelled
+        (the run ended); None for a "local" claim, which Redis does not hold."""
+        if token == "local":
+            return None
+        return self.keep_alive(lambda: self._renew_claim(key, token), self.claim_lease / 3)
+
+    async def _renew_claim(self, key: str, token: str) -> bool:
+        if await self.extend(key, token) or not self.connected:
+            return True  # renewed, or Redis is down: try again, the claim may outlast the outage
+        # It lapsed (a stalled loop, a long outage) and another node may read the image too: this
+        # run goes on all the same, its result is still good.
+        log.warning("the claim on %s is no longer ours; reading it all the same", key)
+        return False
+
+    def keep_alive(self, renew: Callable[[], Awaitable[bool]], interval: float) -> asyncio.Task[None]:
+        """Call `renew` every `interval` seconds until it answers False or the returned task is
+        cancelled (the work it keeps alive ended); close() cancels those still running."""
+        keeper = asyncio.ensure_future(_every(interval, renew))
+        self._keepers.add(keeper)
+        keeper.add_done_callback(self._keepers.discard)
+        return keeper
 
     async def release(self, key: str, token: str) -> None:
         if token == "local":
@@ -210,23 +262,37 @@ class RedisStore:
     # ---- tasks --------------------------------------------------------------------------
 
     async def put_task(self, task_id: str, view: dict[str, Any]) -> None:
-        # A task is written "queued" once, then with its outcome. The two writes race (a fast
-        # run's outcome can land first): the "queued" one only creates, never overwrites (NX).
-        final = view.get("status") in ("done", "failed")
+        """Write a task's view, renewing its TTL. An unfinished one (written at submission, then
+        by every heartbeat) never overwrites an outcome and carries this node's id and the
+        heartbeat's time; an outcome overwrites whatever is there."""
+        key, ttl = self.prefix + "task:" + task_id, max(1, int(self.task_ttl))
 
         async def write() -> None:
-            await self._client.set(
-                self.prefix + "task:" + task_id, json.dumps(view), ex=max(1, int(self.task_ttl)), nx=not final
-            )
+            if view.get("status") in ("done", "failed"):
+                await self._client.set(key, json.dumps(view), ex=ttl)
+            else:
+                await self._put_unfinished_task(keys=[key], args=[json.dumps({**view, "node": self.node_id}), ttl])
 
         await self._guarded(write, None)
 
     async def get_task(self, task_id: str) -> dict[str, Any] | None:
-        async def read() -> bytes | None:
-            return await self._client.get(self.prefix + "task:" + task_id)
+        """The stored view; an unfinished one also with `heartbeat_age`, the seconds since its
+        node last wrote it (by Redis's clock, the one that stamped it)."""
 
-        raw = await self._guarded(read, None)
-        return None if raw is None else json.loads(raw)
+        async def read() -> tuple[bytes | None, tuple[int, int]]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(self.prefix + "task:" + task_id)
+                pipe.time()
+                raw, now = await pipe.execute()
+            return raw, now
+
+        raw, (seconds, micros) = await self._guarded(read, (None, (0, 0)))
+        if raw is None:
+            return None
+        view: dict[str, Any] = json.loads(raw)
+        if "heartbeat_at" in view:
+            view["heartbeat_age"] = seconds + micros / 1e6 - view["heartbeat_at"]
+        return view
 
     async def ping(self) -> bool:
         """Check Redis now, even while the circuit breaker holds off other calls."""
@@ -234,6 +300,8 @@ class RedisStore:
         return await self._guarded(self._client.ping, False)
 
     async def close(self) -> None:
+        for keeper in list(self._keepers):
+            keeper.cancel()  # shutting down: no claim renewed, no heartbeat written any more
         await self._client.aclose()
 
     def stats(self) -> dict[str, Any]:
@@ -245,3 +313,10 @@ class RedisStore:
             "last_error": self.last_error,
             "node_id": self.node_id,
         }
+
+
+async def _every(interval: float, renew: Callable[[], Awaitable[bool]]) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        if not await renew():
+            return

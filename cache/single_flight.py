@@ -33,6 +33,11 @@ class Claims(Protocol):
 
     async def claim_held(self, key: str) -> bool: ...
 
+    def keep(self, key: str, token: str) -> asyncio.Task[None] | None:
+        """Renew the claim while the run lasts (cancel the task it returns when the run ends);
+        a claim is a short lease, so that a node that dies mid-run holds up the others briefly."""
+        ...
+
     async def release(self, key: str, token: str) -> None: ...
 
 
@@ -45,12 +50,15 @@ class LocalClaims:
     async def claim_held(self, key: str) -> bool:
         return False
 
+    def keep(self, key: str, token: str) -> asyncio.Task[None] | None:
+        return None
+
     async def release(self, key: str, token: str) -> None:
         return None
 
 
-# Past twice task_timeout, how long a waiting node still gives the owner (its claim_ttl is
-# 2 x task_timeout + 5 s: a dead owner's claim is gone before this node gives up).
+# Past twice task_timeout (the owner's queue wait plus its run), how long a waiting node still
+# gives the owner. A dead owner does not take that long: its claim lapses within one lease.
 OWNER_GRACE_S = 10.0
 
 
@@ -74,6 +82,7 @@ class Computation:
         self.id = uuid.uuid4().hex
         self.job: Job | None = None
         self.claim: str | None = None
+        self.keeper: asyncio.Task[None] | None = None  # renews the claim while the job lives
         self.waiters = 0
         self.poller: asyncio.Task[None] | None = None
 
@@ -183,6 +192,7 @@ class SingleFlight:
                 computation.future.exception()  # seen: the caller gets it raised
             raise
         computation.job, computation.claim = job, claim
+        computation.keeper = self.claims.keep(computation.key, claim)
         job.future.add_done_callback(lambda future: asyncio.ensure_future(self._job_finished(computation, future)))
 
     async def _job_finished(self, computation: Computation, future: asyncio.Future[Result]) -> None:
@@ -191,6 +201,7 @@ class SingleFlight:
         # failure_ttl seconds, so repeats of a poison image do not cost a worker each.
         if error is not None:
             self.remember_failure(computation.key, error)
+        _stop_keeping(computation)
         if error is None:
             await self.results.put(computation.key, future.result())
         if computation.claim is not None:
@@ -204,8 +215,8 @@ class SingleFlight:
 
     async def _wait_for_other_node(self, computation: Computation, payload: bytes, params: dict[str, Any]) -> None:
         # The owner may take its queue wait plus its run, task_timeout each: giving up after one
-        # task_timeout answered 504 for images the owner then read. Its claim lapses by itself
-        # (claim_ttl, just over both) if it dies: then this node takes over, as below.
+        # task_timeout answered 504 for images the owner then read. It renews its claim while
+        # its job lives; if it dies, the claim lapses within a lease and this node takes over.
         wait_s = 2 * self.pool.task_timeout + OWNER_GRACE_S
         deadline = time.monotonic() + wait_s
         try:
@@ -234,6 +245,13 @@ class SingleFlight:
 
     def _release_claim_now(self, computation: Computation) -> None:
         """Give up the shared claim at once, so the next run of this image is not kept waiting."""
+        _stop_keeping(computation)
         if computation.claim is not None:
             claim, computation.claim = computation.claim, None
             asyncio.ensure_future(self.claims.release(computation.key, claim))
+
+
+def _stop_keeping(computation: Computation) -> None:
+    if computation.keeper is not None:
+        computation.keeper.cancel()
+        computation.keeper = None

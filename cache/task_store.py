@@ -1,13 +1,16 @@
 """Fire-and-forget task records: kept for polling by id, long-polled, shared through Redis.
 
 A record follows one computation (cache/single_flight.py) until it ends, then keeps only the
-outcome: the result or the error, never the job or the image.
+outcome: the result or the error, never the job or the image. With a shared store, the node
+running an unfinished task rewrites its record there every HEARTBEAT_S; a node polling it from
+elsewhere answers a record that stopped being rewritten as failed (node_lost), not as queued.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from typing import Any
@@ -18,6 +21,11 @@ from cache.remote_poll import poll_pauses
 from cache.single_flight import Computation
 from cache.ttl_lru import TTLLRUCache
 from ocr_pool import PoolError, QueueFullError
+
+# While a task is unfinished its node rewrites the shared record this often (renewing its TTL);
+# a record not rewritten for LOST_AFTER_S (a few heartbeats missed) belongs to a node that died.
+HEARTBEAT_S = 5.0
+LOST_AFTER_S = 20.0
 
 
 class TaskRecord:
@@ -72,6 +80,7 @@ class TaskStore:
         self.shared = shared
         # Background writes of finished records: referenced until done, so none is collected early.
         self._pending: set[asyncio.Future[None]] = set()
+        self._heartbeats: dict[str, asyncio.Task[None]] = {}  # task id -> its shared record's heartbeat
 
     def __len__(self) -> int:
         return len(self.records) + len(self.unfinished)
@@ -88,6 +97,7 @@ class TaskStore:
         computation = record.computation
         if computation is not None:
             self.unfinished[record.task_id] = record
+            self._start_heartbeat(record)
             computation.future.add_done_callback(lambda future: self._on_done(record, future))
         else:
             self.records.set(record.task_id, record)
@@ -99,6 +109,7 @@ class TaskStore:
         finishing.add_done_callback(self._pending.discard)
 
     async def _finished(self, record: TaskRecord, future: asyncio.Future[Result]) -> None:
+        self._stop_heartbeat(record.task_id)
         record.record_outcome(future)
         # The outcome is copied: let go of the computation (and through it the job and the image).
         record.computation = None
@@ -110,6 +121,19 @@ class TaskStore:
     async def _share(self, record: TaskRecord) -> None:
         if self.shared is not None:
             await self.shared.put_task(record.task_id, record.view().to_json())
+
+    def _start_heartbeat(self, record: TaskRecord) -> None:
+        if self.shared is not None:
+            self._heartbeats[record.task_id] = self.shared.keep_alive(lambda: self._beat(record), HEARTBEAT_S)
+
+    async def _beat(self, record: TaskRecord) -> bool:
+        await self._share(record)  # queued or running (a document: its progress), and a fresh TTL
+        return True  # Redis down: beat again, the record may outlast the outage
+
+    def _stop_heartbeat(self, task_id: str) -> None:
+        heartbeat = self._heartbeats.pop(task_id, None)
+        if heartbeat is not None:
+            heartbeat.cancel()
 
     async def view(self, task_id: str, wait: float = 0.0) -> TaskView | None:
         """The task's state; with `wait`, first wait up to that many seconds for it to finish."""
@@ -127,18 +151,37 @@ class TaskStore:
         return await self._remote_view(task_id, wait)
 
     async def _remote_view(self, task_id: str, wait: float) -> TaskView | None:
-        assert self.shared is not None
-        raw = await self.shared.get_task(task_id)
-        view = None if raw is None else TaskView.from_json(raw)
+        view = await self._shared_view(task_id)
         if view is None or view.finished:
             return view
         # The task runs on another node: follow it in Redis until it ends or `wait` runs out.
         async for _ in poll_pauses(time.monotonic() + wait):
-            raw = await self.shared.get_task(task_id)
-            view = None if raw is None else TaskView.from_json(raw)
+            view = await self._shared_view(task_id)
             if view is None or view.finished:
                 break
         return view
 
+    async def _shared_view(self, task_id: str) -> TaskView | None:
+        """The view another node shared; failed (node_lost) once its node stopped heartbeating."""
+        assert self.shared is not None
+        raw = await self.shared.get_task(task_id)
+        if raw is None:
+            return None
+        view = TaskView.from_json(raw)
+        age = raw.get("heartbeat_age")
+        if view.finished or age is None or age <= LOST_AFTER_S:
+            return view
+        return node_lost(view, raw.get("node"), age)
+
     def stats(self) -> dict[str, Any]:
         return {"tasks_kept": len(self), "tasks_unfinished": len(self.unfinished)}
+
+
+def node_lost(view: TaskView, node: str | None, age: float) -> TaskView:
+    """An unfinished view whose node stopped rewriting it: it will not finish, say so."""
+    what = "document" if view.is_document else "image"
+    message = (
+        f"the server node running this task ({node or 'unknown'}) stopped answering {age:.0f} s ago"
+        f" (it died or lost Redis); send the {what} again"
+    )
+    return dataclasses.replace(view, status="failed", error=ErrorInfo("node_lost", message))

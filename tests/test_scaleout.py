@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
+import logging
 import os
 import re
 import shutil
@@ -21,10 +22,14 @@ import requests
 from PIL import Image
 
 from bench.launch import free_port
+from cache import redis_store, task_store
 from cache.records import ErrorInfo, TaskView
 from cache.redis_store import RedisStore
+from cache.result_store import RedisBackedResultStore
 from cache.service import OcrService
+from cache.single_flight import SingleFlight
 from ocr_pool import WorkerPool
+from ocr_pool.pool import Job
 from tests.conftest import GT_DIR, REPO, RunningServer, base_config, gt_manifest, random_word, start_server, text_image
 from tests.pdf_builder import image_pdf
 
@@ -414,43 +419,159 @@ def test_a_document_sent_to_both_nodes_is_read_once(cluster: Cluster) -> None:
     assert node2.health()["documents"]["documents_from_other_nodes"] == 1
 
 
+class FakePool:
+    """A pool whose every job ends after `takes` seconds with `text`, or never (None: the node
+    dies while its job is queued or running)."""
+
+    def __init__(self, takes: float | None, task_timeout: float = 1.0, text: str = "read by A") -> None:
+        self.takes = takes
+        self.task_timeout = task_timeout
+        self.text = text
+        self.jobs: list[Job] = []
+
+    def submit(self, payload: bytes, params: dict[str, Any]) -> Job:
+        loop = asyncio.get_running_loop()
+        job = Job(payload, params, loop, self.task_timeout)
+        if self.takes is not None:
+            loop.call_later(self.takes, job.future.set_result, {"text_lines": [{"text": self.text}]})
+        self.jobs.append(job)
+        return job
+
+    def cancel(self, job: Job) -> bool:
+        return False
+
+
+def flight_node(url: str, pool: FakePool) -> tuple[RedisStore, SingleFlight]:
+    """One node's single-flight over the shared Redis, with the claim_ttl the server gives it."""
+    store = make_store(url, claim_ttl=2 * pool.task_timeout + 5.0)
+    return store, SingleFlight(pool, RedisBackedResultStore(100, 60.0, store), store)  # type: ignore[arg-type]
+
+
+def service_node(url: str, pool: FakePool, **store_options: float) -> OcrService:
+    store = make_store(url, **store_options)
+    return OcrService(
+        pool,  # type: ignore[arg-type]
+        engine_identity="fake",
+        cache_capacity=10,
+        cache_ttl=60,
+        task_capacity=10,
+        task_ttl=60,
+        shared=store,
+    )
+
+
 def test_a_node_waits_for_an_owner_that_takes_its_queue_wait_plus_its_run(redis_url: str) -> None:
     # The owner's task may wait task_timeout for a worker and then run nearly task_timeout:
     # another node sent the same image meanwhile used to give up after one task_timeout (504).
-    from cache.result_store import RedisBackedResultStore
-    from cache.single_flight import SingleFlight
-    from ocr_pool.pool import Job
-
-    class SlowPool:
-        task_timeout = 1.0
-
-        def __init__(self, takes: float) -> None:
-            self.takes = takes
-            self.jobs: list[Job] = []
-
-        def submit(self, payload: bytes, params: dict[str, Any]) -> Job:
-            loop = asyncio.get_running_loop()
-            job = Job(payload, params, loop, self.task_timeout)
-            loop.call_later(self.takes, job.future.set_result, {"text_lines": [{"text": "read by A"}]})
-            self.jobs.append(job)
-            return job
-
-        def cancel(self, job: Job) -> bool:
-            return False
-
     async def scenario() -> None:
-        nodes = []
-        for takes in (1.8, 0.1):  # A: queue + run, within 2 x task_timeout; B would be quick
-            store = make_store(redis_url, claim_ttl=2 * SlowPool.task_timeout + 5.0)
-            pool = SlowPool(takes)
-            nodes.append((store, pool, SingleFlight(pool, RedisBackedResultStore(100, 60.0, store), store)))
-        (store_a, pool_a, node_a), (store_b, pool_b, node_b) = nodes
+        # A: queue + run, within 2 x task_timeout; B would be quick.
+        store_a, node_a = flight_node(redis_url, FakePool(1.8))
+        store_b, node_b = flight_node(redis_url, FakePool(0.1))
         owned = await node_a.join("same-image", b"x", {})
         waiting = await node_b.join("same-image", b"x", {})
         assert (await waiting.future)["text_lines"][0]["text"] == "read by A"
         assert (await owned.future)["text_lines"][0]["text"] == "read by A"
-        assert len(pool_a.jobs) == 1 and pool_b.jobs == []  # one read in all
+        assert len(node_a.pool.jobs) == 1 and node_b.pool.jobs == []  # type: ignore[attr-defined]  # one read in all
         for store in (store_a, store_b):
             await store.close()
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+
+
+def test_a_waiting_node_takes_over_within_a_lease_when_the_owner_dies(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A's claim used to last claim_ttl (2 x task_timeout + 5 s: here over two minutes) whatever
+    # became of A. Now A renews a short lease while its job lives: B takes over within one.
+    monkeypatch.setattr(redis_store, "CLAIM_LEASE_S", 1.0)
+
+    async def scenario() -> None:
+        store_a, node_a = flight_node(redis_url, FakePool(None, task_timeout=60.0))
+        store_b, node_b = flight_node(redis_url, FakePool(0.05, task_timeout=60.0, text="read by B"))
+        owned = await node_a.join("k", b"x", {})
+        waiting = await node_b.join("k", b"x", {})
+        await asyncio.sleep(3.0)  # three leases: A's renewals keep B waiting
+        assert not waiting.future.done() and node_b.pool.jobs == []  # type: ignore[attr-defined]
+        # A dies: its renewals stop and it releases nothing.
+        assert owned.keeper is not None
+        owned.keeper.cancel()
+        died = time.monotonic()
+        result = await asyncio.wait_for(asyncio.shield(waiting.future), timeout=10.0)
+        assert result["text_lines"][0]["text"] == "read by B"
+        assert time.monotonic() - died < 10.0  # seconds, not claim_ttl's minutes
+        for store in (store_a, store_b):
+            await store.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+
+
+def test_an_owner_whose_claim_was_taken_keeps_reading_and_leaves_the_new_claim(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(redis_store, "CLAIM_LEASE_S", 1.0)
+
+    async def scenario() -> None:
+        store, node = flight_node(redis_url, FakePool(1.5, task_timeout=60.0))
+        owned = await node.join("k", b"x", {})
+        client = redis.asyncio.Redis.from_url(redis_url)
+        await client.set("ocr-test:claim:k", "another-node:1", px=60_000)  # it lapsed and was re-taken
+        assert (await owned.future)["text_lines"][0]["text"] == "read by A"  # still read and answered
+        assert await node.results.get_shared("k") is not None  # and stored for every node
+        assert await client.get("ocr-test:claim:k") == b"another-node:1"  # not released by A
+        await client.aclose()
+        await store.close()
+
+    with caplog.at_level(logging.WARNING, logger="ocr_cache.redis"):
+        asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    assert "no longer ours" in caplog.text
+
+
+@pytest.fixture
+def fast_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heartbeats every 0.25 s, a task lost after 2 s without one: the tests take seconds."""
+    monkeypatch.setattr(task_store, "HEARTBEAT_S", 0.25)
+    monkeypatch.setattr(task_store, "LOST_AFTER_S", 2.0)
+
+
+@pytest.mark.usefixtures("fast_heartbeat")
+def test_a_task_whose_node_died_reads_as_failed_on_another_node(redis_url: str) -> None:
+    # A's record used to read "queued" from other nodes until it expired (task_ttl, minutes).
+
+    async def scenario() -> None:
+        node_a = service_node(redis_url, FakePool(None, task_timeout=60.0))
+        node_b = service_node(redis_url, FakePool(None, task_timeout=60.0))
+        record = await node_a.submit_task("k", "h", b"x", {})
+        # A dies: its heartbeat stops and no outcome is written.
+        node_a.tasks._heartbeats[record.task_id].cancel()
+        died = time.monotonic()
+        view = await node_b.task_view(record.task_id, wait=15.0)
+        assert view is not None and view.status == "failed", view
+        assert view.error is not None and view.error.code == "node_lost"
+        assert "send the image again" in view.error.message
+        assert time.monotonic() - died < 15.0  # seconds, not task_ttl's minutes
+        assert (await node_a.task_view(record.task_id)).status == "queued"  # type: ignore[union-attr]  # A's own view
+        for node in (node_a, node_b):
+            await node.shared.close()  # type: ignore[union-attr]
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=40))
+
+
+@pytest.mark.usefixtures("fast_heartbeat")
+def test_a_live_task_keeps_reading_unfinished_past_its_ttl_and_lost_after(redis_url: str) -> None:
+
+    async def scenario() -> None:
+        node_a = service_node(redis_url, FakePool(None, task_timeout=60.0), task_ttl=2.0)
+        node_b = service_node(redis_url, FakePool(None, task_timeout=60.0))
+        record = await node_a.submit_task("k", "h", b"x", {})
+        for _ in range(9):  # 4.5 s: many heartbeats, past LOST_AFTER_S and twice the record's TTL
+            await asyncio.sleep(0.5)
+            view = await node_b.task_view(record.task_id)
+            assert view is not None and view.status in ("queued", "running"), view
+        await asyncio.sleep(0.3)
+        node_a.pool.jobs[0].future.set_result({"text_lines": [{"text": "late"}]})  # type: ignore[attr-defined]
+        view = await node_b.task_view(record.task_id, wait=10.0)
+        assert view is not None and view.status == "done" and view.result["text_lines"][0]["text"] == "late"  # type: ignore[index]
+        await node_a.shared.close()  # type: ignore[union-attr]
+        await node_b.shared.close()  # type: ignore[union-attr]
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=40))
