@@ -126,12 +126,14 @@ def page_cer(gt_lines: Iterable[str], ocr_lines: Iterable[str], casefold: bool =
     return edit_distance(ref, hyp), len(ref)
 
 
-def bag_cer(gt_lines: Iterable[str], ocr_lines: Iterable[str]) -> tuple[int, int]:
+def bag_cer(gt_lines: Iterable[str], ocr_lines: Iterable[str], partial_gt: bool = False) -> tuple[int, int]:
     """Order-free error: multiset difference of characters (case and whitespace ignored).
 
     Reading order, line splits and word spaces cost nothing (word F1 judges spacing),
     so this is the error a reader of the extracted characters sees. A lower bound
-    of the edit distance.
+    of the edit distance. `partial_gt`: the ground truth leaves some of the image's text
+    out (ICDAR 2015's `###` regions), so characters read beyond it cannot be judged and
+    only ground-truth characters missing from the reading count (a misread one is missing).
     """
 
     def chars(lines: Iterable[str]) -> Counter:
@@ -139,7 +141,7 @@ def bag_cer(gt_lines: Iterable[str], ocr_lines: Iterable[str]) -> tuple[int, int
 
     ref, hyp = chars(gt_lines), chars(ocr_lines)
     missing, extra = sum((ref - hyp).values()), sum((hyp - ref).values())
-    return max(missing, extra), sum(ref.values())
+    return missing if partial_gt else max(missing, extra), sum(ref.values())
 
 
 _WORD_EDGE = re.compile(r"^[^\w]+|[^\w]+$")

@@ -10,6 +10,14 @@ def test_order_free_cer_ignores_order_case_and_spaces_but_counts_wrong_character
     assert bag_cer(["TOTAL 12.50"], ["TOTAL 12.80"]) == (1, 10)
 
 
+def test_partial_ground_truth_charges_missed_and_misread_characters_not_text_read_beyond_it() -> None:
+    # An ICDAR 2015 image: "Buona Vista" lies in a region the ground truth leaves out (`###`).
+    gt, ocr = ["HarbourFront", "CC22"], ["HarbourFront", "CCZZ", "Buona Vista"]
+    assert bag_cer(gt, ocr) == (12, 16)  # every extra character charged
+    assert bag_cer(gt, ocr, partial_gt=True) == (2, 16)  # only the misread "22"
+    assert bag_cer(gt, ["HarbourFront"], partial_gt=True) == (4, 16)  # a missed line still costs
+
+
 def test_word_f1_charges_glued_words_in_both_tokenisations() -> None:
     for loose in (False, True):
         matched, ref, hyp = word_counts(["TAX INVOICE"], ["TAXINVOICE"], loose=loose)
