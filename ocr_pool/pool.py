@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -422,12 +423,15 @@ class WorkerPool:
             for other in list(self._workers):
                 self._maybe_retire(other)
         elif kind == "load_failed":
-            worker.load_error = message[1]
-            log.error("worker %d failed to load the engine: %s", worker.wid, message[1])
+            self._on_load_failed(worker, message[1])
         elif kind in ("done", "error"):
             self._on_reply(worker, message)
         self._dispatch()
         self._changed.set()
+
+    def _on_load_failed(self, worker: WorkerHandle, error: str) -> None:
+        worker.load_error = error
+        log.error("worker %d failed to load the engine: %s", worker.wid, error)
 
     def _on_reply(self, worker: WorkerHandle, message: tuple[Any, ...]) -> None:
         job, worker.job = worker.job, None
@@ -455,7 +459,7 @@ class WorkerPool:
         """Recycle a worker past its task limit: first start its successor (one replacement
         loads at a time) while it keeps serving, then retire it once the successor is ready
         and it is idle, so the pool never has fewer than `size` ready workers for it."""
-        if self._closing or worker.tasks_done < worker.task_limit or worker.state not in ("idle", "busy"):
+        if worker.exited or self._closing or worker.tasks_done < worker.task_limit or worker.state not in ("idle", "busy"):
             return
         successor = worker.successor
         if successor is None:
@@ -486,6 +490,7 @@ class WorkerPool:
             self._loop.remove_reader(fd)
         worker.process.join(timeout=1.0)
         worker.exited = True
+        self._read_last_messages(worker)
         if worker.sends_pending == 0:
             self._release_conn(worker)  # else the write fails (the reader is gone) and _on_sent closes it
         if worker.timer:
@@ -532,6 +537,20 @@ class WorkerPool:
         self._fail_queue_if_unserved()
         self._dispatch()
         self._changed.set()
+
+    def _read_last_messages(self, worker: WorkerHandle) -> None:
+        """What an exited worker wrote just before it went (a reply, its load error): its pipe
+        and its exit become readable together, and the loop may see the exit first. A reply
+        left unread made the task run again, or fail as worker_crashed on its last attempt."""
+        with contextlib.suppress(EOFError, OSError):
+            while worker.conn.poll():
+                message = worker.conn.recv()
+                # Not "ready": a worker that died as it became ready must not retire the one it
+                # was to replace. Nothing is dispatched to it: the caller drops it first.
+                if message[0] == "load_failed":
+                    self._on_load_failed(worker, message[1])
+                elif message[0] in ("done", "error"):
+                    self._on_reply(worker, message)
 
     def _fail_queue_if_unserved(self) -> None:
         """Nothing can serve the queue now (no worker alive, the last start failed): fail

@@ -4,6 +4,7 @@ b"sleep:S"  sleeps S seconds, then answers
 b"crash"    kills its own process (as a segfault or OOM kill would)
 b"bad"      raises an input error with a code, as models.ImageDecodeError does
 b"env"      answers {"env": the worker's thread environment variables}
+b"exit-after:S"  answers, and its process exits S seconds later (as a crash right after a reply)
 b"pages:crash=I,hang=J,sleep=S"  a document: page I kills its worker, page J sleeps an
            hour, every other page sleeps S seconds (each part optional)
 anything else answers {"text_lines": [{"text": payload}], "pid": worker pid}
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -36,6 +38,8 @@ class FakeEngine:
             os.kill(os.getpid(), signal.SIGKILL)
         elif image_bytes == b"bad":
             raise CodedError("not an image")
+        elif image_bytes.startswith(b"exit-after:"):
+            threading.Timer(float(image_bytes[11:]), os._exit, (0,)).start()
         elif image_bytes == b"env":
             return {"env": {name: os.environ.get(name) for name in THREAD_ENV_VARS}}
         return {"text_lines": [{"text": image_bytes.decode(errors="replace")}], "pid": os.getpid(), "params": params}

@@ -115,6 +115,22 @@ def test_killed_worker_in_flight_task_succeeds_on_retry() -> None:
     run(check)
 
 
+def test_a_reply_sent_just_before_its_worker_exited_is_not_lost() -> None:
+    # A worker's pipe and its exit become readable together. Handling the exit first dropped
+    # the reply still in the pipe: the task ran again (worker_crashed on its last attempt).
+    async def check(pool: WorkerPool) -> None:
+        job = pool.submit(b"exit-after:0.3", {})
+        worker = job.worker
+        assert worker is not None  # dispatched at once to the idle worker
+        time.sleep(1.5)  # noqa: ASYNC251 - the loop blocked on purpose: the reply and the exit both wait
+        pool._on_exit(worker)  # the loop sees the exit first
+        result = await asyncio.wait_for(job.future, timeout=10)
+        assert result["text_lines"][0]["text"] == "exit-after:0.3"
+        assert job.attempts == 1 and pool.tasks_retried == 0
+
+    run(check, size=1)
+
+
 def test_timeout_kills_only_that_worker() -> None:
     async def check(pool: WorkerPool) -> None:
         slow = pool.submit(b"sleep:30", {})
