@@ -124,6 +124,8 @@ def build_context(settings: Settings) -> AppContext:
         task_ttl=task_ttl,
         shared=shared,
         failure_ttl=service.failure_ttl,
+        cache_bytes=service.img_bytes,
+        task_bytes=service.task_bytes,
     )
     docs = settings.documents
     render = RenderSettings(docs.dpi, docs.max_page_side, docs.max_page_pixels, docs.max_pdf_pages)

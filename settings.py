@@ -83,6 +83,12 @@ class ServiceSettings:
     # Finished fire-and-forget tasks kept for polling (each kept at least `time` seconds
     # unless this many newer ones push it out).
     task_number: int = 10000
+    # Bytes of cached results, and of finished task records, kept in this process: measured
+    # as their JSON (a document's result can be megabytes), least recently used evicted past
+    # it. Memory held is ~10x the JSON (Python objects; README "Configuration"). img_bytes 0
+    # keeps no result, as img_number 0 does; a result larger than the budget is not cached.
+    img_bytes: int = 256 * 1024 * 1024
+    task_bytes: int = 256 * 1024 * 1024
     # Seconds an image that crashed workers or ran past task_timeout is remembered by its cache
     # key; repeats get the same error at once instead of killing a worker again. 0: never.
     failure_ttl: float = 60.0
@@ -235,6 +241,8 @@ def _check_ranges(settings: Settings) -> None:
         (svc.time >= 0, "service.time must be >= 0"),
         (svc.img_number >= 0, "service.img_number must be >= 0"),
         (svc.task_number >= 1, "service.task_number must be >= 1"),
+        (svc.img_bytes >= 0, "service.img_bytes must be >= 0"),
+        (svc.task_bytes >= 1, "service.task_bytes must be >= 1"),
         (svc.failure_ttl >= 0, "service.failure_ttl must be >= 0"),
         (docs.max_pdf_pages >= 1, "documents.max_pdf_pages must be >= 1"),
         (10 <= docs.dpi <= 1200, "documents.dpi must be 10..1200"),

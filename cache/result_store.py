@@ -26,10 +26,12 @@ class ResultStore(Protocol):
 
 
 class MemoryResultStore:
-    """TTL + LRU results in this process (cachetools.TTLCache underneath)."""
+    """TTL + LRU results in this process (cachetools.TTLCache underneath), at most `capacity`
+    of them and, with `max_bytes`, at most that many bytes of their JSON (a document's result
+    can be megabytes: a count alone does not bound the memory)."""
 
-    def __init__(self, capacity: int, ttl: float) -> None:
-        self.cache: TTLLRUCache[Result] = TTLLRUCache(capacity, ttl)
+    def __init__(self, capacity: int, ttl: float, max_bytes: int | None = None) -> None:
+        self.cache: TTLLRUCache[Result] = TTLLRUCache(capacity, ttl, max_bytes=max_bytes)
 
     async def get(self, key: str) -> Result | None:
         return self.cache.get(key)
@@ -47,14 +49,17 @@ class MemoryResultStore:
             "capacity": self.cache.capacity,
             "ttl_s": self.cache.ttl,
             "evictions": self.cache.evictions,
+            "bytes": self.cache.bytes,
+            "max_bytes": self.cache.max_bytes,
+            "too_large": self.cache.too_large,
         }
 
 
 class RedisBackedResultStore(MemoryResultStore):
     """This node's memory in front of the results every node shares in Redis."""
 
-    def __init__(self, capacity: int, ttl: float, shared: RedisStore) -> None:
-        super().__init__(capacity, ttl)
+    def __init__(self, capacity: int, ttl: float, shared: RedisStore, max_bytes: int | None = None) -> None:
+        super().__init__(capacity, ttl, max_bytes)
         self.shared = shared
 
     async def get(self, key: str) -> Result | None:

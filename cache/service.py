@@ -50,17 +50,21 @@ class OcrService:
         task_ttl: float,
         shared: RedisStore | None = None,
         failure_ttl: float = 0.0,
+        cache_bytes: int | None = None,
+        task_bytes: int | None = None,
     ) -> None:
+        """cache_bytes, task_bytes: JSON bytes of results and of finished task records kept in
+        this process (service.img_bytes, service.task_bytes); None: bounded by count only."""
         self.pool = pool
         self.engine_identity = engine_identity
         self.shared = shared
         self.results = (
-            MemoryResultStore(cache_capacity, cache_ttl)
+            MemoryResultStore(cache_capacity, cache_ttl, cache_bytes)
             if shared is None
-            else RedisBackedResultStore(cache_capacity, cache_ttl, shared)
+            else RedisBackedResultStore(cache_capacity, cache_ttl, shared, cache_bytes)
         )
         self.flight = SingleFlight(pool, self.results, shared or LocalClaims(), failure_ttl)
-        self.tasks = TaskStore(task_capacity, task_ttl, shared)
+        self.tasks = TaskStore(task_capacity, task_ttl, shared, task_bytes)
         self.hits = 0
         self.misses = 0
 

@@ -19,7 +19,7 @@ from cache.records import ErrorInfo, Result, TaskView
 from cache.redis_store import RedisStore
 from cache.remote_poll import poll_pauses
 from cache.single_flight import Computation
-from cache.ttl_lru import TTLLRUCache
+from cache.ttl_lru import TTLLRUCache, json_size
 from ocr_pool import PoolError, QueueFullError
 
 # While a task is unfinished its node rewrites the shared record this often (renewing its TTL);
@@ -68,13 +68,16 @@ class TaskRecord:
 
 
 class TaskStore:
-    """Finished records live in a TTL + LRU store (service.time, service.task_number);
-    unfinished ones apart, never evicted: a client polling a task still queued or running
-    must not get 404 because newer tasks or the clock pushed it out. At most `capacity` are
-    unfinished at once (refuse_if_full() says when a new task must be refused)."""
+    """Finished records live in a TTL + LRU store (service.time, service.task_number and, with
+    `max_bytes`, service.task_bytes of their views' JSON: a record keeps its result, and a
+    document's can be megabytes); unfinished ones apart, never evicted: a client polling a task
+    still queued or running must not get 404 because newer tasks or the clock pushed it out. At
+    most `capacity` are unfinished at once (refuse_if_full() says when a new task must be refused)."""
 
-    def __init__(self, capacity: int, ttl: float, shared: RedisStore | None = None) -> None:
-        self.records: TTLLRUCache[TaskRecord] = TTLLRUCache(capacity, ttl)
+    def __init__(
+        self, capacity: int, ttl: float, shared: RedisStore | None = None, max_bytes: int | None = None
+    ) -> None:
+        self.records: TTLLRUCache[TaskRecord] = TTLLRUCache(capacity, ttl, max_bytes=max_bytes, size_of=record_size)
         self.unfinished: dict[str, TaskRecord] = {}
         self.capacity = capacity
         self.shared = shared
@@ -174,7 +177,19 @@ class TaskStore:
         return node_lost(view, raw.get("node"), age)
 
     def stats(self) -> dict[str, Any]:
-        return {"tasks_kept": len(self), "tasks_unfinished": len(self.unfinished)}
+        return {
+            "tasks_kept": len(self),
+            "tasks_unfinished": len(self.unfinished),
+            "tasks_bytes": self.records.bytes,  # finished records only: unfinished ones hold no result
+            "tasks_max_bytes": self.records.max_bytes,
+            "tasks_evictions": self.records.evictions,
+            "tasks_too_large": self.records.too_large,
+        }
+
+
+def record_size(record: TaskRecord) -> int:
+    """A finished record's size: its poll answer's JSON (the result, or the error, and the ids)."""
+    return json_size(record.view().to_json())
 
 
 def node_lost(view: TaskView, node: str | None, age: float) -> TaskView:

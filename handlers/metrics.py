@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from tornado import web
 
+from cache import TTLLRUCache
 from handlers.base import JsonHandler, method_label
 from handlers.context import AppContext
 from handlers.loop_lag import BUCKETS_S, LoopLagMonitor
@@ -47,6 +48,8 @@ class _StateCollector(Collector):
         yield _counter("ocr_cache_evictions", "Results evicted by the LRU bound", ocr.results.cache.evictions)
         yield _counter("ocr_cache_shared", "Requests that joined an identical in-flight run", ocr.shared_waits)
         yield _gauge("ocr_cache_entries", "Results in the cache", len(ocr.results.cache))
+        yield from _byte_budget_metrics(ocr.results.cache, "ocr_cache", "results in the cache")
+        yield from _byte_budget_metrics(ocr.tasks.records, "ocr_task_records", "finished task records kept")
         budget = self.ctx.upload_budget
         yield _gauge("ocr_upload_buffered_bytes", "Request-body bytes held in memory now", budget.used)
         yield _counter(
@@ -63,6 +66,12 @@ class _StateCollector(Collector):
         if ocr.shared is not None:
             yield _gauge("ocr_shared_store_up", "1 when the shared Redis store is reachable", int(ocr.shared.connected))
             yield _counter("ocr_shared_store_errors", "Failed calls to the shared Redis store", ocr.shared.errors)
+
+
+def _byte_budget_metrics(cache: TTLLRUCache[Any], prefix: str, what: str) -> Iterator[Metric]:
+    yield _gauge(f"{prefix}_bytes", f"JSON bytes of the {what} (memory held is several times this)", cache.bytes)
+    if cache.max_bytes is not None:
+        yield _gauge(f"{prefix}_max_bytes", f"Budget for the JSON bytes of the {what}", cache.max_bytes)
 
 
 def _loop_lag_metrics(monitor: LoopLagMonitor) -> Iterator[Metric]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 
@@ -243,6 +244,206 @@ def test_unfinished_task_records_are_never_pushed_out_and_the_count_is_bounded()
         view = await store.view(first.task_id)
         assert view is not None and view.status == "done"  # kept a TTL from the end, not the start
         store.refuse_if_full()  # room again
-        assert store.stats() == {"tasks_kept": 1, "tasks_unfinished": 0}
+        assert (store.stats()["tasks_kept"], store.stats()["tasks_unfinished"]) == (1, 0)
 
     asyncio.run(scenario())
+
+
+# ---- byte budgets: results and task records are bounded by their JSON size, not only by count ----
+
+
+def _json_len(value: object) -> int:
+    import orjson
+
+    return len(orjson.dumps(value))
+
+
+def _text(size: int) -> str:
+    """A string whose JSON encoding is `size` bytes (the two quotes included)."""
+    return "x" * (size - 2)
+
+
+def test_byte_budget_evicts_least_recently_used_until_it_holds() -> None:
+    cache: TTLLRUCache[str] = TTLLRUCache(capacity=10, ttl=100, clock=FakeClock(), max_bytes=100)
+    cache.set("a", _text(40))
+    cache.set("b", _text(40))
+    assert cache.bytes == 80 and len(cache) == 2
+    assert cache.get("a") is not None  # "a" is now the most recently used
+    cache.set("c", _text(40))  # 120 bytes: "b" goes, not "a"
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
+    assert cache.bytes == 80 and cache.evictions == 1
+    cache.set("d", _text(90))  # both others must go to make room
+    assert len(cache) == 1 and cache.bytes == 90 and cache.evictions == 3
+    cache.set("d", _text(30))  # a replaced entry's bytes are not counted twice
+    assert cache.bytes == 30 and len(cache) == 1
+
+
+def test_an_entry_larger_than_the_whole_byte_budget_is_not_kept() -> None:
+    cache: TTLLRUCache[str] = TTLLRUCache(capacity=10, ttl=100, clock=FakeClock(), max_bytes=100)
+    cache.set("small", _text(50))
+    cache.set("huge", _text(101))
+    assert cache.get("huge") is None
+    assert cache.get("small") is not None and cache.bytes == 50  # nothing was evicted for it
+    assert cache.evictions == 0 and cache.too_large == 1
+    cache.set("small", _text(500))  # a key re-stored too large: its older value is not served either
+    assert cache.get("small") is None and cache.bytes == 0 and len(cache) == 0
+
+
+def test_expiry_and_pop_release_the_bytes() -> None:
+    clock = FakeClock()
+    cache: TTLLRUCache[str] = TTLLRUCache(capacity=10, ttl=5, clock=clock, max_bytes=100)
+    cache.set("a", _text(30))
+    cache.set("b", _text(40))
+    assert cache.pop("a") is not None and cache.bytes == 40
+    clock.now = 5
+    assert cache.get("b") is None and cache.bytes == 0 and cache.expirations == 1
+    cache.set("c", _text(60))
+    clock.now = 20
+    assert cache.purge_expired() == 1 and cache.bytes == 0
+
+
+def test_an_entry_is_measured_once_when_stored_not_on_reads() -> None:
+    measured: list[object] = []
+
+    def size_of(value: dict) -> int:
+        measured.append(value)
+        return _json_len(value)
+
+    cache: TTLLRUCache[dict] = TTLLRUCache(capacity=10, ttl=100, clock=FakeClock(), max_bytes=1000, size_of=size_of)
+    result = {"text_lines": [{"text": "hello", "confidence": 0.99, "box": [[1, 2], [3, 4]]}]}
+    cache.set("a", result)
+    for _ in range(5):
+        assert cache.get("a") is result
+    assert len(measured) == 1 and cache.bytes == _json_len(result)
+
+
+def test_byte_budget_stats_and_zero_budget() -> None:
+    cache: TTLLRUCache[str] = TTLLRUCache(capacity=10, ttl=60, clock=FakeClock(), max_bytes=100)
+    cache.set("a", _text(60))
+    cache.set("b", _text(60))
+    cache.set("c", _text(200))
+    assert cache.stats() == {
+        "entries": 1,
+        "capacity": 10,
+        "bytes": 60,
+        "max_bytes": 100,
+        "evictions": 1,
+        "expirations": 0,
+        "too_large": 1,
+    }
+    # A budget of 0 keeps nothing, as a capacity of 0 does (and nothing is "too large" then).
+    off: TTLLRUCache[str] = TTLLRUCache(capacity=10, ttl=60, max_bytes=0)
+    off.set("a", "A")
+    assert len(off) == 0 and off.too_large == 0
+    # Without a byte budget (the failure memory) entries are not measured at all.
+    unbounded: TTLLRUCache[object] = TTLLRUCache(capacity=10, ttl=60)
+    unbounded.set("a", object())  # not JSON: would fail to measure
+    assert len(unbounded) == 1 and unbounded.stats()["max_bytes"] is None
+
+
+def _result(text: str, lines: int = 10) -> dict:
+    line = {"text": text, "confidence": 0.98765, "box": [[100, 200], [900, 200], [900, 240], [100, 240]]}
+    return {"text_lines": [dict(line) for _ in range(lines)], "image_size": [1700, 2200], "timing": {"total": 812.5}}
+
+
+def test_result_store_honours_its_byte_budget() -> None:
+    from cache.result_store import MemoryResultStore
+
+    size = _json_len(_result("first page"))
+    store = MemoryResultStore(capacity=100, ttl=60, max_bytes=int(size * 1.5))
+
+    async def scenario() -> None:
+        await store.put("k1", _result("first page"))
+        await store.put("k2", _result("other page"))  # both do not fit: the first goes
+        assert await store.get("k1") is None and await store.get("k2") is not None
+        await store.put("k3", _result("a whole document", lines=100))  # larger than the budget
+        assert await store.get("k3") is None and await store.get("k2") is not None
+
+    asyncio.run(scenario())
+    stats = store.stats()
+    assert stats["size"] == 1 and stats["bytes"] == size and stats["max_bytes"] == int(size * 1.5)
+    assert stats["evictions"] == 1 and stats["too_large"] == 1
+
+
+def test_task_store_honours_its_byte_budget_for_finished_records_only() -> None:
+    from cache.task_store import TaskRecord, TaskStore
+
+    class Running:
+        state = "running"
+
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.future: asyncio.Future[dict] = loop.create_future()
+
+    def finished(text: str) -> TaskRecord:
+        record = TaskRecord("a" * 64)
+        record.result = _result(text)
+        return record
+
+    record_size = _json_len(finished("first").view().to_json())
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        store = TaskStore(capacity=100, ttl=60, max_bytes=int(record_size * 1.5))
+        unfinished = TaskRecord("b" * 64)
+        unfinished.computation = Running(loop)  # type: ignore[assignment]
+        await store.add(unfinished)
+        first, second = finished("first"), finished("other")
+        await store.add(first)
+        await store.add(second)  # the budget holds one finished record: the first goes
+        assert await store.view(first.task_id) is None
+        assert (await store.view(second.task_id)) is not None
+        # An unfinished record is never pushed out, whatever the budget.
+        assert (await store.view(unfinished.task_id)) is not None
+        assert store.stats()["tasks_bytes"] == record_size
+        # When it ends it is kept under the same rule, and pushes out the least recently used.
+        unfinished.computation.future.set_result(_result("third"))  # type: ignore[union-attr]
+        await wait_for(lambda: not store.unfinished)
+        assert (await store.view(unfinished.task_id)) is not None and await store.view(second.task_id) is None
+        huge = TaskRecord("c" * 64)
+        huge.result = _result("a whole document", lines=100)  # larger than the budget: not kept
+        await store.add(huge)
+        assert await store.view(huge.task_id) is None
+        assert store.stats() == {
+            "tasks_kept": 1,
+            "tasks_unfinished": 0,
+            "tasks_bytes": _json_len(unfinished.view().to_json()),
+            "tasks_max_bytes": int(record_size * 1.5),
+            "tasks_evictions": 2,
+            "tasks_too_large": 1,
+        }
+
+    asyncio.run(scenario())
+
+
+def test_service_wires_the_byte_budgets_into_both_stores() -> None:
+    service = OcrService(
+        None,  # type: ignore[arg-type]  # no pool needed to read the stores' settings
+        engine_identity="fake",
+        cache_capacity=10,
+        cache_ttl=60,
+        cache_bytes=1000,
+        task_capacity=10,
+        task_ttl=60,
+        task_bytes=2000,
+    )
+    stats = service.stats()
+    assert (stats["bytes"], stats["max_bytes"]) == (0, 1000)
+    assert (stats["tasks_bytes"], stats["tasks_max_bytes"]) == (0, 2000)
+
+
+def test_byte_budget_settings_defaults_and_validation() -> None:
+    from settings import ConfigError, settings_from_dict
+
+    service = settings_from_dict({}).service
+    assert service.img_bytes == 256 * 1024 * 1024 and service.task_bytes == 256 * 1024 * 1024
+    assert settings_from_dict({"service": {"img_bytes": 0}}).service.img_bytes == 0  # as img_number 0: keep none
+    refused = [
+        ({"img_bytes": -1}, "service.img_bytes must be >= 0"),
+        ({"task_bytes": 0}, "service.task_bytes must be >= 1"),  # as task_number: a task must be pollable
+        ({"img_bytes": "256MB"}, "service.img_bytes: expected int"),
+        ({"task_bytes": 1.5e8}, "service.task_bytes: expected int"),
+        ({"img_bytes": 10**400}, "service.img_bytes: expected int"),
+    ]
+    for service_keys, message in refused:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            settings_from_dict({"service": service_keys})

@@ -666,6 +666,26 @@ def test_finished_fire_and_forget_tasks_do_not_keep_their_images(server_factory)
     assert grown_mb < 40, f"the server grew {grown_mb:.0f} MB holding finished tasks' images"
 
 
+def test_result_cache_is_bounded_by_bytes_not_only_by_count(server_factory) -> None:
+    # A budget one single-word result fits in (~210-250 JSON bytes) and two do not: the second
+    # image pushes the first out although img_number (1000) has room for both.
+    config = base_config(number=1)
+    config["service"]["img_bytes"] = 350
+    server = server_factory(config, name="result-bytes")
+    first, second = text_image(random_word()), text_image(random_word())
+    assert server.ocr_upload(first).json()["cached"] is False
+    assert server.ocr_upload(first).json()["cached"] is True
+    cache = server.health()["cache"]
+    assert cache["size"] == 1 and 0 < cache["bytes"] <= cache["max_bytes"] == 350, cache
+    assert server.ocr_upload(second).json()["cached"] is False
+    cache = server.health()["cache"]
+    assert cache["size"] == 1 and cache["evictions"] == 1, cache
+    again = server.ocr_upload(first)
+    assert again.status_code == 200 and again.json()["cached"] is False  # read again, not from the cache
+    metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    assert metric(metrics, "ocr_cache_max_bytes") == 350 and 0 < metric(metrics, "ocr_cache_bytes") <= 350
+
+
 def test_sigterm_finishes_in_flight_work_and_exits_zero(server_factory) -> None:
     import psutil
 

@@ -86,6 +86,11 @@ def test_metrics_count_requests_tasks_cache_and_workers(ocr_server: RunningServe
     for pid in (w["pid"] for w in ocr_server.health()["workers"]["workers"]):
         assert metric(after, "ocr_worker_rss_bytes", pid=str(pid)) > 50e6
     assert "ocr_queue_depth " in after and "ocr_tasks_in_flight " in after and "ocr_cache_evictions_total" in after
+    # The byte budgets (service.img_bytes, task_bytes: defaults) and what is held, as /health says.
+    assert metric(after, "ocr_cache_max_bytes") == metric(after, "ocr_task_records_max_bytes") == 256 * 1024 * 1024
+    assert metric(after, "ocr_cache_bytes") > 0 and "ocr_task_records_bytes " in after
+    cache = ocr_server.health()["cache"]
+    assert cache["max_bytes"] == cache["tasks_max_bytes"] == 256 * 1024 * 1024 and cache["bytes"] > 0
 
 
 def test_access_log_has_one_line_per_request_with_task_and_cache(ocr_server: RunningServer) -> None:
