@@ -162,6 +162,12 @@ class DocumentService:
             key += f"|private:{uuid.uuid4().hex}"
         return key
 
+    def probe_key(self, doc: DocumentInput) -> str:
+        """What a PDF's probe depends on: its bytes and the render settings, not det or
+        pdf_text. A PDF that crashed or hung its probe is remembered under this key, so that
+        resending it with other options does not cost another worker."""
+        return self.ocr.cache_key(doc.doc_hash, {"document": doc.kind, "op": "probe", **self.render.spec()})
+
     def preview_slot(self, doc_hash: str, number: int) -> str:
         return self.ocr.cache_key(f"{doc_hash}#page={number}", {"preview": PREVIEW, **self.render.spec()})
 
@@ -196,7 +202,7 @@ class DocumentService:
         run = self._in_flight.get(key)
         if run is None or run.doomed:  # a doomed run leaves _in_flight a loop turn later
             cache_key = self.document_key(doc)
-            remembered = self.ocr.flight.remembered_failure(cache_key)
+            remembered = self.ocr.flight.remembered_failure(self.probe_key(doc)) if doc.kind == "pdf" else None
             if remembered is not None:
                 raise remembered
             self._admit(doc.pages or 1)
@@ -334,7 +340,7 @@ class DocumentService:
             # Shielded: cancelling this run must not cancel the pool's own future (pool.cancel does).
             return await asyncio.shield(run.probe.future)
         except PoolError as error:
-            self.ocr.flight.remember_failure(run.cache_key, error)  # a PDF that crashes or hangs PDFium
+            self.ocr.flight.remember_failure(self.probe_key(doc), error)  # a PDF that crashes or hangs PDFium
             raise
         finally:
             if run.probe.future.done():

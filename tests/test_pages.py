@@ -88,6 +88,28 @@ def test_a_page_that_kills_its_worker_fails_that_page_only_and_the_pool_recovers
     run(scenario)
 
 
+def test_a_pdf_that_crashed_its_probe_is_remembered_whatever_det_and_pdf_text_it_comes_with() -> None:
+    # The probe opens the PDF whatever is asked of its pages: a PDF that kills PDFium kills
+    # it again with pdf_text=ocr or another det. It was remembered per (det, pdf_text), so
+    # each other combination cost two more workers.
+    async def scenario(pool: WorkerPool) -> None:
+        _ocr, documents = services(pool)
+        with contextlib.suppress(PoolError):
+            await documents.join(DocumentInput("pdf", b"crash", "h-poison", {"det": "auto", "pdf_text": "auto"})).future
+        await wait_for(lambda: pool.ready_count == 2)
+        assert pool.restarts["crashed"] == 2
+        for params in ({"det": "auto", "pdf_text": "ocr"}, {"det": "on", "pdf_text": "auto"}):
+            try:
+                documents.join(DocumentInput("pdf", b"crash", "h-poison", params))
+            except PoolError as error:
+                assert error.code == "worker_crashed" and "remembered from an earlier attempt" in error.message
+            else:
+                raise AssertionError(f"the poison PDF was probed again with {params}")
+        assert pool.restarts["crashed"] == 2
+
+    run(scenario)
+
+
 def test_a_hanging_page_times_out_alone_and_its_worker_is_replaced() -> None:
     async def scenario(pool: WorkerPool) -> None:
         _ocr, documents = services(pool)
