@@ -292,7 +292,12 @@ def _schemas() -> dict[str, Any]:
                     },
                 },
                 "ocr_runs": {"type": "integer"},
-                "cache": {"type": "object", "description": "Result cache counters and backend."},
+                "cache": {
+                    "type": "object",
+                    "description": "Result cache counters and backend; results and finished task records held, "
+                    "as a count and as JSON bytes against their budgets (`bytes`, `max_bytes`, `too_large`, "
+                    "`tasks_kept`, `tasks_unfinished`, `tasks_bytes`, `tasks_max_bytes`).",
+                },
                 "documents": {
                     "type": "object",
                     "nullable": True,
