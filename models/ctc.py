@@ -30,7 +30,7 @@ def _spaced_script(char: str) -> bool:
     return char.isalnum() and ord(char) < _CJK_START
 
 
-def _word_gap(before: str, after: str) -> bool:
+def word_gap(before: str, after: str) -> bool:
     """Whether a space may stand between these two characters."""
     if ord(before) >= _CJK_START or ord(after) >= _CJK_START:
         return False
@@ -56,7 +56,7 @@ def greedy_decode(probs: np.ndarray, characters: list[str], space_classes: list[
     for frame in frames:
         char = characters[best[frame]]
         gap = space_prob is not None and previous >= 0 and frame - previous > 1
-        if gap and len(char) == len(chars[-1]) == 1 and _word_gap(chars[-1], char):
+        if gap and len(char) == len(chars[-1]) == 1 and word_gap(chars[-1], char):
             p_space = 1.0 - float(np.prod(1.0 - space_prob[previous + 1 : frame]))
             if p_space > 0.5:
                 chars.append(" ")

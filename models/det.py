@@ -104,6 +104,20 @@ class TextDetector:
     def __call__(self, img: np.ndarray) -> list[np.ndarray]:
         """Return float32 (4, 2) boxes, clockwise from top-left."""
         h, w = img.shape[:2]
+        spans = detection_tiles(h, w, self.max_side)
+        if spans:
+            tall = h > w
+            found = []
+            for start, end in spans:
+                tile = img[start:end] if tall else img[:, start:end]
+                offset = np.array([0, start] if tall else [start, 0], dtype=np.float32)
+                found.append([box + offset for box in self._detect_whole(tile)])
+            return merge_tile_boxes(found)
+        return self._detect_whole(img)
+
+    def _detect_whole(self, img: np.ndarray) -> list[np.ndarray]:
+        """Boxes in `img`'s pixels, found on the whole image at once."""
+        h, w = img.shape[:2]
         scale = detection_scale(h, w, self.max_side, self.min_side)
         if scale < 1.0 and not _needs_letterbox(h, w):
             resized = resize_for_detection(img, scale)
@@ -146,6 +160,74 @@ class TextDetector:
                 continue  # slivers left after clipping to the real image
             out.append(b)
         return out
+
+
+# A page over TILE_ASPECT times longer than wide (a scrolling screenshot, a long receipt, a
+# strip) whose long side is over the detector's limit is detected in tiles along that side,
+# each TILE_ASPECT / 2 times longer than wide (at least the limit), overlapping by a quarter of
+# the width: shrunk whole to the limit, a 1080 x 10000 screenshot's 28 px text came out 3 px
+# high and nothing at all was found.
+TILE_ASPECT = 4.0
+
+
+def detection_tiles(h: int, w: int, max_side: int) -> list[tuple[int, int]]:
+    """The (start, end) spans along an image's long side of the tiles it is detected in, or []
+    to detect it whole."""
+    long, short = max(h, w), min(h, w)
+    if long <= max_side or long <= TILE_ASPECT * short:
+        return []
+    length = max(round(TILE_ASPECT / 2 * short), max_side)
+    overlap = max(short // 4, _MIN_SIDE)
+    count = -(-(long - overlap) // (length - overlap))
+    stride = (long - overlap) / count  # tiles spread evenly: the last is no sliver
+    return [(round(i * stride), min(long, round(i * stride) + length)) for i in range(count)]
+
+
+def merge_tile_boxes(tiles: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Boxes found in overlapping tiles (in image pixels, tile by tile along the long side) as
+    one set: a box found in two neighbouring tiles, whole or cut at a tile's edge, is one."""
+    boxes = [box for found in tiles for box in found]
+    parent = list(range(len(boxes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    rects = np.array([[*box.min(axis=0), *box.max(axis=0)] for box in boxes], dtype=np.float32).reshape(-1, 4)
+    first = np.cumsum([0, *(len(found) for found in tiles)])
+    for t in range(len(tiles) - 1):
+        pairs = np.argwhere(same_text(rects[first[t] : first[t + 1]], rects[first[t + 1] : first[t + 2]]))
+        for i, j in pairs + [first[t], first[t + 1]]:
+            parent[root(int(j))] = root(int(i))
+    groups: dict[int, list[np.ndarray]] = {}
+    for i, box in enumerate(boxes):
+        groups.setdefault(root(i), []).append(box)
+    return [_union_box(group) for group in groups.values()]
+
+
+def same_text(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Which of the (x0, y0, x1, y1) rectangles `a` (rows) and `b` (columns) are the same
+    text: they overlap, across the way their text runs, by at least half the thinner one
+    (lines next to each other touch by less)."""
+    a, b = a[:, None, :], b[None, :, :]
+    across_x = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+    across_y = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+    wa, wb, ha, hb = a[..., 2] - a[..., 0], b[..., 2] - b[..., 0], a[..., 3] - a[..., 1], b[..., 3] - b[..., 1]
+    runs_across = np.maximum(wa, wb) >= np.maximum(ha, hb)
+    enough = np.where(runs_across, across_y >= 0.5 * np.minimum(ha, hb), across_x >= 0.5 * np.minimum(wa, wb))
+    return (across_x > 0) & (across_y > 0) & enough
+
+
+def _union_box(group: list[np.ndarray]) -> np.ndarray:
+    """One box for the same text found in several tiles: the biggest, when it holds nearly all
+    of the others (the text whole in one tile), else the smallest rectangle round them all."""
+    biggest = max(group, key=lambda box: cv2.contourArea(box))
+    inside = cv2.convexHull(biggest.astype(np.float32))
+    if all(cv2.pointPolygonTest(inside, (float(x), float(y)), True) >= -2 for box in group for x, y in box):
+        return biggest
+    return _order_clockwise(cv2.boxPoints(cv2.minAreaRect(np.concatenate(group).astype(np.float32))))
 
 
 def outside_boxes(pred: np.ndarray, boxes: Iterable[np.ndarray], size: tuple[int, int]) -> np.ndarray:

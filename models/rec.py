@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
+import cv2
 import numpy as np
 
 from .cls import resize_norm
-from .ctc import decode_batch, space_classes_of
+from .ctc import decode_batch, space_classes_of, word_gap
 from .errors import ModelLoadError
 from .sessions import Session
 
@@ -18,10 +21,73 @@ _SHAPE = (3, 48, 320)
 # 6 x 320 px (order-free CER 2.30 vs 2.31 %) with 26 % less recognition time.
 _MIN_RATIO = 160 / 48
 _BATCH = 3
-# Longest line (width/height) fed to the recogniser unsqueezed.  UW-III lines
+# Longest line (width/height) fed to the recogniser at once.  UW-III lines
 # reach ~41; beyond 160 (7680 px at height 48) a pathological 20000x8 input
-# would otherwise build a huge tensor, so such lines are squeezed instead.
+# would otherwise build a huge tensor, so such lines are read in pieces.
 _MAX_RATIO = 160.0
+# A longer line is cut in the last quarter of each piece, at its widest blank gap: squeezed
+# into one input instead, a 13000 x 48 px receipt line read "i d q q q qq". A gap at least
+# this share of the line's height (letter gaps are narrower) is a word space, written back
+# between the pieces' texts.
+_CUT_SEARCH = 0.25
+_CUT_SPACE = 0.1
+# At most this many pieces a line (lines up to 520 heights long read unsqueezed): the work
+# stays bounded on a 20000 x 8 strip, whose pieces are squeezed as a long line once was.
+_MAX_PIECES = 4
+# Ink: what differs from the line's median grey by more than this (as models.det does).
+_INK_CONTRAST = 40
+
+
+def line_pieces(
+    crop: np.ndarray, max_ratio: float = _MAX_RATIO, max_pieces: int = _MAX_PIECES
+) -> list[tuple[int, int, bool]]:
+    """(x0, x1, space after) of the pieces a line crop is read in: the whole crop when it is
+    at most `max_ratio` heights long, else pieces that long or less (longer when it would
+    take more than `max_pieces`), each cut in the middle of the widest run of the least
+    inked columns in its last _CUT_SEARCH; `space after` says the cut lies in a gap wide
+    enough to be a word space."""
+    h, w = crop.shape[:2]
+    # Every piece but the last is at least (1 - _CUT_SEARCH) * longest: this many fit.
+    longest = max(1, int(max_ratio * h), math.ceil(w / (1 + (1 - _CUT_SEARCH) * (max_pieces - 1))))
+    if w <= longest:
+        return [(0, w, False)]
+    gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
+    ink = (np.abs(gray.astype(np.int16) - int(np.median(gray))) > _INK_CONTRAST).sum(axis=0)
+    pieces: list[tuple[int, int, bool]] = []
+    x0 = 0
+    while w - x0 > longest:
+        lo = x0 + max(1, int((1 - _CUT_SEARCH) * longest))
+        cut, run = _quietest_run(ink[lo : x0 + longest])
+        pieces.append((x0, lo + cut, bool(run >= _CUT_SPACE * h and ink[lo + cut] == 0)))
+        x0 = lo + cut
+    pieces.append((x0, w, False))
+    return pieces
+
+
+def _quietest_run(ink: np.ndarray) -> tuple[int, int]:
+    """(middle, length) of the longest run of columns holding the least ink (the last of
+    equals: the fewer pieces, the fewer cuts)."""
+    quiet = np.concatenate(([False], ink == ink.min(), [False])).astype(np.int8)
+    edges = np.flatnonzero(np.diff(quiet))
+    starts, ends = edges[::2], edges[1::2]
+    longest = len(starts) - 1 - int(np.argmax((ends - starts)[::-1]))
+    return int((starts[longest] + ends[longest]) // 2), int(ends[longest] - starts[longest])
+
+
+def join_pieces(readings: list[tuple[str, float]], spaces: list[bool]) -> tuple[str, float]:
+    """One line's reading from its pieces' (text, confidence): the texts joined, with a space
+    at a cut in a word gap between characters a space may separate; the confidence is the
+    pieces' mean weighted by their characters."""
+    text = ""
+    for (piece, _score), space in zip(readings, [False, *spaces]):
+        piece = piece.strip()
+        if space and text and piece and word_gap(text[-1], piece[0]):
+            text += " "
+        text += piece
+    chars = sum(len(piece) for piece, _score in readings)
+    if not chars:
+        return text, 0.0
+    return text, sum(len(piece) * score for piece, score in readings) / chars
 
 
 def read_char_dict(path: str) -> list[str]:
@@ -30,6 +96,22 @@ def read_char_dict(path: str) -> list[str]:
             return [line.rstrip("\r\n") for line in fh]
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"cannot read rec char dict {path}: {exc}") from exc
+
+
+def batches(ratios: list[float]) -> list[list[int]]:
+    """The recogniser's batches of lines (indices), by their width/height `ratios`: similar
+    widths together (little padding, little wasted compute), _BATCH at most, and no more
+    columns than one line _MAX_RATIO long (a batch of three such lines was three times the
+    memory: its output alone is ~70 MB a line with PP-OCRv6's 18,710 classes)."""
+    order = [int(i) for i in np.argsort(ratios)]
+    out: list[list[int]] = []
+    while order:
+        size = 1
+        while size < min(_BATCH, len(order)) and (size + 1) * min(ratios[order[size]], _MAX_RATIO) <= _MAX_RATIO:
+            size += 1
+        out.append(order[:size])
+        order = order[size:]
+    return out
 
 
 class TextRecognizer:
@@ -56,13 +138,23 @@ class TextRecognizer:
             )
 
     def __call__(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        """Each line crop's (text, confidence); a line longer than _MAX_RATIO in pieces."""
+        cuts = [line_pieces(crop) for crop in crops]
+        if all(len(pieces) == 1 for pieces in cuts):
+            return self._read(crops)
+        readings = iter(self._read([crop[:, x0:x1] for crop, pieces in zip(crops, cuts) for x0, x1, _s in pieces]))
+        return [
+            join_pieces([next(readings) for _ in pieces], [space for _x0, _x1, space in pieces[:-1]])
+            for pieces in cuts
+        ]
+
+    def _read(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
         results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
         # Similar widths in one batch => little padding => less wasted compute.
-        order = np.argsort([c.shape[1] / float(c.shape[0]) for c in crops])
+        ratios = [c.shape[1] / float(c.shape[0]) for c in crops]
         h = self.shape[1]
-        for start in range(0, len(crops), _BATCH):
-            idx = order[start : start + _BATCH]
-            ratio = max([_MIN_RATIO] + [crops[i].shape[1] / float(crops[i].shape[0]) for i in idx])
+        for idx in batches(ratios):
+            ratio = max([_MIN_RATIO] + [ratios[i] for i in idx])
             ratio = min(ratio, _MAX_RATIO)
             width = -(-int(h * ratio) // self.width_step) * self.width_step
             batch = np.stack([resize_norm(crops[i], self.shape, width) for i in idx])

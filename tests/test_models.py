@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 import struct
 import subprocess
@@ -870,3 +871,135 @@ def test_detection_input_is_the_normalised_image_plane_by_plane() -> None:
     assert x.shape == (1, 3, 37, 53) and x.dtype == np.float32 and x.flags["C_CONTIGUOUS"]
     assert np.array_equal(x[0], reference.transpose(2, 0, 1))  # the same values, bit for bit
     assert x[0, 2, 5, 7] == pytest.approx((img[5, 7, 2] / 255 - 0.406) / 0.225, rel=1e-6)
+
+
+# --- very long lines and very long pages ----------------------------------
+
+
+def _word_blocks(height: int, words: int, word: int = 30, letter_gap: int = 1, word_gap: int = 8) -> np.ndarray:
+    """A grey line crop of black 'words' (four letters each, `letter_gap` apart) `word_gap` apart."""
+    line = np.full((height, 8 + words * (word + word_gap)), 255, dtype=np.uint8)
+    for w in range(words):
+        x = 8 + w * (word + word_gap)
+        line[4:-4, x : x + word] = 0
+        for gap in range(1, 4):  # letters: a blank column or so inside each word
+            cut = x + gap * word // 4
+            line[:, cut : cut + letter_gap] = 255
+    return line
+
+
+def test_a_line_longer_than_the_recogniser_reads_is_cut_in_word_gaps() -> None:
+    from models.rec import _MAX_PIECES, _MAX_RATIO, join_pieces, line_pieces
+
+    line = _word_blocks(20, 250)  # 9508 x 20: 475 heights long
+    pieces = line_pieces(line)
+    assert [x0 for x0, _x1, _space in pieces[1:]] == [x1 for _x0, x1, _space in pieces[:-1]]  # no gap, no overlap
+    assert pieces[0][0] == 0 and pieces[-1][1] == line.shape[1] and len(pieces) == 3
+    assert all(x1 - x0 <= _MAX_RATIO * 20 for x0, x1, _space in pieces)
+    for _x0, x1, space in pieces[:-1]:
+        assert space and (line[:, x1 - 3 : x1 + 3] == 255).all()  # in the middle of a word gap
+    assert line_pieces(line[:, :3000]) == [(0, 3000, False)]  # short enough: read whole
+    # A 20000 x 8 strip is read in a bounded number of (squeezed) pieces.
+    assert 1 < len(line_pieces(np.full((8, 20000), 255, np.uint8))) <= _MAX_PIECES
+    # A line with no word gap at all is still cut (between letters, with no space written).
+    assert not any(space for _x0, _x1, space in line_pieces(_word_blocks(20, 250, word_gap=1)))
+
+    text, score = join_pieces([("TOTAL", 0.9), ("DUE 12.50", 0.8), ("", 0.0)], [True, True])
+    assert text == "TOTAL DUE 12.50" and score == pytest.approx((5 * 0.9 + 9 * 0.8) / 14)
+    assert join_pieces([("合计", 0.9), ("金额", 0.9)], [True]) == ("合计金额", 0.9)  # no space beside CJK
+    assert join_pieces([("12", 0.9), ("34", 0.9)], [False]) == ("1234", 0.9)  # cut inside a number
+    assert join_pieces([("", 0.0)], []) == ("", 0.0)
+
+
+def _long_line(words: list[str], size: int = 20, height: int = 32) -> np.ndarray:
+    font = ImageFont.load_default(size=size)
+    text = " ".join(words)
+    left, top, right, bottom = font.getbbox(text)
+    image = Image.new("RGB", (right - left + 16, height), "white")
+    ImageDraw.Draw(image).text((8 - left, (height - (bottom - top)) // 2 - top), text, fill="black", font=font)
+    return np.asarray(image)[:, :, ::-1].copy()
+
+
+def test_a_receipt_line_longer_than_the_recogniser_reads_is_read_whole(engine) -> None:
+    # 150 words in a 32 px line (~320 heights): squeezed to 160 heights into one input, its
+    # letters came out half as wide and most of the text was lost.
+    import random
+
+    from tests.conftest import UNAMBIGUOUS
+
+    rng = random.Random(3)
+    words = ["".join(rng.choices(UNAMBIGUOUS, k=5)) for _ in range(150)]
+    ((text, score),) = engine.recognizer([_long_line(words)])
+    # Every character read (PP-OCRv4 writes few spaces in a line this tight).
+    assert cer("".join(words), text.replace(" ", "")) <= 0.02 and score > 0.8, text
+
+
+def test_a_long_page_is_detected_in_tiles_that_cover_it() -> None:
+    from models.det import detection_tiles
+
+    assert detection_tiles(2852, 932, 1280) == []  # a long receipt: whole, as ever
+    assert detection_tiles(1280, 200, 1280) == [] and detection_tiles(132, 709, 1280) == []
+    for h, w in ((10000, 1080), (48, 13253), (20000, 8), (50000, 1000)):
+        spans = detection_tiles(h, w, 1280)
+        long, short = max(h, w), min(h, w)
+        assert spans[0][0] == 0 and spans[-1][1] == long
+        assert all(end - start <= max(2 * short, 1280) for start, end in spans)  # never shrunk past 4:1
+        overlaps = [end - start for (_s, end), (start, _e) in itertools.pairwise(spans)]
+        assert min(overlaps) >= max(short // 4, 32), overlaps  # a line cut by one tile is whole in the next
+
+
+def test_boxes_found_in_neighbouring_tiles_are_one_box_each() -> None:
+    from models.det import merge_tile_boxes
+
+    def rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32)
+
+    # Tall page, tiles 0-1000 and 800-1800: a line at 990-1020 is cut by the first tile's
+    # edge and whole in the second; one at 850-880 is whole in both; the lines beside them
+    # (touching after unclipping) stay apart.
+    merged = merge_tile_boxes(
+        [
+            [rect(20, 850, 500, 880), rect(20, 878, 400, 905), rect(20, 990, 480, 1000)],
+            [rect(21, 849, 500, 881), rect(20, 878, 400, 905), rect(20, 990, 480, 1020), rect(20, 1018, 300, 1040)],
+        ]
+    )
+    tops = sorted((float(b[:, 1].min()), float(b[:, 1].max())) for b in merged)
+    assert tops == [(849, 881), (878, 905), (990, 1020), (1018, 1040)]
+    # A strip: one line's pieces in three tiles overlapping by 32 px are one line.
+    (line,) = merge_tile_boxes([[rect(10, 8, 1280, 40)], [rect(1248, 9, 2528, 40)], [rect(2496, 8, 3000, 41)]])
+    assert line[:, 0].min() == pytest.approx(10, abs=1) and line[:, 0].max() == pytest.approx(3000, abs=1)
+    assert merge_tile_boxes([[], []]) == []
+
+
+def _tall_page(words: list[str], width: int = 240, step: int = 400, size: int = 14) -> bytes:
+    font = ImageFont.load_default(size=size)
+    page = Image.new("L", (width, step * len(words)), 255)
+    draw = ImageDraw.Draw(page)
+    for i, word in enumerate(words):
+        draw.text((20, i * step + step // 2), word, fill=0, font=font)
+    return _encode(page, "PNG")
+
+
+def test_a_long_scrolling_screenshot_is_read_line_by_line(engine) -> None:
+    # 240 x 8000: shrunk whole to the detector's 1280 px, its 14 px words were 2 px high and
+    # none was found.
+    import random
+
+    from tests.conftest import UNAMBIGUOUS
+
+    rng = random.Random(4)
+    words = ["".join(rng.choices(UNAMBIGUOUS, k=5)) for _ in range(20)]
+    result = engine.recognize(_tall_page(words), det="on")
+    assert [line["text"] for line in result["text_lines"]] == words  # each once, in order
+
+
+def test_recogniser_batches_hold_no_more_columns_than_one_longest_line() -> None:
+    from models.rec import _BATCH, _MAX_RATIO, batches
+
+    ordinary = [3.0, 41.0, 12.5, 7.0, 20.0, 33.0, 5.0]
+    assert batches(ordinary) == [[0, 6, 3], [2, 4, 5], [1]]  # threes by width, as ever
+    long = [150.0, 4.0, 160.0, 300.0, 70.0, 60.0]
+    for batch in batches(long):
+        assert len(batch) == 1 or len(batch) * max(min(long[i], _MAX_RATIO) for i in batch) <= _MAX_RATIO
+        assert len(batch) <= _BATCH
+    assert sorted(i for batch in batches(long) for i in batch) == list(range(len(long)))
