@@ -50,11 +50,25 @@ def resolve_allowed_path(filename: str, base_dir: str, roots: list[Path]) -> Con
         raise ApiError(400, "invalid_filename", f"filename is longer than {MAX_FILENAME_CHARS} characters")
     if not is_encodable(filename):
         raise ApiError(400, "invalid_filename", "filename holds a lone surrogate (not valid Unicode text)")
-    real = os.path.realpath(os.path.join(base_dir, filename))
+    real = real_path(os.path.join(base_dir, filename))
     for root in roots:
         if real == str(root) or real.startswith(str(root) + os.sep):
             return ConfinedPath(root, Path(real).relative_to(root).parts)
     raise forbidden()
+
+
+def real_path(path: str) -> str:
+    """os.path.realpath, refusing what it cannot resolve rather than failing with a 500.
+
+    It follows a chain of symlinks one stack frame per link, so a chain of ~1000 links (which
+    anyone who may write into a root can make) raised RecursionError; the kernel gives up after
+    40. A link swapped for a file between its lstat and readlink raises OSError. Where either
+    leads is unknown, so the answer is the one for a path outside the roots.
+    """
+    try:
+        return os.path.realpath(path)
+    except (RecursionError, OSError):
+        raise forbidden() from None
 
 
 def forbidden() -> ApiError:

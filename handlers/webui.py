@@ -12,7 +12,7 @@ from typing import Any
 
 from tornado import web
 
-from handlers.base import method_not_allowed
+from handlers.base import NO_BODY_BYTES, method_not_allowed, served_methods
 from handlers.errors import error_body
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
@@ -25,6 +25,9 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+# Streaming, so prepare() sees a request before its body: Tornado would otherwise read the body
+# first and answer one over its 64 KiB limit with a bare 400, not this JSON 405 or 413.
+@web.stream_request_body
 class StaticHandler(web.StaticFileHandler):
     """Static files with the API's JSON error bodies and a bounded metrics label."""
 
@@ -34,9 +37,23 @@ class StaticHandler(web.StaticFileHandler):
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
 
+    def prepare(self) -> None:
+        # The method is the first mistake, as on the API's endpoints.
+        if self.request.method not in served_methods(self):
+            raise web.HTTPError(405)
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > NO_BODY_BYTES:
+            raise web.HTTPError(413)
+
+    def data_received(self, chunk: bytes) -> None:
+        pass  # a GET's body (at most 64 KiB) means nothing here
+
     def set_extra_headers(self, path: str) -> None:
         # Revalidate every time (ETag makes that cheap): a deploy is seen at once.
         self.set_header("Cache-Control", "no-cache")
+        # On every file, not only on `/`: /static/index.html is the same page.
+        self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        self.set_header("X-Frame-Options", "DENY")
 
     def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
         # Tornado hands a NUL byte (/static/%00) on to os.path, which raises: a 500.
@@ -62,6 +79,8 @@ class StaticHandler(web.StaticFileHandler):
             body = error_body("forbidden_path", "that path is outside the static folder")
         elif status_code == 405:
             body = method_not_allowed(self)
+        elif status_code == 413:
+            body = error_body("body_too_large", f"{self.request.path} takes no request body")
         elif status_code < 500:
             body = error_body("http_error", self._reason)
         else:
@@ -70,14 +89,9 @@ class StaticHandler(web.StaticFileHandler):
 
 
 class IndexHandler(StaticHandler):
-    """`/`: the page itself, with a content security policy."""
+    """`/`: the page itself."""
 
     endpoint = "/"
-
-    def set_extra_headers(self, path: str) -> None:
-        super().set_extra_headers(path)
-        self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        self.set_header("X-Frame-Options", "DENY")
 
     async def get(self, path: str = "", include_body: bool = True) -> None:
         # The route captures nothing; always answer with the page.

@@ -27,6 +27,9 @@
   let lastFile = null; // re-read when the detection mode changes
   let imageUrl = null;
   let uploadSeq = 0; // an answer to an upload that a newer one replaced is dropped
+  // Aborts the replaced upload's requests: the server then drops its task if it has not
+  // started, and a few quick re-uploads do not hold all of the browser's connections.
+  let inFlight = new AbortController();
 
   // body[data-state] is idle | busy | done | error: CSS and the end-to-end test read it.
   function setState(state) {
@@ -53,9 +56,20 @@
 
   async function upload(file) {
     const seq = ++uploadSeq;
+    inFlight.abort();
+    inFlight = new AbortController();
     lastFile = file;
     setState("busy");
     showMessage(`Reading ${file.name || "the image"}…`, "info");
+    try {
+      await send(file, seq, inFlight.signal);
+    } catch (err) {
+      // An answer the page cannot draw (not the shape it expects) must not leave it busy for ever.
+      if (seq === uploadSeq) fail(`${file.name || "The image"}: cannot show the server's answer (${err.message}).`);
+    }
+  }
+
+  async function send(file, seq, signal) {
     const form = new FormData();
     form.append("file_type", "file");
     form.append("det", detSelect.value);
@@ -69,7 +83,7 @@
     let response;
     let body = null;
     try {
-      response = await fetch("/ocr_service", { method: "POST", body: form });
+      response = await fetch("/ocr_service", { method: "POST", body: form, signal });
       body = await response.json().catch(() => null); // a proxy's HTML error page is not JSON
     } catch (err) {
       if (seq === uploadSeq) fail(`Cannot reach the OCR server (${err.message}).`);
@@ -77,7 +91,7 @@
     }
     if (seq !== uploadSeq) return;
     if (asTask && response.status === 202 && body && body.status !== "done") {
-      ({ response, body } = await followTask(body, file, seq));
+      ({ response, body } = await followTask(body, file, seq, signal));
       if (seq !== uploadSeq || !response) return;
     }
     progress.hidden = true;
@@ -90,7 +104,7 @@
       const failed = body.pages_failed ? `; ${body.pages_failed} could not be read` : "";
       showMessage(`Read ${body.pages.length} page${body.pages.length === 1 ? "" : "s"}, ${lines.length} text lines${failed}.`, "info");
     } else {
-      await render(file, body);
+      await render(file, body, seq);
       if (seq !== uploadSeq) return;
       const count = body.text_lines.length;
       showMessage(count ? `Found ${count} text line${count === 1 ? "" : "s"}.` : "No text found in this image.", "info");
@@ -103,13 +117,13 @@
   }
 
   // Long-poll the task until it is done or failed, moving the progress bar as pages finish.
-  async function followTask(task, file, seq) {
+  async function followTask(task, file, seq, signal) {
     let body = task;
     for (;;) {
       showProgress(body, file);
       let response;
       try {
-        response = await fetch(`${task.status_url}?wait=${POLL_WAIT_S}`);
+        response = await fetch(`${task.status_url}?wait=${POLL_WAIT_S}`, { signal });
         body = await response.json().catch(() => null);
       } catch (err) {
         if (seq === uploadSeq) fail(`Cannot reach the OCR server (${err.message}).`);
@@ -147,18 +161,24 @@
     setState("error");
   }
 
-  async function render(file, body) {
-    stage.hidden = false;
-    pagesView.hidden = true;
-    pagesView.replaceChildren();
+  async function render(file, body, seq) {
     if (imageUrl) URL.revokeObjectURL(imageUrl);
     imageUrl = URL.createObjectURL(file);
+    image.hidden = false;
     image.src = imageUrl;
+    let decoded = true;
     try {
       await image.decode();
     } catch {
-      // The server read it, the browser cannot show it (e.g. TIFF): boxes and lines still help.
+      decoded = false; // the server read it, the browser cannot show it (e.g. a TIFF)
     }
+    // A newer upload started meanwhile: its answer, not this one, goes on screen.
+    if (seq !== uploadSeq) return;
+    stage.hidden = false;
+    pagesView.hidden = true;
+    pagesView.replaceChildren();
+    // A broken-image icon says nothing: each line's text is drawn in its box instead.
+    image.hidden = !decoded;
     const [width, height] = body.image_size;
     // The stage keeps the image's aspect ratio and fits the window; the SVG's viewBox is in
     // image pixels, so the boxes scale exactly with the displayed image.
@@ -168,7 +188,7 @@
 
     lines = body.text_lines;
     pinned = -1;
-    drawBoxes();
+    drawBoxes(!decoded);
     listLines();
     summarize(body);
     result.hidden = false;
@@ -229,7 +249,7 @@
       section.append(sheet);
       return section;
     });
-    pagesView.replaceChildren(...sheets);
+    fill(pagesView, sheets);
     pagesView.hidden = false;
     pinned = -1;
     listLines();
@@ -262,8 +282,16 @@
     return polygon;
   }
 
-  function drawBoxes() {
-    overlay.replaceChildren(...lines.map((line, index) => boxOf(line, index)));
+  function drawBoxes(withText) {
+    const drawn = lines.map((line, index) => (withText ? [lineText(line), boxOf(line, index)] : [boxOf(line, index)]));
+    fill(overlay, drawn.flat());
+  }
+
+  // replaceChildren(...nodes) overflows the call stack past ~120k nodes (a long text-layer PDF).
+  function fill(container, nodes) {
+    const fragment = document.createDocumentFragment();
+    for (const node of nodes) fragment.append(node);
+    container.replaceChildren(fragment);
   }
 
   function listLines() {
@@ -277,7 +305,7 @@
       }
       items.push(lineItem(line, index));
     });
-    linesList.replaceChildren(...items);
+    fill(linesList, items);
   }
 
   function lineItem(line, index) {
@@ -285,7 +313,8 @@
     item.className = "line";
     item.tabIndex = 0;
     item.dataset.index = String(index);
-    item.value = index + 1; // page headings in the list do not count
+    // No item.value: Chrome then renumbers the whole list per item (10k lines froze it 30 s+);
+    // page headings are kept out of the numbering by CSS instead.
     const text = document.createElement("span");
     text.className = "text";
     text.textContent = line.text; // textContent, never innerHTML: OCR output is untrusted

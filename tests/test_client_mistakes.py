@@ -105,3 +105,24 @@ def test_multipart_empty_filenames_and_capitalised_form_data(ocr_server: Running
     # A browser's empty file input: an unnamed part without bytes.
     empty = multipart(b'form-data; name="file"; filename=""', b"")
     assert empty.status_code == 400 and error_of(empty)["code"] == "empty_file", empty.text
+
+
+def test_a_symlink_chain_too_long_to_follow_is_a_403_not_a_500(ocr_server: RunningServer) -> None:
+    # Anyone who may write into an allowed root can make one; os.path.realpath recursed once
+    # per link and raised RecursionError past ~1000 of them (the kernel gives up after 40).
+    assert ocr_server.images_dir is not None
+    word = random_word()
+    folder = ocr_server.images_dir / f"chain-{word}"
+    folder.mkdir()
+    (folder / "end.png").write_bytes(text_image(word))
+    links = 1200
+    for index in range(links):
+        (folder / f"link{index}").symlink_to(f"link{index + 1}" if index + 1 < links else "end.png")
+    url = f"{ocr_server.url}/ocr_service"
+    response = requests.post(url, json={"file_type": "filename", "filename": str(folder / "link0")}, timeout=30)
+    assert response.status_code == 403, response.text
+    assert error_of(response)["code"] == "forbidden_path"
+    # A short chain inside the root is still followed to its file.
+    short = requests.post(url, json={"filename": str(folder / f"link{links - 3}")}, timeout=60)
+    assert short.status_code == 200, short.text
+    assert word in " ".join(line["text"] for line in short.json()["text_lines"])

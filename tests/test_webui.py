@@ -7,9 +7,12 @@ Needs /usr/bin/chromium (`apt-get install chromium`) and `pip install playwright
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import json
 import os
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,6 +116,11 @@ def test_static_routes_serve_the_page_offline(ocr_server: RunningServer) -> None
     assert page.headers["Content-Type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
     assert requests.head(f"{ocr_server.url}/", timeout=10).status_code == 200
+    # The same page under its file name has the same protection (it had none).
+    same = requests.get(f"{ocr_server.url}/static/index.html", timeout=10)
+    assert same.text == page.text
+    assert same.headers["Content-Security-Policy"] == page.headers["Content-Security-Policy"]
+    assert same.headers["X-Frame-Options"] == "DENY"
     for name, media_type in (("app.js", "text/javascript"), ("style.css", "text/css")):
         asset = requests.get(f"{ocr_server.url}/static/{name}", timeout=10)
         assert asset.status_code == 200
@@ -133,6 +141,31 @@ def test_static_routes_serve_the_page_offline(ocr_server: RunningServer) -> None
         answer = requests.get(f"{ocr_server.url}{path}", timeout=10)
         assert answer.status_code == status, (path, answer.text)
         assert answer.json()["error"]["code"] == code
+
+
+def _raw_answer(server: RunningServer, request: bytes) -> bytes:
+    """Everything the server writes back to `request` (it closes the connection after)."""
+    host, port = server.url.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):  # closed with part of the body unread
+            while chunk := sock.recv(65536):
+                answer += chunk
+    return answer
+
+
+def test_a_large_body_sent_to_the_page_gets_a_json_answer_before_it_is_read(ocr_server: RunningServer) -> None:
+    # Tornado read the body first and answered one over 64 KiB with a bare 400.
+    for method, path, status, code in (
+        ("POST", "/", 405, "method_not_allowed"),
+        ("PUT", "/static/app.js", 405, "method_not_allowed"),
+        ("GET", "/static/app.js", 413, "body_too_large"),
+    ):
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 50000000\r\n\r\n"
+        answer = _raw_answer(ocr_server, head.encode() + b"\0" * 100)
+        assert answer.startswith(f"HTTP/1.1 {status} ".encode()), (method, path, answer[:200])
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == code
 
 
 def test_upload_real_image_draws_a_box_per_line(webui: PageWatch) -> None:
@@ -298,3 +331,130 @@ def test_document_shows_progress_then_every_page_with_its_boxes(webui: PageWatch
     assert webui.page_errors == []
     assert webui.console_errors == []
     assert webui.foreign_requests() == []
+
+
+# ---- the page against answers it cannot trust or did not expect (the server is stood in for) ----
+
+HOSTILE = '<img src=x onerror="document.title=1">'
+
+
+def _line(text: str, top: int) -> dict[str, Any]:
+    return {"text": text, "confidence": 0.9, "box": [[5, top], [200, top], [200, top + 10], [5, top + 10]]}
+
+
+def _answer_with(page: Any, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
+    """Every POST /ocr_service gets this answer (task polls still reach the server)."""
+    text = json.dumps(body)
+    page.route(
+        "**/ocr_service",
+        lambda route: route.fulfill(status=status, headers=headers or {}, content_type="application/json", body=text),
+    )
+
+
+def _choose(page: Any, name: str = "a.png", data: bytes | None = None, mime: str = "image/png") -> None:
+    page.set_input_files("#file", {"name": name, "mimeType": mime, "buffer": data or text_image("ROUTED")})
+    page.wait_for_selector("body[data-state=done], body[data-state=error]", timeout=30_000)  # no OCR: a local answer
+
+
+def test_ocr_text_file_names_and_error_messages_show_as_text(webui: PageWatch) -> None:
+    page = webui.page
+    lines = [_line(f"{HOSTILE} {index}", 10 + 12 * index) for index in range(3)]
+    _answer_with(
+        page, {"status": "done", "cached": False, "text_lines": lines, "image_size": [210, 60], "det_used": True}
+    )
+    _choose(page, name=f"{HOSTILE}.png")
+    assert webui.shown_texts() == [line["text"] for line in lines]
+    assert page.locator("#overlay polygon title").all_text_contents() == [line["text"] for line in lines]
+    page.unroute("**/ocr_service")
+    _answer_with(page, {"error": {"code": "queue_full", "message": HOSTILE}}, 503, {"Retry-After": "7"})
+    _choose(page, name=f"{HOSTILE}.png")
+    assert page.text_content("#message") == f"{HOSTILE}.png: {HOSTILE} (HTTP 503, queue_full). Try again in 7 s."
+    # Nothing became markup: the page's own picture is its only <img>.
+    assert page.locator("img").count() == 1
+    assert webui.page_errors == []
+
+
+def test_an_answer_the_page_cannot_draw_is_an_error_not_busy_for_ever(webui: PageWatch) -> None:
+    page = webui.page
+    _answer_with(page, {"status": "done", "text_lines": None})  # not what the page expects
+    _choose(page)
+    assert page.get_attribute("body", "data-state") == "error"
+    assert "cannot show the server's answer" in (page.text_content("#message") or "")
+    assert webui.page_errors == []
+
+
+def test_many_pages_of_thousands_of_lines_render(webui: PageWatch) -> None:
+    page = webui.page
+    pages, per_page = 100, 200  # 20,000 lines: a long text-layer PDF
+    body = {
+        "status": "done",
+        "cached": False,
+        "document": {"type": "pdf", "pages": pages},
+        "pages": [
+            {
+                "page": number,
+                "image_size": [210, 12 * per_page + 20],
+                "source": "layer",
+                "timing": {},
+                "text_lines": [_line(f"p{number} l{index}", 10 + 12 * index) for index in range(per_page)],
+            }
+            for number in range(1, pages + 1)
+        ],
+    }
+    _answer_with(page, body)
+    # Numbering each list item by hand made Chrome renumber the whole list per item: 20,000
+    # lines took minutes; now a few seconds (the wait is generous, for a loaded machine).
+    page.set_input_files("#file", {"name": "long.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1.7\n"})
+    page.wait_for_selector("body[data-state=done]", timeout=40_000)
+    assert page.locator("#lines li.line").count() == pages * per_page
+    assert page.locator("#lines li.page-heading").count() == pages
+    page.hover('#lines li.line[data-index="12345"]')
+    assert "active" in (page.get_attribute('#pages polygon[data-index="12345"]', "class") or "")
+    assert webui.page_errors == []
+
+
+def test_a_second_upload_cancels_the_first(webui: PageWatch) -> None:
+    page = webui.page
+    held: list[Any] = []
+    failed: list[str] = []
+    page.on("requestfailed", lambda request: failed.append(request.url) if _is_ocr_request(request) else None)
+    body = {"status": "done", "cached": False, "text_lines": [_line("SECOND", 10)], "image_size": [210, 40]}
+
+    def answer(route: Any) -> None:
+        if not held:
+            held.append(route)  # the first upload never gets an answer...
+        else:
+            route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    page.route("**/ocr_service", answer)
+    page.set_input_files("#file", {"name": "first.png", "mimeType": "image/png", "buffer": text_image("FIRST")})
+    page.wait_for_function("() => document.body.dataset.state === 'busy'")
+    _choose(page, name="second.png")  # ...the second replaces it
+    assert webui.shown_texts() == ["SECOND"]
+    # The first request was aborted, not left open: the server drops its task if not started.
+    for _ in range(100):  # the event may come in just after the answer
+        if failed:
+            break
+        page.wait_for_timeout(50)
+    assert held and failed == [held[0].request.url], failed
+    page.unroute_all(behavior="ignoreErrors")  # the held route's handler ends here
+    assert webui.page_errors == []
+
+
+def _is_ocr_request(request: Any) -> bool:
+    return request.url.endswith("/ocr_service") and request.method == "POST"
+
+
+def test_a_one_page_tiff_shows_its_text_in_the_boxes(webui: PageWatch) -> None:
+    # The browser cannot draw a TIFF: a broken-image icon and empty boxes said nothing.
+    page = webui.page
+    word = random_word()
+    scan = io.BytesIO()
+    Image.open(io.BytesIO(text_image(f"TIFF {word}"))).save(scan, format="TIFF")
+    webui.upload({"name": "one.tif", "mimeType": "image/tiff", "buffer": scan.getvalue()})
+    assert page.get_attribute("body", "data-state") == "done", page.text_content("#message")
+    assert page.locator("#pages").is_hidden()  # one page: the answer of an image
+    assert page.locator("#image").is_hidden()
+    drawn = page.locator("#overlay text").all_text_contents()
+    assert drawn == webui.shown_texts() and word in " ".join(drawn), drawn
+    assert webui.page_errors == []
