@@ -97,6 +97,8 @@ class JsonHandler(web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
+        # A browser must take an answer for the JSON it says it is (OCR'd text is untrusted).
+        self.set_header("X-Content-Type-Options", "nosniff")
         # Runs again when an error clears the headers, so the id survives into error answers.
         self.request_id = clean_request_id(self.request.headers.get(REQUEST_ID_HEADER))
         if self.request_id:

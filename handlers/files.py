@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,22 +108,11 @@ def open_confined(target: ConfinedPath) -> int:
     return fd
 
 
-def read_image_file(target: ConfinedPath, max_bytes: int) -> bytes:
-    """Read a regular file of at most `max_bytes` (blocking: run it off the event loop)."""
+@contextlib.contextmanager
+def _as_api_errors() -> Iterator[None]:
+    """The OS's answers about a file, as the API's."""
     try:
-        fd = open_confined(target)
-        try:
-            # What was opened is what is checked: no window for a swap between stat and open.
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise ApiError(400, "not_a_file", "filename does not name a regular file")
-            if info.st_size > max_bytes:
-                raise ApiError(413, "file_too_large", f"the file is larger than the {max_bytes}-byte limit")
-        except BaseException:
-            os.close(fd)
-            raise
-        with open(fd, "rb", closefd=True) as handle:
-            data = handle.read(max_bytes + 1)
+        yield
     except FileNotFoundError:
         raise ApiError(404, "file_not_found", "no such file") from None
     except NotADirectoryError:
@@ -134,6 +125,52 @@ def read_image_file(target: ConfinedPath, max_bytes: int) -> bytes:
         if exc.errno == errno.ENAMETOOLONG:
             raise ApiError(400, "invalid_filename", "filename is too long") from None
         raise ApiError(400, "unreadable_file", f"cannot read the file: {exc.strerror}") from None
-    if len(data) > max_bytes:
-        raise ApiError(413, "file_too_large", f"the file is larger than the {max_bytes}-byte limit")
-    return data
+
+
+@dataclass
+class OpenedFile:
+    """A regular file opened inside an allowed root, with its size when opened."""
+
+    fd: int
+    size: int
+
+    def read(self, max_bytes: int) -> bytes:
+        """At most `max_bytes` of it (blocking: run it off the event loop); closes it."""
+        with _as_api_errors(), open(self.fd, "rb", closefd=True) as handle:
+            data = handle.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ApiError(413, "file_too_large", f"the file is larger than the {max_bytes}-byte limit")
+        return data
+
+    def close(self) -> None:
+        """For a file not read after all (read() closes it)."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def open_image_file(target: ConfinedPath, max_bytes: int) -> OpenedFile:
+    """Open a regular file of at most `max_bytes` (blocking: run it off the event loop)."""
+    with _as_api_errors():
+        fd = open_confined(target)
+        try:
+            # What was opened is what is checked: no window for a swap between stat and open.
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ApiError(400, "not_a_file", "filename does not name a regular file")
+            if info.st_size > max_bytes:
+                raise ApiError(413, "file_too_large", f"the file is larger than the {max_bytes}-byte limit")
+        except BaseException:
+            os.close(fd)
+            raise
+    return OpenedFile(fd, info.st_size)
+
+
+def open_allowed_file(filename: str, base_dir: str, roots: list[Path], max_bytes: int) -> OpenedFile:
+    """resolve_allowed_path, then open_image_file: both touch the file system (a stat per
+    path component, slow on a network share), so both run off the event loop."""
+    return open_image_file(resolve_allowed_path(filename, base_dir, roots), max_bytes)
+
+
+def read_image_file(target: ConfinedPath, max_bytes: int) -> bytes:
+    """Open and read a regular file of at most `max_bytes` (blocking: run it off the event loop)."""
+    return open_image_file(target, max_bytes).read(max_bytes)

@@ -16,7 +16,7 @@ from handlers.base import JsonHandler
 from handlers.context import AppContext
 from handlers.documents import DocumentAnswers, document_body, document_kind
 from handlers.errors import STATUS_BY_CODE, ApiError, api_error_from_pool
-from handlers.files import read_image_file, resolve_allowed_path
+from handlers.files import open_allowed_file
 from handlers.multipart import MultipartParser
 from handlers.request_parsing import (
     FIELDS_BODY_LIMIT,
@@ -208,9 +208,21 @@ class OcrHandler(DocumentAnswers, JsonHandler):
             assert request.file_body is not None
             return request.file_body
         assert request.filename is not None
-        target = resolve_allowed_path(request.filename, self.ctx.settings.base_dir, self.ctx.allowed_roots)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, read_image_file, target, self._max_bytes)
+        settings = self.ctx.settings
+        opened = await loop.run_in_executor(
+            None, open_allowed_file, request.filename, settings.base_dir, self.ctx.allowed_roots, self._max_bytes
+        )
+        # A file read into memory counts against the same budget as an upload: a burst of
+        # `filename` requests for large files must not hold more than max_buffered_bytes.
+        if not self.ctx.upload_budget.take(opened.size):
+            opened.close()
+            raise ApiError(503, "server_busy", "too many images being read in; retry shortly", retry_after=1)
+        self._held += opened.size
+        data = await loop.run_in_executor(None, opened.read, self._max_bytes)
+        if len(data) > opened.size and self.ctx.upload_budget.take(len(data) - opened.size):
+            self._held += len(data) - opened.size  # it grew since it was opened
+        return data
 
     async def _answer_blocking(
         self, key: str, image_hash: str, image_bytes: bytes | bytearray, params: dict[str, Any]

@@ -126,3 +126,16 @@ def test_a_symlink_chain_too_long_to_follow_is_a_403_not_a_500(ocr_server: Runni
     short = requests.post(url, json={"filename": str(folder / f"link{links - 3}")}, timeout=60)
     assert short.status_code == 200, short.text
     assert word in " ".join(line["text"] for line in short.json()["text_lines"])
+
+
+def test_api_answers_are_not_sniffed_or_stored_by_browsers(ocr_server: RunningServer) -> None:
+    # OCR'd text is whatever the image says: an answer must never be taken for HTML.
+    answers = [
+        ocr_server.ocr_upload(text_image(random_word())),
+        requests.post(f"{ocr_server.url}/ocr_service", data={"file_type": "file"}, timeout=30),  # an error
+        requests.get(f"{ocr_server.url}/health", timeout=30),
+    ]
+    for answer in answers:
+        assert answer.headers["Content-Type"].startswith("application/json"), answer.headers
+        assert answer.headers["X-Content-Type-Options"] == "nosniff", answer.headers
+        assert answer.headers["Cache-Control"] == "no-store", answer.headers

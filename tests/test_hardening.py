@@ -774,9 +774,12 @@ def start_stalled_upload(port: int, declared: int, sent: int) -> socket.socket:
     return sock
 
 
-def test_burst_of_uploads_past_the_memory_budget_gets_503(server_factory) -> None:
+def test_burst_of_uploads_past_the_memory_budget_gets_503(server_factory, tmp_path: Path) -> None:
     config = base_config(number=1)
     config["web_server"].update({"max_body_bytes": 600_000, "max_buffered_bytes": 1_000_000})
+    config["web_server"]["allowed_roots"].append(str(tmp_path))
+    large = tmp_path / "large.png"
+    large.write_bytes(text_image(random_word()) + b"\0" * 500_000)
     server = server_factory(config, name="budget")
     port = int(server.url.rsplit(":", 1)[1])
     # Request A declares 650 kB and sends 560 kB of it, then stalls, holding its buffer.
@@ -785,11 +788,21 @@ def test_burst_of_uploads_past_the_memory_budget_gets_503(server_factory) -> Non
         refused = server.ocr_upload(b"\0" * 500_000)
         assert refused.status_code == 503 and error_code(refused) == "server_busy"
         assert refused.headers["Retry-After"] == "1"
+        # A server-side file is read into memory too: the same budget (it was read regardless).
+        by_name = requests.post(
+            f"{server.url}/ocr_service", data={"file_type": "filename", "filename": str(large)}, timeout=60
+        )
+        assert by_name.status_code == 503 and error_code(by_name) == "server_busy", by_name.text
     # A's connection is gone: its bytes are given back and uploads are accepted again.
     time.sleep(0.5)
     word = random_word()
     accepted = server.ocr_upload(text_image(word) + b"\0" * 400_000)
     assert accepted.status_code == 200 and word in _texts(accepted)
+    by_name = requests.post(
+        f"{server.url}/ocr_service", data={"file_type": "filename", "filename": str(large)}, timeout=60
+    )
+    assert by_name.status_code == 200, by_name.text
+    assert server.health()["uploads"]["buffered_bytes"] == 0  # given back once answered
 
 
 def _closed_by_server(sock: socket.socket, within: float) -> float | None:
