@@ -34,6 +34,9 @@ _CUT_SPACE = 0.1
 # At most this many pieces a line (lines up to 520 heights long read unsqueezed): the work
 # stays bounded on a 20000 x 8 strip, whose pieces are squeezed as a long line once was.
 _MAX_PIECES = 4
+# Pieces squeezed up to this much still read (a 35156 x 48 line: 4 pieces of ~180 heights,
+# 22 of 2694 characters wrong); a line whose pieces would be squeezed more is read whole.
+_MAX_SQUEEZE = 1.5
 # Ink: what differs from the line's median grey by more than this (as models.det does).
 _INK_CONTRAST = 40
 
@@ -49,7 +52,9 @@ def line_pieces(
     h, w = crop.shape[:2]
     # Every piece but the last is at least (1 - _CUT_SEARCH) * longest: this many fit.
     longest = max(1, int(max_ratio * h), math.ceil(w / (1 + (1 - _CUT_SEARCH) * (max_pieces - 1))))
-    if w <= longest:
+    if w <= longest or longest > _MAX_SQUEEZE * max_ratio * h:
+        # Short enough to read whole, or so long that even its pieces would be squeezed past
+        # reading (a 20000 x 8 strip): one squeezed input reads as much at a quarter of the work.
         return [(0, w, False)]
     gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
     ink = (np.abs(gray.astype(np.int16) - int(np.median(gray))) > _INK_CONTRAST).sum(axis=0)

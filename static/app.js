@@ -21,6 +21,10 @@
   const figure = byId("figure");
   // Seconds each task poll may wait for the document to finish (the progress bar moves as often).
   const POLL_WAIT_S = 1;
+  // A poll that cannot reach the server (a dropped connection, a proxy's 502-504 while a node
+  // restarts) is tried again after 1, 2, then 4 s before the page gives up: the task goes on.
+  const POLL_RETRY_DELAYS_MS = [1000, 2000, 4000];
+  const RETRY_STATUSES = new Set([502, 503, 504]);
 
   let lines = []; // text_lines of the result on screen
   let pinned = -1; // line selected by a click; hovering shows others only while hovering
@@ -119,17 +123,31 @@
   // Long-poll the task until it is done or failed, moving the progress bar as pages finish.
   async function followTask(task, file, seq, signal) {
     let body = task;
+    let retries = 0;
     for (;;) {
       showProgress(body, file);
       let response;
+      let lost = null; // why this poll did not get an answer, if it did not
       try {
         response = await fetch(`${task.status_url}?wait=${POLL_WAIT_S}`, { signal });
-        body = await response.json().catch(() => null);
+        if (RETRY_STATUSES.has(response.status)) lost = `HTTP ${response.status}`;
+        else body = await response.json().catch(() => null);
       } catch (err) {
-        if (seq === uploadSeq) fail(`Cannot reach the OCR server (${err.message}).`);
-        return { response: null, body: null };
+        if (signal.aborted) return { response: null, body: null }; // a newer upload replaced it
+        lost = err.message;
       }
       if (seq !== uploadSeq) return { response: null, body: null };
+      if (lost !== null) {
+        if (retries === POLL_RETRY_DELAYS_MS.length) {
+          fail(`Cannot reach the OCR server (${lost}); the task may still finish: ${task.status_url}`);
+          return { response: null, body: null };
+        }
+        showMessage(`Connection lost (${lost}); trying again…`, "info");
+        await new Promise((resolve) => setTimeout(resolve, POLL_RETRY_DELAYS_MS[retries++]));
+        if (seq !== uploadSeq) return { response: null, body: null };
+        continue;
+      }
+      retries = 0;
       if (!response.ok || !body) return { response, body };
       if (body.status === "failed") {
         const error = body.error || {};

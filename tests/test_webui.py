@@ -458,3 +458,34 @@ def test_a_one_page_tiff_shows_its_text_in_the_boxes(webui: PageWatch) -> None:
     drawn = page.locator("#overlay text").all_text_contents()
     assert drawn == webui.shown_texts() and word in " ".join(drawn), drawn
     assert webui.page_errors == []
+
+
+def test_a_document_is_followed_through_a_lost_connection(webui: PageWatch) -> None:
+    # One failed poll (a dropped connection, then a proxy's 503 while a node restarts) used to
+    # end the page's follow with an error although the task went on; now it tries again.
+    from tests.pdf_builder import image_pdf
+
+    page = webui.page
+    word = random_word(8)
+    pdf = image_pdf([Image.open(io.BytesIO(text_image(f"SCAN {word}")))], dpi=100)
+    polls: list[str] = []
+
+    def flaky(route: Any) -> None:
+        polls.append(route.request.url)
+        if len(polls) == 1:
+            route.abort("connectionreset")
+        elif len(polls) == 2:
+            route.fulfill(status=503, content_type="text/html", body="<html>502 Bad Gateway</html>")
+        else:
+            route.continue_()
+
+    page.route("**/ocr_service/tasks/**", flaky)
+    try:
+        page.set_input_files("#file", {"name": "scan.pdf", "mimeType": "application/pdf", "buffer": pdf})
+        page.wait_for_selector("body[data-state=done], body[data-state=error]", timeout=RESULT_TIMEOUT_MS)
+        assert page.get_attribute("body", "data-state") == "done", page.text_content("#message")
+        assert word in " ".join(webui.shown_texts())
+        assert len(polls) >= 3
+    finally:
+        page.unroute_all(behavior="ignoreErrors")
+    assert webui.page_errors == []
