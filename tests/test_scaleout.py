@@ -112,10 +112,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     nodes: list[RunningServer] = []
     nginx: subprocess.Popen[bytes] | None = None
     try:
-        for index in range(2):
-            config = base_config(number=1)
-            config["service"].update({"backend": "redis", "redis_url": redis.url, "redis_prefix": "ocr-test:"})
-            nodes.append(start_server(tmp_path / f"node{index}", config))
+        nodes.extend(_start_nodes(tmp_path, redis.url, 2))
         listen = free_port()
         conf = tmp_path / "nginx.conf"
         conf.write_text(nginx_config([int(n.url.rsplit(":", 1)[1]) for n in nodes], listen, tmp_path))
@@ -133,6 +130,25 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             if node.process.poll() is None:
                 node.stop()
         redis.stop()
+
+
+def _start_nodes(tmp_path: Path, redis_url: str, count: int) -> list[RunningServer]:
+    """`count` nodes on one Redis, loading their models at once (each waits ~2.5 s for it)."""
+
+    def start(index: int) -> RunningServer:
+        config = base_config(number=1)
+        config["service"].update({"backend": "redis", "redis_url": redis_url, "redis_prefix": "ocr-test:"})
+        return start_server(tmp_path / f"node{index}", config)
+
+    with concurrent.futures.ThreadPoolExecutor(count) as starting:
+        launches = [starting.submit(start, index) for index in range(count)]
+    started = [launch.result() for launch in launches if launch.exception() is None]
+    failed = next((launch.exception() for launch in launches if launch.exception() is not None), None)
+    if failed is not None:
+        for node in started:
+            node.stop()  # by its PID: the test never gets it
+        raise failed
+    return started
 
 
 def _http_ok(url: str) -> bool:
