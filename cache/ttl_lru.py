@@ -127,17 +127,6 @@ class TTLLRUCache(Generic[V]):
         """Drop expired entries (reads already ignore them; this frees their memory)."""
         return len(self._cache.expire())
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "entries": len(self),
-            "capacity": self.capacity,
-            "bytes": self.bytes,
-            "max_bytes": self.max_bytes,
-            "evictions": self.evictions,
-            "expirations": self.expirations,
-            "too_large": self.too_large,
-        }
-
     def __len__(self) -> int:
         return len(self._cache)
 

@@ -169,8 +169,3 @@ def open_allowed_file(filename: str, base_dir: str, roots: list[Path], max_bytes
     """resolve_allowed_path, then open_image_file: both touch the file system (a stat per
     path component, slow on a network share), so both run off the event loop."""
     return open_image_file(resolve_allowed_path(filename, base_dir, roots), max_bytes)
-
-
-def read_image_file(target: ConfinedPath, max_bytes: int) -> bytes:
-    """Open and read a regular file of at most `max_bytes` (blocking: run it off the event loop)."""
-    return open_image_file(target, max_bytes).read(max_bytes)

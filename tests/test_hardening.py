@@ -128,7 +128,7 @@ def test_directories_and_fifos_inside_roots_are_not_read(ocr_server: RunningServ
 
 def _read_after_swap(tmp_path: Path, swap: Callable[[Path], None], inside: str = "img.png") -> Exception | bytes:
     """Resolve a regular file inside a root (the check passes), let `swap` replace it, then read."""
-    from handlers.files import read_image_file, resolve_allowed_path
+    from handlers.files import open_image_file, resolve_allowed_path
 
     root = tmp_path / "root"
     target_path = root / inside
@@ -140,7 +140,7 @@ def _read_after_swap(tmp_path: Path, swap: Callable[[Path], None], inside: str =
 
     def read() -> None:
         try:
-            outcome.append(read_image_file(target, 1 << 20))
+            outcome.append(open_image_file(target, 1 << 20).read(1 << 20))
         except Exception as exc:  # noqa: BLE001 - the outcome is what the test checks
             outcome.append(exc)
 
