@@ -10,6 +10,7 @@ import time
 import pytest
 
 from cache import OcrService, TTLLRUCache
+from cache.redis_store import RedisStore
 from ocr_pool import PoolError, WorkerPool
 from tests.test_pool import fresh, run, wait_for
 
@@ -124,7 +125,8 @@ def test_request_after_the_last_waiter_left_a_queued_run_gets_the_result() -> No
     run(check, size=1)
 
 
-def fake_service(pool: WorkerPool, failure_ttl: float) -> OcrService:
+def fake_service(pool: WorkerPool, failure_ttl: float = 0.0, shared: RedisStore | None = None) -> OcrService:
+    """A small service over `pool` (10 results and tasks, 60 s each), optionally sharing `shared`."""
     return OcrService(
         pool,
         engine_identity="fake",
@@ -133,6 +135,7 @@ def fake_service(pool: WorkerPool, failure_ttl: float) -> OcrService:
         task_capacity=10,
         task_ttl=60,
         failure_ttl=failure_ttl,
+        shared=shared,
     )
 
 

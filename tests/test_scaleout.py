@@ -32,6 +32,7 @@ from ocr_pool import WorkerPool
 from ocr_pool.pool import Job
 from tests.conftest import GT_DIR, REPO, RunningServer, base_config, gt_manifest, random_word, start_server, text_image
 from tests.pdf_builder import image_pdf
+from tests.test_cache import fake_service
 
 REDIS = shutil.which("redis-server")
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
@@ -464,16 +465,7 @@ def flight_node(url: str, pool: FakePool) -> tuple[RedisStore, SingleFlight]:
 
 
 def service_node(url: str, pool: FakePool, **store_options: float) -> OcrService:
-    store = make_store(url, **store_options)
-    return OcrService(
-        pool,  # type: ignore[arg-type]
-        engine_identity="fake",
-        cache_capacity=10,
-        cache_ttl=60,
-        task_capacity=10,
-        task_ttl=60,
-        shared=store,
-    )
+    return fake_service(pool, shared=make_store(url, **store_options))  # type: ignore[arg-type]
 
 
 def test_a_node_waits_for_an_owner_that_takes_its_queue_wait_plus_its_run(redis_url: str) -> None:
