@@ -78,6 +78,21 @@ OPEN_REQUESTS: set[web.RequestHandler] = set()
 NO_BODY_BYTES = 64 * 1024
 
 
+def refuse_unserved_method(handler: web.RequestHandler) -> None:
+    """A JSON 405 before any body is read: the method is the first mistake."""
+    if handler.request.method not in served_methods(handler):
+        raise web.HTTPError(405)
+
+
+def refuse_before_body(handler: web.RequestHandler) -> None:
+    """For a streaming handler that takes no body: a 405 for a method it does not serve, then
+    a JSON 413 for a declared body over NO_BODY_BYTES, both before any of the body is read."""
+    refuse_unserved_method(handler)
+    declared = handler.request.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > NO_BODY_BYTES:
+        raise ApiError(413, "body_too_large", f"{handler.request.path} takes no request body")
+
+
 # Streaming: prepare() runs as soon as the headers are in, so a body can be refused (with a
 # JSON 413) before any of it is read; what is sent anyway is dropped as it arrives.
 @web.stream_request_body
@@ -105,15 +120,7 @@ class JsonHandler(web.RequestHandler):
             self.set_header(REQUEST_ID_HEADER, self.request_id)
 
     def prepare(self) -> None:
-        self.refuse_unserved_method()
-        declared = self.request.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > NO_BODY_BYTES:
-            raise ApiError(413, "body_too_large", f"{self.request.path} takes no request body")
-
-    def refuse_unserved_method(self) -> None:
-        """A JSON 405 before any body is read: the method is the first mistake."""
-        if self.request.method not in served_methods(self):
-            raise web.HTTPError(405)
+        refuse_before_body(self)
 
     def data_received(self, chunk: bytes) -> None:
         pass  # no handler but OcrHandler (which overrides this) reads a body

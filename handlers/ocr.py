@@ -12,7 +12,7 @@ from tornado import web
 
 from cache import Computation, TaskRecord
 from handlers.answers import splices
-from handlers.base import JsonHandler
+from handlers.base import JsonHandler, refuse_unserved_method
 from handlers.context import AppContext
 from handlers.documents import DocumentAnswers, document_body, document_kind
 from handlers.errors import STATUS_BY_CODE, ApiError, api_error_from_pool
@@ -74,7 +74,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
 
     def prepare(self) -> None:
         self._start = time.perf_counter()
-        self.refuse_unserved_method()  # only POST takes a body; the server's limit for others is 64 KiB
+        refuse_unserved_method(self)  # only POST takes a body; the server's limit for others is 64 KiB
         self._chunks: list[bytes] = []
         self._received = 0
         self._too_large = False

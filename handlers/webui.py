@@ -12,8 +12,8 @@ from typing import Any
 
 from tornado import web
 
-from handlers.base import NO_BODY_BYTES, method_not_allowed, served_methods
-from handlers.errors import error_body
+from handlers.base import method_not_allowed, refuse_before_body
+from handlers.errors import ApiError, error_body
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 
@@ -38,12 +38,7 @@ class StaticHandler(web.StaticFileHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
 
     def prepare(self) -> None:
-        # The method is the first mistake, as on the API's endpoints.
-        if self.request.method not in served_methods(self):
-            raise web.HTTPError(405)
-        declared = self.request.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > NO_BODY_BYTES:
-            raise web.HTTPError(413)
+        refuse_before_body(self)  # as on the API's endpoints
 
     def data_received(self, chunk: bytes) -> None:
         pass  # a GET's body (at most 64 KiB) means nothing here
@@ -73,14 +68,15 @@ class StaticHandler(web.StaticFileHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        if status_code == 404:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            body = error_body(exc.code, exc.message)
+        elif status_code == 404:
             body = error_body("not_found", f"no such file: {self.request.path}")
         elif status_code == 403:
             body = error_body("forbidden_path", "that path is outside the static folder")
         elif status_code == 405:
             body = method_not_allowed(self)
-        elif status_code == 413:
-            body = error_body("body_too_large", f"{self.request.path} takes no request body")
         elif status_code < 500:
             body = error_body("http_error", self._reason)
         else:
