@@ -12,6 +12,8 @@ Japanese are written without spaces, so a gap next to a CJK character stays clos
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 BLANK = 0
@@ -39,32 +41,65 @@ def word_gap(before: str, after: str) -> bool:
     )
 
 
-def greedy_decode(probs: np.ndarray, characters: list[str], space_classes: list[int]) -> tuple[str, float]:
-    """(text, mean confidence of the emitted characters) for one line's (frames, classes) probabilities."""
+# A gap whose space the model is this sure of, though not sure, is a space when the line's
+# image shows a word gap there (models/spacing.py).
+UNSURE_SPACE = 0.05
+
+
+class Emitted(NamedTuple):
+    char: str
+    frame: int  # where it was read
+    confidence: float
+    space_before: float  # probability of a space in the gap before it (0 where none may stand)
+
+
+def greedy_chars(probs: np.ndarray, characters: list[str], space_classes: list[int]) -> list[Emitted]:
+    """The characters one line's (frames, classes) probabilities decode to, where each was
+    read, and how likely a space is in the gap before each."""
     best = probs.argmax(axis=1)
     best_prob = probs[np.arange(len(best)), best]
     emitted = np.ones(len(best), dtype=bool)
     emitted[1:] = best[1:] != best[:-1]
     emitted &= best != BLANK
     frames = np.flatnonzero(emitted)
-    if not len(frames):
-        return "", 0.0
-    space_prob = probs[:, space_classes].sum(axis=1) if space_classes else None
-    chars: list[str] = []
-    confidences: list[float] = []
+    space_prob = probs[:, space_classes].sum(axis=1) if space_classes and len(frames) else None
+    out: list[Emitted] = []
     previous = -1
     for frame in frames:
         char = characters[best[frame]]
+        p_space = 0.0
         gap = space_prob is not None and previous >= 0 and frame - previous > 1
-        if gap and len(char) == len(chars[-1]) == 1 and word_gap(chars[-1], char):
+        if gap and len(char) == len(out[-1].char) == 1 and word_gap(out[-1].char, char):
             p_space = 1.0 - float(np.prod(1.0 - space_prob[previous + 1 : frame]))
-            if p_space > 0.5:
-                chars.append(" ")
-                confidences.append(p_space)
-        chars.append(char)
-        confidences.append(float(best_prob[frame]))
+        out.append(Emitted(char, int(frame), float(best_prob[frame]), p_space))
         previous = frame
-    return "".join(chars), float(np.mean(confidences))
+    return out
+
+
+def spaced_text(chars: list[Emitted], wide_gaps: list[bool] | None = None) -> tuple[str, float]:
+    """(text, mean confidence of its characters and spaces): a space where one is more likely
+    than not, or (`wide_gaps[i]`: the image shows a word gap between chars[i] and
+    chars[i + 1]) at least UNSURE_SPACE likely. A space the image decides adds nothing to
+    the confidence: the line reads as surely as without it (a low score would lose it to
+    another reading, or drop it)."""
+    if not chars:
+        return "", 0.0
+    text: list[str] = []
+    confidences: list[float] = []
+    for i, c in enumerate(chars):
+        if c.space_before > 0.5:
+            text.append(" ")
+            confidences.append(c.space_before)
+        elif c.space_before >= UNSURE_SPACE and wide_gaps and wide_gaps[i - 1]:
+            text.append(" ")
+        text.append(c.char)
+        confidences.append(c.confidence)
+    return "".join(text), float(np.mean(confidences))
+
+
+def greedy_decode(probs: np.ndarray, characters: list[str], space_classes: list[int]) -> tuple[str, float]:
+    """(text, mean confidence of the emitted characters) for one line's (frames, classes) probabilities."""
+    return spaced_text(greedy_chars(probs, characters, space_classes))
 
 
 def space_classes_of(characters: list[str]) -> list[int]:
@@ -79,8 +114,11 @@ def decode_batch(
     """Decode a batch; `characters[class]` (class 0, the blank, is never written).
     gap_spaces False: plain greedy decoding. space_classes: space_classes_of(characters),
     when the caller has it already."""
+    return [greedy_decode(line, characters, spacing_classes(characters, gap_spaces, space_classes)) for line in probs]
+
+
+def spacing_classes(characters: list[str], gap_spaces: bool, space_classes: list[int] | None = None) -> list[int]:
+    """The space classes gap decoding sums ([]: plain greedy decoding)."""
     if not gap_spaces:
-        space_classes = []
-    elif space_classes is None:
-        space_classes = space_classes_of(characters)
-    return [greedy_decode(line, characters, space_classes) for line in probs]
+        return []
+    return space_classes_of(characters) if space_classes is None else space_classes

@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 
 from .cls import resize_norm
-from .ctc import decode_batch, space_classes_of, word_gap
+from .ctc import UNSURE_SPACE, Emitted, greedy_chars, space_classes_of, spaced_text, spacing_classes, word_gap
 from .errors import ModelLoadError
 from .sessions import Session
+from .spacing import gap_spaces, line_ink
 
 # Input shape (C, H, W) of every PP-OCR recogniser; a model that declares another
 # height in its ONNX input gets that height.
@@ -164,6 +165,21 @@ class TextRecognizer:
             width = -(-int(h * ratio) // self.width_step) * self.width_step
             batch = np.stack([resize_norm(crops[i], self.shape, width) for i in idx])
             probs = self.session.run(batch)[0]
-            for i, (text, score) in zip(idx, decode_batch(probs, self.characters, self.gap_spaces, self._space_classes)):
-                results[i] = (text, float(score))
+            space_classes = spacing_classes(self.characters, self.gap_spaces, self._space_classes)
+            for i, line in zip(idx, probs):
+                chars = greedy_chars(line, self.characters, space_classes)
+                results[i] = spaced_text(chars, wide_gaps(crops[i], chars, h, width / len(line)))
         return results
+
+
+def wide_gaps(crop: np.ndarray, chars: list[Emitted], height: int, columns_per_frame: float) -> list[bool] | None:
+    """Whether the image shows a word gap between each two neighbouring characters read from
+    `crop` (resized to `height` rows, `columns_per_frame` of those per output frame), or None
+    when no gap needs it (no unsure space) or the crop's ink is too faint to tell."""
+    if not any(0.5 >= c.space_before >= UNSURE_SPACE for c in chars):
+        return None
+    ink = line_ink(crop)
+    if ink is None:
+        return None
+    scale = columns_per_frame * crop.shape[0] / height  # crop columns per frame
+    return gap_spaces([(c.frame + 0.5) * scale for c in chars], ink)

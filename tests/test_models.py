@@ -414,6 +414,36 @@ def _line_in_margins(text: str, size: int, width: int = 520, height: int = 70) -
     return out.getvalue()
 
 
+# Receipt labels typeset with a space on each side of the colon; PP-OCRv6 read some of them
+# with none after it ("TIME:11:05:00"), PP-OCRv5 too ("BIZDATE :12/03/2018").
+_SPACED_LABELS = ["TEL : 03-7731 8169", "TIME : 11:05:00", "BIZDATE : 12/03/2018", "Total item(s) : 8"]
+_PLAIN_WORDS = ["identification", "STATIONERY SHOP", "Reference 45-10-1."]
+
+
+def _typed_line(text: str, font: int, scale: float) -> bytes:
+    import cv2
+
+    (w, h), base = cv2.getTextSize(text, font, scale, 1)
+    img = np.full((h + base + 12, w + 16, 3), 255, dtype=np.uint8)
+    cv2.putText(img, text, (8, h + 6), font, scale, (40, 40, 40), 1, cv2.LINE_AA)
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+def test_words_typeset_apart_are_read_apart(engine) -> None:
+    import cv2
+
+    from bench.common import words
+
+    # PP-OCRv5 (the paddle backend's family) places its colons a frame off on detected lines:
+    # the gap after one is measured beside it and "TEL:03-7731" stays; it must split no word.
+    texts = _PLAIN_WORDS if engine.options.engine == "paddle" else _SPACED_LABELS + _PLAIN_WORDS
+    for font, scale in [(cv2.FONT_HERSHEY_SIMPLEX, 0.6), (cv2.FONT_HERSHEY_DUPLEX, 0.6), (cv2.FONT_HERSHEY_COMPLEX, 0.8)]:
+        for text in texts:
+            lines = [line["text"] for line in engine.recognize(_typed_line(text, font, scale))["text_lines"]]
+            # Word by word as typeset: no two words glued, no word split.
+            assert words(lines) == words([text]), (font, text, lines)
+
+
 @pytest.mark.parametrize("size", [12, 14])
 def test_a_line_in_wide_margins_is_read_from_its_text(engine, size: int) -> None:
     # Read whole, the recogniser saw text a third of its input's height and lost characters
@@ -707,6 +737,72 @@ def test_ctc_writes_a_space_the_model_expects_somewhere_in_a_gap() -> None:
     text, score = decode_batch(plain[None], chars)[0]
     assert text == "AA B" and 0.8 < score < 0.95
     assert decode_batch(_frames({}, {})[None], chars)[0] == ("", 0.0)
+
+
+def test_an_unsure_space_is_written_only_where_the_image_shows_a_word_gap() -> None:
+    from models.ctc import greedy_chars, spaced_text
+
+    chars = ["", "A", "B", "中", "文", " "]
+    unsure = _frames({1: 0.9}, {5: 0.2}, {2: 0.9})  # a space 0.2 likely: the model is unsure
+    read = greedy_chars(unsure, chars, [5])
+    assert spaced_text(read)[0] == "AB"
+    assert spaced_text(read, [False])[0] == "AB"
+    assert spaced_text(read, [True])[0] == "A B"
+    # A gap the model all but rules out stays closed whatever the image shows...
+    assert spaced_text(greedy_chars(_frames({1: 0.9}, {5: 0.02}, {2: 0.9}), chars, [5]), [True])[0] == "AB"
+    # ...and so does one between ideographs.
+    assert spaced_text(greedy_chars(_frames({3: 0.9}, {5: 0.2}, {4: 0.9}), chars, [5]), [True])[0] == "中文"
+
+
+def _ink_line(gaps: list[int], letter: int = 10, height: int = 40, ink: int = 30, paper: int = 230) -> np.ndarray:
+    """A line crop of "letters" (outlined boxes, `letter` px wide, 24 px high, in the middle
+    rows) with the given blank gaps between them, on paper."""
+    import cv2
+
+    width = 8 + letter * (len(gaps) + 1) + sum(gaps) + 8
+    crop = np.full((height, width, 3), paper, dtype=np.uint8)
+    x = 8
+    for gap in [*gaps, 0]:
+        cv2.rectangle(crop, (x, 8), (x + letter - 1, 31), (ink, ink, ink), 1)
+        x += letter + gap
+    return crop
+
+
+def _centres(gaps: list[int], letter: int = 10) -> list[float]:
+    x, out = 8.0, []
+    for gap in [*gaps, 0]:
+        out.append(x + letter / 2)
+        x += letter + gap
+    return out
+
+
+def test_word_gaps_are_told_from_letter_gaps_by_the_line_image() -> None:
+    from models.spacing import gap_spaces, line_ink
+
+    words = [2, 3, 2, 14, 2, 3, 2]  # two four-letter words 14 px apart (text 24 px high)
+    ink = line_ink(_ink_line(words))
+    assert ink is not None and ink.text_height == 24
+    assert gap_spaces(_centres(words), ink) == [False, False, False, True, False, False, False]
+    # Letter-spaced capitals: every gap wide, none wider than the rest; no word gap.
+    spaced = [12, 12, 12, 12, 12]
+    assert not any(gap_spaces(_centres(spaced), line_ink(_ink_line(spaced))))
+    # The descenders of the line above, caught at the crop's top edge, do not fill the gap.
+    crop = _ink_line(words)
+    crop[0:5, :] = 30
+    assert gap_spaces(_centres(words), line_ink(crop))[3]
+    # Light text on a dark ground is ink too.
+    assert gap_spaces(_centres(words), line_ink(_ink_line(words, ink=230, paper=20)))[3]
+    # Ink too faint to tell from the paper: no opinion.
+    assert line_ink(_ink_line(words, ink=200, paper=230)) is None
+    # Heavy type covering most of a tight crop: the paper is taken for the ink, the letters
+    # for gaps, and the characters read are not on ink: no opinion either.
+    heavy = np.full((28, 120, 3), 230, dtype=np.uint8)
+    centres, x = [], 4
+    for width in (10, 10, 10, 40, 10, 10):  # one wide letter: a wide "gap" when inverted
+        heavy[1:27, x : x + width] = 30
+        centres.append(x + width / 2)
+        x += width + 2
+    assert not any(gap_spaces(centres, line_ink(heavy)))
 
 
 # --- content region -------------------------------------------------------------
