@@ -46,7 +46,9 @@ class TaskRecord:
             return "done"
         if self.error is not None:
             return "failed"
-        if self.computation is not None and self.computation.state == "running":
+        if self.computation is not None and self.computation.state != "queued":
+            # Out of the queue: running until its outcome is copied here, a few loop turns after
+            # the job ended (reading the job's "done" as "queued" sent a poll back a step).
             return "running"
         return "queued"
 

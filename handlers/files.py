@@ -34,6 +34,8 @@ class ConfinedPath:
 
     root: Path
     parts: tuple[str, ...]
+    # The name ended in "/", "/." or "/..": as for the kernel, only a folder answers it.
+    folder: bool = False
 
     @property
     def path(self) -> Path:
@@ -55,8 +57,17 @@ def resolve_allowed_path(filename: str, base_dir: str, roots: list[Path]) -> Con
     real = real_path(os.path.join(base_dir, filename))
     for root in roots:
         if real == str(root) or real.startswith(str(root) + os.sep):
-            return ConfinedPath(root, Path(real).relative_to(root).parts)
+            return ConfinedPath(root, Path(real).relative_to(root).parts, names_a_folder(filename))
     raise forbidden()
+
+
+def names_a_folder(filename: str) -> bool:
+    """Whether `filename` can only name a folder: it ends in "/", "/." or "/..".
+
+    realpath drops such an ending ("a.png/" resolves to a.png), where the kernel answers
+    ENOTDIR for a file: the flag keeps that meaning for the open.
+    """
+    return filename.endswith(os.sep) or os.path.basename(filename) in (os.curdir, os.pardir)
 
 
 def real_path(path: str) -> str:
@@ -93,8 +104,9 @@ def open_confined(target: ConfinedPath) -> int:
     try:
         for index, part in enumerate(target.parts):
             last = index == len(target.parts) - 1
+            flags = (_FILE_FLAGS | (os.O_DIRECTORY if target.folder else 0)) if last else _DIR_FLAGS
             try:
-                child = os.open(part, _FILE_FLAGS if last else _DIR_FLAGS, dir_fd=fd)
+                child = os.open(part, flags, dir_fd=fd)
             except NotADirectoryError:
                 # O_DIRECTORY | O_NOFOLLOW on a symlink says ENOTDIR: name it as the symlink it is.
                 if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
@@ -116,7 +128,8 @@ def _as_api_errors() -> Iterator[None]:
     except FileNotFoundError:
         raise ApiError(404, "file_not_found", "no such file") from None
     except NotADirectoryError:
-        raise ApiError(404, "file_not_found", "no such file") from None
+        # A file named as a folder: "a.png/", or "a.png/b.png".
+        raise ApiError(404, "file_not_found", "no such file: a name followed by '/' is not a folder") from None
     except PermissionError:
         raise ApiError(403, "forbidden_path", "the server may not read this file") from None
     except OSError as exc:

@@ -13,7 +13,9 @@ without headers, a name or a Content-Disposition other than form-data, header by
 are not UTF-8, over MAX_PARTS parts or MAX_HEADER_BYTES of part headers, no final delimiter.
 Unlike Tornado: the disposition type is case-insensitive ("Form-Data", RFC 7578/2183), and a
 part with a filename parameter is a file even when the name is empty (`filename=""`, what
-browsers send for an empty file input and some clients for unnamed uploads).
+browsers send for an empty file input and some clients for unnamed uploads), and a part named
+`file` or `image` is the upload even without one (`curl -F 'file=<img.png'` sends the image
+as a plain field).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from dataclasses import dataclass, field
 from tornado.httputil import HTTPHeaders, _parse_header
 
 from handlers.upload_buffer import LARGE_PART_BYTES, UPLOAD_BUFFERS
+
+# The parts that carry the image (POST /ocr_service's `file`, or `image`).
+UPLOAD_NAMES = ("file", "image")
 
 # The same bounds as Tornado's own multipart parser.
 MAX_PARTS = 100
@@ -77,9 +82,14 @@ class MultipartError(ValueError):
 @dataclass
 class Part:
     name: str
-    filename: str | None  # None: a form field; a string (maybe empty): an uploaded file
+    filename: str | None  # None: no filename parameter; a string (maybe empty): an uploaded file
     content_type: str
     data: bytearray = field(default_factory=bytearray)
+
+    @property
+    def is_upload(self) -> bool:
+        """An uploaded file: a filename parameter, or the name of the image's part."""
+        return self.filename is not None or self.name in UPLOAD_NAMES
 
 
 def boundary_of(content_type: str) -> bytes:
@@ -193,7 +203,7 @@ class MultipartParser:
         except Exception as exc:  # noqa: BLE001 - any header Tornado cannot read is a malformed body
             raise MultipartError(f"unreadable part headers: {exc}") from None
         self._part = Part(name, filename, content_type)
-        if filename is not None and self._body_size is not None:
+        if self._part.is_upload and self._body_size is not None:
             # The part's bytes are at most what is left of the body after its headers.
             room = self._body_size - self._fed + len(self._buffer)
             if room >= LARGE_PART_BYTES:

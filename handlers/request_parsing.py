@@ -13,9 +13,9 @@ from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
 from handlers.errors import ApiError
 from handlers.files import is_encodable
-from handlers.multipart import MultipartError, MultipartParser, boundary_of
+from handlers.multipart import UPLOAD_NAMES, MultipartError, MultipartParser, boundary_of
 
-FILE_FIELDS = ("file", "image")
+FILE_FIELDS = UPLOAD_NAMES
 TRUE_WORDS = {"true", "1", "yes", "on"}
 FALSE_WORDS = {"false", "0", "no", "off"}
 DET_MODES = ("on", "off", "auto")
@@ -197,10 +197,10 @@ def multipart_fields(parser: MultipartParser) -> tuple[dict[str, Any], list[HTTP
     arguments: dict[str, list[bytes]] = {}
     files: dict[str, list[HTTPFile]] = {}
     for part in parts:
-        if part.filename is None:  # no filename parameter; filename="" is an (unnamed) upload
+        if not part.is_upload:  # a field; filename="" is an (unnamed) upload, and so is a bare `file` part
             arguments.setdefault(part.name, []).append(bytes(part.data))
         else:
-            upload = HTTPFile(filename=part.filename, body=part.data, content_type=part.content_type)
+            upload = HTTPFile(filename=part.filename or "", body=part.data, content_type=part.content_type)
             files.setdefault(part.name, []).append(upload)
     return _form_fields(arguments, files)
 

@@ -86,6 +86,29 @@ def test_task_long_poll_answers_when_the_task_finishes() -> None:
     run(check)
 
 
+def test_a_task_polled_as_it_finishes_never_goes_back_to_queued() -> None:
+    # The job ends a few loop turns before the record copies its outcome; polled in between,
+    # a task read "running", then "queued", then "done".
+    order = {"queued": 0, "running": 1, "done": 2, "failed": 2}
+
+    async def check(pool: WorkerPool) -> None:
+        service = OcrService(
+            pool, engine_identity="fake", cache_capacity=10, cache_ttl=60, task_capacity=10, task_ttl=60
+        )
+        for index, payload in enumerate((b"sleep:0.2", b"bad")):
+            record = await service.submit_task(f"k{index}", "h", payload, {})
+            seen = [record.status]
+            while seen[-1] not in ("done", "failed"):
+                await asyncio.sleep(0)  # every loop turn, as a poll could land on any
+                view = await service.task_view(record.task_id)
+                assert view is not None
+                seen.append(view.status)
+            ranks = [order[status] for status in seen]
+            assert ranks == sorted(ranks), [status for i, status in enumerate(seen) if i == 0 or status != seen[i - 1]]
+
+    run(check)
+
+
 def test_finished_task_records_keep_the_result_not_the_image() -> None:
     async def check(pool: WorkerPool) -> None:
         service = OcrService(

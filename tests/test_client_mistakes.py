@@ -107,6 +107,17 @@ def test_multipart_empty_filenames_and_capitalised_form_data(ocr_server: Running
     assert empty.status_code == 400 and error_of(empty)["code"] == "empty_file", empty.text
 
 
+def test_an_image_part_without_a_filename_is_read(ocr_server: RunningServer) -> None:
+    # `curl -F 'file=<img.png'` (or a client writing the bytes as a form field) sends no
+    # filename parameter: the image was taken for a text field, 400 "field file is not UTF-8 text".
+    word = random_word()
+    body = b'--B\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + text_image(word) + b"\r\n--B--\r\n"
+    headers = {"Content-Type": "multipart/form-data; boundary=B"}
+    response = requests.post(f"{ocr_server.url}/ocr_service", data=body, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    assert word in " ".join(line["text"] for line in response.json()["text_lines"])
+
+
 def test_a_symlink_chain_too_long_to_follow_is_a_403_not_a_500(ocr_server: RunningServer) -> None:
     # Anyone who may write into an allowed root can make one; os.path.realpath recursed once
     # per link and raised RecursionError past ~1000 of them (the kernel gives up after 40).

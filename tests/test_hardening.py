@@ -126,6 +126,27 @@ def test_directories_and_fifos_inside_roots_are_not_read(ocr_server: RunningServ
         assert time.monotonic() - started < 5  # a FIFO must never be opened and block
 
 
+def test_a_file_named_with_a_trailing_slash_is_refused_as_the_kernel_would(ocr_server: RunningServer) -> None:
+    # realpath drops a trailing "/" ("a.png/" -> a.png), so the file was read; open(2) says ENOTDIR.
+    assert ocr_server.images_dir is not None
+    word = random_word()
+    image = ocr_server.images_dir / f"slash-{word}.png"
+    image.write_bytes(text_image(word))
+    fifo = ocr_server.images_dir / f"slash-{word}.fifo"
+    os.mkfifo(fifo)
+    for name in (f"{image}/", f"{image}/.", f"{image}//", f"{fifo}/"):
+        response = post(ocr_server, json={"file_type": "filename", "filename": name}, timeout=10)
+        assert response.status_code == 404, (name, response.text)
+        assert error_code(response) == "file_not_found"
+        assert "not a folder" in response.json()["error"]["message"]
+    # A folder named with its slash is still refused as a folder; the file without one is read.
+    folder = post(ocr_server, json={"file_type": "filename", "filename": f"{ocr_server.images_dir}/"}, timeout=10)
+    assert folder.status_code == 400 and error_code(folder) == "not_a_file"
+    plain = post(ocr_server, json={"file_type": "filename", "filename": str(image)})
+    assert plain.status_code == 200, plain.text
+    assert word in " ".join(line["text"] for line in plain.json()["text_lines"])
+
+
 def _read_after_swap(tmp_path: Path, swap: Callable[[Path], None], inside: str = "img.png") -> Exception | bytes:
     """Resolve a regular file inside a root (the check passes), let `swap` replace it, then read."""
     from handlers.files import open_image_file, resolve_allowed_path

@@ -247,6 +247,25 @@ def test_an_empty_file_input_is_an_empty_upload() -> None:
     assert request.file_type == "file" and request.file_body == b""
 
 
+@pytest.mark.parametrize("name", ["file", "image"])
+def test_the_image_part_without_a_filename_is_the_upload(name: str) -> None:
+    # `curl -F 'file=<img.png'` sends the bytes as a plain field: it was refused as "not UTF-8 text".
+    for fields in ((), (('Content-Disposition: form-data; name="file_type"', b"file"),)):
+        body = _multipart(*fields, (f'Content-Disposition: form-data; name="{name}"', PNG_START))
+        request = parse(body, "multipart/form-data; boundary=B")
+        assert request.file_type == "file" and request.file_body == PNG_START
+
+
+def test_a_bare_image_part_beside_a_named_upload_is_a_second_file() -> None:
+    body = _multipart(
+        ('Content-Disposition: form-data; name="file"; filename="a.png"', PNG_START),
+        ('Content-Disposition: form-data; name="image"', PNG_START),
+    )
+    with pytest.raises(ApiError) as info:
+        parse(body, "multipart/form-data; boundary=B")
+    assert (info.value.status_code, info.value.code) == (400, "duplicate_field")
+
+
 def test_multipart_parts_keep_an_empty_filename_apart_from_none() -> None:
     parser = MultipartParser(b"B")
     parser.feed(
