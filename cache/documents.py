@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ class DocumentRun:
         self.waiters = 0
         self.pages_total: int | None = None
         self.pages_done = 0
+        self.reserved = 0  # pages admitted against the queue bound, not in the pool or scheduler yet
         self.started = time.monotonic()
         self.first_start: float | None = None
 
@@ -140,6 +142,10 @@ class DocumentService:
         self.render = render
         self.previews = PreviewStore(preview_bytes)
         self._in_flight: dict[str, DocumentRun] = {}
+        # Pages of admitted runs not yet handed to the pool or the page scheduler (a run starts
+        # a loop turn after join, and looks its pages up first): they count against the queue
+        # bound too, or documents arriving together were all admitted past it.
+        self._reserved = 0
         self.documents_run = 0
         self.pages_ocr = 0
         self.pages_layer = 0
@@ -207,6 +213,7 @@ class DocumentService:
                 raise remembered
             self._admit(doc.pages or 1)
             run = DocumentRun(key, cache_key, doc.kind, asyncio.get_running_loop().create_future())
+            self._reserve(run, doc.pages or 1)  # a PDF: its probe
             run.pages_total = doc.pages
             run.future.add_done_callback(lambda _: self._forget(run))
             self._in_flight[key] = run
@@ -220,11 +227,21 @@ class DocumentService:
         what already waits (or when nothing waits: a document larger than the bound runs alone)."""
         if self.ocr.pool.queue_size <= 0:
             return
-        waiting = self.pool.queue_depth + self.scheduler.pending
+        waiting = self.pool.queue_depth + self.scheduler.pending + self._reserved
         if waiting and waiting + pages > self.pool.queue_size:
             raise QueueFullError(
                 f"the OCR queue is full ({waiting} tasks and pages waiting; this document has {pages} pages)"
             )
+
+    def _reserve(self, run: DocumentRun, pages: int) -> None:
+        self._unreserve(run)
+        run.reserved = pages
+        self._reserved += pages
+
+    def _unreserve(self, run: DocumentRun) -> None:
+        """The run's admitted pages are in the pool or the scheduler now (or never will be)."""
+        self._reserved -= run.reserved
+        run.reserved = 0
 
     def _forget(self, run: DocumentRun) -> None:
         if self._in_flight.get(run.key) is run:
@@ -281,6 +298,7 @@ class DocumentService:
             settle(run.future, None, PoolError(f"OCR failed: {type(error).__name__}: {error}"))
             return
         finally:
+            self._unreserve(run)
             doc.password = None  # the run is over: nothing keeps the password
         if not any("error" in page for page in result["pages"]):
             await self._store(run.cache_key, result)
@@ -299,6 +317,7 @@ class DocumentService:
             token = await shared.claim(run.cache_key)
             if token is not None:
                 break
+            self._unreserve(run)  # another node reads it: nothing of it waits here
             result = await self._wait_for_other_node(run)
             if result is not None:
                 self.documents_shared += 1
@@ -336,12 +355,14 @@ class DocumentService:
     async def _probe(self, run: DocumentRun, doc: DocumentInput, spec: dict[str, Any]) -> dict[str, Any]:
         probe_spec = {**spec, "op": "probe", "max_pages": self.render.max_pages, "pdf_text": doc.params["pdf_text"]}
         run.probe = self.pool.submit(doc.payload, {"det": doc.params["det"], "document": probe_spec})
+        self._unreserve(run)  # the probe is in the pool's queue now
+        # A PDF that crashes or hangs PDFium is remembered from the job itself: also when
+        # its client left while the probe ran (the run no longer awaits it).
+        probe_key = self.probe_key(doc)
+        run.probe.future.add_done_callback(lambda future: self._remember_failure(probe_key, future))
         try:
             # Shielded: cancelling this run must not cancel the pool's own future (pool.cancel does).
             return await asyncio.shield(run.probe.future)
-        except PoolError as error:
-            self.ocr.flight.remember_failure(self.probe_key(doc), error)  # a PDF that crashes or hangs PDFium
-            raise
         finally:
             if run.probe.future.done():
                 run.probe.params = {}  # a finished job is kept for the task's timing: not its password
@@ -365,7 +386,9 @@ class DocumentService:
         run.pages_total = len(infos)
         if run.probe is not None:
             # The probe told the page count only now: it counts against the queue bound too.
-            self._admit(len([info for info in infos if info["layer"] is None and info["error"] is None]))
+            to_read = len([info for info in infos if info["layer"] is None and info["error"] is None])
+            self._admit(to_read)
+            self._reserve(run, to_read)
         pages: list[dict[str, Any] | None] = [None] * len(infos)
         to_run: list[tuple[int, dict[str, Any]]] = []
         keys: dict[int, str] = {}
@@ -399,8 +422,11 @@ class DocumentService:
             run.pages_done += 1
             if wants_preview:  # a page that needs no OCR: a quick task makes only its preview
                 to_run.append((index, {"det": det, "document": {**page_spec, "op": "preview", "preview": PREVIEW}}))
+        self._unreserve(run)
         if to_run:
-            run.pages = self.scheduler.add(doc.payload, to_run)
+            # A page that crashes or hangs a worker is remembered from its job, as the probe is.
+            page_keys = {index: keys[index] for index, params in to_run if params["document"]["op"] == "page"}
+            run.pages = self.scheduler.add(doc.payload, to_run, functools.partial(self._remember_page, page_keys))
             await asyncio.gather(*(self._page(run, doc, task.future, task, keys, pages) for task in run.pages.tasks))
         done = [page for page in pages if page is not None]
         failed = [page for page in done if "error" in page]
@@ -437,7 +463,6 @@ class DocumentService:
         except PoolError as error:
             if only_preview:
                 return  # the page is answered; it only has no preview
-            self.ocr.flight.remember_failure(keys[index], error)  # a page that crashes or hangs a worker
             pages[index] = {"page": index + 1, "image_size": None, "error": page_error(error)}
         else:
             result = dict(result)
@@ -452,6 +477,14 @@ class DocumentService:
             if task.job is not None:
                 task.job.params = {}
         run.pages_done += 1
+
+    def _remember_page(self, page_keys: dict[int, str], index: int, error: BaseException) -> None:
+        if index in page_keys:  # not a page's preview-only task: its OCR is cached, or a text layer
+            self.ocr.flight.remember_failure(page_keys[index], error)
+
+    def _remember_failure(self, key: str, future: asyncio.Future[dict[str, Any]]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.ocr.flight.remember_failure(key, future.exception())  # type: ignore[arg-type]
 
     def stats(self) -> dict[str, Any]:
         return {

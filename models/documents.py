@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import ImageDecodeError, ImageError
+from .errors import DocumentCorruptError, ImageDecodeError, ImageError
 from .image_io import decode_image
 from .page_identity import FingerprintBudget, page_fingerprint
 from .pdf import (
@@ -39,12 +39,46 @@ def _document(data: bytes, spec: dict[str, Any]) -> Any:
     doc_hash, password = spec["hash"], spec.get("password") or None
     if _open_pdf is not None and _open_pdf[:2] == (doc_hash, password):
         return _open_pdf[2]
-    if _open_pdf is not None:
-        _open_pdf[2].close()
-        _open_pdf = None
+    _close_open_pdf()
     document = open_pdf(data, password)
     _open_pdf = (doc_hash, password, document)
     return document
+
+
+def _close_open_pdf() -> None:
+    global _open_pdf
+    if _open_pdf is not None:
+        _open_pdf[2].close()
+        _open_pdf = None
+
+
+def _is_open(spec: dict[str, Any]) -> bool:
+    return _open_pdf is not None and _open_pdf[:2] == (spec["hash"], spec.get("password") or None)
+
+
+def _load_page(data: bytes, spec: dict[str, Any], index: int) -> Any:
+    """Page `index` of the PDF, or DocumentCorruptError when PDFium cannot load it.
+
+    In a damaged PDF, PDFium may load a page once and refuse it ever after in the same open
+    document (once it was rendered), while a fresh open reads it again: so a page the kept
+    document refuses is tried once more in a fresh one (the answer must not depend on what
+    this worker read before).
+    """
+    reused = _is_open(spec)
+    try:
+        return _document(data, spec)[index]
+    except Exception as exc:  # noqa: BLE001 - PDFium says only that the page failed to load
+        if not reused:
+            raise _unreadable_page(index, exc) from None
+    _close_open_pdf()
+    try:
+        return _document(data, spec)[index]
+    except Exception as exc:  # noqa: BLE001
+        raise _unreadable_page(index, exc) from None
+
+
+def _unreadable_page(index: int, exc: Exception) -> DocumentCorruptError:
+    return DocumentCorruptError(f"page {index + 1} cannot be read: {exc}")
 
 
 def limits_of(spec: dict[str, Any]) -> RenderLimits:
@@ -58,8 +92,7 @@ def _error(exc: ImageError) -> dict[str, str]:
 def probe_pdf(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
     """Page count (refused past max_pages), each page's pixel size, and its text layer when
     pdf_text asks for it (auto: only a page with real text)."""
-    document = _document(data, spec)
-    count = len(document)
+    count = len(_document(data, spec))
     check_page_count(count, int(spec["max_pages"]))
     limits = limits_of(spec)
     mode = spec.get("pdf_text", "auto")
@@ -68,10 +101,9 @@ def probe_pdf(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
     for index in range(count):
         info: dict[str, Any] = {"image_size": None, "layer": None, "error": None, "fingerprint": None}
         try:
-            page = document[index]
-        except Exception as exc:  # noqa: BLE001 - PDFium says only that the page failed to load
-            info["error"] = _error(ImageDecodeError(f"page {index + 1} cannot be read: {exc}"))
-            info["error"]["code"] = "corrupt_document"
+            page = _load_page(data, spec, index)  # (it may open the document afresh)
+        except DocumentCorruptError as exc:
+            info["error"] = _error(exc)
             pages.append(info)
             continue
         try:
@@ -91,7 +123,7 @@ def probe_pdf(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
             page.close()
         pages.append(info)
     # Opened with a password: its results must not be answered to a request without it.
-    protected = bool(spec.get("password")) and needs_password(document)
+    protected = bool(spec.get("password")) and needs_password(_document(data, spec))
     return {"pages_total": count, "pages": pages, "protected": protected}
 
 
@@ -107,10 +139,9 @@ def page_pixels(data: bytes, spec: dict[str, Any], max_pixels: int, min_side: in
     index = int(spec["index"])
     if spec["kind"] == "tiff":
         return decode_image(data, max_pixels=max_pixels, min_side=min_side, frame=index)
-    document = _document(data, spec)
-    if not 0 <= index < len(document):
+    if not 0 <= index < len(_document(data, spec)):
         raise ImageDecodeError(f"the PDF has no page {index + 1}")
-    page = document[index]
+    page = _load_page(data, spec, index)
     try:
         pixels, _ = render_page(page, limits_of(spec))
     finally:
@@ -140,8 +171,7 @@ def run_preview(data: bytes, spec: dict[str, Any], max_pixels: int, min_side: in
         pixels = decode_image(data, max_pixels=max_pixels, min_side=min_side, frame=index)
         size = [int(pixels.shape[1]), int(pixels.shape[0])]
     else:
-        document = _document(data, spec)
-        page = document[index]
+        page = _load_page(data, spec, index)
         try:
             limits = limits_of(spec)
             size = list(rendered_size(page, limits))

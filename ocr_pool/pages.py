@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ocr_pool.errors import PoolError, QueueFullError, QueueTimeoutError, TaskCancelledError
@@ -43,13 +44,20 @@ class PageTask:
         return self.job.state if self.job is not None else "waiting"
 
 
+# Told (page index, error) of each page whose job failed on the pool.
+FailureHook = Callable[[int, BaseException], None]
+
+
 class DocumentPages:
     """The pages of one document still to be handed to the pool."""
 
-    def __init__(self, payload: bytes, tasks: list[PageTask]) -> None:
+    def __init__(self, payload: bytes, tasks: list[PageTask], on_failure: FailureHook | None = None) -> None:
         self.payload = payload
         self.tasks = tasks
         self.pending: collections.deque[PageTask] = collections.deque(tasks)
+        # Called even when nobody awaits the page any more (its document was dropped while
+        # the page ran): a page that crashed or hung a worker must still be remembered.
+        self.on_failure = on_failure
 
 
 class PageScheduler:
@@ -71,9 +79,11 @@ class PageScheduler:
     def in_pool(self) -> int:
         return self._in_pool
 
-    def add(self, payload: bytes, pages: list[tuple[int, dict[str, Any]]]) -> DocumentPages:
+    def add(
+        self, payload: bytes, pages: list[tuple[int, dict[str, Any]]], on_failure: FailureHook | None = None
+    ) -> DocumentPages:
         loop = asyncio.get_running_loop()
-        document = DocumentPages(payload, [PageTask(index, params, loop) for index, params in pages])
+        document = DocumentPages(payload, [PageTask(index, params, loop) for index, params in pages], on_failure)
         if document.pending:
             self._documents.append(document)
             self._feed()
@@ -121,7 +131,7 @@ class PageScheduler:
                 continue
             task.job = job
             self._in_pool += 1
-            job.future.add_done_callback(lambda future, task=task: self._page_done(task, future))
+            job.future.add_done_callback(lambda future, task=task, doc=document: self._page_done(doc, task, future))
         if not any(document.pending for document in self._documents):
             self._documents.clear()
 
@@ -133,9 +143,11 @@ class PageScheduler:
         self._refeed = None
         self._feed()
 
-    def _page_done(self, task: PageTask, future: asyncio.Future[dict[str, Any]]) -> None:
+    def _page_done(self, document: DocumentPages, task: PageTask, future: asyncio.Future[dict[str, Any]]) -> None:
         self._in_pool -= 1
         error = future.exception()
+        if error is not None and document.on_failure is not None:
+            document.on_failure(task.index, error)
         settle(task.future, None if error is not None else future.result(), error)
         self._feed()
 

@@ -130,3 +130,14 @@ def password_pdf(pages: list[list[str]], user_password: str, owner_password: str
         file_id.hex().encode(),
     )
     return text_pdf(pages, trailer_extra=trailer, encrypt=encrypt)
+
+
+def garbled_first_page_pdf(pages: list[list[str]]) -> bytes:
+    """A damaged PDF (at least 2 pages): the first page's dictionary ends in garbage, so the
+    parser reads on into the next object. PDFium loads that page once, then refuses it in the
+    same open document after it was rendered; a fresh open reads it again."""
+    assert len(pages) >= 2
+    good = text_pdf(pages)
+    damaged = good.replace(b" >> >> >>\nendobj", b" >> 5> >>Tendobj", 1)
+    assert damaged != good
+    return damaged

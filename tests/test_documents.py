@@ -20,7 +20,14 @@ from PIL import Image
 
 from bench.common import bag_cer
 from tests.conftest import GT_DIR, RunningServer, base_config, gt_manifest, random_word, text_image
-from tests.pdf_builder import encrypted_pdf, image_pdf, multipage_tiff, password_pdf, text_pdf
+from tests.pdf_builder import (
+    encrypted_pdf,
+    garbled_first_page_pdf,
+    image_pdf,
+    multipage_tiff,
+    password_pdf,
+    text_pdf,
+)
 
 # Small pages of three kinds (a receipt, a printed document, a form) keep the tests quick.
 SCANS = ("sroie_320.jpg", "rapid_en.jpg", "funsd_82491256.png")
@@ -651,3 +658,28 @@ def test_paths_and_text_painted_with_a_pattern_never_share_an_identity() -> None
     assert _first_page_identity(red) == _first_page_identity(
         _pattern_page(b"1 0 0 rg 100 100 400 400 re f", b"/Font << >>")
     )
+
+
+def test_a_damaged_page_read_once_is_read_again_by_the_same_worker() -> None:
+    # PDFium loads the garbled first page of this PDF once, then refuses it in the same open
+    # document; the worker keeps the last PDF open, so the page's second task there (another
+    # det, pdf_text or a preview), or the next probe, said "page 1 cannot be read"
+    # (corrupt_document; a 500 ocr_failed in a page task) for a page the first request read.
+    import hashlib
+
+    from models import documents
+
+    pdf = garbled_first_page_pdf([[f"GARBLED {random_word(6)}"], ["PAGE TWO"]])
+    spec = {"dpi": 200.0, "max_side": 4000, "max_pixels": 16_000_000, "hash": hashlib.sha256(pdf).hexdigest()}
+    page = {**spec, "kind": "pdf", "index": 0}
+    probe = {**spec, "op": "probe", "max_pages": 100, "pdf_text": "ocr"}
+    documents._close_open_pdf()
+    try:
+        first = documents.page_pixels(pdf, page, 50_000_000, 8)
+        assert documents.page_pixels(pdf, page, 50_000_000, 8).shape == first.shape == (2200, 1700, 3)
+        preview = documents.run_preview(pdf, {**page, "preview": {"max_side": 1100, "quality": 80}}, 50_000_000, 8)
+        assert preview["image_size"] == [1700, 2200]
+        documents.page_pixels(pdf, page, 50_000_000, 8)
+        assert [info["error"] for info in documents.run_probe(pdf, probe)["pages"]] == [None, None]
+    finally:
+        documents._close_open_pdf()

@@ -366,3 +366,70 @@ def test_a_probe_bomb_gets_no_page_identity_within_the_work_budget() -> None:
     probe = run_probe(bomb, {**spec, "op": "probe", "max_pages": 100, "pdf_text": "ocr"})
     assert probe["pages_total"] == 1 and probe["pages"][0]["fingerprint"] is None
     assert probe["pages"][0]["image_size"] == [1700, 2200]
+
+
+def test_documents_arriving_together_are_admitted_against_the_queue_bound() -> None:
+    # A run starts a loop turn after join (and looks its pages up first): documents whose
+    # requests resumed in the same turn were each measured against an empty queue, so three
+    # 8-page TIFFs were all taken by a queue bound of 10 (40 pages waiting of 40 x 20 MiB
+    # uploads on the real server), where the README says the second gets 503 queue_full.
+    async def scenario(pool: WorkerPool) -> None:
+        _ocr, documents = services(pool)
+        params = {"det": "auto", "pdf_text": "ocr"}
+        first = documents.join(DocumentInput("tiff", b"pages:sleep=0.05", "h-together-1", params, 8))
+        for number in (2, 3):
+            try:
+                documents.join(DocumentInput("tiff", b"pages:sleep=0.05", f"h-together-{number}", params, 8))
+            except QueueFullError as error:
+                assert "8 tasks and pages waiting" in error.message, error.message
+            else:
+                raise AssertionError(f"document {number} was admitted past the queue bound")
+        result = await first.future
+        assert len(result["pages"]) == 8 and not [page for page in result["pages"] if "error" in page]
+        # Its admission is given back once its pages ran: the next document is taken.
+        later = await documents.join(DocumentInput("tiff", b"pages:sleep=0", "h-together-4", params, 8)).future
+        assert len(later["pages"]) == 8 and documents._reserved == 0
+
+    run(scenario, queue_size=10)
+
+
+def test_a_probe_or_page_that_costs_a_worker_after_its_client_left_is_still_remembered() -> None:
+    # The failure was remembered by the coroutine awaiting the probe (or the page), which
+    # the last client's leaving cancels: a poison PDF sent again and again by clients that
+    # leave while it is probed cost two workers each time instead of one answer from memory.
+    async def scenario(pool: WorkerPool) -> None:
+        ocr, documents = services(pool)
+        poison = DocumentInput("pdf", b"crash", "h-gone-poison", {"det": "auto", "pdf_text": "auto"})
+        run_ = documents.join(poison)
+        while run_.probe is None:  # (the crash is instant: leave before the loop can see it)
+            await asyncio.sleep(0)
+        assert run_.probe.state == "running"  # the probe runs ...
+        ocr.release(run_)  # ... and its only client leaves
+        with contextlib.suppress(PoolError):
+            await run_.future
+        await wait_for(lambda: run_.probe is not None and run_.probe.future.done())
+        await wait_for(lambda: pool.ready_count == 2)
+        assert pool.restarts["crashed"] == 2
+        try:
+            documents.join(poison)
+        except PoolError as error:
+            assert error.code == "worker_crashed" and "remembered from an earlier attempt" in error.message
+        else:
+            raise AssertionError("the PDF that crashed its probe was probed again")
+        assert pool.restarts["crashed"] == 2
+
+        # A page that hangs its worker, its client gone: killed at task_timeout, remembered.
+        hang = DocumentInput("tiff", b"pages:hang=0", "h-gone-hang", {"det": "auto", "pdf_text": "ocr"}, 2)
+        run_ = documents.join(hang)
+        await wait_for(lambda: run_.pages is not None and run_.pages.tasks[0].state == "running")
+        ocr.release(run_)
+        with contextlib.suppress(PoolError):
+            await run_.future
+        await wait_for(lambda: pool.restarts["timeout"] == 1)
+        await wait_for(lambda: pool.ready_count == 2)
+        result = await documents.join(hang).future
+        assert result["pages"][0]["error"]["code"] == "timeout"
+        assert "remembered from an earlier attempt" in result["pages"][0]["error"]["message"]
+        assert result["pages"][1]["text_lines"][0]["text"] == "page 2" and pool.restarts["timeout"] == 1
+
+    run(scenario, task_timeout=1.5)
