@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _upstream
 from .families import DetDefaults
+from .layout import column_order
 from .sessions import Session
 
 # The DB net wants sides that are multiples of 32 and sees too little context
@@ -371,6 +372,19 @@ def sort_reading_order(boxes: list[np.ndarray]) -> list[int]:
     for line in lines:
         order += [it[3] for it in sorted(line, key=lambda t: t[2])]
     return order
+
+
+def reading_order(boxes: list[np.ndarray]) -> list[int]:
+    """Indices of ``boxes`` in reading order: column by column where the page is set in
+    columns of running text (models.layout), else top-to-bottom, left-to-right."""
+    if not boxes:
+        return []
+    rects = np.array([[*b.min(axis=0), *b.max(axis=0)] for b in boxes], dtype=np.float32)
+
+    def rows(idx: list[int]) -> list[int]:
+        return [idx[j] for j in sort_reading_order([boxes[i] for i in idx])]
+
+    return column_order(rects, rows)
 
 
 # A page's orientation is judged from at least this many lines: on fewer, one short line

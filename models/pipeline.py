@@ -23,7 +23,7 @@ from .det import (
     line_extent,
     line_length,
     page_sideways,
-    sort_reading_order,
+    reading_order,
 )
 from .documents import jpeg_preview, page_pixels, run_preview, run_probe
 from .errors import ModelLoadError
@@ -296,7 +296,7 @@ class OcrEngine:
                 upside_down, seconds = self._upside_down(crops)
                 cls_seconds += seconds
                 read = turned_read  # the main pass need not read them again
-        order = sort_reading_order(boxes)
+        order = reading_order(boxes)
         return (
             [box_in_image(boxes[i], quarter_turns, w, h) for i in order],
             [crops[i] for i in order],

@@ -39,7 +39,7 @@ from models import (
     create_engine,
     model_identity,
 )
-from models.det import TextDetector, outside_boxes, sort_reading_order
+from models.det import TextDetector, outside_boxes, reading_order, sort_reading_order
 from models.families import DetDefaults
 from models.image_io import decode_image
 from models.pipeline import looks_like_single_line
@@ -273,6 +273,20 @@ def test_reading_order_and_auto_rule() -> None:
 
     boxes = [box(300, 102, 400, 122), box(10, 100, 200, 120), box(10, 10, 400, 30), box(10, 200, 50, 220)]
     assert sort_reading_order(boxes) == [2, 1, 0, 3]
+    # Two columns of running text under a title and over a footer: column by column.
+    title, footer = box(100, 10, 1300, 50), box(100, 700, 1300, 740)
+    left = [box(100, 100 + 60 * i, 650, 140 + 60 * i) for i in range(5)]
+    right = [box(720, 102 + 60 * i, 1300, 142 + 60 * i) for i in range(5)]
+    page = [footer, *right, title, *left]  # 0 footer, 1-5 right, 6 title, 7-11 left
+    want = [6, 7, 8, 9, 10, 11, 1, 2, 3, 4, 5, 0]
+    assert reading_order(page) == want
+    assert sort_reading_order(page) != want  # rows alone interleave the columns
+    # A table whose right column holds short cells (prices) is read row by row, as before.
+    prices = [box(1100, 102 + 60 * i, 1300, 142 + 60 * i) for i in range(5)]
+    table = [*left, *prices]
+    assert reading_order(table) == sort_reading_order(table) == [0, 5, 1, 6, 2, 7, 3, 8, 4, 9]
+    # Two lines of each column are too few to call it columns.
+    assert reading_order([*left[:2], *right[:2]]) == sort_reading_order([*left[:2], *right[:2]])
     assert looks_like_single_line(1346, 39)  # UW-III line
     assert looks_like_single_line(94, 24)  # licence plate
     assert not looks_like_single_line(709, 132)  # 4-line paragraph
@@ -412,6 +426,27 @@ def _line_in_margins(text: str, size: int, width: int = 520, height: int = 70) -
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
+
+
+def test_a_page_in_two_columns_is_read_column_by_column(engine) -> None:
+    # Sorted by rows alone, each left line was followed by its right neighbour.
+    font = ImageFont.load_default(size=22)
+    left = ["apple", "banana", "cherry", "damson", "elder"]
+    right = ["falcon", "gannet", "heron", "ibis", "jackdaw"]
+    page = Image.new("RGB", (960, 560), "white")
+    draw = ImageDraw.Draw(page)
+    draw.text((40, 30), "A short report on fruit trees and the birds that visit them", fill="black", font=font)
+    for i, (a, b) in enumerate(zip(left, right)):
+        draw.text((40, 110 + 60 * i), f"The {a} tree is described in this line", fill="black", font=font)
+        draw.text((520, 120 + 60 * i), f"The {b} bird is described in this line", fill="black", font=font)
+    draw.text((40, 470), "Printed for the members of the garden club, spring edition", fill="black", font=font)
+    out = io.BytesIO()
+    page.save(out, format="PNG")
+    lines = [line["text"].lower() for line in engine.recognize(out.getvalue())["text_lines"]]
+    assert len(lines) == 12, lines
+    where = [next(i for i, line in enumerate(lines) if word in line) for word in [*left, *right]]
+    assert "report" in lines[0] and "garden" in lines[-1], lines
+    assert where == list(range(1, 11)), lines
 
 
 # Receipt labels typeset with a space on each side of the colon; PP-OCRv6 read some of them
