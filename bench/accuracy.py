@@ -113,6 +113,7 @@ def score(rows: list[dict], results: dict[str, Any]) -> dict[str, dict[str, floa
         cer_e = cer_n = of_e = of_n = judged_e = 0
         matched = ref_w = hyp_w = 0
         loose = [0, 0, 0]
+        punct = [0, 0, 0]
         for row in members:
             lines = results[row["image"]]["lines"]
             e, n = page_cer(row["lines"], lines, casefold=True)
@@ -124,6 +125,7 @@ def score(rows: list[dict], results: dict[str, Any]) -> dict[str, dict[str, floa
                 m, r, h = word_counts(row["lines"], lines)
                 matched, ref_w, hyp_w = matched + m, ref_w + r, hyp_w + h
                 loose = [a + b for a, b in zip(loose, word_counts(row["lines"], lines, loose=True))]
+                punct = [a + b for a, b in zip(punct, word_counts(row["lines"], lines, punct=True))]
         table[kind] = {
             "n": len(members),
             "cer": 100 * cer_e / max(cer_n, 1),
@@ -131,6 +133,7 @@ def score(rows: list[dict], results: dict[str, Any]) -> dict[str, dict[str, floa
             "orderfree_cer_judged": 100 * judged_e / max(of_n, 1),
             "en_word_f1": f1(matched, ref_w, hyp_w) if ref_w else float("nan"),
             "en_word_f1_loose": f1(*loose) if loose[1] else float("nan"),
+            "en_word_f1_punct": f1(*punct) if punct[1] else float("nan"),
             "median_ms": statistics.median(results[r["image"]]["ms"] for r in members),
         }
     return table
@@ -269,6 +272,7 @@ def _run(args: argparse.Namespace, rows: list[dict], images: list[str], variants
     )
     print_table(scores, "en_word_f1", "English bag-of-words F1")
     print_table(scores, "en_word_f1_loose", "English bag-of-words F1, words also split at '-' and ':'")
+    print_table(scores, "en_word_f1_punct", "English bag-of-words F1, words split at every punctuation mark")
     print_table(scores, "median_ms", "median ms per image (2 processes x 1 thread)")
     if process:
         print("\n| variant | images/s (2 processes, model loading included) | worker RSS MB after the run |")

@@ -153,25 +153,34 @@ _WORD_EDGE = re.compile(r"^[^\w]+|[^\w]+$")
 _LOOSE_SEPARATORS = re.compile(r"[\s:\-]+")
 
 
-def words(lines: Iterable[str], loose: bool = False) -> Counter:
+# Every punctuation mark separates words too: also forgives FUNSD's "Acceptance/ Merchandising"
+# and "P. O. S." for the page's "Acceptance/Merchandising" and "P.O.S."; glued words still
+# match nothing.
+_PUNCT_SEPARATORS = re.compile(r"[^\w]+")
+
+
+def words(lines: Iterable[str], loose: bool = False, punct: bool = False) -> Counter:
     """Bag of case-folded words, punctuation trimmed from their ends (``loose``: split at
-    hyphens and colons too)."""
+    hyphens and colons too; ``punct``: at every punctuation mark)."""
     out: Counter = Counter()
+    splitter = _PUNCT_SEPARATORS if punct else _LOOSE_SEPARATORS if loose else None
     for line in lines:
         text = normalize_line(line, casefold=True)
-        for token in _LOOSE_SEPARATORS.split(text) if loose else text.split(" "):
+        for token in splitter.split(text) if splitter else text.split(" "):
             token = _WORD_EDGE.sub("", token)
             if token:
                 out[token] += 1
     return out
 
 
-def word_counts(gt_lines: Iterable[str], ocr_lines: Iterable[str], loose: bool = False) -> tuple[int, int, int]:
+def word_counts(
+    gt_lines: Iterable[str], ocr_lines: Iterable[str], loose: bool = False, punct: bool = False
+) -> tuple[int, int, int]:
     """(matched, reference words, hypothesis words) for a micro-averaged bag-of-words F1.
 
     Words glued together ("TAXINVOICE") or split apart match nothing, which is how a
     search index or a field extractor would see them."""
-    ref, hyp = words(gt_lines, loose), words(ocr_lines, loose)
+    ref, hyp = words(gt_lines, loose, punct), words(ocr_lines, loose, punct)
     return sum((ref & hyp).values()), sum(ref.values()), sum(hyp.values())
 
 

@@ -19,8 +19,8 @@ def test_partial_ground_truth_charges_missed_and_misread_characters_not_text_rea
 
 
 def test_word_f1_charges_glued_words_in_both_tokenisations() -> None:
-    for loose in (False, True):
-        matched, ref, hyp = word_counts(["TAX INVOICE"], ["TAXINVOICE"], loose=loose)
+    for loose, punct in ((False, False), (True, False), (False, True)):
+        matched, ref, hyp = word_counts(["TAX INVOICE"], ["TAXINVOICE"], loose=loose, punct=punct)
         assert (matched, ref, hyp) == (0, 2, 1)
         assert f1(matched, ref, hyp) == 0.0
 
@@ -34,3 +34,12 @@ def test_loose_word_f1_forgives_only_hyphen_and_colon_splits() -> None:
     assert loose == (7, 7, 7)
     # A misread digit is still a wrong word.
     assert word_counts(gt, ["Tel 212-450-4008", "ROC:1026984-X"], loose=True)[0] == 6
+
+
+def test_punctuation_word_f1_forgives_splits_at_any_mark_and_nothing_else() -> None:
+    # FUNSD writes "Acceptance/ Merchandising" and "P. O. S." where the page has no spaces.
+    gt = ["INDEPENDENTS ACCEPTANCE/ MERCHANDISING:", "EFFECTIVENESS OF P. O. S.:"]
+    ocr = ["INDEPENDENTS ACCEPTANCE/MERCHANDISING:", "EFFECTIVENESS OF P.O.S.:"]
+    assert word_counts(gt, ocr, loose=True)[0] < 7
+    assert word_counts(gt, ocr, punct=True) == (8, 8, 8)
+    assert word_counts(gt, ["INDEPENDENTS ACCEPTANCE/MERCHANDISING:", "EFFECTIVENESSOF P.O.S.:"], punct=True)[0] == 6
