@@ -239,12 +239,20 @@ async def serve(settings: Settings) -> int:
     return exit_code
 
 
+def log_level(name: str) -> str:
+    """--log-level's value, checked here: logging.basicConfig raised a traceback for a typo."""
+    level = name.upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise argparse.ArgumentTypeError(f"unknown level {name!r} (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
+    return level
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="OCR web server (PP-OCR in a pool of worker processes)")
     parser.add_argument("--config", help="path to config.json (default: embedded defaults)")
     parser.add_argument("--port", type=int, help="override web_server.port (0 picks a free port)")
     parser.add_argument("--host", help="override web_server.host")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", type=log_level)
     return parser.parse_args(argv)
 
 
@@ -252,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(SecondCachingFormatter(LOG_FORMAT))
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    logging.basicConfig(level=args.log_level, handlers=[handler])
     # LOG_FORMAT prints no source file, thread, process or multiprocessing name: not collecting
     # them makes each record (one per request, the access log) cheaper, as the logging HOWTO's
     # "Optimization" section describes.

@@ -14,6 +14,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,14 +253,44 @@ def _check_ranges(settings: Settings) -> None:
         (settings.ocr.engine in ENGINES, f"ocr.engine must be one of {', '.join(ENGINES)}"),
         (svc.backend in BACKENDS, f"service.backend must be one of {', '.join(BACKENDS)}"),
     ]
-    predict = settings.ocr.predict_system
-    if "max_image_pixels" in predict:
-        checks.append((predict["max_image_pixels"] >= 64, "ocr.predict_system.max_image_pixels must be >= 64"))
-    if "min_image_side" in predict:
-        checks.append((1 <= predict["min_image_side"] <= 1024, "ocr.predict_system.min_image_side must be 1..1024"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _check_predict_ranges(settings.ocr.predict_system)
+    if svc.backend == "redis":
+        _check_redis_url(svc.redis_url)
+
+
+# Engine options whose values outside these bounds would not fail but quietly answer nothing
+# (a drop_score of 7 drops every line), refuse every image, or fail only in the workers.
+PREDICT_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "cpu_threads": (lambda v: v >= 1, "must be >= 1"),
+    "det_limit_side_len": (lambda v: v >= 32, "must be >= 32"),
+    "det_min_side_len": (lambda v: v >= 0, "must be >= 0"),
+    "max_image_pixels": (lambda v: v >= 64, "must be >= 64"),
+    "min_image_side": (lambda v: 1 <= v <= 1024, "must be 1..1024"),
+    "drop_score": (lambda v: 0 <= v <= 1, "must be 0..1"),
+    "det_db_thresh": (lambda v: 0 <= v <= 1, "must be 0..1"),
+    "det_db_box_thresh": (lambda v: 0 <= v <= 1, "must be 0..1"),
+    "det_db_unclip_ratio": (lambda v: v > 0, "must be > 0"),
+}
+
+
+def _check_predict_ranges(predict: dict[str, Any]) -> None:
+    for name, (ok, rule) in PREDICT_RULES.items():
+        value = predict.get(name)
+        if value is not None and not ok(value):  # None: the engine's own default
+            raise ConfigError(f"ocr.predict_system.{name} {rule}, got {json.dumps(value)}")
+
+
+def _check_redis_url(url: str) -> None:
+    """Parse it as the Redis client will: a bad one stopped the server with a traceback."""
+    from redis.asyncio.connection import parse_url  # only where the redis backend is chosen
+
+    try:
+        parse_url(url)
+    except ValueError as exc:  # the message names the part, never the password
+        raise ConfigError(f"service.redis_url: {exc}") from None
 
 
 def settings_from_dict(data: dict[str, Any], base_dir: str | Path = REPO_DIR) -> Settings:

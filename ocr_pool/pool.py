@@ -168,6 +168,13 @@ class WorkerPool:
         self._changed = asyncio.Event()
         self._start_failures = 0
         self._last_start_error: str | None = None
+        # After a failed start, no process is started before this loop time but by the
+        # back-off timer (_respawn): a recycle retried on every reply was a respawn storm.
+        self._next_start = 0.0
+        # Workers in a row that died after loading, before finishing a task (a runtime that
+        # crashes once loaded, memory that runs out): their replacements back off too, or the
+        # pool reloaded its models in a loop, several times a second.
+        self._early_deaths = 0
         self._initial_ready = False
         self.tasks_run = 0
         self.tasks_cancelled = 0
@@ -367,16 +374,29 @@ class WorkerPool:
         self._start_failures += 1
         self._last_start_error = f"could not start a worker process: {type(exc).__name__}: {exc}"
         self.restarts["start_failed"] += 1
-        delay = self._restart_delay()
+        delay = self._schedule_respawn()
         log.error("%s; trying again in %.1f s", self._last_start_error, delay)
-        self._loop.call_later(delay, self._respawn)
         self._fail_queue_if_unserved()
         self._changed.set()
 
     def _restart_delay(self) -> float:
-        if not self._start_failures:
+        failures = max(self._start_failures, self._early_deaths)
+        if not failures:
             return 0.0
-        return min(MAX_RESTART_BACKOFF_S, 0.5 * 2 ** (self._start_failures - 1))
+        return min(MAX_RESTART_BACKOFF_S, 0.5 * 2 ** (failures - 1))
+
+    def _schedule_respawn(self) -> float:
+        """Start a worker where one is missing once the back-off of the failures so far is over."""
+        assert self._loop is not None
+        delay = self._restart_delay()
+        self._next_start = self._loop.time() + delay
+        self._loop.call_later(delay, self._respawn)
+        return delay
+
+    def _backing_off(self) -> bool:
+        """A start failed and its back-off is not over: only the retry timer may start a process."""
+        assert self._loop is not None
+        return self._loop.time() < self._next_start
 
     def _send(self, worker: WorkerHandle, message: Any, payload: bytes | bytearray | None = None) -> None:
         assert self._loop is not None
@@ -437,6 +457,8 @@ class WorkerPool:
         job, worker.job = worker.job, None
         worker.tasks_done += 1
         self.tasks_run += 1
+        if worker.tasks_done == 1 and not worker.exited:
+            self._early_deaths = 0  # a new worker served: starting works again
         if worker.state == "busy":
             worker.state = "idle"
         if job is not None and job.id == message[1] and job.dispatched is not None:
@@ -455,16 +477,19 @@ class WorkerPool:
                 self.on_task_finished(job)
         self._maybe_retire(worker)
 
-    def _maybe_retire(self, worker: WorkerHandle) -> None:
+    def _maybe_retire(self, worker: WorkerHandle, retrying: bool = False) -> None:
         """Recycle a worker past its task limit: first start its successor (one replacement
         loads at a time) while it keeps serving, then retire it once the successor is ready
-        and it is idle, so the pool never has fewer than `size` ready workers for it."""
+        and it is idle, so the pool never has fewer than `size` ready workers for it.
+        `retrying`: called by the back-off timer, which may start a process."""
         if worker.exited or self._closing or worker.tasks_done < worker.task_limit or worker.state not in ("idle", "busy"):
             return
         successor = worker.successor
         if successor is None:
             if any(w.state == "starting" for w in self._workers):
                 return  # another replacement is loading; this one's turn comes when it is ready
+            if self._backing_off() and not retrying:
+                return  # the last start failed: the retry timer tries again (every reply did)
             worker.successor = self._spawn(self.max_tasks)
             return
         if successor.state not in ("idle", "busy") or worker.state != "idle":
@@ -503,6 +528,8 @@ class WorkerPool:
         was_starting = worker.state == "starting"
         reason = worker.exit_reason or ("start_failed" if was_starting else "crashed")
         self.restarts[reason] += 1
+        if reason == "crashed" and worker.tasks_done == 0 and worker.job is None:
+            self._early_deaths += 1  # loaded, then died with no task: not the fault of an image
         if reason != "recycled" and reason != "shutdown":
             log.warning(
                 "worker %d (pid %s) exited with code %s: %s",
@@ -532,8 +559,8 @@ class WorkerPool:
                 self._queue.appendleft(job)
             else:
                 self._fail(job, WorkerCrashedError("the OCR worker died while processing this image"))
-        if not self._closing and reason not in ("recycled", "shutdown"):
-            self._loop.call_later(self._restart_delay(), self._respawn)
+        if reason not in ("recycled", "shutdown") and self._replacing():
+            self._schedule_respawn()
         self._fail_queue_if_unserved()
         self._dispatch()
         self._changed.set()
@@ -562,8 +589,15 @@ class WorkerPool:
     def _has_live_worker(self) -> bool:
         return any(w.state in ("idle", "busy", "retiring") for w in self._workers)
 
+    def _replacing(self) -> bool:
+        """Whether a worker that died is replaced: always but at shutdown, where only accepted
+        work still waiting needs one (without, it waited out the grace for a 503)."""
+        if not self._closing:
+            return True
+        return not self._drain_over and (bool(self._queue) or self._accepted_waiting() > 0)
+
     def _respawn(self) -> None:
-        if self._closing:
+        if not self._replacing():
             return
         # Workers that stay: not retiring, and not about to be replaced by a successor already counted.
         staying = sum(1 for w in self._workers if w.state != "retiring" and w.successor is None)
@@ -571,7 +605,7 @@ class WorkerPool:
             self._spawn(self.max_tasks)
         else:
             for worker in list(self._workers):
-                self._maybe_retire(worker)  # a recycle whose successor could not start tries again
+                self._maybe_retire(worker, retrying=True)  # a recycle whose successor could not start
 
     # ---- tasks -------------------------------------------------------------------
 

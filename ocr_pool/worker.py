@@ -12,9 +12,12 @@ each process owns exactly one (not thread-safe) inference engine.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
+import multiprocessing
 import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -30,6 +33,8 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # `kill -- -PGID`) sends to the whole process group. The parent alone decides when a worker
 # stops: it lets the running task finish, then closes the pipe or, past a grace period, kills.
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# prctl(2) option: the signal the kernel sends this process when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 
 @contextlib.contextmanager
@@ -50,6 +55,26 @@ def ignore_shutdown_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SHUTDOWN_SIGNALS)
 
 
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this worker when the server dies, however it dies (SIGKILL, OOM).
+
+    A worker notices a closed pipe only between tasks: one busy with, or hung in, a task ran on
+    as an orphan (for ever, if hung), holding its CPU share and hundreds of MB. (The kernel
+    watches the thread that started the worker: the pool's event loop thread, which lives as
+    long as the pool.)
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and not parent.is_alive():
+        os._exit(1)  # it died before prctl took effect: no signal will come
+
+
 def load_factory(path: str) -> Callable[[Any], Any]:
     """Resolve "package.module:function" to the engine factory."""
     module_name, _, attr = path.partition(":")
@@ -57,6 +82,7 @@ def load_factory(path: str) -> Callable[[Any], Any]:
 
 
 def worker_main(conn: Connection, factory_path: str, options: Any, threads: int) -> None:
+    die_with_parent()
     ignore_shutdown_signals()
     for name in THREAD_ENV_VARS:
         os.environ[name] = str(threads)

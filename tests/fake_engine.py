@@ -8,6 +8,8 @@ b"exit-after:S"  answers, and its process exits S seconds later (as a crash righ
 b"pages:crash=I,hang=J,sleep=S"  a document: page I kills its worker, page J sleeps an
            hour, every other page sleeps S seconds (each part optional)
 anything else answers {"text_lines": [{"text": payload}], "pid": worker pid}
+Options: {"fail_load": True} fails to load; {"load_delay": S} loads in S seconds;
+{"die_after_load": S} loads, then its process exits S seconds later (a runtime that crashes once loaded).
 """
 
 from __future__ import annotations
@@ -59,4 +61,6 @@ def create_engine(options: Any) -> FakeEngine:
         raise FileNotFoundError("/models/missing/inference.pdmodel")
     if isinstance(options, dict) and options.get("load_delay"):
         time.sleep(options["load_delay"])
+    if isinstance(options, dict) and options.get("die_after_load"):
+        threading.Timer(options["die_after_load"], os._exit, (1,)).start()
     return FakeEngine()

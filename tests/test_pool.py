@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import os
 import signal
 import subprocess
@@ -372,6 +373,7 @@ def fail_next_starts(monkeypatch: pytest.MonkeyPatch, count: int) -> list[str]:
 
 def test_a_worker_the_os_refuses_to_start_is_retried_and_the_pool_recovers(monkeypatch: pytest.MonkeyPatch) -> None:
     async def check(pool: WorkerPool) -> None:
+        gc.collect()  # pipes of earlier tests' pools, closed by a collection mid-test, would count
         descriptors = psutil.Process().num_fds()
         refused = fail_next_starts(monkeypatch, 1)
         os.kill(pool.worker_pids()[0], signal.SIGKILL)  # its replacement cannot start, once
@@ -379,6 +381,7 @@ def test_a_worker_the_os_refuses_to_start_is_retried_and_the_pool_recovers(monke
         await wait_for(lambda: pool.ready_count == 2)  # retried after a back-off
         assert "could not start a worker process" in (pool.stats()["last_start_error"] or "")
         # The failed attempt's pipe pair was closed: as many descriptors as with two workers before.
+        gc.collect()
         assert psutil.Process().num_fds() == descriptors
         results = await asyncio.gather(*(pool.submit(b"after", {}).future for _ in range(4)))
         assert {r["text_lines"][0]["text"] for r in results} == {"after"}
@@ -442,3 +445,124 @@ def test_a_successor_the_os_refuses_to_start_leaves_the_old_worker_serving(monke
         assert refused and pool.restarts["start_failed"] == 1
 
     run(check, max_tasks=4)
+
+
+def test_a_recycle_whose_successor_cannot_start_waits_for_the_back_off_not_every_reply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The worker past its limit tried to start its successor again after each task it ran,
+    # bypassing the back-off: a process start (a model load, with real engines) per reply.
+    async def check(pool: WorkerPool) -> None:
+        refused = fail_next_starts(monkeypatch, 1000)
+        replies = 40
+        for i in range(replies):
+            await pool.submit(f"quick {i}".encode(), {}).future
+        assert 1 <= len(refused) <= replies // 4, f"{len(refused)} starts tried for {replies} replies"
+        assert pool.restarts["start_failed"] == len(refused)
+        monkeypatch.undo()  # the OS recovers: the recycle completes on the back-off timer
+        await wait_for(lambda: pool.restarts["recycled"] == 1, timeout=40)
+        assert (await pool.submit(b"after", {}).future)["text_lines"][0]["text"] == "after"
+
+    run(check, size=1, max_tasks=2)
+
+
+KILLED_WITH_A_HUNG_TASK = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[1])
+from ocr_pool import WorkerPool
+
+async def main():
+    pool = WorkerPool(size=2, max_tasks=10, queue_size=5, task_timeout=600, start_timeout=30, engine_options={},
+                      factory="tests.fake_engine:create_engine")
+    await pool.start()
+    hung = pool.submit(b"sleep:3600", {})
+    while hung.state != "running":
+        await asyncio.sleep(0.01)
+    print(*pool.worker_pids(), flush=True)
+    await asyncio.sleep(3600)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_workers_die_with_a_server_killed_outright_even_one_hung_in_a_task(tmp_path: Path) -> None:
+    # SIGKILL or the OOM killer gives the server no chance to stop its workers. An idle worker
+    # saw its pipe close and left; one busy with (or hung in) a task ran on as an orphan.
+    script = tmp_path / "killed_with_a_hung_task.py"
+    script.write_text(KILLED_WITH_A_HUNG_TASK)
+    server = subprocess.Popen(
+        [sys.executable, str(script), str(REPO)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert server.stdout is not None
+        worker_pids = [int(pid) for pid in server.stdout.readline().split()]
+        assert len(worker_pids) == 2
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in worker_pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphans = [pid for pid in worker_pids if alive(pid)]
+    for pid in orphans:  # the old code's orphan: do not leave it running after the test
+        os.kill(pid, signal.SIGKILL)
+    assert orphans == []
+
+
+def test_a_worker_that_dies_during_the_shutdown_drain_is_replaced_while_accepted_work_waits() -> None:
+    # At shutdown a dead worker was not replaced: its retried task and the queue behind it
+    # waited out the whole grace, then all failed with shutting_down.
+    async def check(pool: WorkerPool) -> None:
+        running = pool.submit(b"sleep:1", {})
+        queued = [pool.submit(f"queued {i}".encode(), {}) for i in range(3)]
+        await wait_for(lambda: running.state == "running")
+        closing = asyncio.ensure_future(pool.close(grace=30))
+        await wait_for(lambda: pool._closing)
+        assert running.worker is not None and running.worker.pid is not None
+        os.kill(running.worker.pid, signal.SIGKILL)
+        results = await asyncio.gather(running.future, *(job.future for job in queued))
+        assert [r["text_lines"][0]["text"] for r in results] == ["sleep:1"] + [f"queued {i}" for i in range(3)]
+        assert running.attempts == 2 and pool.restarts["crashed"] == 1
+        await closing
+        assert pool.worker_pids() == []
+
+    run(check, size=1)
+
+
+def test_workers_that_die_right_after_loading_are_replaced_with_back_off_not_in_a_loop() -> None:
+    # A worker that loaded and then died with no task in hand was replaced at once, every
+    # time: with real models, a model load after another, several a second, for ever.
+    async def main() -> None:
+        pool = make_pool(size=1, engine_options={"die_after_load": 0.05})
+        await pool.start(wait=False)
+        try:
+            await asyncio.sleep(4)  # back-off 0.5, 1, 2 s: a few replacements, not dozens
+            deaths = pool.restarts["crashed"]
+            assert 1 <= deaths <= 6, f"{deaths} workers started and died in 4 s"
+            assert set(pool.restarts) == {"crashed"}
+        finally:
+            await pool.close(grace=0)
+        assert pool.worker_pids() == []
+
+    asyncio.run(main())
+
+
+def test_a_worker_serving_again_ends_the_back_off_of_early_deaths() -> None:
+    async def check(pool: WorkerPool) -> None:
+        pool._early_deaths = 3  # as after three replacements that died once loaded
+        os.kill(pool.worker_pids()[0], signal.SIGKILL)  # idle, and it served nothing yet
+        await wait_for(lambda: pool.restarts["crashed"] == 1)
+        assert pool._restart_delay() == 4.0  # the fourth in a row waits 4 s
+        await wait_for(lambda: pool.ready_count == 1, timeout=30)
+        await pool.submit(b"served", {}).future
+        assert pool._restart_delay() == 0.0
+
+    run(check, size=1)

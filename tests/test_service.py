@@ -462,6 +462,18 @@ def test_bad_config_fails_at_start_with_the_key(tmp_path: Path) -> None:
         ([["ocr", {}]], "must be a JSON object, got list"),
         ("abc", "must be a JSON object, got str"),
         (None, "must be a JSON object, got NoneType"),
+        # Accepted before, then every answer came back empty (every line under the floor) or
+        # the threshold silently meant something else; cpu_threads 0 failed without its key.
+        ({"ocr": {"predict_system": {"drop_score": 7}}}, "ocr.predict_system.drop_score must be 0..1, got 7"),
+        ({"ocr": {"predict_system": {"det_db_thresh": -1}}}, "ocr.predict_system.det_db_thresh must be 0..1"),
+        ({"ocr": {"predict_system": {"det_db_box_thresh": 1.5}}}, "ocr.predict_system.det_db_box_thresh must be 0..1"),
+        ({"ocr": {"predict_system": {"det_db_unclip_ratio": 0}}}, "ocr.predict_system.det_db_unclip_ratio must be > 0"),
+        ({"ocr": {"predict_system": {"det_min_side_len": -5}}}, "ocr.predict_system.det_min_side_len must be >= 0"),
+        ({"ocr": {"predict_system": {"cpu_threads": 0}}}, "ocr.predict_system.cpu_threads must be >= 1, got 0"),
+        (
+            {"service": {"backend": "redis", "redis_url": "redis://127.0.0.1:6379x/0"}},
+            "service.redis_url: Port could not be cast to integer",
+        ),
     ],
 )
 def test_configs_that_would_break_the_server_later_are_refused_naming_the_key(config: object, message: str) -> None:
@@ -487,6 +499,17 @@ def test_a_config_that_is_no_object_or_no_text_and_a_port_out_of_range_stop_the_
     assert result.returncode == 2 and "is not UTF-8 text" in result.stderr, result.stderr
     result = _start_with_config(tmp_path, {}, "--port", "70000")
     assert result.returncode == 2 and "web_server.port must be 0..65535" in result.stderr
+
+
+def test_a_redis_url_the_client_cannot_parse_stops_the_server_naming_the_key(tmp_path: Path) -> None:
+    # It stopped the server with a ValueError traceback from inside the Redis client.
+    result = _start_with_config(tmp_path, {"service": {"backend": "redis", "redis_url": "localhost:6379"}})
+    assert result.returncode == 2 and "config error: service.redis_url:" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    # The memory backend never uses it: not checked.
+    from settings import settings_from_dict
+
+    assert settings_from_dict({"service": {"redis_url": "localhost:6379"}}).service.backend == "memory"
 
 
 def test_repo_config_json_matches_the_embedded_defaults() -> None:
@@ -566,3 +589,18 @@ def test_port_in_use_fails_with_a_clear_message(ocr_server: RunningServer) -> No
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_log_level_stops_the_server_with_a_usage_error_not_a_traceback() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "server.py"), "--log-level", "verbose"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2 and "--log-level: unknown level 'verbose'" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    from server import parse_args
+
+    assert parse_args(["--log-level", "warning"]).log_level == "WARNING"
