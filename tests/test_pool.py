@@ -272,15 +272,19 @@ def test_workers_ignore_sigterm_and_sigint_and_close_still_stops_them() -> None:
     run(check)
 
 
-EXIT_WITHOUT_CLOSE = """
+# The start of a script that runs a pool of two fake workers as a server would (argv[1]: the repo).
+POOL_SCRIPT = """
 import asyncio, sys
 sys.path.insert(0, sys.argv[1])
 from ocr_pool import WorkerPool
 
 async def main():
-    pool = WorkerPool(size=2, max_tasks=10, queue_size=5, task_timeout=5, start_timeout=30, engine_options={},
+    pool = WorkerPool(size=2, max_tasks=10, queue_size=5, task_timeout=600, start_timeout=30, engine_options={},
                       factory="tests.fake_engine:create_engine")
     await pool.start()
+"""
+
+EXIT_WITHOUT_CLOSE = POOL_SCRIPT + """
     print(*pool.worker_pids(), flush=True)
     raise RuntimeError("an unexpected error before close()")
 
@@ -466,15 +470,7 @@ def test_a_recycle_whose_successor_cannot_start_waits_for_the_back_off_not_every
     run(check, size=1, max_tasks=2)
 
 
-KILLED_WITH_A_HUNG_TASK = """
-import asyncio, sys
-sys.path.insert(0, sys.argv[1])
-from ocr_pool import WorkerPool
-
-async def main():
-    pool = WorkerPool(size=2, max_tasks=10, queue_size=5, task_timeout=600, start_timeout=30, engine_options={},
-                      factory="tests.fake_engine:create_engine")
-    await pool.start()
+KILLED_WITH_A_HUNG_TASK = POOL_SCRIPT + """
     hung = pool.submit(b"sleep:3600", {})
     while hung.state != "running":
         await asyncio.sleep(0.01)
