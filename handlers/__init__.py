@@ -22,8 +22,10 @@ def routes(ctx: AppContext, metrics: ServiceMetrics) -> list[tuple[str, type, di
         (r"/openapi.json", OpenApiHandler, {}),
         (r"/metrics", MetricsHandler, {"metrics": metrics}),
         (r"/ocr_service", OcrHandler, shared),
-        (r"/ocr_service/tasks/([0-9a-f]{1,64})", TaskHandler, shared),
-        (r"/ocr_service/previews/([0-9a-f]{1,64})", PreviewHandler, shared),
+        # Any id reaches its handler, which answers an unknown one with its own 404 code
+        # (task_not_found, preview_not_found), not the router's "no such endpoint".
+        (r"/ocr_service/tasks/([^/]+)", TaskHandler, shared),
+        (r"/ocr_service/previews/([^/]+)", PreviewHandler, shared),
         (r"/livez", LivezHandler, {}),
         (r"/readyz", ReadyzHandler, shared),
         (r"/health", HealthHandler, shared),

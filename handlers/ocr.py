@@ -25,6 +25,7 @@ from handlers.request_parsing import (
     feed_multipart,
     fields_body_too_large,
     is_fields_only,
+    is_hex_id,
     media_type_of,
     multipart_fields,
     parse_ocr_request,
@@ -297,7 +298,7 @@ class TaskHandler(JsonHandler):
     async def get(self, task_id: str) -> None:
         # ?wait=N: long-poll, answering as soon as the task finishes (at most N seconds).
         wait = parse_wait(self.get_query_argument("wait", None))
-        view = await self.ctx.ocr.task_view(task_id, wait=wait)
+        view = await self.ctx.ocr.task_view(task_id, wait=wait) if is_hex_id(task_id) else None
         if view is None:
             raise ApiError(404, "task_not_found", "no such task (unknown id, or it expired)")
         if view.status == "done" and view.result is not None:

@@ -479,7 +479,7 @@ def build_spec() -> dict[str, Any]:
                         ),
                         "400": _error_response(400, "`wait` is not a number of seconds.", ["invalid_field"]),
                         "404": _error_response(
-                            404, "Unknown or expired task id, or a malformed one.", ["not_found", "task_not_found"]
+                            404, "Unknown or expired task id, or a malformed one.", ["task_not_found"]
                         ),
                     },
                 }
@@ -500,8 +500,9 @@ def build_spec() -> dict[str, Any]:
                         "200": {"description": "The JPEG.", "content": {"image/jpeg": {"schema": {"type": "string"}}}},
                         "404": _error_response(
                             404,
-                            "Unknown token, or the preview was dropped to make room (`documents.preview_cache_bytes`).",
-                            ["not_found", "preview_not_found"],
+                            "Unknown or malformed token, or the preview was dropped to make room"
+                            " (`documents.preview_cache_bytes`).",
+                            ["preview_not_found"],
                         ),
                     },
                 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from handlers.base import JsonHandler
 from handlers.context import AppContext
 from handlers.errors import ApiError
+from handlers.request_parsing import is_hex_id
 
 
 class PreviewHandler(JsonHandler):
@@ -13,7 +14,7 @@ class PreviewHandler(JsonHandler):
 
     def get(self, token: str) -> None:
         documents = self.ctx.documents
-        preview = documents.previews.by_token(token) if documents is not None else None
+        preview = documents.previews.by_token(token) if documents is not None and is_hex_id(token) else None
         if preview is None:
             raise ApiError(
                 404,

@@ -6,6 +6,7 @@ Pure functions: no I/O, so every malformed-input case is unit-testable.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,14 @@ def fields_body_too_large() -> ApiError:
 
 # Longest long-poll on GET /ocr_service/tasks/<id>?wait=N; longer values are capped.
 MAX_TASK_WAIT_S = 30.0
+# Task ids and preview tokens as this server makes them: up to 64 lower-case hex digits.
+_HEX_ID = re.compile(r"[0-9a-f]{1,64}")
+
+
+def is_hex_id(value: str) -> bool:
+    """Whether `value` can name a task or a preview (any other is unknown without a lookup)."""
+    return _HEX_ID.fullmatch(value) is not None
+
 
 
 def parse_wait(value: str | None) -> float:

@@ -150,3 +150,18 @@ def test_api_answers_are_not_sniffed_or_stored_by_browsers(ocr_server: RunningSe
         assert answer.headers["Content-Type"].startswith("application/json"), answer.headers
         assert answer.headers["X-Content-Type-Options"] == "nosniff", answer.headers
         assert answer.headers["Cache-Control"] == "no-store", answer.headers
+
+
+def test_a_task_id_or_preview_token_of_another_shape_gets_its_own_404_code(ocr_server: RunningServer) -> None:
+    # The router matched only hex ids: "nope" or an upper-case id got 404 not_found ("no such
+    # endpoint"), which reads as a wrong URL rather than an unknown or expired task.
+    for path, code in (
+        ("tasks/nope", "task_not_found"),
+        ("tasks/ABCDEF", "task_not_found"),
+        ("tasks/" + "a" * 65, "task_not_found"),
+        ("previews/not-a-token", "preview_not_found"),
+    ):
+        response = requests.get(f"{ocr_server.url}/ocr_service/{path}", timeout=10)
+        assert response.status_code == 404, (path, response.text)
+        assert error_of(response)["code"] == code, path
+    assert error_of(requests.get(f"{ocr_server.url}/ocr_service/tasks/a/b", timeout=10))["code"] == "not_found"
