@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from tornado import netutil, web
@@ -142,6 +143,11 @@ def build_context(settings: Settings) -> AppContext:
     )
 
 
+def missing_roots(roots: list[Path]) -> list[Path]:
+    """The allowed roots that are not folders (missing, or a file)."""
+    return [root for root in roots if not root.is_dir()]
+
+
 def build_app(ctx: AppContext) -> web.Application:
     metrics = ServiceMetrics(ctx)
     return web.Application(
@@ -179,6 +185,11 @@ async def serve(settings: Settings) -> int:
         ctx.pool.threads,
         ctx.usable_cpus,
     )
+
+    for root in missing_roots(ctx.allowed_roots):
+        # Not fatal (the folder may be mounted later), but until then every `filename` under it
+        # is refused, and nothing else would say why.
+        log.warning("web_server.allowed_roots: %s is not a folder: no filename under it can be read", root)
 
     stop = asyncio.Event()
     forced = asyncio.Event()

@@ -182,3 +182,19 @@ def test_worker_threads_follow_the_cpus_the_server_may_use(server_factory) -> No
     assert server.health()["cpus"] == {"usable": 1, "threads_per_worker": 1}
     word = random_word()
     assert word in " ".join(t["text"] for t in server.ocr_upload(text_image(word)).json()["text_lines"])
+
+
+def test_an_allowed_root_that_is_not_a_folder_is_named_in_a_warning_at_start(server_factory, tmp_path) -> None:
+    # It is not fatal (a share may be mounted later), but every `filename` under it was refused
+    # and nothing in the log said why.
+    missing = tmp_path / "not-mounted-yet"
+    present = tmp_path / "present"
+    present.mkdir()
+    config = base_config(number=1)
+    config["web_server"]["allowed_roots"] = [str(missing), str(present)]
+    server = server_factory(config, name="missing-root")
+    log = server.log_text()
+    assert f"web_server.allowed_roots: {missing} is not a folder" in log, log[-2000:]
+    assert f"{present} is not a folder" not in log
+    response = requests.post(f"{server.url}/ocr_service", data={"filename": str(missing / "a.png")}, timeout=30)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "file_not_found"
