@@ -16,6 +16,13 @@ _BATCH = 6
 _THRESH = 0.9  # flip only when confident; false flips destroy a line
 
 
+def resized_width(img: np.ndarray, target_h: int, target_w: int) -> int:
+    """Columns `img` takes in an input `target_h` high and `target_w` wide: its aspect kept,
+    squeezed only when longer than the input."""
+    h, w = img.shape[:2]
+    return min(target_w, max(1, math.ceil(target_h * w / float(h))))
+
+
 def resize_norm(img: np.ndarray, shape: tuple[int, int, int], width: int | None = None) -> np.ndarray:
     """Height-normalise to shape[1], keep aspect, right-pad to ``width`` (CHW, [-1, 1]).
 
@@ -23,8 +30,7 @@ def resize_norm(img: np.ndarray, shape: tuple[int, int, int], width: int | None 
     """
     c, target_h, target_w = shape
     target_w = width or target_w
-    h, w = img.shape[:2]
-    resized_w = min(target_w, max(1, math.ceil(target_h * w / float(h))))
+    resized_w = resized_width(img, target_h, target_w)
     resized = cv2.resize(img, (resized_w, target_h)).astype(np.float32)
     resized = resized.transpose((2, 0, 1)) / 127.5 - 1.0
     out = np.zeros((c, target_h, target_w), dtype=np.float32)

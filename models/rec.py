@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 
-from .cls import resize_norm
+from .cls import resize_norm, resized_width
 from .ctc import UNSURE_SPACE, Emitted, greedy_chars, space_classes_of, spaced_text, spacing_classes, word_gap
 from .errors import ModelLoadError
 from .sessions import Session
@@ -168,18 +168,19 @@ class TextRecognizer:
             space_classes = spacing_classes(self.characters, self.gap_spaces, self._space_classes)
             for i, line in zip(idx, probs):
                 chars = greedy_chars(line, self.characters, space_classes)
-                results[i] = spaced_text(chars, wide_gaps(crops[i], chars, h, width / len(line)))
+                # Crop columns per output frame: the crop fills resized_width of the input's columns.
+                scale = width / len(line) * crops[i].shape[1] / resized_width(crops[i], h, width)
+                results[i] = spaced_text(chars, wide_gaps(crops[i], chars, scale))
         return results
 
 
-def wide_gaps(crop: np.ndarray, chars: list[Emitted], height: int, columns_per_frame: float) -> list[bool] | None:
+def wide_gaps(crop: np.ndarray, chars: list[Emitted], columns_per_frame: float) -> list[bool] | None:
     """Whether the image shows a word gap between each two neighbouring characters read from
-    `crop` (resized to `height` rows, `columns_per_frame` of those per output frame), or None
-    when no gap needs it (no unsure space) or the crop's ink is too faint to tell."""
+    `crop` (`columns_per_frame` of its columns per output frame), or None when no gap needs it
+    (no unsure space) or the crop's ink is too faint to tell."""
     if not any(0.5 >= c.space_before >= UNSURE_SPACE for c in chars):
         return None
     ink = line_ink(crop)
     if ink is None:
         return None
-    scale = columns_per_frame * crop.shape[0] / height  # crop columns per frame
-    return gap_spaces([(c.frame + 0.5) * scale for c in chars], ink)
+    return gap_spaces([(c.frame + 0.5) * columns_per_frame for c in chars], ink)
