@@ -927,8 +927,11 @@ def test_upright_pages_of_capitals_are_not_turned(engine) -> None:
     from tests.conftest import UNAMBIGUOUS
     from tests.test_hardening import page_image
 
+    # Two pages: with this seed the classifier's page vote comes out "upside down" on the
+    # second for onnxruntime and on both for paddle (measured), so each backend's page turn
+    # is settled by the recogniser at least once; more pages only read more capitals.
     rng = random.Random(7)
-    for _ in range(4):
+    for _ in range(2):
         words = ["".join(rng.choices(UNAMBIGUOUS, k=8)) for _ in range(40)]
         page = page_image([" ".join(words[i : i + 5]) for i in range(0, 40, 5)])
         text = " ".join(line["text"] for line in engine.recognize(page)["text_lines"])
