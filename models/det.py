@@ -291,6 +291,11 @@ _LINE_MARGIN = 0.5
 _LINE_MIN_CUT = 0.1
 
 
+def border_grey(gray: np.ndarray) -> int:
+    """The median grey of an image's edges: its ground, where the text has a margin round it."""
+    return int(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
+
+
 def line_extent(img: np.ndarray) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1) of a one-line image's text with a margin, or None to read it whole.
 
@@ -298,8 +303,7 @@ def line_extent(img: np.ndarray) -> tuple[int, int, int, int] | None:
     pixels (noise) do not count. A photo's textured background leaves the image whole."""
     h, w = img.shape[:2]
     gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if img.ndim == 3 else img
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    ink = (np.abs(gray.astype(np.int16) - int(np.median(border))) > _CONTENT_CONTRAST).astype(np.uint8)
+    ink = (np.abs(gray.astype(np.int16) - border_grey(gray)) > _CONTENT_CONTRAST).astype(np.uint8)
     _count, _labels, stats, _centroids = cv2.connectedComponentsWithStats(ink)
     marks = stats[1:][stats[1:, cv2.CC_STAT_AREA] > 1]
     if not len(marks):

@@ -24,6 +24,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from .det import border_grey
+
 # Below this contrast (grey levels) the crop's ink cannot be told from its background: no
 # spaces are added from it.
 _MIN_CONTRAST = 48
@@ -48,7 +50,7 @@ def line_ink(crop: np.ndarray) -> LineInk | None:
     gray = gray.astype(np.int16)
     # The ground is what lines the crop's edges (detection leaves a margin round the text):
     # in a tight crop of heavy type the median pixel can be ink.
-    background = int(np.median(np.concatenate((gray[0], gray[-1], gray[:, 0], gray[:, -1]))))
+    background = border_grey(gray)
     dark, light = background - int(np.percentile(gray, 1)), int(np.percentile(gray, 99)) - background
     contrast = max(dark, light)
     if contrast < _MIN_CONTRAST:
