@@ -272,7 +272,7 @@ def test_workers_ignore_sigterm_and_sigint_and_close_still_stops_them() -> None:
     run(check)
 
 
-# The start of a script that runs a pool of two fake workers as a server would (argv[1]: the repo).
+# A script that runs a pool of two fake workers as a server would (argv[1]: the repo), then `body`.
 POOL_SCRIPT = """
 import asyncio, sys
 sys.path.insert(0, sys.argv[1])
@@ -282,22 +282,28 @@ async def main():
     pool = WorkerPool(size=2, max_tasks=10, queue_size=5, task_timeout=600, start_timeout=30, engine_options={},
                       factory="tests.fake_engine:create_engine")
     await pool.start()
-"""
-
-EXIT_WITHOUT_CLOSE = POOL_SCRIPT + """
-    print(*pool.worker_pids(), flush=True)
-    raise RuntimeError("an unexpected error before close()")
-
+{body}
 if __name__ == "__main__":
     asyncio.run(main())
+"""
+
+
+def pool_script(tmp_path: Path, name: str, body: str) -> Path:
+    script = tmp_path / f"{name}.py"
+    script.write_text(POOL_SCRIPT.replace("{body}", body))
+    return script
+
+
+EXIT_WITHOUT_CLOSE = """
+    print(*pool.worker_pids(), flush=True)
+    raise RuntimeError("an unexpected error before close()")
 """
 
 
 def test_exit_without_close_kills_the_workers_instead_of_waiting(tmp_path: Path) -> None:
     # multiprocessing's exit handler SIGTERMs daemonic children, then joins them: workers that
     # ignore SIGTERM would keep the process waiting for ever.
-    script = tmp_path / "exit_without_close.py"
-    script.write_text(EXIT_WITHOUT_CLOSE)
+    script = pool_script(tmp_path, "exit_without_close", EXIT_WITHOUT_CLOSE)
     done = subprocess.run(
         [sys.executable, str(script), str(REPO)], capture_output=True, text=True, timeout=60, check=False
     )
@@ -470,23 +476,19 @@ def test_a_recycle_whose_successor_cannot_start_waits_for_the_back_off_not_every
     run(check, size=1, max_tasks=2)
 
 
-KILLED_WITH_A_HUNG_TASK = POOL_SCRIPT + """
+KILLED_WITH_A_HUNG_TASK = """
     hung = pool.submit(b"sleep:3600", {})
     while hung.state != "running":
         await asyncio.sleep(0.01)
     print(*pool.worker_pids(), flush=True)
     await asyncio.sleep(3600)
-
-if __name__ == "__main__":
-    asyncio.run(main())
 """
 
 
 def test_workers_die_with_a_server_killed_outright_even_one_hung_in_a_task(tmp_path: Path) -> None:
     # SIGKILL or the OOM killer gives the server no chance to stop its workers. An idle worker
     # saw its pipe close and left; one busy with (or hung in) a task ran on as an orphan.
-    script = tmp_path / "killed_with_a_hung_task.py"
-    script.write_text(KILLED_WITH_A_HUNG_TASK)
+    script = pool_script(tmp_path, "killed_with_a_hung_task", KILLED_WITH_A_HUNG_TASK)
     server = subprocess.Popen(
         [sys.executable, str(script), str(REPO)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
