@@ -5,7 +5,9 @@ reads each page's size and text layer; then every page that needs OCR goes to th
 scheduler (ocr_pool.pages: fair across documents, one page per worker in the pool) and
 the answers are put together in page order. Results are cached per page (a repeated or
 re-tried document re-runs only what is missing) and per document. Identical documents in
-flight share one run, as identical images do.
+flight share one run, as identical images do, and so do identical pages: a page whose key
+another page is being read under (in this document or another) waits for that read
+(PageFlight) instead of being read again.
 
 With page_images, each page also gets a small JPEG preview (made by the worker from the
 pixels it OCRs, or by a "preview" task for a page that needs no OCR), kept in a bounded
@@ -29,7 +31,7 @@ from cache.remote_poll import poll_pauses
 from cache.service import OcrService
 from cache.task_store import TaskRecord
 from ocr_pool import Job, PoolError, QueueFullError, TaskCancelledError, TaskFailedError
-from ocr_pool.pages import DocumentPages, PageScheduler, settle
+from ocr_pool.pages import DocumentPages, PageScheduler, PageTask, settle
 
 # Errors that say nothing about a page but about the server (stopping, no worker, full or
 # overloaded): a page failing so fails the whole document, to be retried (its finished pages
@@ -69,6 +71,27 @@ class DocumentInput:
     fingerprints: list[str | None] | None = None
 
 
+class PageFlight:
+    """One page's OCR, awaited by every page with the same page key (equal pages in one
+    document, or the same page in documents read at the same time): read once, each page
+    answered with its own number. It belongs to no run: a run that leaves only stops waiting,
+    and the read is cancelled when no page waits for it and it has not started."""
+
+    def __init__(self, key: str, future: asyncio.Future[dict[str, Any]], preview: bool) -> None:
+        self.key = key
+        self.future = future  # the worker's result (with its preview, if made), once stored
+        self.preview = preview  # the read also makes the page's preview
+        self.pages: DocumentPages | None = None  # where its task waits for the pool
+        self.task: PageTask | None = None
+        self.waiters = 0  # pages (of any run) waiting for it
+        # Waits for the task and stores its result (held here: the loop keeps tasks only weakly).
+        self.landing: asyncio.Task[None] | None = None
+
+    @property
+    def state(self) -> str:
+        return self.task.state if self.task is not None else "waiting"
+
+
 class DocumentRun:
     """One document's OCR, shared by every local request for the same document and options.
 
@@ -85,7 +108,9 @@ class DocumentRun:
         self.job: Job | None = None  # always None: a document is many jobs (see probe, pages)
         self.claim: str | None = None
         self.probe: Job | None = None
-        self.pages: DocumentPages | None = None
+        self.pages: DocumentPages | None = None  # the tasks this run put in the scheduler
+        self.flights: dict[int, PageFlight] = {}  # page index -> the read it waits for (its own or another's)
+        self.preview_tasks: list[PageTask] = []  # its preview-only tasks
         self.poller: asyncio.Task[None] | None = None  # the run itself; cancelled on release
         self.waiters = 0
         self.pages_total: int | None = None
@@ -100,6 +125,8 @@ class DocumentRun:
             return "running"
         if self.pages is not None and any(task.state == "running" for task in self.pages.tasks):
             return "running"
+        if any(flight.state == "running" for flight in self.flights.values()):
+            return "running"  # another document's read of one of its pages runs
         return "queued"
 
     @property
@@ -146,10 +173,13 @@ class DocumentService:
         # a loop turn after join, and looks its pages up first): they count against the queue
         # bound too, or documents arriving together were all admitted past it.
         self._reserved = 0
+        # Pages being read, by page key: an equal page waits for that read (single-flight).
+        self._flights: dict[str, PageFlight] = {}
         self.documents_run = 0
-        self.pages_ocr = 0
+        self.pages_ocr = 0  # pages read by OCR (a read answering several equal pages counts once)
         self.pages_layer = 0
         self.pages_cached = 0
+        self.pages_shared = 0  # pages answered by a read made for another page
         self.documents_shared = 0  # read by another node while this one waited
 
     # ---- keys ------------------------------------------------------------------------
@@ -211,9 +241,10 @@ class DocumentService:
             remembered = self.ocr.flight.remembered_failure(self.probe_key(doc)) if doc.kind == "pdf" else None
             if remembered is not None:
                 raise remembered
-            self._admit(doc.pages or 1)
+            reads = 1 if doc.kind == "pdf" else self._reads(self._tiff_page_keys(doc))  # a PDF: its probe
+            self._admit(reads)
             run = DocumentRun(key, cache_key, doc.kind, asyncio.get_running_loop().create_future())
-            self._reserve(run, doc.pages or 1)  # a PDF: its probe
+            self._reserve(run, reads)
             run.pages_total = doc.pages
             run.future.add_done_callback(lambda _: self._forget(run))
             self._in_flight[key] = run
@@ -221,6 +252,21 @@ class DocumentService:
             self.documents_run += 1
         run.waiters += 1
         return run
+
+    def _tiff_page_keys(self, doc: DocumentInput) -> list[str]:
+        """Each TIFF page's key, as its run will look it up (from the handler's fingerprints)."""
+        prints = doc.fingerprints or []
+        return [
+            self.page_key(
+                doc.doc_hash, doc.kind, index, doc.params["det"], prints[index] if index < len(prints) else None
+            )
+            for index in range(doc.pages or 1)
+        ]
+
+    def _reads(self, keys: list[str]) -> int:
+        """The reads these pages add: equal pages are read once, and a page being read for
+        another page already waits for that read (it holds no place of its own)."""
+        return len(set(keys) - self._flights.keys())
 
     def _admit(self, pages: int) -> None:
         """Pages count against the queue bound: a document is taken when its pages fit beside
@@ -230,7 +276,7 @@ class DocumentService:
         waiting = self.pool.queue_depth + self.scheduler.pending + self._reserved
         if waiting and waiting + pages > self.pool.queue_size:
             raise QueueFullError(
-                f"the OCR queue is full ({waiting} tasks and pages waiting; this document has {pages} pages)"
+                f"the OCR queue is full ({waiting} tasks and pages waiting; this document has {pages} pages to read)"
             )
 
     def _reserve(self, run: DocumentRun, pages: int) -> None:
@@ -288,7 +334,6 @@ class DocumentService:
         try:
             result = await self._claimed_compute(run, doc)
         except asyncio.CancelledError:
-            self._abandon(run)
             settle(run.future, None, TaskCancelledError("no client waits for this document any more"))
             return
         except PoolError as error:
@@ -299,6 +344,7 @@ class DocumentService:
             return
         finally:
             self._unreserve(run)
+            self._abandon(run)  # what it still waits for (it was cancelled, or failed)
             doc.password = None  # the run is over: nothing keeps the password
         if not any("error" in page for page in result["pages"]):
             await self._store(run.cache_key, result)
@@ -344,10 +390,31 @@ class DocumentService:
         return None
 
     def _abandon(self, run: DocumentRun) -> None:
+        """The run waits for nothing any more: cancel its probe and previews if they have not
+        started, and leave the reads of its pages (each cancelled if no other page waits)."""
         if run.probe is not None:
             self.pool.cancel(run.probe)
         if run.pages is not None:
-            self.scheduler.drop(run.pages)
+            for task in run.preview_tasks:
+                self.scheduler.cancel(run.pages, task)
+        flights, run.flights = list(run.flights.values()), {}
+        for flight in flights:
+            self._leave(flight)
+
+    def _leave(self, flight: PageFlight) -> None:
+        """A page stops waiting for `flight`; the last one cancels the read if it has not started."""
+        flight.waiters -= 1
+        if flight.waiters > 0 or flight.future.done():
+            return
+        if flight.pages is None or flight.task is None or self.scheduler.cancel(flight.pages, flight.task):
+            # Gone now (a running read is left to finish, and answers whoever comes for it):
+            # a page with this key arriving later starts a read of its own.
+            self._forget_flight(flight)
+            settle(flight.future, None, TaskCancelledError("no client waits for this page any more"))
+
+    def _forget_flight(self, flight: PageFlight) -> None:
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
 
     async def _store(self, key: str, result: dict[str, Any]) -> None:
         await self.ocr.results.put(key, result)  # and into the shared store, when there is one
@@ -384,14 +451,27 @@ class DocumentService:
             for info, fingerprint in zip(infos, doc.fingerprints or []):
                 info["fingerprint"] = fingerprint
         run.pages_total = len(infos)
+        to_read = [index for index, info in enumerate(infos) if info["layer"] is None and info["error"] is None]
+        keys = {
+            index: self.page_key(doc.doc_hash, run.kind, index, det, infos[index].get("fingerprint"))
+            for index in to_read
+        }
         if run.probe is not None:
             # The probe told the page count only now: it counts against the queue bound too.
-            to_read = len([info for info in infos if info["layer"] is None and info["error"] is None])
-            self._admit(to_read)
-            self._reserve(run, to_read)
+            reads = self._reads(list(keys.values()))
+            self._admit(reads)
+            self._reserve(run, reads)
+        found: dict[str, Result | None] = {}  # each key looked up once: equal pages share one
+        for key in keys.values():
+            if key not in found and key not in self.ocr.flight.failures:  # (remembered: answered below)
+                found[key] = await self.ocr.lookup(key)
+        # Nothing awaits from here until the pages are handed on, so that each page to read
+        # either finds the read of its key in flight or registers its own before anyone looks.
+        loop = asyncio.get_running_loop()
         pages: list[dict[str, Any] | None] = [None] * len(infos)
         to_run: list[tuple[int, dict[str, Any]]] = []
-        keys: dict[int, str] = {}
+        owned: dict[int, PageFlight] = {}  # the pages this run reads
+        from_read: set[int] = set()  # pages whose preview comes with their read
         for index, info in enumerate(infos):
             number = index + 1
             page_spec = {**spec, "kind": run.kind, "index": index}
@@ -404,9 +484,11 @@ class DocumentService:
                 pages[index] = _page_body(number, info["image_size"], info["layer"], "layer", {}, False)
                 self.pages_layer += 1
             else:
-                keys[index] = self.page_key(doc.doc_hash, run.kind, index, det, info.get("fingerprint"))
-                remembered = self.ocr.flight.remembered_failure(keys[index])
-                cached = None if remembered is not None else await self.ocr.lookup(keys[index])
+                key = keys[index]
+                remembered = self.ocr.flight.remembered_failure(key)
+                # (a read of this key that ended while the keys were looked up is in this node's
+                # memory, not in `found`: looked at again here, where nothing can end meanwhile)
+                cached = None if remembered is not None else found.get(key) or self.ocr.results.cache.get(key)
                 if remembered is not None:
                     # This page crashed or hung a worker recently: answered so, without OCR.
                     pages[index] = {"page": number, "image_size": info["image_size"], "error": page_error(remembered)}
@@ -415,19 +497,37 @@ class DocumentService:
                     pages[index] = _ocr_page(number, cached, True)
                     self.pages_cached += 1
                 else:
-                    if wants_preview:
-                        page_spec["preview"] = PREVIEW  # made from the pixels the page is read from
-                    to_run.append((index, {"det": det, "document": {**page_spec, "op": "page"}}))
-                    continue
-            run.pages_done += 1
-            if wants_preview:  # a page that needs no OCR: a quick task makes only its preview
+                    flight = self._flights.get(key)
+                    if flight is None:  # nobody reads this page yet: this run does
+                        flight = self._flights[key] = PageFlight(key, loop.create_future(), wants_preview)
+                        if wants_preview:
+                            page_spec["preview"] = PREVIEW  # made from the pixels the page is read from
+                        to_run.append((index, {"det": det, "document": {**page_spec, "op": "page"}}))
+                        owned[index] = flight
+                    flight.waiters += 1
+                    run.flights[index] = flight
+                    if wants_preview and flight.preview:
+                        from_read.add(index)
+                        wants_preview = False
+            if index not in run.flights:
+                run.pages_done += 1
+            if wants_preview:  # a page whose answer makes no preview: a quick task makes only that
                 to_run.append((index, {"det": det, "document": {**page_spec, "op": "preview", "preview": PREVIEW}}))
         self._unreserve(run)
         if to_run:
             # A page that crashes or hangs a worker is remembered from its job, as the probe is.
-            page_keys = {index: keys[index] for index, params in to_run if params["document"]["op"] == "page"}
+            page_keys = {index: keys[index] for index in owned}
             run.pages = self.scheduler.add(doc.payload, to_run, functools.partial(self._remember_page, page_keys))
-            await asyncio.gather(*(self._page(run, doc, task.future, task, keys, pages) for task in run.pages.tasks))
+            for task in run.pages.tasks:
+                if task.index in owned:
+                    self._bind(owned[task.index], run.pages, task)
+                else:
+                    run.preview_tasks.append(task)
+        waits = [
+            self._page(run, doc, pages, index, flight, index not in owned, index in from_read)
+            for index, flight in run.flights.items()
+        ]
+        await asyncio.gather(*waits, *(self._preview(doc, task) for task in run.preview_tasks))
         done = [page for page in pages if page is not None]
         failed = [page for page in done if "error" in page]
         server_side = next((page for page in failed if page["error"]["code"] in SERVER_ERRORS), None)
@@ -437,7 +537,8 @@ class DocumentService:
             # Nothing could be read: the request fails as the first page did.
             raise TaskFailedError(failed[0]["error"]["code"], _whole_failure_message(failed))
         timing: dict[str, Any] = {"total": round((time.monotonic() - run.started) * 1000, 2)}
-        first_job = run.probe or (run.pages.tasks[0].job if run.pages is not None else None)
+        tasks = [*(run.pages.tasks if run.pages is not None else []), *(f.task for f in run.flights.values() if f.task)]
+        first_job = run.probe or (tasks[0].job if tasks else None)
         if first_job is not None and first_job.queue_wait_ms is not None:
             timing["queue_wait"] = first_job.queue_wait_ms  # until the first task of the document started
         if probe_ms is not None:
@@ -447,36 +548,63 @@ class DocumentService:
             document["password_protected"] = True  # its cached answer is given only after a password check
         return {"document": document, "pages": done, "timing": timing}
 
+    def _bind(self, flight: PageFlight, pages: DocumentPages, task: PageTask) -> None:
+        flight.pages, flight.task = pages, task
+        flight.landing = asyncio.ensure_future(self._land(flight, task))
+
+    async def _land(self, flight: PageFlight, task: PageTask) -> None:
+        """Wait for a page's read (whoever still waits for it), store it without its preview,
+        then answer every page waiting for it."""
+        result: dict[str, Any] | None = None
+        error: BaseException | None = None
+        try:
+            result = await task.future
+            self.pages_ocr += 1
+            await self._store(flight.key, {name: value for name, value in result.items() if name != "preview"})
+        except PoolError as failed:
+            error = failed
+        finally:
+            _scrub(task)
+            self._forget_flight(flight)
+            if result is None and error is None:  # cancelled: the loop is closing
+                error = TaskCancelledError("the page was not read")
+            settle(flight.future, result, error)
+
     async def _page(
         self,
         run: DocumentRun,
         doc: DocumentInput,
-        future: asyncio.Future[dict[str, Any]],
-        task: Any,
-        keys: dict[int, str],
         pages: list[dict[str, Any] | None],
+        index: int,
+        flight: PageFlight,
+        shared: bool,
+        preview: bool,
     ) -> None:
-        index = task.index
-        only_preview = task.params["document"]["op"] == "preview"
+        """A page of this run answered from the read of its key (its own, or made for an equal
+        page), under its own number."""
+        number = index + 1
         try:
-            result = await future
+            # Shielded: this run leaving must not cancel a read other pages may wait for (_leave decides).
+            result = await asyncio.shield(flight.future)
         except PoolError as error:
-            if only_preview:
-                return  # the page is answered; it only has no preview
-            pages[index] = {"page": index + 1, "image_size": None, "error": page_error(error)}
+            pages[index] = {"page": number, "image_size": None, "error": page_error(error)}
         else:
-            result = dict(result)
-            self._keep_preview(doc.doc_hash, index + 1, result.pop("preview", None))
-            if only_preview:
-                return
-            pages[index] = _ocr_page(index + 1, result, False)
-            self.pages_ocr += 1
-            await self._store(keys[index], result)
-        finally:
-            task.params = {}  # nor do finished pages keep the password
-            if task.job is not None:
-                task.job.params = {}
+            if preview:
+                self._keep_preview(doc.doc_hash, number, result.get("preview"))
+            pages[index] = _ocr_page(number, result, False)
+            if shared:
+                self.pages_shared += 1
         run.pages_done += 1
+
+    async def _preview(self, doc: DocumentInput, task: PageTask) -> None:
+        """A preview-only task: its page is answered already; only the JPEG is kept."""
+        try:
+            result = await task.future
+        except PoolError:
+            return  # the page has no preview
+        finally:
+            _scrub(task)
+        self._keep_preview(doc.doc_hash, task.index + 1, result.get("preview"))
 
     def _remember_page(self, page_keys: dict[int, str], index: int, error: BaseException) -> None:
         if index in page_keys:  # not a page's preview-only task: its OCR is cached, or a text layer
@@ -493,10 +621,20 @@ class DocumentService:
             "pages_ocr": self.pages_ocr,
             "pages_layer": self.pages_layer,
             "pages_cached": self.pages_cached,
+            "pages_shared": self.pages_shared,
             "documents_from_other_nodes": self.documents_shared,
-            "pages_waiting": self.scheduler.pending,
+            # Pages accepted that no worker has started: admitted and not yet handed on, waiting
+            # in the page scheduler, or queued in the pool (what counts against queue_size).
+            "pages_waiting": self._reserved + self.scheduler.waiting,
             "previews": self.previews.stats(),
         }
+
+
+def _scrub(task: PageTask) -> None:
+    """A finished page keeps no password (its task may be kept for the run's timing)."""
+    task.params = {}
+    if task.job is not None:
+        task.job.params = {}
 
 
 def _page_body(

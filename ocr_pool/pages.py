@@ -65,6 +65,7 @@ class PageScheduler:
         self.pool = pool
         self._documents: collections.deque[DocumentPages] = collections.deque()
         self._in_pool = 0
+        self._jobs: set[Job] = set()  # the pages' jobs in the pool, queued or running
         self._refeed: asyncio.TimerHandle | None = None
         # At shutdown the pool lets the pages of documents already accepted finish (within
         # its grace), not only what is in its queue.
@@ -74,6 +75,11 @@ class PageScheduler:
     def pending(self) -> int:
         """Pages waiting here (not yet in the pool's queue)."""
         return sum(len(document.pending) for document in self._documents)
+
+    @property
+    def waiting(self) -> int:
+        """Pages no worker has started: waiting here or queued in the pool (at most one per worker)."""
+        return self.pending + sum(1 for job in self._jobs if job.state == "queued")
 
     @property
     def in_pool(self) -> int:
@@ -89,17 +95,21 @@ class PageScheduler:
             self._feed()
         return document
 
-    def drop(self, document: DocumentPages) -> None:
-        """Nobody wants this document any more: forget its waiting pages, cancel its queued ones."""
-        if document in self._documents:
-            self._documents.remove(document)
-        cancelled = TaskCancelledError("no client waits for this document any more")
-        while document.pending:
-            settle(document.pending.popleft().future, None, cancelled)
-        for task in document.tasks:
-            if task.job is not None:
-                self.pool.cancel(task.job)  # a running page is left to finish
-        document.payload = b""
+    def cancel(self, document: DocumentPages, task: PageTask) -> bool:
+        """Nobody wants this page any more: forget it if it waits here, cancel its job if queued.
+        False when it already runs (it is left to finish) or is done. The document's other
+        pages are not touched: they may be read for other documents' pages too."""
+        cancelled = TaskCancelledError("no client waits for this page any more")
+        if task in document.pending:
+            document.pending.remove(task)
+            settle(task.future, None, cancelled)
+        elif task.job is None or not self.pool.cancel(task.job):  # its failure settles the task
+            return False
+        if not document.pending:
+            if document in self._documents:
+                self._documents.remove(document)
+            document.payload = b""  # nothing of it is left to submit
+        return True
 
     def _feed(self) -> None:
         window = max(1, self.pool.size)
@@ -110,6 +120,8 @@ class PageScheduler:
                 continue
             task = document.pending.popleft()
             self._documents.rotate(-1)  # the next page comes from the next document
+            if task.future.done():
+                continue  # its page was given up (or failed) while it waited here
             try:
                 job = self.pool.submit(document.payload, task.params, accepted=True)
             except QueueFullError:
@@ -131,6 +143,7 @@ class PageScheduler:
                 continue
             task.job = job
             self._in_pool += 1
+            self._jobs.add(job)
             job.future.add_done_callback(lambda future, task=task, doc=document: self._page_done(doc, task, future))
         if not any(document.pending for document in self._documents):
             self._documents.clear()
@@ -145,6 +158,8 @@ class PageScheduler:
 
     def _page_done(self, document: DocumentPages, task: PageTask, future: asyncio.Future[dict[str, Any]]) -> None:
         self._in_pool -= 1
+        if task.job is not None:
+            self._jobs.discard(task.job)
         error = future.exception()
         if error is not None and document.on_failure is not None:
             document.on_failure(task.index, error)
