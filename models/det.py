@@ -74,11 +74,14 @@ class TextDetector:
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         rescue_low_score: bool = False,
+        look_closer: bool = False,
     ) -> None:
         du = _upstream.det_utils()
         self.session = session
         self.max_side = max_side
         self.min_side = min_side
+        self.thresh = settings.thresh
+        self.look_closer = look_closer
         self.mean, self.std = mean, std
 
         def db_pass(thresh: float, box_thresh: float) -> Any:
@@ -128,14 +131,71 @@ class TextDetector:
                 # detect on that part, shrunk less or not at all.
                 x0, y0, x1, y1 = region
                 offset = np.array([x0, y0], dtype=np.float32)
-                return [box + offset for box in self._detect(img[y0:y1, x0:x1])]
-            return self._detect(img, resized)
-        return self._detect(img)
+                return [box + offset for box in self._detect_closely(img[y0:y1, x0:x1])]
+            return self._detect_closely(img, resized)
+        return self._detect(img)[0]
 
-    def _detect(self, img: np.ndarray, resized: np.ndarray | None = None) -> list[np.ndarray]:
-        """Boxes in `img`'s pixels (`resized`: img already resized for detection)."""
+    def _detect_closely(self, img: np.ndarray, resized: np.ndarray | None = None) -> list[np.ndarray]:
+        """Boxes in `img`'s pixels, looking again at CLOSER_ZOOM times the scale where the
+        shrunk image's text map shows text that no box explains: lines too small for that
+        scale run together into blobs the post-processing rejects (a page of 8 px print
+        shrunk to 0.4 gave no box at all), and only more pixels separate them."""
+        scale = detection_scale(*img.shape[:2], self.max_side, self.min_side)
+        boxes, unseen = self._detect(img, resized, find_unseen=self.look_closer and scale < 1.0)
         h, w = img.shape[:2]
-        scale = detection_scale(h, w, self.max_side, self.min_side)
+        if sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in unseen) > WHOLE_SHARE * h * w:
+            # A page of unresolved print: its text map is a smear that may not even lie
+            # over the ink, so the whole image is looked at.
+            unseen = [(0, 0, w, h)]
+        found: list[np.ndarray] = []
+        for x0, y0, x1, y1 in unseen:
+            offset = np.array([x0, y0], dtype=np.float32)
+            for box in self._detect_at(img[y0:y1, x0:x1], min(1.0, CLOSER_ZOOM * scale)):
+                # A box at a side the part was cut from the image is text cut in two:
+                # the first pass's box stands for it.
+                bx0, by0 = box.min(axis=0)
+                bx1, by1 = box.max(axis=0)
+                cut = (x0 > 0 and bx0 <= 1) or (y0 > 0 and by0 <= 1)
+                cut = cut or (x1 < w and bx1 >= x1 - x0 - 2) or (y1 < h and by1 >= y1 - y0 - 2)
+                if not cut:
+                    found.append(box + offset)
+        if not found:
+            return boxes
+        # Where the closer look found text, it decides: a first-pass box over the same text
+        # (often two lines run together) gives way.
+        stale = same_text(_rects(boxes), _rects(found)).any(axis=1)
+        return [box for box, gone in zip(boxes, stale) if not gone] + found
+
+    def _detect_at(self, img: np.ndarray, scale: float) -> list[np.ndarray]:
+        """Boxes in `img`'s pixels found at `scale`, in strips across its long side when that
+        is over the detector's limit there (so no input is much larger than a whole page's)."""
+        h, w = img.shape[:2]
+        long = max(h, w)
+        if long * scale <= self.max_side:
+            return self._detect(img, scale=scale)[0]
+        tall = h >= w
+        length = max(_MIN_SIDE, int(self.max_side / scale))
+        overlap = min(length // 2, round(STRIP_OVERLAP / scale))
+        found = []
+        for start, end in even_spans(long, length, overlap):
+            strip = img[start:end] if tall else img[:, start:end]
+            offset = np.array([0, start] if tall else [start, 0], dtype=np.float32)
+            found.append([box + offset for box in self._detect(strip, scale=scale)[0]])
+        return merge_tile_boxes(found)
+
+    def _detect(
+        self,
+        img: np.ndarray,
+        resized: np.ndarray | None = None,
+        scale: float | None = None,
+        find_unseen: bool = False,
+    ) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]]:
+        """Boxes in `img`'s pixels (`resized`: img already resized for detection; `scale`:
+        the detection scale, else chosen from the image's size) and, with `find_unseen`, the
+        parts of `img` where the text map shows text outside them (see unseen_text)."""
+        h, w = img.shape[:2]
+        if scale is None:
+            scale = detection_scale(h, w, self.max_side, self.min_side)
         shrink = 1.0
         src = img
         if _needs_letterbox(h, w) and scale < 1.0:
@@ -152,6 +212,9 @@ class TextDetector:
         boxes, _scores = self.post(pred, (ph, pw))
         if self.rescue is not None:
             boxes = [*boxes, *self.rescue(outside_boxes(pred, boxes, (ph, pw)), (ph, pw))[0]]
+        unseen = []
+        if find_unseen and padded is img:  # a letterboxed image's map is not in its pixels
+            unseen = unseen_text(pred, [np.asarray(box, dtype=np.float32) for box in boxes], (h, w), self.thresh)
         out: list[np.ndarray] = []
         for box in boxes:
             b = _order_clockwise(np.asarray(box, dtype=np.float32))
@@ -160,7 +223,79 @@ class TextDetector:
             if np.linalg.norm(b[0] - b[1]) <= 3 or np.linalg.norm(b[0] - b[3]) <= 3:
                 continue  # slivers left after clipping to the real image
             out.append(b)
-        return out
+        return out, unseen
+
+
+# The closer look (TextDetector._detect_closely): twice the first pass's scale (at most the
+# image's own pixels), when at least UNSEEN_SHARE of the text map lies outside every box
+# found; text-map regions under UNSEEN_MIN_AREA pixels of the map are specks, not text; each region is widened by UNSEEN_MARGIN pixels of the map (the map marks the
+# middle of a line, not its whole height); strips of the closer look overlap by STRIP_OVERLAP
+# pixels of its input (several lines of the small text it is for); parts covering over
+# WHOLE_SHARE of the image make it look at all of it.
+CLOSER_ZOOM = 2.0
+UNSEEN_MIN_AREA = 100
+UNSEEN_SHARE = 0.1
+UNSEEN_MARGIN = 16
+STRIP_OVERLAP = 64
+MERGE_SLACK = 1.25
+WHOLE_SHARE = 0.5
+
+
+def unseen_text(
+    pred: np.ndarray, boxes: list[np.ndarray], size: tuple[int, int], thresh: float
+) -> list[tuple[int, int, int, int]]:
+    """The parts (x0, y0, x1, y1 in pixels of an image of `size` (h, w)) where the detector's
+    text map `pred` is over `thresh` outside every box found (`boxes`, in the same pixels):
+    text it saw and could not box. Overlapping parts are one. None when that is under
+    UNSEEN_SHARE of all it saw: a rule or a stamp left unboxed on a page read well."""
+    h, w = size
+    mask = (outside_boxes(pred, boxes, size) > thresh).astype(np.uint8).reshape(pred.shape[-2:])
+    _count, _labels, stats, _centroids = cv2.connectedComponentsWithStats(mask)
+    parts = stats[1:][stats[1:, cv2.CC_STAT_AREA] >= UNSEEN_MIN_AREA]
+    if parts[:, cv2.CC_STAT_AREA].sum() < UNSEEN_SHARE * np.count_nonzero(pred > thresh):
+        return []
+    fx, fy = w / mask.shape[1], h / mask.shape[0]
+    rects = [
+        (
+            max(0, int((x - UNSEEN_MARGIN) * fx)),
+            max(0, int((y - UNSEEN_MARGIN) * fy)),
+            min(w, int(np.ceil((x + cw + UNSEEN_MARGIN) * fx))),
+            min(h, int(np.ceil((y + ch + UNSEEN_MARGIN) * fy))),
+        )
+        for x, y, cw, ch, _area in parts.tolist()
+    ]
+    return merge_overlapping(rects)
+
+
+def merge_overlapping(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) rectangles with every two that overlap, or that the rectangle round
+    both covers with little else (MERGE_SLACK: a line's start and its rest seen apart), as one."""
+
+    def area(r: tuple[int, int, int, int]) -> int:
+        return max(0, r[2] - r[0]) * max(0, r[3] - r[1])
+
+    merged = list(rects)
+    changed = True
+    while changed:
+        changed = False
+        out: list[tuple[int, int, int, int]] = []
+        for r in merged:
+            for i, o in enumerate(out):
+                both = (min(r[0], o[0]), min(r[1], o[1]), max(r[2], o[2]), max(r[3], o[3]))
+                overlap = r[0] < o[2] and o[0] < r[2] and r[1] < o[3] and o[1] < r[3]
+                if overlap or area(both) <= MERGE_SLACK * (area(r) + area(o)):
+                    out[i] = both
+                    changed = True
+                    break
+            else:
+                out.append(r)
+        merged = out
+    return merged
+
+
+def _rects(boxes: list[np.ndarray]) -> np.ndarray:
+    """(x0, y0, x1, y1) round each box, one row a box."""
+    return np.array([[*box.min(axis=0), *box.max(axis=0)] for box in boxes], dtype=np.float32).reshape(-1, 4)
 
 
 # A page over TILE_ASPECT times longer than wide (a scrolling screenshot, a long receipt, a
@@ -177,10 +312,14 @@ def detection_tiles(h: int, w: int, max_side: int) -> list[tuple[int, int]]:
     long, short = max(h, w), min(h, w)
     if long <= max_side or long <= TILE_ASPECT * short:
         return []
-    length = max(round(TILE_ASPECT / 2 * short), max_side)
-    overlap = max(short // 4, _MIN_SIDE)
-    count = -(-(long - overlap) // (length - overlap))
-    stride = (long - overlap) / count  # tiles spread evenly: the last is no sliver
+    return even_spans(long, max(round(TILE_ASPECT / 2 * short), max_side), max(short // 4, _MIN_SIDE))
+
+
+def even_spans(long: int, length: int, overlap: int) -> list[tuple[int, int]]:
+    """(start, end) spans of at most `length` covering 0..`long`, neighbours overlapping by at
+    least `overlap`, spread evenly so that the last is no sliver."""
+    count = max(1, -(-(long - overlap) // (length - overlap)))
+    stride = (long - overlap) / count
     return [(round(i * stride), min(long, round(i * stride) + length)) for i in range(count)]
 
 
@@ -196,7 +335,7 @@ def merge_tile_boxes(tiles: list[list[np.ndarray]]) -> list[np.ndarray]:
             i = parent[i]
         return i
 
-    rects = np.array([[*box.min(axis=0), *box.max(axis=0)] for box in boxes], dtype=np.float32).reshape(-1, 4)
+    rects = _rects(boxes)
     first = np.cumsum([0, *(len(found) for found in tiles)])
     for t in range(len(tiles) - 1):
         pairs = np.argwhere(same_text(rects[first[t] : first[t + 1]], rects[first[t + 1] : first[t + 2]]))
@@ -383,7 +522,7 @@ def reading_order(boxes: list[np.ndarray]) -> list[int]:
     columns of running text (models.layout), else top-to-bottom, left-to-right."""
     if not boxes:
         return []
-    rects = np.array([[*b.min(axis=0), *b.max(axis=0)] for b in boxes], dtype=np.float32)
+    rects = _rects(boxes)
 
     def rows(idx: list[int]) -> list[int]:
         return [idx[j] for j in sort_reading_order([boxes[i] for i in idx])]

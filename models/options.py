@@ -89,6 +89,9 @@ class EngineOptions:
     # binarised again at a stricter pixel threshold and its confident parts kept: a label
     # that runs into a form's blank line ("Name: ____") is otherwise dropped with it.
     det_rescue_low_score: bool = True
+    # Where a shrunk image's text map shows text no box explains (print too small for the
+    # detection size, lines run together), detection looks again there at twice the scale.
+    det_look_closer: bool = True
     # Write a space where the recogniser expects one somewhere in the gap between two
     # letters, not only where one frame's best guess is a space (models/ctc.py).
     rec_gap_spaces: bool = True
@@ -304,6 +307,7 @@ _OUTPUT_FIELDS = (
     "fast_rec_model",
     "drop_score",
     "det_rescue_low_score",
+    "det_look_closer",
     "rec_gap_spaces",
     "precision",
 )

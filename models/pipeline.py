@@ -118,6 +118,7 @@ class OcrEngine:
             max_side=options.det_limit_side_len,
             min_side=options.det_min_side_len,
             rescue_low_score=options.det_rescue_low_score,
+            look_closer=options.det_look_closer,
         )
         self.classifier = TextClassifier(cls) if cls is not None else None
         self.recognizer = TextRecognizer(rec, characters, options.rec_gap_spaces)
