@@ -54,11 +54,37 @@ def resolve_allowed_path(filename: str, base_dir: str, roots: list[Path]) -> Con
         raise ApiError(400, "invalid_filename", f"filename is longer than {MAX_FILENAME_CHARS} characters")
     if not is_encodable(filename):
         raise ApiError(400, "invalid_filename", "filename holds a lone surrogate (not valid Unicode text)")
-    real = real_path(os.path.join(base_dir, filename))
+    joined = os.path.join(base_dir, filename)
+    real = real_path(joined)
+    root = root_of(real, roots)
+    if root is None:
+        raise forbidden()
+    refuse_climbs_out_of_non_folders(joined, roots)
+    return ConfinedPath(root, Path(real).relative_to(root).parts, names_a_folder(filename))
+
+
+def root_of(real: str, roots: list[Path]) -> Path | None:
+    """The root a resolved path lies in, if any."""
     for root in roots:
         if real == str(root) or real.startswith(str(root) + os.sep):
-            return ConfinedPath(root, Path(real).relative_to(root).parts, names_a_folder(filename))
-    raise forbidden()
+            return root
+    return None
+
+
+def refuse_climbs_out_of_non_folders(path: str, roots: list[Path]) -> None:
+    """A `..` after a name that is no folder: open(2) answers ENOTDIR (a file) or ENOENT
+    (nothing there) where realpath just steps back ("a.png/../b.png" read b.png). Only names
+    inside a root are looked at, so that the answer never tells what exists outside them."""
+    parts = path.split(os.sep)
+    for index, part in enumerate(parts):
+        if part != os.pardir or index == 0:
+            continue
+        before = real_path(os.sep.join(parts[:index]) or os.sep)
+        if root_of(before, roots) is None:
+            continue
+        with _as_api_errors():
+            if not stat.S_ISDIR(os.stat(before).st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), before)
 
 
 def names_a_folder(filename: str) -> bool:

@@ -147,6 +147,42 @@ def test_a_file_named_with_a_trailing_slash_is_refused_as_the_kernel_would(ocr_s
     assert word in " ".join(line["text"] for line in plain.json()["text_lines"])
 
 
+def test_a_name_climbed_out_of_with_dotdot_must_be_a_folder(ocr_server: RunningServer) -> None:
+    # realpath steps back over "a.png/.." and "missing/..", so "a.png/../b.png" read b.png;
+    # open(2) answers ENOTDIR / ENOENT.
+    images = ocr_server.images_dir
+    assert images is not None
+    word = random_word()
+    image = images / f"climb-{word}.png"
+    image.write_bytes(text_image(word))
+    for name in (f"{image}/../{image.name}", f"{images}/missing-{word}/../{image.name}", f"{image}/.."):
+        response = post(ocr_server, json={"file_type": "filename", "filename": name}, timeout=10)
+        assert response.status_code == 404, (name, response.text)
+        assert error_code(response) == "file_not_found"
+    # Climbing out of a folder is fine, as for the kernel.
+    folder = images / f"climb-{word}"
+    folder.mkdir()
+    response = post(ocr_server, json={"file_type": "filename", "filename": f"{folder}/../{image.name}"})
+    assert response.status_code == 200, response.text
+    assert word in " ".join(line["text"] for line in response.json()["text_lines"])
+
+
+def test_names_climbed_out_of_outside_the_roots_are_not_looked_at(tmp_path: Path) -> None:
+    from handlers.files import resolve_allowed_path
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "img.png").write_bytes(b"x")
+    (tmp_path / "a-file").write_bytes(b"x")
+    (tmp_path / "a-folder").mkdir()
+    # Whether a name outside the roots is a file, a folder or nothing changes no answer there.
+    answers = {
+        name: resolve_allowed_path(f"{tmp_path}/{name}/../root/img.png", str(tmp_path), [root])
+        for name in ("a-file", "a-folder", "nothing")
+    }
+    assert len(set(answers.values())) == 1, answers
+
+
 def _read_after_swap(tmp_path: Path, swap: Callable[[Path], None], inside: str = "img.png") -> Exception | bytes:
     """Resolve a regular file inside a root (the check passes), let `swap` replace it, then read."""
     from handlers.files import open_image_file, resolve_allowed_path
