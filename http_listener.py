@@ -167,6 +167,11 @@ class GuardedHTTPServer(httpserver.HTTPServer):
     ) -> None:
         super().initialize(*args, **kwargs)
         self.deadlines = DeadlineKeeper(idle_connection_timeout, body_timeout)
+        if idle_connection_timeout is not None:
+            # RequestDeadlines keeps the idle timeout: Tornado's own header timeout (its
+            # default, 3600 s, as idle_connection_timeout is not passed on) would only wrap
+            # every request's header read in one more gen.with_timeout.
+            self.conn_params.header_timeout = None
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         delegate = super().start_request(server_conn, request_conn)
@@ -175,7 +180,7 @@ class GuardedHTTPServer(httpserver.HTTPServer):
         return RequestDeadlines(self.deadlines, server_conn, request_conn, delegate)
 
     def on_close(self, server_conn: object) -> None:
-        self.deadlines.disarm(server_conn)
+        self.deadlines.forget(server_conn)
         super().on_close(server_conn)
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:

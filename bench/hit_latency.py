@@ -21,6 +21,16 @@ on this machine can reach at all.
 
     python bench/hit_latency.py                       # ~1.5 min
     python bench/hit_latency.py --connections 1,8,50 --duration 10 --json hits.json
+    python bench/hit_latency.py --tree before=/tmp/before --rounds 6 --duration 4
+    python bench/hit_latency.py --tree before=/tmp/before --floor-tree before=/tmp/before --rounds 8
+
+--rounds N runs the servers and the 1-process web floor side by side instead (all started
+once), N rounds of one wrk run each, the order reversed every other round: on a machine
+other jobs share, a figure drifts by tens of percent within a minute, and only ratios taken
+in the same round (seconds apart) are worth comparing. It reports, per version, the median
+hits/s and CPU per answer over the rounds and the median of the per-round ratios to the
+floor, with the load average before each round. --floor-tree NAME=PATH adds the floor of
+another source tree to the rounds (when the floor itself changed).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +56,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import multirequest as mr
+from bench.engine import round_order, round_summary
 from bench.launch import BenchServer, free_port, start_process, start_server
 
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "load"
@@ -152,13 +164,14 @@ def minor_faults(pid: int, children: bool) -> int:
 
 def measure_wrk_series(
     wrk: str, url: str, script: Path, env: dict[str, str], connections: list[int], duration: float,
-    server: BenchServer | None = None, cpu_pid: int | None = None,
+    server: BenchServer | None = None, cpu_pid: int | None = None, warm_up: bool = True,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """One wrk run per connection count (after a short warm-up); with `server`, checks every request hit.
     With `cpu_pid`: the CPU time spent per answer by that process, and by its children unless it
     is `server` (whose children are its idle OCR workers)."""
     with_children = server is None
-    run_wrk(wrk, url, script, env, max(connections), 1.0)  # warm-up: connections, caches, branch predictors
+    if warm_up:
+        run_wrk(wrk, url, script, env, max(connections), 1.0)  # warm-up: connections, caches, branch predictors
     series = []
     for count in connections:
         before = hit_count(server) if server is not None else None
@@ -177,6 +190,18 @@ def measure_wrk_series(
     return series
 
 
+def hit_upload(image: Path, workdir: Path) -> tuple[bytes, str, Path, dict[str, str]]:
+    """The multipart upload of `image` wrk re-sends, its Content-Type, the wrk script posting it
+    and the environment that script reads (both written into `workdir`)."""
+    boundary = f"hit{uuid.uuid4().hex}"
+    body, content_type = mr.build_multipart({"file_type": "file"}, "file", image.name, image.read_bytes(), boundary)
+    body_path = workdir / "hit-body.bin"
+    body_path.write_bytes(body)
+    script = workdir / "hit.lua"
+    script.write_text(WRK_SCRIPT)
+    return body, content_type, script, {"HIT_BODY": str(body_path), "HIT_CONTENT_TYPE": content_type}
+
+
 def compare(
     server: BenchServer,
     image: Path,
@@ -190,13 +215,7 @@ def compare(
     wrk = shutil.which("wrk")
     if wrk is None:
         return None
-    boundary = f"hit{uuid.uuid4().hex}"
-    body, content_type = mr.build_multipart({"file_type": "file"}, "file", image.name, image.read_bytes(), boundary)
-    body_path = workdir / "hit-body.bin"
-    body_path.write_bytes(body)
-    script = workdir / "hit.lua"
-    script.write_text(WRK_SCRIPT)
-    env = {"HIT_BODY": str(body_path), "HIT_CONTENT_TYPE": content_type}
+    body, content_type, script, env = hit_upload(image, workdir)
     answer = post_once(f"{server.url}/ocr_service", body, content_type)  # the one miss; fills the cache
     answer_path = workdir / "hit-answer.json"
     answer_path.write_bytes(answer)
@@ -233,6 +252,103 @@ def compare(
             finally:
                 floor.stop(grace=10)
     return out
+
+
+FLOOR_TARGET = "web floor, 1 proc"
+
+
+def interleaved(
+    server: BenchServer,
+    image: Path,
+    connections: list[int],
+    duration: float,
+    workdir: Path,
+    rounds: int,
+    others: dict[str, BenchServer] | None = None,
+    other_floors: dict[str, Path] | None = None,
+) -> dict[str, Any] | None:
+    """`rounds` rounds of one wrk run per target (this server, the `others`, the 1-process web
+    floor, and the floors of `other_floors`: name -> source tree) and connection count, the
+    targets' order reversed every other round; None without wrk. Per round: req/s, CPU per
+    answer and the load average before it, so that each version's figures can be divided by
+    the floor's of the same round."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    body, content_type, script, env = hit_upload(image, workdir)
+    servers = {"this server": server, **(others or {})}
+    answer = b""
+    for other in servers.values():
+        answer = post_once(f"{other.url}/ocr_service", body, content_type)  # each one's one miss
+    answer_path = workdir / "hit-answer.json"
+    answer_path.write_bytes(answer)
+    targets: dict[str, tuple[BenchServer, bool]] = {name: (srv, True) for name, srv in servers.items()}
+    floors = {FLOOR_TARGET: REPO, **{f"{name} floor": tree for name, tree in (other_floors or {}).items()}}
+    for name, tree in floors.items():
+        port = free_port()
+        floor_dir = Path(tempfile.mkdtemp(prefix="floor-web1-", dir=workdir))
+        argv = [str(tree / "bench" / "tornado_floor.py"), "--port", str(port), "--response", str(answer_path),
+                "--processes", "1", "--layer", "web"]  # fmt: skip
+        targets[name] = (start_process(argv, port, floor_dir, ready_timeout=30), False)
+    runs: dict[int, dict[str, list[dict[str, Any]]]] = {c: {name: [] for name in targets} for c in connections}
+    load: list[tuple[float, float, float]] = []
+    try:
+        for srv, _ in targets.values():  # warm-up: connections, caches, branch predictors
+            run_wrk(wrk, f"{srv.url}/ocr_service", script, env, max(connections), 1.0)
+        for index in range(rounds):
+            load.append(os.getloadavg())
+            for count in connections:
+                for name in round_order(list(targets), index):
+                    srv, is_server = targets[name]
+                    [figures] = measure_wrk_series(
+                        wrk, f"{srv.url}/ocr_service", script, env, [count], duration,
+                        server=srv if is_server else None, cpu_pid=srv.pid, warm_up=False,
+                    )  # fmt: skip
+                    runs[count][name].append(figures)
+    finally:
+        for name in floors:
+            targets[name][0].stop(grace=10)
+    load.append(os.getloadavg())
+    return {
+        "image": image.name,
+        "upload_bytes": len(body),
+        "answer_bytes": len(answer),
+        "rounds": rounds,
+        "duration_s": duration,
+        "load_average": load,
+        "runs": {str(count): per_target for count, per_target in runs.items()},
+    }
+
+
+def interleaved_report(result: dict[str, Any]) -> list[str]:
+    """Medians over the rounds and the medians of per-round ratios to the 1-process web floor."""
+    loads = [f"{one:.2f}" for one, _, _ in result["load_average"]]
+    title = (
+        f"{result['image']} ({result['upload_bytes']} B upload, {result['answer_bytes']} B answer), "
+        f"{result['rounds']} interleaved rounds of {result['duration_s']:g} s"
+    )
+    header = (
+        f"{'':22} {'conns':>5} {'hits/s':>8} {'low':>7} {'high':>7} {'vs floor':>9} "
+        f"{'CPU/answer':>11} {'floor CPU/its CPU':>18} {'p99':>9} {'errors':>6}"
+    )
+    lines = [title, f"load average (1 min) before each round and at the end: {' '.join(loads)}", header]
+    for count, per_target in result["runs"].items():
+        rate = {name: [r["requests_per_s"] for r in rs] for name, rs in per_target.items()}
+        cpu = {name: [r.get("cpu_us_per_request", float("nan")) for r in rs] for name, rs in per_target.items()}
+        # CPU ratio as floor / target, so that (like hits/s) higher is better for the target.
+        inverse_cpu = {name: [1e6 / c for c in values] for name, values in cpu.items()}
+        rates = round_summary(rate, FLOOR_TARGET)
+        cpus = round_summary(inverse_cpu, FLOOR_TARGET)
+        for name, rs in per_target.items():
+            errors = sum(r["non_2xx"] + r["socket_errors"] for r in rs)
+            p99 = statistics.median(r["latency_s"]["p99"] for r in rs)
+            summary = rates[name]
+            lines.append(
+                f"{name:22} {count:>5} {summary['median']:>8.0f} {summary['low']:>7.0f} {summary['high']:>7.0f} "
+                f"{summary['ratio']:>9.2f} {statistics.median(cpu[name]):>8.0f} us {cpus[name]['ratio']:>18.2f} "
+                f"{_ms(p99):>9} {errors:>6}"
+            )
+    return lines
 
 
 def _ms(seconds: float) -> str:
@@ -308,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", dest="json_path", type=Path, default=None)
     p.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
                    help="also measure the server.py of another source tree (e.g. the code before a change)")  # fmt: skip
+    p.add_argument("--rounds", type=int, default=0,
+                   help="interleaved rounds beside the 1-process web floor instead of one run each")  # fmt: skip
+    p.add_argument("--floor-tree", action="append", default=[], metavar="NAME=PATH",
+                   help="with --rounds: also the 1-process web floor of another source tree")  # fmt: skip
     args = p.parse_args(argv)
     connections = [int(x) for x in args.connections.split(",") if x.strip()]
     image = args.image
@@ -328,18 +448,25 @@ def main(argv: list[str] | None = None) -> int:
                 other_dir = workdir / f"tree-{name}"
                 other_dir.mkdir()
                 others[name] = start_server(config, log_level="INFO", workdir=other_dir, repo=Path(path).resolve())
-            result = compare(server, image, connections, args.duration, workdir, args.floor_processes, others)
+            if args.rounds > 0:
+                other_floors = {name: Path(path).resolve() for name, path in (t.split("=", 1) for t in args.floor_tree)}
+                result = interleaved(
+                    server, image, connections, args.duration, workdir, args.rounds, others, other_floors
+                )
+            else:
+                result = compare(server, image, connections, args.duration, workdir, args.floor_processes, others)
         finally:
             for other in others.values():
                 other.stop()
             server.stop()
     assert result is not None
-    for line in report(result):
+    for line in interleaved_report(result) if args.rounds > 0 else report(result):
         print(line)
     print(f"({time.monotonic() - started:.0f} s)")
     if args.json_path is not None:
         args.json_path.write_text(json.dumps(result, indent=2) + "\n")
-    failures = sum(s["non_2xx"] + s["socket_errors"] for s in result["server"])
+    ours = result["server"] if args.rounds <= 0 else [r for rs in result["runs"].values() for r in rs["this server"]]
+    failures = sum(s["non_2xx"] + s["socket_errors"] for s in ours)
     return 1 if failures else 0
 
 

@@ -2,9 +2,9 @@
 
 POST /ocr_service reads the whole upload and answers a fixed JSON body read from --response
 (the real server's cached answer, so both send the same bytes back). No multipart parsing,
-no hashing, no cache, no access log; the same glibc heap settings and body chunk size as
-the server. GET /readyz answers {"status": "ready"} so the benchmark
-launcher can wait for it. Two layers:
+no hashing, no cache, no access log; the same glibc heap settings, body chunk size and
+header reading (no per-request header timeout) as the server. GET /readyz answers
+{"status": "ready"} so the benchmark launcher can wait for it. Two layers:
 
 - `--layer web` (default): a tornado.web.Application with one streaming RequestHandler
   that drops the body chunks as they arrive (as this server's upload handler streams them);
@@ -99,6 +99,9 @@ async def serve(sockets: list[socket.socket], body: bytes, layer: str) -> None:
             log_function=lambda handler: None,
         )
     server = httpserver.HTTPServer(target, max_body_size=MAX_BODY_BYTES, chunk_size=BODY_CHUNK_BYTES)
+    # As the server's listener (http_listener.GuardedHTTPServer, which keeps its idle timeout
+    # with a timer of its own): no gen.with_timeout around every request's header read.
+    server.conn_params.header_timeout = None
     server.add_sockets(sockets)
     # SIGTERM through the loop: the stop runs as ordinary code, never as an exception
     # raised wherever the signal happened to land.

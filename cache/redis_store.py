@@ -6,7 +6,7 @@ back-off (a circuit breaker, so a dead Redis costs no latency per request).
 
 Keys (all under `prefix`):
   result:<cache key>   JSON result, EX = cache TTL
-  lru                  ZSET cache key -> last use time; bounds the result count (true LRU)
+  lru                  ZSET cache key -> last use time (by Redis's clock); bounds the result count (true LRU)
   task:<task id>       JSON task view, EX = task TTL; while the task is unfinished its node
                        rewrites it every few seconds (a heartbeat: `node`, `heartbeat_at`)
   claim:<cache key>    token of the node computing this key, PX = a short lease (CLAIM_LEASE_S)
@@ -27,6 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ocr_pool import PoolError
+
 log = logging.getLogger("ocr_cache.redis")
 
 # Delete a claim only if it is still ours (it may have expired and been re-taken).
@@ -36,15 +38,24 @@ return 0
 """
 # Store a result and bound the result count (true LRU) in one atomic step: two nodes trimming
 # at once can neither evict more than the excess nor leave a ZSET member without its result.
+# Uses are stamped with Redis's clock, as reads stamp them (GET_RESULT_SCRIPT): each node's own
+# clock ordered them before, and a node whose clock ran behind had its results evicted first.
 PUT_RESULT_SCRIPT = """
+local now = redis.call('time')
 redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('zadd', KEYS[2], ARGV[3], ARGV[4])
-local excess = redis.call('zcard', KEYS[2]) - tonumber(ARGV[5])
+redis.call('zadd', KEYS[2], tonumber(now[1]) + tonumber(now[2]) / 1000000, ARGV[3])
+local excess = redis.call('zcard', KEYS[2]) - tonumber(ARGV[4])
 if excess > 0 then
   local evicted = redis.call('zpopmin', KEYS[2], excess)
-  for i = 1, #evicted, 2 do redis.call('del', ARGV[6] .. evicted[i]) end
+  for i = 1, #evicted, 2 do redis.call('del', ARGV[5] .. evicted[i]) end
 end
 return 0
+"""
+# A result's read and its use time (XX: only for a key the LRU still holds), in one round trip.
+GET_RESULT_SCRIPT = """
+local now = redis.call('time')
+redis.call('zadd', KEYS[2], 'XX', tonumber(now[1]) + tonumber(now[2]) / 1000000, ARGV[1])
+return redis.call('get', KEYS[1])
 """
 # Push a claim's expiry one lease further, only if it is still ours.
 EXTEND_SCRIPT = """
@@ -71,6 +82,14 @@ RETRY_AFTER_FAILURE_S = 2.0
 # lasts): a node that died mid-run holds up the others this long, not claim_ttl (minutes).
 CLAIM_LEASE_S = 6.0
 T = TypeVar("T")
+# What a guarded read answers when Redis could not be asked (None means "not there").
+_UNREACHABLE: Any = object()
+
+
+class SharedStoreUnavailableError(PoolError):
+    """Redis could not be asked: what it holds is unknown (not the same as absent)."""
+
+    code = "store_unavailable"
 
 
 def redact(url: str) -> str:
@@ -159,11 +178,10 @@ class RedisStore:
             return None
 
         async def read() -> bytes | None:
-            # One round trip: the read, and the use time (XX: only for a key the LRU still holds).
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.get(self.prefix + "result:" + key)
-                pipe.zadd(self.prefix + "lru", {key: time.time()}, xx=True)
-                raw, _ = await pipe.execute()
+            # EVAL with the script's text, not EVALSHA: one round trip from the first hit on
+            # (Redis keeps the compiled script), never a NOSCRIPT miss and a reload.
+            keys = (self.prefix + "result:" + key, self.prefix + "lru")
+            raw: bytes | None = await self._client.eval(GET_RESULT_SCRIPT, 2, *keys, key)
             return raw
 
         raw = await self._guarded(read, None)
@@ -176,14 +194,7 @@ class RedisStore:
         async def write() -> None:
             await self._put_result(
                 keys=[self.prefix + "result:" + key, self.prefix + "lru"],
-                args=[
-                    json.dumps(result),
-                    max(1, int(self.result_ttl)),
-                    time.time(),
-                    key,
-                    self.max_results,
-                    self.prefix + "result:",
-                ],
+                args=[json.dumps(result), max(1, int(self.result_ttl)), key, self.max_results, self.prefix + "result:"],
             )
 
         await self._guarded(write, None)
@@ -261,23 +272,27 @@ class RedisStore:
 
     # ---- tasks --------------------------------------------------------------------------
 
-    async def put_task(self, task_id: str, view: dict[str, Any]) -> None:
+    async def put_task(self, task_id: str, view: dict[str, Any]) -> bool:
         """Write a task's view, renewing its TTL. An unfinished one (written at submission, then
         by every heartbeat) never overwrites an outcome and carries this node's id and the
-        heartbeat's time; an outcome overwrites whatever is there."""
+        heartbeat's time; an outcome overwrites whatever is there. False when Redis could not
+        be reached (nothing was written: the caller writes it again later)."""
         key, ttl = self.prefix + "task:" + task_id, max(1, int(self.task_ttl))
 
-        async def write() -> None:
+        async def write() -> bool:
             if view.get("status") in ("done", "failed"):
                 await self._client.set(key, json.dumps(view), ex=ttl)
             else:
                 await self._put_unfinished_task(keys=[key], args=[json.dumps({**view, "node": self.node_id}), ttl])
+            return True
 
-        await self._guarded(write, None)
+        return await self._guarded(write, False)
 
     async def get_task(self, task_id: str) -> dict[str, Any] | None:
-        """The stored view; an unfinished one also with `heartbeat_age`, the seconds since its
-        node last wrote it (by Redis's clock, the one that stamped it)."""
+        """The stored view (None: no such task); an unfinished one also with `heartbeat_age`,
+        the seconds since its node last wrote it (by Redis's clock, the one that stamped it).
+        Raises SharedStoreUnavailableError when Redis cannot be asked: a task another node
+        runs is not unknown because Redis blinked."""
 
         async def read() -> tuple[bytes | None, tuple[int, int]]:
             async with self._client.pipeline(transaction=False) as pipe:
@@ -286,7 +301,13 @@ class RedisStore:
                 raw, now = await pipe.execute()
             return raw, now
 
-        raw, (seconds, micros) = await self._guarded(read, (None, (0, 0)))
+        answer = await self._guarded(read, _UNREACHABLE)
+        if answer is _UNREACHABLE:
+            raise SharedStoreUnavailableError(
+                f"the shared store (Redis at {redact(self.url)}) cannot be reached, so this task's state is"
+                " unknown for now; poll again shortly"
+            )
+        raw, (seconds, micros) = answer
         if raw is None:
             return None
         view: dict[str, Any] = json.loads(raw)

@@ -17,9 +17,16 @@ MAX_PAUSE_S = 0.5
 
 
 async def poll_pauses(
-    deadline: float | None = None, first_pause: float = FIRST_PAUSE_S, max_pause: float = MAX_PAUSE_S
+    deadline: float | None = None,
+    first_pause: float = FIRST_PAUSE_S,
+    max_pause: float = MAX_PAUSE_S,
+    *,
+    now: bool = False,
 ) -> AsyncIterator[None]:
-    """Yield after each pause (the caller reads the store then) until `deadline` passes."""
+    """Yield after each pause (the caller reads the store then) until `deadline` passes; with
+    `now`, also once at once, before the first pause (the first read)."""
+    if now:
+        yield
     pause = first_pause
     while True:
         remaining = None if deadline is None else deadline - time.monotonic()

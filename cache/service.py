@@ -24,6 +24,10 @@ from ocr_pool import WorkerPool
 def params_text(params: dict[str, Any]) -> str:
     """The parameters as they appear in a cache key (sorted JSON). The few distinct sets of
     plain values are encoded once: a cache hit then spends no time on json.dumps."""
+    if len(params) == 1:  # {"det": ...}, an image's only parameter: nothing to sort
+        [(name, value)] = params.items()
+        if type(value) in _PLAIN:
+            return _params_text(((name, type(value), value),))
     if all(type(value) in _PLAIN for value in params.values()):
         # Each value's type is part of the memo key: 1, 1.0 and True are equal but encode differently.
         return _params_text(tuple(sorted((name, type(value), value) for name, value in params.items())))

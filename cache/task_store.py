@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 from cache.records import ErrorInfo, Result, TaskView
-from cache.redis_store import RedisStore
+from cache.redis_store import RedisStore, SharedStoreUnavailableError
 from cache.remote_poll import poll_pauses
 from cache.single_flight import Computation
 from cache.ttl_lru import TTLLRUCache, json_size
@@ -26,6 +26,15 @@ from ocr_pool import PoolError, QueueFullError
 # a record not rewritten for LOST_AFTER_S (a few heartbeats missed) belongs to a node that died.
 HEARTBEAT_S = 5.0
 LOST_AFTER_S = 20.0
+# A view Redis did not take (it was unreachable) is written again this often until it is: an
+# outcome left unwritten read on other nodes as queued, then as node_lost, though it was done.
+RESHARE_S = 1.0
+
+
+class ResultTooLargeError(PoolError):
+    """A finished task's answer is larger than the whole service.task_bytes budget."""
+
+    code = "result_too_large"
 
 
 class TaskRecord:
@@ -86,6 +95,10 @@ class TaskStore:
         # Background writes of finished records: referenced until done, so none is collected early.
         self._pending: set[asyncio.Future[None]] = set()
         self._heartbeats: dict[str, asyncio.Task[None]] = {}  # task id -> its shared record's heartbeat
+        # Records whose view Redis did not take (it was away), oldest first, each with the
+        # time (monotonic) past which it would have expired anyway; one retry loop for all.
+        self._unshared: dict[str, tuple[TaskRecord, float]] = {}
+        self._resharing: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self.records) + len(self.unfinished)
@@ -105,8 +118,9 @@ class TaskStore:
             self._start_heartbeat(record)
             computation.future.add_done_callback(lambda future: self._on_done(record, future))
         else:
-            self.records.set(record.task_id, record)
-        await self._share(record)
+            self._keep(record)
+        if not await self._share(record):
+            self._share_later(record)  # not in a heartbeat's time: a poll elsewhere would get 404
 
     def _on_done(self, record: TaskRecord, future: asyncio.Future[Result]) -> None:
         finishing = asyncio.ensure_future(self._finished(record, future))
@@ -119,13 +133,60 @@ class TaskStore:
         # The outcome is copied: let go of the computation (and through it the job and the image).
         record.computation = None
         # Kept a full TTL from now, not from submission.
-        self.records.set(record.task_id, record)
+        self._keep(record)
         self.unfinished.pop(record.task_id, None)
-        await self._share(record)
+        if not await self._share(record):
+            self._share_later(record)
 
-    async def _share(self, record: TaskRecord) -> None:
-        if self.shared is not None:
-            await self.shared.put_task(record.task_id, record.view().to_json())
+    def _keep(self, record: TaskRecord) -> None:
+        """Keep a finished record for polling. One whose answer is larger than the whole byte
+        budget is kept as a small failure saying so: dropped, its poll answered 404 (unknown id
+        or expired) seconds after the task was accepted. With Redis the full answer is shared
+        all the same, and a poll here reads it from there (nothing is kept here then)."""
+        too_large = self.records.too_large
+        self.records.set(record.task_id, record)
+        if self.records.too_large == too_large or self.shared is not None:
+            return
+        view = record.view()
+        size, what = json_size(view.to_json()), "document" if view.is_document else "image"
+        record.result, record.cached = None, False
+        record.error = ResultTooLargeError(
+            f"the task's answer ({size} bytes of JSON) is larger than service.task_bytes"
+            f" ({self.records.max_bytes}), so it was not kept for polling; send the {what} again"
+            " with block_flag=true to get it"
+        )
+        self.records.set(record.task_id, record)
+
+    async def _share(self, record: TaskRecord) -> bool:
+        """Write the record's view to the shared store; False when it could not be written."""
+        if self.shared is None:
+            return True
+        return await self.shared.put_task(record.task_id, record.view().to_json())
+
+    def _share_later(self, record: TaskRecord) -> None:
+        """Write the record's current view once Redis takes it again (an outage, a restart),
+        until the record would have expired anyway. A finished record's heartbeat has stopped:
+        without this, other nodes read its last unfinished view, then node_lost, for a task that
+        is done (or 404 for one submitted while Redis was away)."""
+        if self.shared is None:
+            return
+        self._unshared.pop(record.task_id, None)
+        self._unshared[record.task_id] = (record, time.monotonic() + self.records.ttl)
+        while len(self._unshared) > max(1, self.capacity):  # a long outage: the oldest go first
+            del self._unshared[next(iter(self._unshared))]
+        if self._resharing is None or self._resharing.done():
+            self._resharing = self.shared.keep_alive(self._reshare, RESHARE_S)
+
+    async def _reshare(self) -> bool:
+        """One retry round, oldest first; False (the loop ends) once nothing is left to write."""
+        for task_id, entry in list(self._unshared.items()):
+            record, until = entry
+            if time.monotonic() < until and not await self._share(record):
+                return True  # Redis is still away (the breaker answers at once): next round
+            # Not if it was queued again meanwhile (it finished while its older view was written).
+            if self._unshared.get(task_id) is entry:
+                del self._unshared[task_id]
+        return bool(self._unshared)
 
     def _start_heartbeat(self, record: TaskRecord) -> None:
         if self.shared is not None:
@@ -156,15 +217,28 @@ class TaskStore:
         return await self._remote_view(task_id, wait)
 
     async def _remote_view(self, task_id: str, wait: float) -> TaskView | None:
-        view = await self._shared_view(task_id)
-        if view is None or view.finished:
-            return view
-        # The task runs on another node: follow it in Redis until it ends or `wait` runs out.
-        async for _ in poll_pauses(time.monotonic() + wait):
-            view = await self._shared_view(task_id)
-            if view is None or view.finished:
-                break
-        return view
+        """Follow a task another node runs in Redis until it ends or `wait` runs out. Redis out of
+        reach for a moment (a restart, a network blip) is waited through: the last view seen is
+        answered, never None (a 404) for a task that exists; SharedStoreUnavailableError when
+        Redis could not be asked at all before the deadline."""
+        last: TaskView | None = None
+        unreachable: SharedStoreUnavailableError | None = None
+        async for _ in poll_pauses(time.monotonic() + wait, now=True):
+            try:
+                view = await self._shared_view(task_id)
+            except SharedStoreUnavailableError as error:
+                unreachable = error  # keep the last view; try again after the next pause
+                continue
+            if view is None and last is None:
+                return None  # unknown or expired
+            if view is not None and view.finished:
+                return view
+            # Seen unfinished and gone now: Redis lost it (a restart without persistence, its
+            # maxmemory eviction); its node writes it again with its next heartbeat.
+            last = view or last
+        if last is None and unreachable is not None:
+            raise unreachable  # never reached: whether the task exists is unknown (not a 404)
+        return last
 
     async def _shared_view(self, task_id: str) -> TaskView | None:
         """The view another node shared; failed (node_lost) once its node stopped heartbeating."""

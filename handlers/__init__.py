@@ -17,11 +17,12 @@ def routes(ctx: AppContext, metrics: ServiceMetrics) -> list[tuple[str, type, di
     shared = {"ctx": ctx}
     static = {"path": str(STATIC_DIR)}
     return [
+        # First: Tornado tries the patterns in order, and this is the busiest route (cache hits).
+        (r"/ocr_service", OcrHandler, shared),
         (r"/", IndexHandler, static),
         (r"/static/(.*)", StaticHandler, static),
         (r"/openapi.json", OpenApiHandler, {}),
         (r"/metrics", MetricsHandler, {"metrics": metrics}),
-        (r"/ocr_service", OcrHandler, shared),
         # Any id reaches its handler, which answers an unknown one with its own 404 code
         # (task_not_found, preview_not_found), not the router's "no such endpoint".
         (r"/ocr_service/tasks/([^/]+)", TaskHandler, shared),

@@ -8,6 +8,7 @@ lines. The bytes written are the same as encoding the whole answer (tests compar
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from typing import Any
 
@@ -52,6 +53,15 @@ class EncodedAnswers:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def new_task_id() -> str:
+    """uuid.uuid4().hex (random, version 4, RFC 4122 variant), without building a UUID object:
+    the id a cache hit answers with."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # variant 10xx
+    return raw.hex()
 
 
 def splices(result: dict[str, Any]) -> bool:

@@ -22,15 +22,16 @@ PDF_HEADER_WINDOW = 1024
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", *TIFF_MAGIC, b"RIFF", b"BM")  # TIFF: BigTIFF too
 
 
-def document_kind(data: bytes, max_pages: int) -> tuple[str, int | None] | None:
+def document_kind(data: bytes | bytearray | memoryview, max_pages: int) -> tuple[str, int | None] | None:
     """("pdf", None) or ("tiff", pages) for a document, None for a single image.
 
     A TIFF with more pages than max_pages is refused here, before any work.
     """
-    if data.startswith(b"%PDF-") or (b"%PDF-" in data[:PDF_HEADER_WINDOW] and not data.startswith(IMAGE_MAGIC)):
+    head = bytes(data[:PDF_HEADER_WINDOW])  # at most 1 KiB; `data` may be a view
+    if head.startswith(b"%PDF-") or (b"%PDF-" in head and not head.startswith(IMAGE_MAGIC)):
         return "pdf", None
-    if is_tiff(data):
-        pages = count_tiff_pages(data, max_pages)
+    if is_tiff(head):
+        pages = count_tiff_pages(data if isinstance(data, (bytes, bytearray)) else bytes(data), max_pages)
         if pages > max_pages:
             raise too_many_pages(f"more than {max_pages}", max_pages)
         if pages > 1:

@@ -39,11 +39,12 @@ STATUS_BY_CODE = {
     "cancelled": 503,
     "queue_timeout": 503,
     "node_lost": 503,
+    "store_unavailable": 503,
     "timeout": 504,
     "worker_crashed": 500,
     "ocr_failed": 500,
 }
-RETRY_AFTER_BY_CODE = {"queue_full": 1, "no_worker": 10, "shutting_down": 5, "cancelled": 1, "queue_timeout": 2, "node_lost": 1}
+RETRY_AFTER_BY_CODE = {"queue_full": 1, "no_worker": 10, "shutting_down": 5, "cancelled": 1, "queue_timeout": 2, "node_lost": 1, "store_unavailable": 2}
 
 
 def api_error_from_pool(error: PoolError) -> ApiError:

@@ -129,8 +129,9 @@ class ServiceMetrics:
         )
         self.registry.register(_StateCollector(ctx))
         # labels() builds and looks up its key under a lock on every call; a hit is cheap
-        # enough for that to show, so each label set's child is looked up once.
-        self._request_children: dict[tuple[str, str, int], Any] = {}
+        # enough for that to show, so each label set's children (its request counter and its
+        # endpoint's latency histogram) are looked up once.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._latency_children: dict[str, Any] = {}
         ctx.pool.on_task_finished = self.observe_task
 
@@ -140,20 +141,20 @@ class ServiceMetrics:
             if job.finished is not None:
                 self.ocr_time.observe(job.finished - job.started)
 
-    def observe_request(self, handler: web.RequestHandler) -> None:
+    def observe_request(self, handler: web.RequestHandler, duration: float | None = None) -> None:
+        """Count the request and observe its latency (`duration`, s; by default its request_time())."""
         endpoint = getattr(handler, "endpoint", "other")
-        method = method_label(handler.request.method)
         status = handler.get_status()
-        counter = self._request_children.get((endpoint, method, status))
-        if counter is None:
-            counter = self._request_children[endpoint, method, status] = self.requests.labels(
-                endpoint, method, str(status)
-            )
+        key = (endpoint, method_label(handler.request.method), status)
+        children = self._request_children.get(key)
+        if children is None:
+            latency = self._latency_children.get(endpoint)
+            if latency is None:
+                latency = self._latency_children[endpoint] = self.latency.labels(endpoint)
+            children = self._request_children[key] = (self.requests.labels(key[0], key[1], str(status)), latency)
+        counter, latency = children
         counter.inc()
-        latency = self._latency_children.get(endpoint)
-        if latency is None:
-            latency = self._latency_children[endpoint] = self.latency.labels(endpoint)
-        latency.observe(handler.request.request_time())
+        latency.observe(handler.request.request_time() if duration is None else duration)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

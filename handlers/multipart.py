@@ -5,7 +5,11 @@ join of every chunk) and then splits and slices it again, three full copies of a
 upload made on the event loop at once, tens of milliseconds in which nothing else is
 answered. Here each chunk is scanned and appended to its part as it arrives (a few
 microseconds per 64 KiB chunk), and a file part's bytes are copied once, into the
-bytearray the handler hands on. Pure: no I/O, so every malformed shape is unit-testable.
+bytearray the handler hands on; not at all when the part arrives whole in one chunk (a
+small upload, a cache hit's): it is then a read-only view of that chunk. A chunk is scanned
+where it is, not appended to a buffer first: only the few bytes at its end that could be
+the start of a delimiter are carried over. Pure: no I/O, so every malformed shape is
+unit-testable.
 
 Accepted like Tornado accepts it: a boundary quoted or not, a preamble before the first
 delimiter is ignored (as RFC 2046 says), RFC 2231 `filename*=` names; refused: a part
@@ -20,6 +24,7 @@ as a plain field).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -53,6 +58,9 @@ def _simple_headers(text: str) -> dict[str, str] | None:
     return headers
 
 
+# A client sends the same few header blocks again and again (the boundary is not part of
+# them): each is read once. Bounded, and the answers are tuples of strings (immutable).
+@functools.lru_cache(maxsize=256)
 def read_part_headers(raw_headers: bytes) -> tuple[str, str | None, str]:
     """(name, filename, content type) of a part's header block.
 
@@ -84,7 +92,8 @@ class Part:
     name: str
     filename: str | None  # None: no filename parameter; a string (maybe empty): an uploaded file
     content_type: str
-    data: bytearray = field(default_factory=bytearray)
+    # A file part that arrived whole in one chunk is a read-only view of that chunk.
+    data: bytearray | memoryview = field(default_factory=bytearray)
 
     @property
     def is_upload(self) -> bool:
@@ -92,8 +101,21 @@ class Part:
         return self.filename is not None or self.name in UPLOAD_NAMES
 
 
+# The Content-Type that curl, requests and browsers send: one regular expression instead of
+# splitting and stripping each parameter. Anything else takes the general reading below.
+_PLAIN_BOUNDARY = re.compile(r"multipart/form-data; boundary=([0-9A-Za-z'()+_,./:=?-]+)")
+
+
 def boundary_of(content_type: str) -> bytes:
     """The boundary parameter of a multipart/form-data Content-Type."""
+    plain = _PLAIN_BOUNDARY.fullmatch(content_type)
+    if plain is not None:
+        return plain.group(1).encode("ascii")
+    return read_boundary(content_type)
+
+
+def read_boundary(content_type: str) -> bytes:
+    """boundary_of's general reading: any case, spacing, quoting and order of parameters."""
     fields = content_type.split(";")
     if fields[0].strip().lower() != "multipart/form-data":
         raise MultipartError("not multipart/form-data")
@@ -127,9 +149,20 @@ class MultipartParser:
         if self._state == "done":
             return  # the epilogue after the final delimiter is ignored
         self._fed += len(chunk)
-        self._buffer += chunk
-        while self._step():
-            pass
+        if isinstance(chunk, memoryview):
+            chunk = chunk.tobytes()  # a memoryview has no find()
+        if self._buffer and self._state == "data" and len(chunk) >= len(self._delimiter):
+            chunk = self._settle_carried(chunk)
+        if self._buffer:
+            # A short chunk, or part headers or a delimiter split across chunks: join them.
+            self._buffer += chunk
+            del self._buffer[: self._consume(self._buffer)]
+            return
+        # Nothing carried over (a small upload arrives in one chunk): the chunk is scanned
+        # where it is, and only what it ends with that cannot be parsed yet is kept.
+        used = self._consume(chunk)
+        if used < len(chunk):
+            self._buffer += memoryview(chunk)[used:]
 
     def close(self) -> list[Part]:
         """The parts, once the whole body was fed; raises if it ended early."""
@@ -137,63 +170,94 @@ class MultipartParser:
             raise MultipartError("no final boundary found")
         return self.parts
 
-    def _step(self) -> bool:
-        """Consume what the buffer allows; True when the state moved on and there may be more."""
-        buffer = self._buffer
-        if self._state == "preamble":
-            start = buffer.find(self._first)
-            if start < 0:
-                # Keep only what could be the start of the delimiter.
-                del buffer[: max(0, len(buffer) - len(self._first) + 1)]
-                return False
-            del buffer[: start + len(self._first)]
-            self._state = "after_delimiter"
-            return True
-        if self._state == "after_delimiter":
-            if len(buffer) < 2:
-                return False
-            if buffer[:2] == b"--":
-                self._state = "done"
-                buffer.clear()
-                return False
-            if buffer[:2] != b"\r\n":
-                raise MultipartError("a delimiter is not followed by a line break")
-            del buffer[:2]
-            self._state = "headers"
-            return True
-        if self._state == "headers":
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > MAX_HEADER_BYTES:
-                    raise MultipartError("a part's headers are too large")
-                return False
-            if end > MAX_HEADER_BYTES:
-                raise MultipartError("a part's headers are too large")
-            self._start_part(bytes(buffer[:end]))
-            del buffer[: end + 4]
-            self._state = "data"
-            return True
-        if self._state == "data":
-            assert self._part is not None
-            end = buffer.find(self._delimiter)
-            if end < 0:
-                # All but a possible delimiter start belongs to the part.
-                keep = len(self._delimiter) - 1
-                if len(buffer) > keep:
-                    self._append(memoryview(buffer)[: len(buffer) - keep])
-                    del buffer[: len(buffer) - keep]
-                return False
-            self._append(memoryview(buffer)[:end])
-            del buffer[: end + len(self._delimiter)]
-            if self._sized:
-                del self._part.data[self._filled :]  # the sized buffer's unused tail
-                self._sized = False
-            self._part = None
-            self._state = "after_delimiter"
-            return True
-        return False
+    def _settle_carried(self, chunk: bytes | bytearray) -> bytes | bytearray:
+        """In a part's data, with the end of the last chunk carried over (shorter than a
+        delimiter): decide it against the start of `chunk` alone, not by copying all of
+        `chunk` behind it. Returns what of `chunk` is left to parse."""
+        carried = len(self._buffer)
+        joined = self._buffer + chunk[: len(self._delimiter) - 1]
+        end = joined.find(self._delimiter)
+        if 0 <= end < carried:
+            # A delimiter starts in the carried bytes: it is the first one (any later one
+            # starts in `chunk`), and `joined` holds all of it.
+            self._buffer = joined  # _consume ends the part at `end` and goes on from there
+            used = self._consume(self._buffer, len(chunk) - (len(self._delimiter) - 1))
+            rest = used - carried  # how far into `chunk` that got (at least the delimiter's end)
+            self._buffer = bytearray()
+            return chunk[rest:]
+        self._append(memoryview(self._buffer))  # no delimiter starts in it: it is data
+        self._buffer = bytearray()
+        return chunk
 
-    def _start_part(self, raw_headers: bytes) -> None:
+    def _consume(self, data: bytes | bytearray, fed_after: int = 0) -> int:
+        """Parse `data` from its start as far as it allows; returns how many bytes were used
+        (the rest must be fed again with what follows). `fed_after`: bytes already fed that
+        follow `data` (for the size of a part that starts in it)."""
+        pos = 0
+        size = len(data)
+        delimiter = self._delimiter
+        state = self._state
+        try:
+            while True:
+                if state == "data":
+                    part = self._part
+                    assert part is not None
+                    end = data.find(delimiter, pos)
+                    if end < 0:
+                        # All but a possible delimiter start belongs to the part.
+                        keep = len(delimiter) - 1
+                        if size - pos > keep:
+                            self._append(memoryview(data)[pos : size - keep])
+                            pos = size - keep
+                        return pos
+                    if isinstance(data, bytes) and not part.data and not self._sized and part.is_upload:
+                        # The whole file part is in this chunk, an immutable bytes object of the
+                        # body's: a view of it, not a copy (a cache hit only hashes it).
+                        part.data = memoryview(data)[pos:end]
+                    else:
+                        self._append(memoryview(data)[pos:end])
+                    pos = end + len(delimiter)
+                    if self._sized:
+                        del part.data[self._filled :]  # the sized buffer's unused tail
+                        self._sized = False
+                    self._part = None
+                    state = "after_delimiter"
+                elif state == "after_delimiter":
+                    if size - pos < 2:
+                        return pos
+                    follows = data[pos : pos + 2]
+                    if follows == b"--":
+                        state = "done"
+                        return size  # the epilogue is ignored
+                    if follows != b"\r\n":
+                        raise MultipartError("a delimiter is not followed by a line break")
+                    pos += 2
+                    state = "headers"
+                elif state == "headers":
+                    end = data.find(b"\r\n\r\n", pos)
+                    if end < 0:
+                        if size - pos > MAX_HEADER_BYTES:
+                            raise MultipartError("a part's headers are too large")
+                        return pos
+                    if end - pos > MAX_HEADER_BYTES:
+                        raise MultipartError("a part's headers are too large")
+                    self._start_part(bytes(data[pos:end]), size - pos + fed_after)
+                    pos = end + 4
+                    state = "data"
+                elif state == "preamble":
+                    start = data.find(self._first, pos)
+                    if start < 0:
+                        # Keep only what could be the start of the delimiter.
+                        return max(pos, size - len(self._first) + 1)
+                    pos = start + len(self._first)
+                    state = "after_delimiter"
+                else:
+                    return size
+        finally:
+            self._state = state  # where the next chunk goes on (the state is kept in a local here)
+
+    def _start_part(self, raw_headers: bytes, unparsed: int) -> None:
+        """`unparsed`: the bytes fed but not parsed yet, from the start of these headers."""
         if len(self.parts) >= MAX_PARTS:
             raise MultipartError("too many parts")
         try:
@@ -205,13 +269,13 @@ class MultipartParser:
         self._part = Part(name, filename, content_type)
         if self._part.is_upload and self._body_size is not None:
             # The part's bytes are at most what is left of the body after its headers.
-            room = self._body_size - self._fed + len(self._buffer)
+            room = self._body_size - self._fed + unparsed
             if room >= LARGE_PART_BYTES:
                 self._part.data, self._sized, self._filled = UPLOAD_BUFFERS.take(room), True, 0
         self.parts.append(self._part)
 
     def _append(self, data: memoryview) -> None:
-        assert self._part is not None
+        assert self._part is not None and isinstance(self._part.data, bytearray)
         if not self._sized:
             self._part.data += data
             return

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-import uuid
 from typing import Any
 
 from tornado import web
 
 from cache import Computation, TaskRecord
-from handlers.answers import splices
-from handlers.base import JsonHandler, refuse_unserved_method
+from handlers.answers import new_task_id, splices
+from handlers.base import JsonHandler, header_value, refuse_unserved_method
 from handlers.context import AppContext
 from handlers.documents import DocumentAnswers, document_body, document_kind
 from handlers.errors import STATUS_BY_CODE, ApiError, api_error_from_pool
@@ -20,11 +19,11 @@ from handlers.files import open_allowed_file
 from handlers.multipart import MultipartParser
 from handlers.request_parsing import (
     FIELDS_BODY_LIMIT,
+    FIELDS_ONLY_MEDIA_TYPES,
     OcrRequest,
     build_ocr_request,
     feed_multipart,
     fields_body_too_large,
-    is_fields_only,
     is_hex_id,
     media_type_of,
     multipart_fields,
@@ -43,8 +42,14 @@ DRAIN_LIMIT_FACTOR = 4
 HASH_OFF_LOOP_BYTES = 512 * 1024
 
 
-def sha256_hex(data: bytes | bytearray) -> str:
+def sha256_hex(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def owned(data: bytes | bytearray | memoryview) -> bytes | bytearray:
+    """The image as bytes the OCR workers and the document path can take: a view of the
+    body chunk (an upload that arrived whole) is copied now, on a miss, and never on a hit."""
+    return data.tobytes() if isinstance(data, memoryview) else data
 
 
 def result_body(task_id: str, image_hash: str, result: dict[str, Any], cached: bool) -> dict[str, Any]:
@@ -86,18 +91,21 @@ class OcrHandler(DocumentAnswers, JsonHandler):
         # bytes object on the event loop); other bodies are small and buffered.
         self._multipart: MultipartParser | None = None
         self._parse_error: ApiError | None = None
-        content_type = self.request.headers.get("Content-Type", "")
-        if media_type_of(content_type) == "multipart/form-data":
+        headers = self.request.headers
+        # Each header is looked up once (a cache hit is short enough for lookups to show).
+        content_type = header_value(headers, "Content-Type") or ""
+        declared = header_value(headers, "Content-Length")
+        media_type = media_type_of(content_type)
+        if media_type == "multipart/form-data":
             try:
-                self._multipart = start_multipart(content_type, self.request.headers)
+                self._multipart = start_multipart(content_type, headers, declared)
             except ApiError as exc:
                 self._parse_error = exc  # answered once the body is drained
         self._max_bytes = self.ctx.settings.web_server.max_body_bytes
-        self._fields_only = is_fields_only(content_type)
+        self._fields_only = media_type in FIELDS_ONLY_MEDIA_TYPES
         body_limit = FIELDS_BODY_LIMIT if self._fields_only else self._max_bytes + FORM_OVERHEAD_BYTES
         self._body_limit = body_limit
         self._drain_limit = body_limit * DRAIN_LIMIT_FACTOR
-        declared = self.request.headers.get("Content-Length")
         if declared is not None:
             try:
                 declared_bytes = int(declared)
@@ -106,7 +114,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
             if declared_bytes > self._drain_limit:
                 raise self._body_too_large()
             self._too_large = declared_bytes > body_limit
-            if self.request.headers.get("Expect", "").lower() == "100-continue":
+            if (header_value(headers, "Expect") or "").lower() == "100-continue":
                 # The client waits for our go-ahead before sending: a request that will fail
                 # anyway is answered now, with no body to send and drain.
                 if self._too_large:
@@ -178,7 +186,11 @@ class OcrHandler(DocumentAnswers, JsonHandler):
             request = parse_ocr_request(
                 self.request.headers.get("Content-Type", ""), body, self.request.query_arguments, self.request.headers
             )
-        image_bytes = await self._image_bytes(request)
+        if request.file_type == "file":  # an upload: no coroutine to make and await
+            assert request.file_body is not None
+            image_bytes = request.file_body
+        else:
+            image_bytes = await self._read_file(request)
         if not image_bytes:
             raise ApiError(400, "empty_file", "the image is empty (0 bytes)")
         if len(image_bytes) > self._max_bytes:
@@ -192,7 +204,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
         self.log_fields["image_hash"] = image_hash[:12]
         document = document_kind(image_bytes, self.ctx.settings.documents.max_pdf_pages)
         if document is not None:
-            await self.answer_document(request, image_bytes, image_hash, *document)
+            await self.answer_document(request, owned(image_bytes), image_hash, *document)
             return
         params = {"det": request.det}
         key = self.ctx.ocr.cache_key(image_hash, params)
@@ -200,14 +212,12 @@ class OcrHandler(DocumentAnswers, JsonHandler):
             if request.block:
                 await self._answer_blocking(key, image_hash, image_bytes, params)
             else:
-                self._answer_task(await self.ctx.ocr.submit_task(key, image_hash, image_bytes, params))
+                self._answer_task(await self.ctx.ocr.submit_task(key, image_hash, owned(image_bytes), params))
         except PoolError as exc:
             raise api_error_from_pool(exc) from None
 
-    async def _image_bytes(self, request: OcrRequest) -> bytes | bytearray:
-        if request.file_type == "file":
-            assert request.file_body is not None
-            return request.file_body
+    async def _read_file(self, request: OcrRequest) -> bytes:
+        """The image a `filename` request names, read off the event loop."""
         assert request.filename is not None
         loop = asyncio.get_running_loop()
         settings = self.ctx.settings
@@ -226,9 +236,9 @@ class OcrHandler(DocumentAnswers, JsonHandler):
         return data
 
     async def _answer_blocking(
-        self, key: str, image_hash: str, image_bytes: bytes | bytearray, params: dict[str, Any]
+        self, key: str, image_hash: str, image_bytes: bytes | bytearray | memoryview, params: dict[str, Any]
     ) -> None:
-        task_id = uuid.uuid4().hex
+        task_id = new_task_id()
         cached = await self.ctx.ocr.lookup(key)
         if cached is not None:
             if splices(cached):
@@ -241,7 +251,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
             return
         if self.client_gone:
             return  # nobody to answer: no task for it
-        computation = await self.ctx.ocr.join(key, image_bytes, params)
+        computation = await self.ctx.ocr.join(key, owned(image_bytes), params)
         self._computation = computation
         if self.client_gone:
             self._release()  # it left while the task was being created
@@ -298,7 +308,10 @@ class TaskHandler(JsonHandler):
     async def get(self, task_id: str) -> None:
         # ?wait=N: long-poll, answering as soon as the task finishes (at most N seconds).
         wait = parse_wait(self.get_query_argument("wait", None))
-        view = await self.ctx.ocr.task_view(task_id, wait=wait) if is_hex_id(task_id) else None
+        try:
+            view = await self.ctx.ocr.task_view(task_id, wait=wait) if is_hex_id(task_id) else None
+        except PoolError as exc:  # the shared store out of reach: the task's state is unknown, not absent
+            raise api_error_from_pool(exc) from None
         if view is None:
             raise ApiError(404, "task_not_found", "no such task (unknown id, or it expired)")
         if view.status == "done" and view.result is not None:

@@ -34,8 +34,9 @@ MAX_PASSWORD_CHARS = 1024
 class OcrRequest:
     file_type: str  # "filename" | "file"
     filename: str | None
-    # A multipart upload's bytes stay in the bytearray they were parsed into (no copy).
-    file_body: bytes | bytearray | None
+    # A multipart upload's bytes stay where they were parsed into (no copy): a bytearray, or a
+    # read-only view of the body chunk it arrived in whole.
+    file_body: bytes | bytearray | memoryview | None
     block: bool
     det: str
     pdf_text: str = "auto"
@@ -83,10 +84,6 @@ def media_type_of(content_type: str) -> str:
     return content_type.split(";")[0].strip().lower()
 
 
-def is_fields_only(content_type: str) -> bool:
-    return media_type_of(content_type) in FIELDS_ONLY_MEDIA_TYPES
-
-
 def fields_body_too_large() -> ApiError:
     return ApiError(
         413,
@@ -122,6 +119,8 @@ def parse_wait(value: str | None) -> float:
 
 
 def parse_det(value: Any) -> str:
+    if value in DET_MODES:  # as most clients send it (or the default)
+        return str(value)
     if isinstance(value, str) and value.strip().lower() in DET_MODES:
         return value.strip().lower()
     try:
@@ -174,19 +173,21 @@ def _form_fields(
     return fields, uploads
 
 
-def start_multipart(content_type: str, headers: Any = None) -> MultipartParser:
-    """A parser for a multipart body that is fed chunk by chunk as it arrives."""
+def start_multipart(content_type: str, headers: Any = None, declared: str | None = None) -> MultipartParser:
+    """A parser for a multipart body that is fed chunk by chunk as it arrives. `declared`: the
+    Content-Length header's value when the caller has already read it from `headers`."""
     if headers and "Content-Encoding" in headers:
         raise _malformed(ValueError(f"unsupported Content-Encoding: {headers['Content-Encoding']}"))
+    if declared is None and headers:
+        declared = headers.get("Content-Length")
     try:
-        return MultipartParser(boundary_of(content_type), _declared_length(headers))
+        return MultipartParser(boundary_of(content_type), _declared_length(declared))
     except MultipartError as exc:
         raise _malformed(exc) from None
 
 
-def _declared_length(headers: Any) -> int | None:
+def _declared_length(value: str | None) -> int | None:
     """The body's Content-Length when it is a plain number (Tornado reads exactly that many bytes)."""
-    value = headers.get("Content-Length") if headers else None
     return int(value) if value is not None and value.isdigit() else None
 
 
@@ -249,6 +250,9 @@ def parse_ocr_request(content_type: str, body: bytes, query: dict[str, list[byte
     return build_ocr_request(fields, uploads, query)
 
 
+_FILE_TYPE_ONLY = {"file_type"}
+
+
 def build_ocr_request(fields: dict[str, Any], uploads: list[HTTPFile], query: dict[str, list[bytes]]) -> OcrRequest:
     """The request from a parsed body's fields and files, plus the query string's fields."""
     if "password" in query:
@@ -268,13 +272,17 @@ def build_ocr_request(fields: dict[str, Any], uploads: list[HTTPFile], query: di
         if file_type is None:
             raise ApiError(400, "missing_field", "file_type is required: filename or file")
         raise ApiError(400, "invalid_field", "file_type must be filename or file")
+    if file_type == "file" and uploads and fields.keys() <= _FILE_TYPE_ONLY:
+        # An upload with no option (the usual request): every option at its default, as below.
+        return OcrRequest("file", None, uploads[0].body, block=True, det=DEFAULT_DET)
 
     block = parse_bool("block_flag", fields.get("block_flag", True))
     det = parse_det(fields.get("det", DEFAULT_DET))
     pdf_text = fields.get("pdf_text", "auto")
-    if not isinstance(pdf_text, str) or pdf_text.strip().lower() not in PDF_TEXT_MODES:
-        raise ApiError(400, "invalid_field", "pdf_text must be auto, ocr or layer")
-    pdf_text = pdf_text.strip().lower()
+    if pdf_text not in PDF_TEXT_MODES:  # else already as it must be (the default, mostly)
+        if not isinstance(pdf_text, str) or pdf_text.strip().lower() not in PDF_TEXT_MODES:
+            raise ApiError(400, "invalid_field", "pdf_text must be auto, ocr or layer")
+        pdf_text = pdf_text.strip().lower()
     options = {
         "pdf_text": pdf_text,
         "page_images": parse_bool("page_images", fields.get("page_images", False)),

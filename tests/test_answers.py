@@ -8,7 +8,7 @@ import orjson
 import pytest
 import requests
 
-from handlers.answers import EncodedAnswers, splices
+from handlers.answers import EncodedAnswers, new_task_id, splices
 from handlers.base import encode_json
 from handlers.ocr import result_body
 from tests.conftest import RunningServer, random_word, text_image
@@ -85,3 +85,82 @@ def test_a_cache_hit_answers_the_first_answer_as_encoded_json(ocr_server: Runnin
         assert body["timing"] == {**worker_timing, "request": body["timing"]["request"]}
     assert hits[0].json()["task_id"] != hits[1].json()["task_id"]
     assert requests.get(f"{ocr_server.url}/health", timeout=10).json()["cache"]["hits"] >= 2
+
+
+def test_a_hit_task_id_is_a_random_uuid4_in_hex() -> None:
+    import uuid
+
+    ids = {new_task_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for task_id in ids:
+        parsed = uuid.UUID(hex=task_id)
+        assert parsed.hex == task_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_hits_for_each_det_mode_answer_from_their_own_result(ocr_server: RunningServer) -> None:
+    # One image, two det modes: two cache entries, each hit spliced from its own result, with
+    # its own task id, never the other mode's encoded answer.
+    image = text_image(random_word())
+    misses = {det: ocr_server.ocr_upload(image, det=det).json() for det in ("on", "off")}
+    assert misses["on"]["det_used"] is True and misses["off"]["det_used"] is False
+    for det in ("off", "on", "off"):
+        hit = ocr_server.ocr_upload(image, det=det)
+        body = hit.json()
+        assert body["cached"] is True and hit.content == orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+        for field in ("image_hash", "text_lines", "image_size", "det_used"):
+            assert body[field] == misses[det][field]
+        assert body["task_id"] not in (misses["on"]["task_id"], misses["off"]["task_id"])
+
+
+def test_an_upload_answered_as_a_task_is_read_by_a_worker_and_then_hit(ocr_server: RunningServer) -> None:
+    # A small upload arrives in one chunk and is kept as a view of it; a miss hands the worker
+    # its own copy, also when the request is a fire-and-forget task.
+    word = random_word()
+    image = text_image(word)
+    queued = ocr_server.ocr_upload(image, block_flag="false")
+    assert queued.status_code == 202
+    task = requests.get(f"{ocr_server.url}{queued.json()['status_url']}?wait=30", timeout=60).json()
+    assert task["status"] == "done"
+    read = " ".join(line["text"] for line in task["text_lines"]).replace(" ", "")
+    assert word in read
+    again = ocr_server.ocr_upload(image, block_flag="false")
+    assert again.status_code == 202 and again.json()["cached"] is True
+    assert again.json()["text_lines"] == task["text_lines"]
+
+
+def test_json_answers_carry_tornados_headers_then_ours_in_the_same_order() -> None:
+    # JsonHandler.clear() builds the headers in one go; they must be what Tornado's clear()
+    # plus set_header() for each of ours gave: names, values and order, errors included.
+    import time as clock
+
+    from tornado import httputil, web
+
+    from handlers.base import JsonHandler
+
+    class Connection:
+        def set_close_callback(self, callback: object) -> None:
+            pass
+
+    class Stock(web.RequestHandler):
+        def set_default_headers(self) -> None:
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.set_header("Cache-Control", "no-store")
+            self.set_header("X-Content-Type-Options", "nosniff")
+            request_id = self.request.headers.get("X-Request-ID")
+            if request_id:
+                self.set_header("X-Request-ID", request_id)
+
+    app = web.Application()
+    for sent in ({"Host": "x"}, {"Host": "x", "X-Request-ID": "r-7"}):
+        request = httputil.HTTPServerRequest(
+            headers=httputil.HTTPHeaders(sent),
+            connection=Connection(),  # type: ignore[arg-type]
+            start_line=httputil.RequestStartLine("POST", "/ocr_service", "HTTP/1.1"),
+        )
+        second = int(clock.time())
+        ours, stock = JsonHandler(app, request), Stock(app, request)
+        if int(clock.time()) != second:
+            continue  # the Date may differ across a second boundary; the other case checks it
+        assert list(ours._headers.get_all()) == list(stock._headers.get_all())
+        ours.clear()  # as an error answer does: the same again
+        assert list(ours._headers.get_all()) == list(stock._headers.get_all())

@@ -96,6 +96,39 @@ def test_short_wrk_comparison_against_the_real_server(ocr_server: RunningServer,
     assert any("this server / 1-process web floor" in line for line in lines)
 
 
+def _round(rate: float, cpu: float, p99: float = 0.02) -> dict:
+    return {
+        "requests_per_s": rate,
+        "cpu_us_per_request": cpu,
+        "latency_s": {"p99": p99},
+        "non_2xx": 0,
+        "socket_errors": 0,
+    }
+
+
+def test_interleaved_report_divides_each_round_by_the_floors_same_round() -> None:
+    # The machine halves every figure in round 2: the ratio to the floor of the same round holds.
+    floor = hit_latency.FLOOR_TARGET
+    result = {
+        "image": "a.jpg", "upload_bytes": 10, "answer_bytes": 5, "rounds": 3, "duration_s": 4.0,
+        "load_average": [(0.5, 0, 0), (2.0, 0, 0), (0.7, 0, 0), (0.6, 0, 0)],
+        "runs": {"50": {
+            "this server": [_round(600, 500), _round(300, 1000), _round(620, 480)],
+            floor: [_round(1000, 300), _round(500, 600), _round(1000, 300)],
+        }},
+    }  # fmt: skip
+    lines = hit_latency.interleaved_report(result)
+    assert "0.50 2.00 0.70 0.60" in lines[1]
+
+    def columns(name: str) -> list[str]:
+        return next(line for line in lines if line.startswith(name))[len(name) :].split()
+
+    # conns; hits/s median 600, low 300, high 620; vs floor: median of 0.6, 0.6, 0.62; CPU 500 us; 300/500
+    assert columns("this server")[:7] == ["50", "600", "300", "620", "0.60", "500", "us"]
+    assert columns("this server")[7] == "0.60"
+    assert columns(floor)[4] == "1.00" and columns(floor)[7] == "1.00"
+
+
 def test_loop_stall_reads_probe_lines_with_and_without_the_cpu_column(tmp_path: Path) -> None:
     from bench.loop_stall import stalls
 

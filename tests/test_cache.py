@@ -34,6 +34,39 @@ def test_ttl_is_enforced_on_read() -> None:
     assert len(cache) == 0 and cache.expirations == 1
 
 
+def test_a_read_is_one_lookup_that_still_expires_refreshes_and_misses() -> None:
+    # TTLLRUCache.get reads the entry once (no `in` first): an expired entry is still a miss
+    # that is dropped and counted, a replaced one answers its new value, a read refreshes LRU.
+    clock = FakeClock()
+    cache: TTLLRUCache[dict] = TTLLRUCache(capacity=2, ttl=5, clock=clock)
+    first, second = {"v": 1}, {"v": 2}
+    cache.set("a", first)
+    cache.set("a", second)
+    assert cache.get("a") is second
+    assert cache.get("missing") is None and cache.expirations == 0
+    cache.set("b", {"v": 3})
+    assert cache.get("a") is second  # "a" read last: "b" is the one pushed out next
+    cache.set("c", {"v": 4})
+    assert cache.get("b") is None and cache.get("a") is second
+    clock.now = 5.0
+    assert cache.get("a") is None and cache.get("c") is None
+    assert len(cache) == 0 and cache.expirations == 2
+
+
+@pytest.mark.parametrize("value", ["auto", "on", "off", True, 1, 1.0, 0, None, "x\u00e9"])
+def test_a_single_parameter_encodes_as_sorted_json_and_keeps_types_apart(value: object) -> None:
+    import json
+
+    from cache.service import params_text
+
+    assert params_text({"det": value}) == json.dumps({"det": value}, sort_keys=True)
+    assert params_text({"det": value, "pdf_text": "ocr"}) == json.dumps(
+        {"det": value, "pdf_text": "ocr"}, sort_keys=True
+    )
+    # 1, 1.0 and True are equal as dict keys but must not share a memoised text.
+    assert len({params_text({"det": v}) for v in (1, 1.0, True)}) == 3
+
+
 def test_eviction_is_least_recently_used_not_oldest() -> None:
     cache: TTLLRUCache[int] = TTLLRUCache(capacity=2, ttl=100, clock=FakeClock())
     cache.set("a", 1)
@@ -328,6 +361,16 @@ def test_expiry_and_pop_release_the_bytes() -> None:
     assert cache.purge_expired() == 1 and cache.bytes == 0
 
 
+def test_bytes_leave_out_entries_expired_on_an_idle_cache() -> None:
+    # /metrics reads `bytes` on a node no request touches: expired entries must not count.
+    clock = FakeClock()
+    cache: TTLLRUCache[str] = TTLLRUCache(capacity=10, ttl=5, clock=clock, max_bytes=100)
+    cache.set("a", _text(30))
+    assert cache.bytes == 30
+    clock.now = 6
+    assert cache.bytes == 0 and cache.expirations == 1
+
+
 def test_an_entry_is_measured_once_when_stored_not_on_reads() -> None:
     measured: list[object] = []
 
@@ -421,11 +464,14 @@ def test_task_store_honours_its_byte_budget_for_finished_records_only() -> None:
         huge = TaskRecord("c" * 64)
         huge.result = _result("a whole document", lines=100)  # larger than the budget: not kept
         await store.add(huge)
-        assert await store.view(huge.task_id) is None
+        # Its poll says so (it answered 404, as for an unknown id, seconds after the task began).
+        gone = await store.view(huge.task_id)
+        assert gone is not None and gone.status == "failed" and gone.result is None
+        assert gone.error is not None and gone.error.code == "result_too_large"
         assert store.stats() == {
-            "tasks_kept": 1,
+            "tasks_kept": 2,
             "tasks_unfinished": 0,
-            "tasks_bytes": _json_len(unfinished.view().to_json()),
+            "tasks_bytes": _json_len(unfinished.view().to_json()) + _json_len(gone.to_json()),
             "tasks_max_bytes": int(record_size * 1.5),
             "tasks_evictions": 2,
             "tasks_too_large": 1,

@@ -300,3 +300,100 @@ def test_other_dispositions_are_still_refused(disposition: str) -> None:
     with pytest.raises(ApiError) as info:
         parse(_multipart(("Content-Disposition: " + disposition, b"file")), "multipart/form-data; boundary=B")
     assert (info.value.status_code, info.value.code) == (400, "malformed_body")
+
+
+def _upload_request(fields: dict, query: dict | None = None):  # type: ignore[no-untyped-def]
+    from tornado.httputil import HTTPFile
+
+    return build_ocr_request(
+        dict(fields), [HTTPFile(filename="a.png", body=b"img", content_type="image/png")], query or {}
+    )
+
+
+@pytest.mark.parametrize("fields", [{}, {"file_type": "file"}])
+def test_an_upload_without_options_is_the_request_with_every_default(fields: dict) -> None:
+    from handlers.request_parsing import OcrRequest
+
+    # The short path for the usual upload gives exactly what the full reading gives.
+    assert _upload_request(fields) == OcrRequest("file", None, b"img", True, "auto", "auto", False, None)
+    spelled_out = {**fields, "block_flag": "true", "det": "auto", "pdf_text": "auto", "page_images": "false"}
+    assert _upload_request(spelled_out) == _upload_request(fields)
+
+
+@pytest.mark.parametrize(
+    ("fields", "query", "changed"),
+    [
+        ({"det": "off"}, {}, {"det": "off"}),
+        ({"det": " On "}, {}, {"det": "on"}),
+        ({"det": True}, {}, {"det": "on"}),
+        ({}, {"det": [b"off"]}, {"det": "off"}),
+        ({"block_flag": "0"}, {}, {"block": False}),
+        ({"pdf_text": "OCR "}, {}, {"pdf_text": "ocr"}),
+        ({"pdf_text": "layer"}, {}, {"pdf_text": "layer"}),
+        ({"page_images": "1"}, {}, {"page_images": True}),
+        ({"password": "pw"}, {}, {"password": "pw"}),
+    ],
+)
+def test_any_option_given_takes_the_full_reading(fields: dict, query: dict, changed: dict) -> None:
+    import dataclasses
+
+    defaults = _upload_request({})
+    assert _upload_request({"file_type": "file", **fields}, query) == dataclasses.replace(defaults, **changed)
+
+
+@pytest.mark.parametrize("value", ["", "AUTO ", "sometimes", 2, [], {}])
+def test_det_and_pdf_text_values_off_the_short_path_are_still_checked(value: object) -> None:
+    from handlers.request_parsing import parse_det
+
+    if value == "AUTO ":
+        assert parse_det(value) == "auto"
+    else:
+        with pytest.raises(ApiError):
+            parse_det(value)
+    if value != "AUTO ":
+        with pytest.raises(ApiError) as refused:
+            _upload_request({"pdf_text": value})
+        assert "pdf_text" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "multipart/form-data; boundary=abc123",
+        "multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW",
+        "multipart/form-data; boundary=a=b'()+_,./:?-",
+        'multipart/form-data; boundary="quoted value"',
+        "multipart/form-data;boundary=tight",
+        "Multipart/Form-Data; BOUNDARY=upper",
+        "multipart/form-data; charset=utf-8; boundary=second",
+        "multipart/form-data; boundary=",
+        "multipart/form-data; boundary=a b",
+        "multipart/form-data; boundary=x;",
+        "multipart/form-data",
+        "text/plain; boundary=x",
+    ],
+)
+def test_the_boundary_is_read_as_the_general_reading_reads_it(content_type: str) -> None:
+    # boundary_of reads the usual Content-Type with one regular expression, anything else the
+    # general way: both must agree on every value, and on what they refuse.
+    from handlers.multipart import MultipartError, boundary_of, read_boundary
+
+    try:
+        expected: bytes | None = read_boundary(content_type)
+    except MultipartError:
+        expected = None
+    if expected is None:
+        with pytest.raises(MultipartError):
+            boundary_of(content_type)
+    else:
+        assert boundary_of(content_type) == expected
+
+
+def test_part_headers_read_again_give_the_same_answer_and_errors_are_not_kept() -> None:
+    from handlers.multipart import MultipartError, read_part_headers
+
+    raw = b'Content-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png'
+    assert read_part_headers(raw) == read_part_headers(bytes(raw)) == ("file", "a.png", "image/png")
+    for _ in range(2):  # a refusal is raised every time, never remembered as an answer
+        with pytest.raises(MultipartError):
+            read_part_headers(b'Content-Disposition: attachment; name="a"')
