@@ -151,13 +151,7 @@ class TextDetector:
         for x0, y0, x1, y1 in unseen:
             offset = np.array([x0, y0], dtype=np.float32)
             for box in self._detect_at(img[y0:y1, x0:x1], min(1.0, CLOSER_ZOOM * scale)):
-                # A box at a side the part was cut from the image is text cut in two:
-                # the first pass's box stands for it.
-                bx0, by0 = box.min(axis=0)
-                bx1, by1 = box.max(axis=0)
-                cut = (x0 > 0 and bx0 <= 1) or (y0 > 0 and by0 <= 1)
-                cut = cut or (x1 < w and bx1 >= x1 - x0 - 2) or (y1 < h and by1 >= y1 - y0 - 2)
-                if not cut:
+                if not cut_by_part_edge(box, (x0, y0, x1, y1), (h, w)):  # the first pass's box stands for it
                     found.append(box + offset)
         if not found:
             return boxes
@@ -256,15 +250,40 @@ def unseen_text(
         return []
     fx, fy = w / mask.shape[1], h / mask.shape[0]
     rects = [
-        (
-            max(0, int((x - UNSEEN_MARGIN) * fx)),
-            max(0, int((y - UNSEEN_MARGIN) * fy)),
-            min(w, int(np.ceil((x + cw + UNSEEN_MARGIN) * fx))),
-            min(h, int(np.ceil((y + ch + UNSEEN_MARGIN) * fy))),
-        )
+        rect_in_image((x, y, x + cw, y + ch), (fx, fy), (UNSEEN_MARGIN * fx, UNSEEN_MARGIN * fy), size)
         for x, y, cw, ch, _area in parts.tolist()
     ]
     return merge_overlapping(rects)
+
+
+def rect_in_image(
+    rect: tuple[int, int, int, int], factor: tuple[float, float], pad: tuple[float, float], size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """`rect` (x0, y0, x1, y1) on a shrunk map scaled by `factor` (fx, fy) to an image of `size`
+    (h, w), widened by `pad` (x, y) image pixels, rounded outwards and kept inside the image."""
+    (x0, y0, x1, y1), (fx, fy), (px, py), (h, w) = rect, factor, pad, size
+    return (
+        max(0, int(x0 * fx - px)),
+        max(0, int(y0 * fy - py)),
+        min(w, int(np.ceil(x1 * fx + px))),
+        min(h, int(np.ceil(y1 * fy + py))),
+    )
+
+
+def cut_by_part_edge(box: np.ndarray, part: tuple[int, int, int, int], size: tuple[int, int]) -> bool:
+    """Whether `box` (in the pixels of `part`, x0, y0, x1, y1 of an image of `size` (h, w))
+    reaches a side where the part was cut from the image: text cut in two there. A side that is
+    the image's own edge cuts nothing."""
+    x0, y0, x1, y1 = part
+    h, w = size
+    bx0, by0 = box.min(axis=0)
+    bx1, by1 = box.max(axis=0)
+    return bool(
+        (x0 > 0 and bx0 <= 1)
+        or (y0 > 0 and by0 <= 1)
+        or (x1 < w and bx1 >= x1 - x0 - 2)
+        or (y1 < h and by1 >= y1 - y0 - 2)
+    )
 
 
 def merge_overlapping(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
@@ -413,10 +432,8 @@ def content_region(small: np.ndarray, full_size: tuple[int, int]) -> tuple[int, 
     left, top = marks[:, cv2.CC_STAT_LEFT].min(), marks[:, cv2.CC_STAT_TOP].min()
     right = (marks[:, cv2.CC_STAT_LEFT] + marks[:, cv2.CC_STAT_WIDTH]).max()
     bottom = (marks[:, cv2.CC_STAT_TOP] + marks[:, cv2.CC_STAT_HEIGHT]).max()
-    fx, fy = w / sw, h / sh
     margin = _CONTENT_MARGIN * max(h, w)
-    x0, y0 = max(0, int(left * fx - margin)), max(0, int(top * fy - margin))
-    x1, y1 = min(w, int(np.ceil(right * fx + margin))), min(h, int(np.ceil(bottom * fy + margin)))
+    x0, y0, x1, y1 = rect_in_image((left, top, right, bottom), (w / sw, h / sh), (margin, margin), full_size)
     if max(h, w) < _CONTENT_MIN_GAIN * max(x1 - x0, y1 - y0, 1):
         return None
     return x0, y0, x1, y1

@@ -1132,6 +1132,31 @@ def test_text_the_detector_saw_and_could_not_box_is_found_as_parts() -> None:
     assert UNSEEN_MIN_AREA > 9  # a speck is never looked at closer
 
 
+def test_a_closer_box_at_a_side_cut_from_the_image_is_text_cut_in_two() -> None:
+    from models.det import cut_by_part_edge
+
+    def box(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32)
+
+    size = (1000, 2000)
+    inner = (500, 300, 900, 600)  # cut from the image on all four sides (400 x 300)
+    assert not cut_by_part_edge(box(20, 20, 380, 60), inner, size)
+    assert cut_by_part_edge(box(0, 20, 380, 60), inner, size)  # reaches the cut on the left
+    assert cut_by_part_edge(box(20, 270, 380, 299), inner, size)  # ... at the bottom
+    assert cut_by_part_edge(box(20, 20, 399, 60), inner, size)  # ... on the right
+    corner = (0, 0, 400, 300)  # its top and left are the image's own edges: nothing cut there
+    assert not cut_by_part_edge(box(0, 0, 380, 60), corner, size)
+    assert cut_by_part_edge(box(0, 0, 398, 60), corner, size)
+
+
+def test_map_rectangles_scale_to_image_pixels_outwards_and_inside() -> None:
+    from models.det import rect_in_image
+
+    assert rect_in_image((10, 20, 30, 40), (4.0, 4.0), (0, 0), (1000, 1000)) == (40, 80, 120, 160)
+    assert rect_in_image((10, 20, 30, 40), (2.5, 2.5), (8, 8), (1000, 1000)) == (17, 42, 83, 108)
+    assert rect_in_image((0, 0, 250, 250), (4.0, 4.0), (16, 16), (1000, 900)) == (0, 0, 900, 1000)
+
+
 def test_parts_to_look_at_closer_merge_when_one_rectangle_covers_them() -> None:
     from models.det import merge_overlapping
 
