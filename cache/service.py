@@ -123,6 +123,7 @@ class OcrService:
             "shared_in_flight": self.flight.shared_waits,
             "in_flight": self.flight.in_flight,
             **self.tasks.stats(),
+            "task_polls_waiting": self.tasks.polls_waiting,
             "failures_remembered": len(self.flight.failures),
             "failures_answered": self.flight.failures_answered,
             "shared_store": self.shared.stats() if self.shared is not None else None,

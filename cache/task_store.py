@@ -13,13 +13,15 @@ import contextlib
 import dataclasses
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cache.records import ErrorInfo, Result, TaskView
 from cache.redis_store import RedisStore, SharedStoreUnavailableError
 from cache.remote_poll import poll_pauses
 from cache.single_flight import Computation
-from cache.ttl_lru import TTLLRUCache, json_size
+from cache.ttl_lru import DropReason, TTLLRUCache, json_size
 from ocr_pool import PoolError, QueueFullError
 
 # While a task is unfinished its node rewrites the shared record this often (renewing its TTL);
@@ -29,6 +31,10 @@ LOST_AFTER_S = 20.0
 # A view Redis did not take (it was unreachable) is written again this often until it is: an
 # outcome left unwritten read on other nodes as queued, then as node_lost, though it was done.
 RESHARE_S = 1.0
+# The ids of dropped finished records remembered (with why and when), per service.task_number:
+# a poll of one answers 410 (task_expired, task_evicted) rather than 404 as for an id never
+# seen. The oldest are forgotten first; each costs about 260 bytes (10 MB at the default 10000).
+DROPPED_PER_TASK = 4
 
 
 class ResultTooLargeError(PoolError):
@@ -48,6 +54,7 @@ class TaskRecord:
         self.result: Result | None = None
         self.cached = False
         self.error: PoolError | None = None
+        self.finished: float | None = None  # when its store kept it finished (the store's clock)
 
     @property
     def status(self) -> str:
@@ -78,20 +85,42 @@ class TaskRecord:
             self.result = future.result()
 
 
+@dataclasses.dataclass(frozen=True)
+class DroppedTask:
+    """A finished record no longer kept: why ("expired", or pushed out past the "count" or the
+    "bytes" bound), how long after the task finished, and how long ago."""
+
+    reason: DropReason
+    kept_s: float
+    ago_s: float
+
+
 class TaskStore:
     """Finished records live in a TTL + LRU store (service.time, service.task_number and, with
     `max_bytes`, service.task_bytes of their views' JSON: a record keeps its result, and a
     document's can be megabytes); unfinished ones apart, never evicted: a client polling a task
     still queued or running must not get 404 because newer tasks or the clock pushed it out. At
-    most `capacity` are unfinished at once (refuse_if_full() says when a new task must be refused)."""
+    most `capacity` are unfinished at once (refuse_if_full() says when a new task must be refused).
+    The ids of the DROPPED_PER_TASK * `capacity` records dropped last are remembered (dropped())."""
 
     def __init__(
-        self, capacity: int, ttl: float, shared: RedisStore | None = None, max_bytes: int | None = None
+        self,
+        capacity: int,
+        ttl: float,
+        shared: RedisStore | None = None,
+        max_bytes: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.records: TTLLRUCache[TaskRecord] = TTLLRUCache(capacity, ttl, max_bytes=max_bytes, size_of=record_size)
+        self.records: TTLLRUCache[TaskRecord] = TTLLRUCache(
+            capacity, ttl, clock, max_bytes=max_bytes, size_of=record_size, on_drop=self._on_drop
+        )
         self.unfinished: dict[str, TaskRecord] = {}
         self.capacity = capacity
         self.shared = shared
+        self.clock = clock
+        # Dropped finished records, oldest first: task id -> (why, when it finished, when dropped).
+        self._dropped: OrderedDict[str, tuple[DropReason, float, float]] = OrderedDict()
+        self.polls_waiting = 0  # long polls (?wait=) waiting for their task now
         # Background writes of finished records: referenced until done, so none is collected early.
         self._pending: set[asyncio.Future[None]] = set()
         self._heartbeats: dict[str, asyncio.Task[None]] = {}  # task id -> its shared record's heartbeat
@@ -144,6 +173,7 @@ class TaskStore:
         or expired) seconds after the task was accepted. With Redis the full answer is shared
         all the same, and a poll here reads it from there (nothing is kept here then)."""
         too_large = self.records.too_large
+        record.finished = self.clock()
         self.records.set(record.task_id, record)
         if self.records.too_large == too_large or self.shared is not None:
             return
@@ -201,20 +231,55 @@ class TaskStore:
         if heartbeat is not None:
             heartbeat.cancel()
 
+    def _on_drop(self, task_id: str, record: TaskRecord, reason: DropReason) -> None:
+        now = self.clock()
+        finished = now if record.finished is None else record.finished
+        # An expired record is noticed on the next read: it went a TTL after it was kept.
+        dropped = min(now, finished + self.records.ttl) if reason == "expired" else now
+        self._dropped[task_id] = (reason, finished, dropped)
+        while len(self._dropped) > DROPPED_PER_TASK * max(1, self.capacity):
+            self._dropped.popitem(last=False)
+
+    def dropped(self, task_id: str) -> DroppedTask | None:
+        """Why this node no longer keeps a finished task's record; None for an id it never
+        dropped (unknown, or forgotten). With a shared store, a record this node pushed out
+        was kept in Redis a full TTL: once that ran out too, it reads as expired."""
+        entry = self._dropped.get(task_id)
+        if entry is None:
+            return None
+        reason, finished, dropped = entry
+        now = self.clock()
+        if self.shared is not None and reason != "expired" and now >= finished + self.records.ttl:
+            reason, dropped = "expired", finished + self.records.ttl
+        return DroppedTask(reason, dropped - finished, now - dropped)
+
     async def view(self, task_id: str, wait: float = 0.0) -> TaskView | None:
-        """The task's state; with `wait`, first wait up to that many seconds for it to finish."""
+        """The task's state; with `wait`, first wait up to that many seconds for it to finish.
+        A waiting poll may be cancelled (its client left): the task itself runs on."""
         record = self.unfinished.get(task_id) or self.records.get(task_id)
         if record is not None:
             computation = record.computation
             if wait > 0 and computation is not None and record.status in ("queued", "running"):
-                with contextlib.suppress(Exception):  # timed out, or the task failed: the view says which
+                with self._waiting(), contextlib.suppress(Exception):  # timed out, or the task failed
                     await asyncio.wait_for(asyncio.shield(computation.future), wait)
                 if computation.future.done():
                     record.record_outcome(computation.future)
             return record.view()
         if self.shared is None:
             return None
-        return await self._remote_view(task_id, wait)
+        if wait <= 0:
+            return await self._remote_view(task_id, wait)
+        with self._waiting():
+            return await self._remote_view(task_id, wait)
+
+    @contextlib.contextmanager
+    def _waiting(self) -> Iterator[None]:
+        """Count a long poll while it waits (/health: cache.task_polls_waiting)."""
+        self.polls_waiting += 1
+        try:
+            yield
+        finally:
+            self.polls_waiting -= 1
 
     async def _remote_view(self, task_id: str, wait: float) -> TaskView | None:
         """Follow a task another node runs in Redis until it ends or `wait` runs out. Redis out of

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import orjson
 from cachetools import TTLCache
 
 V = TypeVar("V")
+# Why an entry left without being popped: its TTL ran out, or a newer one pushed it out past
+# the count bound (capacity) or the byte bound (max_bytes).
+DropReason = Literal["expired", "count", "bytes"]
 
 
 def json_size(value: Any) -> int:
@@ -29,23 +32,35 @@ def json_size(value: Any) -> int:
 
 
 class _CountingTTLCache(TTLCache):  # type: ignore[type-arg]
-    def __init__(self, maxsize: int, ttl: float, timer: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        maxsize: int,
+        ttl: float,
+        timer: Callable[[], float],
+        on_drop: Callable[[Any, Any, DropReason], None] | None,
+    ) -> None:
         super().__init__(maxsize, ttl, timer)
         self.evictions = 0
         self.expirations = 0
         self.sizes: dict[Hashable, int] = {}  # key -> its measured bytes (byte-bounded caches only)
         self.bytes = 0
+        self.on_drop = on_drop
+        self.evicting_for: DropReason = "count"  # "bytes" while store() makes room under max_bytes
 
     def expire(self, time: float | None = None) -> Any:
         expired = super().expire(time)  # removes entries without __delitem__: release them here
         self.expirations += len(expired)
-        for key, _ in expired:
+        for key, value in expired:
             self.release(key)
+            if self.on_drop is not None:
+                self.on_drop(key, value, "expired")
         return expired
 
     def popitem(self) -> Any:  # called only to make room: the least recently used goes
         item = super().popitem()
         self.evictions += 1
+        if self.on_drop is not None:
+            self.on_drop(*item, self.evicting_for)
         return item
 
     def __delitem__(self, key: Hashable) -> None:  # pop() and popitem() come through here
@@ -63,14 +78,20 @@ class _CountingTTLCache(TTLCache):  # type: ignore[type-arg]
         self[key] = value
         self.sizes[key] = size
         self.bytes += size
-        while self.bytes > max_bytes:
-            self.popitem()  # never `key` itself: it is the most recently used, and fits alone
+        self.evicting_for = "bytes"
+        try:
+            while self.bytes > max_bytes:
+                self.popitem()  # never `key` itself: it is the most recently used, and fits alone
+        finally:
+            self.evicting_for = "count"
 
 
 class TTLLRUCache(Generic[V]):
     """Entries expire `ttl` seconds after they were stored (checked on every read); when
     more than `capacity` or (with `max_bytes`) more bytes than that, the entry read or
-    written longest ago is evicted. An entry larger than `max_bytes` alone is not kept."""
+    written longest ago is evicted. An entry larger than `max_bytes` alone is not kept.
+    `on_drop(key, value, reason)` hears of every entry that expires or is evicted (not of one
+    popped, replaced or refused as too large)."""
 
     def __init__(
         self,
@@ -80,13 +101,14 @@ class TTLLRUCache(Generic[V]):
         *,
         max_bytes: int | None = None,
         size_of: Callable[[V], int] = json_size,
+        on_drop: Callable[[str, V, DropReason], None] | None = None,
     ) -> None:
         self.capacity = capacity
         self.ttl = ttl
         self.max_bytes = max_bytes  # None: bounded by count only (entries are not measured)
         self.size_of = size_of
         self.too_large = 0  # entries not kept because they alone exceed max_bytes
-        self._cache = _CountingTTLCache(max(1, capacity), max(ttl, 1e-9), clock)
+        self._cache = _CountingTTLCache(max(1, capacity), max(ttl, 1e-9), clock, on_drop)
 
     @property
     def evictions(self) -> int:

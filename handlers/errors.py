@@ -40,6 +40,8 @@ STATUS_BY_CODE = {
     "queue_timeout": 503,
     "node_lost": 503,
     "store_unavailable": 503,
+    "task_expired": 410,  # a task poll: the finished task's record was dropped (service.time)
+    "task_evicted": 410,  # a task poll: pushed out by newer tasks (service.task_number, task_bytes)
     "timeout": 504,
     "worker_crashed": 500,
     "ocr_failed": 500,

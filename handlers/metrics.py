@@ -50,6 +50,7 @@ class _StateCollector(Collector):
         yield _gauge("ocr_cache_entries", "Results in the cache", len(ocr.results.cache))
         yield from _byte_budget_metrics(ocr.results.cache, "ocr_cache", "results in the cache")
         yield from _byte_budget_metrics(ocr.tasks.records, "ocr_task_records", "finished task records kept")
+        yield _gauge("ocr_task_polls_waiting", "Task long polls (?wait=) waiting now", ocr.tasks.polls_waiting)
         budget = self.ctx.upload_budget
         yield _gauge("ocr_upload_buffered_bytes", "Request-body bytes held in memory now", budget.used)
         yield _counter(

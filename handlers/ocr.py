@@ -9,7 +9,8 @@ from typing import Any
 
 from tornado import web
 
-from cache import Computation, TaskRecord
+from cache import Computation, TaskRecord, TaskView
+from cache.task_store import DroppedTask
 from handlers.answers import new_task_id, splices
 from handlers.base import JsonHandler, header_value, refuse_unserved_method
 from handlers.context import AppContext
@@ -304,16 +305,27 @@ class OcrHandler(DocumentAnswers, JsonHandler):
 class TaskHandler(JsonHandler):
     endpoint = "/ocr_service/tasks/{task_id}"
     ctx: AppContext
+    # A long poll's wait, cancelled if its client leaves (the task itself is shielded: it runs on).
+    _poll: asyncio.Future[TaskView | None] | None = None
+    client_gone = False
 
     async def get(self, task_id: str) -> None:
         # ?wait=N: long-poll, answering as soon as the task finishes (at most N seconds).
         wait = parse_wait(self.get_query_argument("wait", None))
         try:
-            view = await self.ctx.ocr.task_view(task_id, wait=wait) if is_hex_id(task_id) else None
+            view = await self._view(task_id, wait) if is_hex_id(task_id) else None
         except PoolError as exc:  # the shared store out of reach: the task's state is unknown, not absent
             raise api_error_from_pool(exc) from None
+        except asyncio.CancelledError:
+            if not self.client_gone:
+                raise
+            self.log_fields["client_gone"] = True
+            return  # nobody to answer
         if view is None:
-            raise ApiError(404, "task_not_found", "no such task (unknown id, or it expired)")
+            dropped = self.ctx.ocr.tasks.dropped(task_id)
+            if dropped is None:
+                raise ApiError(404, "task_not_found", "no such task (unknown id, or dropped long ago or elsewhere)")
+            raise self._dropped_error(dropped)
         if view.status == "done" and view.result is not None:
             self.write_json(result_body(view.task_id, view.image_hash, view.result, view.cached))
             return
@@ -322,3 +334,37 @@ class TaskHandler(JsonHandler):
             code = view.error.code
             body["error"] = {"code": code, "message": view.error.message, "http_status": STATUS_BY_CODE.get(code, 500)}
         self.write_json(body)
+
+    async def _view(self, task_id: str, wait: float) -> TaskView | None:
+        if wait <= 0:
+            return await self.ctx.ocr.task_view(task_id)
+        self._poll = asyncio.ensure_future(self.ctx.ocr.task_view(task_id, wait=wait))
+        return await self._poll
+
+    def _dropped_error(self, dropped: DroppedTask) -> ApiError:
+        """410 for a finished task this node no longer keeps, naming the setting that decided it."""
+        service = self.ctx.settings.service
+        when = f"{dropped.kept_s:.0f} s after it finished ({dropped.ago_s:.0f} s ago)"
+        if dropped.reason == "expired":
+            ttl = self.ctx.ocr.tasks.records.ttl
+            message = (
+                f"the task expired {when}: finished tasks are kept {ttl:g} s (service.time is {service.time:g} s;"
+                " at least 300 s, plus twice ocr.process.task_timeout); poll sooner, or send it again"
+            )
+            return ApiError(STATUS_BY_CODE["task_expired"], "task_expired", message)
+        if dropped.reason == "count":
+            key, value = "service.task_number", f"{service.task_number} (finished tasks kept)"
+        else:
+            key, value = "service.task_bytes", f"{service.task_bytes} (bytes of finished tasks' answers kept)"
+        message = (
+            f"the task was pushed out by newer tasks {when}: {key} is {value}, and past it the least recently"
+            f" polled go first; poll sooner, raise {key}, or send it again"
+        )
+        return ApiError(STATUS_BY_CODE["task_evicted"], "task_evicted", message)
+
+    def on_connection_close(self) -> None:
+        # The client left: stop its long poll's wait (other polls of the task wait on).
+        self.client_gone = True
+        if self._poll is not None:
+            self._poll.cancel()
+        super().on_connection_close()

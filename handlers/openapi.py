@@ -296,7 +296,8 @@ def _schemas() -> dict[str, Any]:
                     "type": "object",
                     "description": "Result cache counters and backend; results and finished task records held, "
                     "as a count and as JSON bytes against their budgets (`bytes`, `max_bytes`, `too_large`, "
-                    "`tasks_kept`, `tasks_unfinished`, `tasks_bytes`, `tasks_max_bytes`).",
+                    "`tasks_kept`, `tasks_unfinished`, `tasks_bytes`, `tasks_max_bytes`) and the task long polls "
+                    "waiting now (`task_polls_waiting`).",
                 },
                 "documents": {
                     "type": "object",
@@ -479,7 +480,13 @@ def build_spec() -> dict[str, Any]:
                         ),
                         "400": _error_response(400, "`wait` is not a number of seconds.", ["invalid_field"]),
                         "404": _error_response(
-                            404, "Unknown or expired task id, or a malformed one.", ["task_not_found"]
+                            404, "Unknown task id (or one dropped long ago), or a malformed one.", ["task_not_found"]
+                        ),
+                        "410": _error_response(
+                            410,
+                            "A finished task whose record this server dropped: expired after `service.time`, or "
+                            "pushed out by newer tasks past `service.task_number` / `service.task_bytes`.",
+                            ["task_evicted", "task_expired"],
                         ),
                     },
                 }
