@@ -24,8 +24,9 @@ _CJK_START = 0x2E80
 
 # Typesetting puts a space after these and never inside a number or a word joined by
 # "-" or "/"; nor before closing punctuation: "TOTAL:" stays, "ARENOT" becomes "ARE NOT".
+# A space may precede a currency sign, "#", "@" or "+" (an amount, a number, a phone number).
 _SPACE_MAY_FOLLOW = set(':;,!?)]}%"&')
-_SPACE_MAY_PRECEDE = set('([{"&')
+_SPACE_MAY_PRECEDE = set('([{"&$€£¥₹#@+')
 
 
 def _spaced_script(char: str) -> bool:

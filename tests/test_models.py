@@ -765,10 +765,14 @@ def test_ctc_writes_a_space_the_model_expects_somewhere_in_a_gap() -> None:
 
     # Nor before a colon or beside a hyphen (typesetting), only after the colon.
     def spread(left: int, right: int) -> str:
-        frames = _frames({left: 0.9}, {5: 0.4}, {5: 0.4}, {5: 0.4}, {right: 0.9})
+        frames = _frames({left: 0.9}, {5: 0.4}, {5: 0.4}, {5: 0.4}, {right: 0.9}, classes=len(chars))
         return decode_batch(frames[None], chars)[0][0]
 
     assert [spread(1, 6), spread(6, 1), spread(1, 7), spread(7, 1)] == ["A:", ": A", "A-", "-A"]
+    # A currency sign or "+" starts an amount or a phone number: "Tel: +44", "3028 $646.80"
+    # (was read "3028$646.80"); a space before it may be written, never one after it.
+    chars += ["$", "+"]
+    assert [spread(1, 8), spread(6, 9), spread(8, 1)] == ["A $", ": +", "$A"]
     # Plain CTC rules still hold: repeats collapse, a blank separates a doubled letter,
     # a frame whose best class is the space writes it once.
     plain = _frames({1: 0.9}, {1: 0.9}, {}, {1: 0.9}, {5: 0.8}, {5: 0.8}, {2: 0.9})
