@@ -447,6 +447,21 @@ _LINE_MARGIN = 0.5
 _LINE_MIN_CUT = 0.1
 
 
+# An image whose every pixel, in every channel, lies within this many grey levels of every
+# other has nothing to read (the recogniser still reads text 3 levels off its ground).
+_BLANK_RANGE = 2
+
+
+def is_blank(img: np.ndarray) -> bool:
+    """True for an image of one flat grey (a blank page or strip): nothing to detect or read.
+
+    One pass over the bytes, all channels together (a flat colour that is not a grey is not
+    caught, and is read as usual): ~0.2 ms for an A4 page at 300 dpi."""
+    flat = np.ascontiguousarray(img).reshape(img.shape[0], -1)
+    low, high, _, _ = cv2.minMaxLoc(flat)
+    return high - low <= _BLANK_RANGE
+
+
 def border_grey(gray: np.ndarray) -> int:
     """The median grey of an image's edges: its ground, where the text has a margin round it."""
     return int(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))

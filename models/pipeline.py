@@ -19,6 +19,7 @@ from .det import (
     TextDetector,
     box_in_image,
     crop_box,
+    is_blank,
     is_vertical,
     line_extent,
     line_length,
@@ -166,18 +167,9 @@ class OcrEngine:
         t_decode = time.perf_counter()
         h, w = img.shape[:2]
         use_det = det == "on" or (det == "auto" and not looks_like_single_line(w, h))
-        reading = self._read(img, use_det)
-        if det == "auto" and not use_det and reading.confidence < self.options.auto_det_min_confidence:
-            # Shaped like a line but read with little confidence: it may be a small image of
-            # several lines. If detection finds several there, and reads them with more
-            # confidence, they are the answer. (One line found is the line already read:
-            # detection would only cut it differently, or read a lone tall "I" as a vertical
-            # line.)
-            detected = self._read(img, True)
-            if len(detected.lines) > 1 and detected.confidence > reading.confidence:
-                reading = detected.plus_time_of(reading)
-            else:
-                reading = reading.plus_time_of(detected)
+        # A blank page or strip: no model is asked (a 6000 x 8 blank strip read as a line
+        # took seconds, in wide pieces and both ways up, to find nothing).
+        reading = _Reading([], use_det, 0.0, 0.0, 0.0) if is_blank(img) else self._read_auto(img, det, use_det)
         t_rec = time.perf_counter()
 
         preview = None
@@ -201,6 +193,21 @@ class OcrEngine:
             result["preview"] = preview
             result["timing"]["preview"] = _ms(t_preview - t_rec)
         return result
+
+    def _read_auto(self, img: np.ndarray, det: str, use_det: bool) -> _Reading:
+        """The image read with detection or as one line, as `det` and its shape say."""
+        reading = self._read(img, use_det)
+        if det == "auto" and not use_det and reading.confidence < self.options.auto_det_min_confidence:
+            # Shaped like a line but read with little confidence: it may be a small image of
+            # several lines. If detection finds several there, and reads them with more
+            # confidence, they are the answer. (One line found is the line already read:
+            # detection would only cut it differently, or read a lone tall "I" as a vertical
+            # line.)
+            detected = self._read(img, True)
+            if len(detected.lines) > 1 and detected.confidence > reading.confidence:
+                return detected.plus_time_of(reading)
+            return reading.plus_time_of(detected)
+        return reading
 
     def _read(self, img: np.ndarray, use_det: bool) -> _Reading:
         """The image's lines, with detection or as one line, and the time each stage took."""

@@ -39,7 +39,7 @@ from models import (
     create_engine,
     model_identity,
 )
-from models.det import TextDetector, outside_boxes, reading_order, sort_reading_order
+from models.det import TextDetector, is_blank, outside_boxes, reading_order, sort_reading_order
 from models.families import DetDefaults
 from models.image_io import decode_image
 from models.pipeline import looks_like_single_line
@@ -563,8 +563,9 @@ def test_extreme_aspect_ratio_is_bounded(engine, monkeypatch) -> None:
     """A 20000 x 8 strip must not become a huge tensor: every model input stays within the
     detector's side limit and the recogniser's widest line (the work, not a wall-clock time,
     is what is bounded)."""
-    img = Image.new("L", (20000, 8), 255)
-    data = _encode(img, "PNG")
+    # Not blank (a blank one is answered without the models): light noise, nothing to read.
+    noise = np.random.default_rng(3).integers(235, 256, (8, 20000), dtype=np.uint8)
+    data = _encode(Image.fromarray(noise), "PNG")
     shapes: list[tuple[int, ...]] = []
     sessions = [engine.detector.session, engine.recognizer.session]
     if engine.line_recognizer is not None:
@@ -583,6 +584,44 @@ def test_extreme_aspect_ratio_is_bounded(engine, monkeypatch) -> None:
     assert shapes
     limit = max(engine.options.det_limit_side_len, 48 * 160)  # det side limit; rec: height 48 x ratio 160
     assert max(max(shape[2:]) for shape in shapes) <= limit, shapes
+
+
+def test_blank_images_are_answered_without_the_models_and_faint_text_still_is_read(engine, monkeypatch) -> None:
+    """A blank strip read as a line cost seconds (wide pieces, both ways up) to find nothing;
+    a flat image now asks no model. Text 3 grey levels off its ground is not blank: the
+    recogniser reads it."""
+    runs: list[str] = []
+    sessions = {"det": engine.detector.session, "rec": engine.recognizer.session}
+    if engine.classifier is not None:
+        sessions["cls"] = engine.classifier.session
+    for name, session in sessions.items():
+        monkeypatch.setattr(session, "run", lambda batch, _run=session.run, _name=name: runs.append(_name) or _run(batch))
+    blanks = {
+        "white strip": Image.new("L", (6000, 8), 255),
+        "grey page": Image.new("RGB", (1240, 1754), (128, 128, 128)),
+        "black page, a level of noise": Image.fromarray(
+            np.random.default_rng(1).integers(0, 3, (600, 800, 3), dtype=np.uint8)
+        ),
+    }
+    for name, image in blanks.items():
+        for det in ("on", "off", "auto"):
+            result = engine.recognize(_encode(image, "PNG"), det=det)
+            assert result["text_lines"] == [] and list(result["image_size"]) == list(image.size), name
+    assert runs == []
+    faint = Image.new("L", (420, 44), 255)
+    ImageDraw.Draw(faint).text((8, 6), "Invoice 2024", fill=252, font=ImageFont.load_default(size=28))
+    assert not is_blank(np.asarray(faint))
+    lines = engine.recognize(_encode(faint, "PNG"), det="auto")["text_lines"]
+    assert "Invoice 2024" in " ".join(line["text"] for line in lines)
+    assert "rec" in runs
+
+
+def test_is_blank_takes_any_mark_beyond_two_grey_levels_as_content() -> None:
+    page = np.full((300, 200, 3), 250, np.uint8)
+    assert is_blank(page) and is_blank(page[:, :, 0]) and is_blank(np.full((8, 6000), 0, np.uint8))
+    page[150, 100] = (250, 250, 247)  # one pixel, one channel, three levels off
+    assert not is_blank(page)
+    assert not is_blank(np.full((40, 40, 3), (255, 0, 0), np.uint8))  # a flat colour is not taken for blank
 
 
 def test_exif_rotated_file(engine) -> None:
