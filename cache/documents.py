@@ -1,7 +1,8 @@
 """Documents (PDF, multi-page TIFF): one request, many pages, each page OCR'd as an image.
 
 A document run: (PDF only) a probe task in a worker counts the pages, refuses too many,
-reads each page's size and text layer; then every page that needs OCR goes to the page
+reads each page's size and text layer (when that task crashes or hangs its worker, the probe
+is made again page by page, so that a page PDFium cannot get through fails alone); then every page that needs OCR goes to the page
 scheduler (ocr_pool.pages: fair across documents, one page per worker in the pool) and
 the answers are put together in page order. Results are cached per page (a repeated or
 re-tried document re-runs only what is missing) and per document. Identical documents in
@@ -29,6 +30,7 @@ from cache.previews import PreviewStore
 from cache.records import Result, TaskView
 from cache.remote_poll import poll_pauses
 from cache.service import OcrService
+from cache.single_flight import is_poison
 from cache.task_store import TaskRecord
 from ocr_pool import Job, PoolError, QueueFullError, TaskCancelledError, TaskFailedError
 from ocr_pool.pages import DocumentPages, PageScheduler, PageTask, settle
@@ -108,6 +110,7 @@ class DocumentRun:
         self.job: Job | None = None  # always None: a document is many jobs (see probe, pages)
         self.claim: str | None = None
         self.probe: Job | None = None
+        self.probe_pages: DocumentPages | None = None  # the probe page by page (see _probe)
         self.pages: DocumentPages | None = None  # the tasks this run put in the scheduler
         self.flights: dict[int, PageFlight] = {}  # page index -> the read it waits for (its own or another's)
         self.preview_tasks: list[PageTask] = []  # its preview-only tasks
@@ -181,6 +184,7 @@ class DocumentService:
         self.pages_cached = 0
         self.pages_shared = 0  # pages answered by a read made for another page
         self.documents_shared = 0  # read by another node while this one waited
+        self.probed_by_page = 0  # PDFs probed page by page (their whole probe crashed or hung a worker)
 
     # ---- keys ------------------------------------------------------------------------
 
@@ -203,6 +207,16 @@ class DocumentService:
         pdf_text. A PDF that crashed or hung its probe is remembered under this key, so that
         resending it with other options does not cost another worker."""
         return self.ocr.cache_key(doc.doc_hash, {"document": doc.kind, "op": "probe", **self.render.spec()})
+
+    def count_key(self, doc: DocumentInput) -> str:
+        """Where a PDF whose page count alone crashed or hung a worker is remembered: it is
+        refused at once while remembered."""
+        return self.ocr.cache_key(doc.doc_hash, {"document": doc.kind, "op": "count", **self.render.spec()})
+
+    def page_probe_key(self, doc: DocumentInput, index: int) -> str:
+        """Where a page whose own probe crashed or hung a worker is remembered."""
+        options = {"document": doc.kind, "op": "probe", **self.render.spec()}
+        return self.ocr.cache_key(f"{doc.doc_hash}#page={index + 1}", options)
 
     def preview_slot(self, doc_hash: str, number: int) -> str:
         return self.ocr.cache_key(f"{doc_hash}#page={number}", {"preview": PREVIEW, **self.render.spec()})
@@ -231,14 +245,14 @@ class DocumentService:
     def join(self, doc: DocumentInput) -> DocumentRun:
         """Wait on the run for this document, starting one if there is none.
 
-        Raises PoolError when the pool cannot take the work now, or when the document
-        crashed or hung a worker's probe recently (answered from memory).
+        Raises PoolError when the pool cannot take the work now, or when counting the
+        document's pages crashed or hung a worker recently (answered from memory).
         """
         key = self.run_key(doc)
         run = self._in_flight.get(key)
         if run is None or run.doomed:  # a doomed run leaves _in_flight a loop turn later
             cache_key = self.document_key(doc)
-            remembered = self.ocr.flight.remembered_failure(self.probe_key(doc)) if doc.kind == "pdf" else None
+            remembered = self.ocr.flight.remembered_failure(self.count_key(doc)) if doc.kind == "pdf" else None
             if remembered is not None:
                 raise remembered
             reads = 1 if doc.kind == "pdf" else self._reads(self._tiff_page_keys(doc))  # a PDF: its probe
@@ -394,6 +408,9 @@ class DocumentService:
         started, and leave the reads of its pages (each cancelled if no other page waits)."""
         if run.probe is not None:
             self.pool.cancel(run.probe)
+        if run.probe_pages is not None:
+            for task in run.probe_pages.tasks:
+                self.scheduler.cancel(run.probe_pages, task)
         if run.pages is not None:
             for task in run.preview_tasks:
                 self.scheduler.cancel(run.pages, task)
@@ -420,19 +437,80 @@ class DocumentService:
         await self.ocr.results.put(key, result)  # and into the shared store, when there is one
 
     async def _probe(self, run: DocumentRun, doc: DocumentInput, spec: dict[str, Any]) -> dict[str, Any]:
+        """The PDF's page count, and each page's size, text layer and identity: one task for
+        the whole document, or page by page when that task crashed or hung a worker (now or
+        recently), so that one page PDFium cannot get through costs that page, not the document."""
         probe_spec = {**spec, "op": "probe", "max_pages": self.render.max_pages, "pdf_text": doc.params["pdf_text"]}
+        probe_key = self.probe_key(doc)
+        remembered = self.ocr.flight.failures.get(probe_key)
+        failed: PoolError | None = remembered[0] if remembered is not None else None
+        if failed is None:
+            try:
+                return await self._probe_task(run, doc, probe_spec, probe_key)
+            except PoolError as error:
+                if not is_poison(error):
+                    raise
+                failed = error
+        return await self._probe_by_page(run, doc, probe_spec, failed)
+
+    async def _probe_task(
+        self, run: DocumentRun, doc: DocumentInput, probe_spec: dict[str, Any], key: str
+    ) -> dict[str, Any]:
         run.probe = self.pool.submit(doc.payload, {"det": doc.params["det"], "document": probe_spec})
         self._unreserve(run)  # the probe is in the pool's queue now
         # A PDF that crashes or hangs PDFium is remembered from the job itself: also when
         # its client left while the probe ran (the run no longer awaits it).
-        probe_key = self.probe_key(doc)
-        run.probe.future.add_done_callback(lambda future: self._remember_failure(probe_key, future))
+        job = run.probe
+        job.future.add_done_callback(lambda future: self._remember_failure(key, future))
         try:
             # Shielded: cancelling this run must not cancel the pool's own future (pool.cancel does).
-            return await asyncio.shield(run.probe.future)
+            return await asyncio.shield(job.future)
         finally:
-            if run.probe.future.done():
-                run.probe.params = {}  # a finished job is kept for the task's timing: not its password
+            if job.future.done():
+                job.params = {}  # a finished job is kept for the task's timing: not its password
+
+    async def _probe_by_page(
+        self, run: DocumentRun, doc: DocumentInput, probe_spec: dict[str, Any], whole_failed: PoolError
+    ) -> dict[str, Any]:
+        """The probe page by page: the count first (a document that cannot even be counted
+        fails as its probe did), then one task a page, fed fairly as pages are. A page whose
+        task crashed or hung a worker is answered with that error (and remembered: it is not
+        tried again while remembered); the others are probed as the whole probe would have.
+        A one-page PDF's page is the whole probe's: it fails as that did, without another try."""
+        started = time.monotonic()
+        self.probed_by_page += 1
+        counted = await self._probe_task(run, doc, {**probe_spec, "probe_pages": []}, self.count_key(doc))
+        infos: list[dict[str, Any]] = [{} for _ in range(counted["pages_total"])]
+        keys = {index: self.page_probe_key(doc, index) for index in range(len(infos))}
+        to_probe: list[tuple[int, dict[str, Any]]] = []
+        for index, key in keys.items():
+            remembered = self.ocr.flight.remembered_failure(key)
+            if remembered is None and len(infos) == 1:
+                remembered = whole_failed
+            if remembered is not None:
+                infos[index] = _unprobed_page(index, remembered)
+            else:
+                page_spec = {**probe_spec, "probe_pages": [index]}
+                to_probe.append((index, {"det": doc.params["det"], "document": page_spec}))
+        if to_probe:
+            run.probe_pages = self.scheduler.add(doc.payload, to_probe, functools.partial(self._remember_page, keys))
+            tasks = run.probe_pages.tasks
+            try:
+                # Shielded, as the whole probe: the run's release cancels what has not started.
+                outcomes = await asyncio.gather(*(asyncio.shield(task.future) for task in tasks), return_exceptions=True)
+            finally:
+                for task in tasks:
+                    if task.future.done():
+                        _scrub(task)
+            for task, outcome in zip(tasks, outcomes):
+                if isinstance(outcome, dict):
+                    infos[task.index] = outcome["pages"][0]
+                elif isinstance(outcome, PoolError) and outcome.code not in SERVER_ERRORS:
+                    infos[task.index] = _unprobed_page(task.index, outcome)
+                else:
+                    raise outcome
+        probe_ms = round((time.monotonic() - started) * 1000, 2)
+        return {**counted, "pages": infos, "timing": {"probe": probe_ms}}
 
     async def _compute(self, run: DocumentRun, doc: DocumentInput) -> dict[str, Any]:
         det = doc.params["det"]
@@ -623,6 +701,7 @@ class DocumentService:
             "pages_cached": self.pages_cached,
             "pages_shared": self.pages_shared,
             "documents_from_other_nodes": self.documents_shared,
+            "probed_by_page": self.probed_by_page,
             # Pages accepted that no worker has started: admitted and not yet handed on, waiting
             # in the page scheduler, or queued in the pool (what counts against queue_size).
             "pages_waiting": self._reserved + self.scheduler.waiting,
@@ -635,6 +714,13 @@ def _scrub(task: PageTask) -> None:
     task.params = {}
     if task.job is not None:
         task.job.params = {}
+
+
+def _unprobed_page(index: int, error: BaseException) -> dict[str, Any]:
+    """A page whose own probe failed: answered with the error, never read."""
+    reason = page_error(error)
+    message = f"page {index + 1} could not be opened: {reason['message']}"
+    return {"image_size": None, "layer": None, "fingerprint": None, "error": {"code": reason["code"], "message": message}}
 
 
 def _page_body(

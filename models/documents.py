@@ -91,14 +91,21 @@ def _error(exc: ImageError) -> dict[str, str]:
 
 def probe_pdf(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
     """Page count (refused past max_pages), each page's pixel size, and its text layer when
-    pdf_text asks for it (auto: only a page with real text)."""
+    pdf_text asks for it (auto: only a page with real text).
+
+    spec["probe_pages"], when given, lists the pages (0-based) to look at, in the answer's
+    order: the parent probes page by page a PDF whose whole probe crashed or hung a worker
+    ([]: the count only)."""
     count = len(_document(data, spec))
     check_page_count(count, int(spec["max_pages"]))
     limits = limits_of(spec)
     mode = spec.get("pdf_text", "auto")
     pages = []
     budget = FingerprintBudget()  # one deadline for all the pages' fingerprints
-    for index in range(count):
+    wanted = spec.get("probe_pages")
+    for index in range(count) if wanted is None else wanted:
+        if not 0 <= index < count:
+            raise ImageDecodeError(f"the PDF has no page {index + 1}")
         info: dict[str, Any] = {"image_size": None, "layer": None, "error": None, "fingerprint": None}
         try:
             page = _load_page(data, spec, index)  # (it may open the document afresh)

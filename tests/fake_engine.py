@@ -7,6 +7,8 @@ b"env"      answers {"env": the worker's thread environment variables}
 b"exit-after:S"  answers, and its process exits S seconds later (as a crash right after a reply)
 b"pages:crash=I,hang=J,sleep=S"  a document: page I kills its worker, page J sleeps an
            hour, every other page sleeps S seconds (each part optional)
+b"pages:count=N,probe_crash=I,probe_hang=J"  a PDF of N pages, each with a text layer: probing
+           page I kills its worker, page J hangs (in a whole-document probe as well)
 anything else answers {"text_lines": [{"text": payload}], "pid": worker pid}
 Options: {"fail_load": True} fails to load; {"load_delay": S} loads in S seconds;
 {"die_after_load": S} loads, then its process exits S seconds later (a runtime that crashes once loaded).
@@ -48,12 +50,28 @@ class FakeEngine:
 
     def _page(self, image_bytes: bytes, document: dict[str, Any]) -> dict[str, Any]:
         plan = dict(part.split("=") for part in image_bytes[6:].decode().split(",") if part)
+        if document.get("op") == "probe":
+            return self._probe(plan, document)
         index = document["index"]
         if plan.get("crash") == str(index):
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(3600 if plan.get("hang") == str(index) else float(plan.get("sleep", 0)))
         text = f"page {index + 1}"
         return {"text_lines": [{"text": text}], "image_size": [10, 10], "timing": {}, "pid": os.getpid()}
+
+
+    def _probe(self, plan: dict[str, str], document: dict[str, Any]) -> dict[str, Any]:
+        count = int(plan.get("count", 1))
+        wanted = document.get("probe_pages")
+        pages = []
+        for index in range(count) if wanted is None else wanted:
+            if plan.get("probe_crash") == str(index):
+                os.kill(os.getpid(), signal.SIGKILL)
+            if plan.get("probe_hang") == str(index):
+                time.sleep(3600)
+            layer = [{"text": f"layer {index + 1}", "confidence": 1.0, "box": [[0, 0], [9, 0], [9, 9], [0, 9]]}]
+            pages.append({"image_size": [10, 10], "layer": layer, "error": None, "fingerprint": None})
+        return {"pages_total": count, "pages": pages, "protected": False, "timing": {"probe": 0.0}, "pid": os.getpid()}
 
 
 def create_engine(options: Any) -> FakeEngine:

@@ -1,0 +1,94 @@
+"""A PDF's probe (page count, sizes, text layers) is one task; when that task crashes or hangs
+its worker, the probe is made again page by page, so that one page PDFium cannot get through
+fails alone (and is remembered), and a long document whose probe outlasts task_timeout is
+still read.
+
+The fake engine (real worker processes) plays a PDF whose page crashes or hangs the probe; the
+real server reads a real 100-page PDF whose one-task probe runs past a short task_timeout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cache.documents import DocumentInput
+from ocr_pool import WorkerPool
+from tests.conftest import base_config, random_word
+from tests.pdf_builder import text_pdf
+from tests.test_documents import post_document
+from tests.test_documents_sharing import texts
+from tests.test_pages import services
+from tests.test_pool import run, wait_for
+
+
+def fake_pdf(plan: bytes, **params: str) -> DocumentInput:
+    return DocumentInput("pdf", b"pages:" + plan, f"h-{plan.decode()}", {"det": "auto", "pdf_text": "auto", **params})
+
+
+def test_a_page_that_crashes_the_probe_fails_alone_and_is_not_probed_again() -> None:
+    async def scenario(pool: WorkerPool) -> None:
+        _ocr, documents = services(pool)
+        result = await documents.join(fake_pdf(b"count=4,probe_crash=2")).future
+        assert texts(result) == ["layer 1", "layer 2", "worker_crashed", "layer 4"]
+        assert result["pages"][2]["error"]["message"].startswith("page 3 could not be opened: ")
+        await wait_for(lambda: pool.ready_count == 2)
+        # The whole probe and then the page's own, each tried twice: four workers, no more.
+        assert pool.restarts["crashed"] == 4 and documents.probed_by_page == 1
+        # The same PDF with other options: page by page at once, the page answered from memory.
+        again = await documents.join(fake_pdf(b"count=4,probe_crash=2", det="on")).future
+        assert texts(again) == texts(result)
+        assert "remembered from an earlier attempt" in again["pages"][2]["error"]["message"]
+        assert pool.restarts["crashed"] == 4 and documents.probed_by_page == 2
+
+    run(scenario)
+
+
+def test_a_page_that_hangs_the_probe_fails_alone_with_timeout() -> None:
+    async def scenario(pool: WorkerPool) -> None:
+        _ocr, documents = services(pool)
+        result = await documents.join(fake_pdf(b"count=3,probe_hang=1")).future
+        assert texts(result) == ["layer 1", "timeout", "layer 3"]
+        await wait_for(lambda: pool.ready_count == 2)
+        assert pool.restarts["timeout"] == 2  # the whole probe, then the page's own
+
+    run(scenario, task_timeout=0.5)
+
+
+def test_a_one_page_pdf_whose_probe_crashes_fails_so_without_another_try() -> None:
+    async def scenario(pool: WorkerPool) -> None:
+        _ocr, documents = services(pool)
+        run_ = documents.join(fake_pdf(b"count=1,probe_crash=0"))
+        error: Any = None
+        try:
+            await run_.future
+        except Exception as exc:  # noqa: BLE001 - the error is what is checked
+            error = exc
+        assert error is not None and error.code == "worker_crashed", error
+        await wait_for(lambda: pool.ready_count == 2)
+        # Its one page is the whole probe's: not probed again on its own (two workers, not four).
+        assert pool.restarts["crashed"] == 2
+
+    run(scenario)
+
+
+def test_a_long_pdf_whose_probe_outlasts_task_timeout_is_probed_page_by_page(server_factory: Any) -> None:
+    # 100 pages of dense born-digital print: the one-task probe reads every text layer (about
+    # 3 s here), far past a task_timeout of 0.5 s; one page's probe takes a few milliseconds.
+    words = [random_word(6) for _ in range(100)]
+    pages = [[f"PAGE {n} {words[n]}"] + [f"LINE {i} " + "amount due 12.50 EUR " * 5 for i in range(90)] for n in range(100)]
+    pdf = text_pdf(pages, font_size=4)
+    server = server_factory(base_config(number=2, task_timeout=0.5), name="probe-by-page")
+    response = post_document(server, pdf)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [page["source"] for page in body["pages"]] == ["layer"] * 100
+    assert [page["text_lines"][0]["text"] for page in body["pages"]] == [f"PAGE {n} {words[n]}" for n in range(100)]
+    health = server.health()
+    assert health["workers"]["restarts"] == {"timeout": 1} and health["documents"]["probed_by_page"] == 1
+    # The same PDF with other options: no second one-task probe, no worker lost.
+    again = post_document(server, pdf, det="on")
+    assert again.status_code == 200 and [page["text_lines"] for page in again.json()["pages"]] == [
+        page["text_lines"] for page in body["pages"]
+    ]
+    health = server.health()
+    assert health["workers"]["restarts"] == {"timeout": 1} and health["documents"]["probed_by_page"] == 2
