@@ -20,12 +20,21 @@ import requests
 from PIL import Image, ImageDraw, ImageFont
 
 from bench import launch
+from ocr_pool.cpus import read_usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 GT_DIR = SHARED / "data" / "ocr-gt"
 LOAD_DIR = SHARED / "data" / "load"
 ARTIFACTS = REPO / "artifacts"
+
+
+# Threads for the engines the tests build in this process (tests/test_models.py,
+# tests/test_runtimes.py): what a one-worker server gives its worker, the CPUs this process
+# may use. Nothing else reads meanwhile, and the reading does not depend on it: on ten
+# ground-truth images each engine (onnxruntime, paddle, openvino) answered the same text and
+# confidences with 1 and 2 threads; only the time differs (a third to a half less on 2 CPUs).
+ENGINE_THREADS = read_usable_cpus()
 
 
 def require_shared() -> None:
@@ -118,24 +127,33 @@ def base_config(**process: Any) -> dict[str, Any]:
 
 
 def start_server(workdir: Path, config: dict[str, Any], ready_timeout: float = 180) -> RunningServer:
-    """server.py with `config` on a free loopback port (the benchmarks' launcher), ready to serve."""
+    """server.py with `config` on a free loopback port (as the benchmarks' launcher starts it),
+    ready to serve."""
     workdir.mkdir(parents=True, exist_ok=True)
-    launched = launch.start_server(
-        config, ready_timeout=ready_timeout, log_level="INFO", workdir=workdir, new_session=False
-    )
-    server = RunningServer(
-        launched.url, launched.pid, workdir / "config.json", workdir / "server.log", launched.process
-    )
+    config_path = workdir / "config.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    port = launch.free_port()
+    argv = [str(REPO / "server.py"), "--config", str(config_path), "--port", str(port), "--log-level", "INFO"]
+    # Readiness is polled here, every 20 ms (the launcher's own wait polls /readyz every 200 ms).
+    launched = launch.start_process(argv, port, workdir, ready_timeout, new_session=False, ready_path=None)
+    server = RunningServer(launched.url, launched.pid, config_path, workdir / "server.log", launched.process)
     # /readyz answers once one worker is ready; tests reason about the configured pool
     # (which pages run at once, how many workers are replaced), so wait for all of it.
     deadline = time.monotonic() + ready_timeout
+    workers: dict[str, Any] = {}
     while True:
-        workers = server.health()["workers"]
-        if workers["ready"] >= workers["configured"]:
-            return server
+        try:
+            workers = server.health()["workers"]
+        except requests.ConnectionError:  # not listening yet
+            pass
+        else:
+            if workers["ready"] >= workers["configured"]:
+                return server
         if time.monotonic() > deadline or server.process.poll() is not None:
+            if server.process.poll() is None:
+                server.stop()
             raise RuntimeError(f"pool never full: {workers}\n{server.log_text()[-3000:]}")
-        time.sleep(0.1)
+        time.sleep(0.02)
 
 
 @pytest.fixture(scope="session")
@@ -148,6 +166,16 @@ def ocr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServ
     config["web_server"]["allowed_roots"].append(str(images))
     server = start_server(workdir, config)
     server.images_dir = images
+    yield server
+    assert server.stop() == 0, server.log_text()[-3000:]
+
+
+@pytest.fixture(scope="session")
+def one_worker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One real server of base_config(number=1) (one real worker; the default engine, OpenVINO),
+    shared by the tests that need just that and leave it as they found it: a worker they stop
+    (SIGSTOP) they let go on, and what they count they count from their own start."""
+    server = start_server(tmp_path_factory.mktemp("one_worker_server"), base_config(number=1))
     yield server
     assert server.stop() == 0, server.log_text()[-3000:]
 

@@ -19,7 +19,7 @@ import requests
 from PIL import Image
 
 from bench.common import bag_cer
-from tests.conftest import GT_DIR, RunningServer, base_config, gt_manifest, random_word, text_image
+from tests.conftest import GT_DIR, RunningServer, base_config, gt_entry, gt_manifest, random_word, text_image
 from tests.pdf_builder import (
     encrypted_pdf,
     garbled_first_page_pdf,
@@ -225,7 +225,7 @@ def test_a_worker_killed_during_a_page_costs_nothing(server_factory: Any) -> Non
     assert view["status"] == "done" and view["pages_failed"] == 0, view  # the page was retried
     deadline = time.monotonic() + 60
     while server.health()["workers"]["ready"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.02)
     assert server.health()["workers"]["ready"] == 2
     assert server.ocr_upload(text_image("STILL SERVING")).status_code == 200
 
@@ -387,8 +387,10 @@ def test_the_same_tiff_page_inside_another_tiff_is_not_read_again(ocr_server: Ru
 
 
 def test_a_page_that_hung_a_worker_is_remembered_not_read_again(server_factory: Any) -> None:
-    # The largest scan runs past a tiny task_timeout: each of its pages costs a worker once.
-    big = max(gt_manifest(), key=lambda row: row["width"] * row["height"])
+    # A scan of over 1.5 MP runs past a tiny task_timeout (as in test_service's timeout tests;
+    # over a second of reading here): each of its pages costs a worker once. Not the largest,
+    # 35 MP: building, sending and decoding its pages took seconds and showed nothing more.
+    big = gt_entry(lambda e: e["width"] * e["height"] > 1_500_000)
     image = open_gt(big)
     tiff = multipage_tiff([image, image.rotate(180)])
     # Two workers: both pages start at once (one alone would leave the second page queued
@@ -398,7 +400,7 @@ def test_a_page_that_hung_a_worker_is_remembered_not_read_again(server_factory: 
     assert_error(first, 504, "timeout")
     deadline = time.monotonic() + 60
     while server.health()["workers"]["ready"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.02)
     health = server.health()
     runs, restarts = health["ocr_runs"], health["workers"]["restarts"]
     assert restarts == {"timeout": 2}, restarts

@@ -43,6 +43,7 @@ from models.det import TextDetector, is_blank, outside_boxes, reading_order, sor
 from models.families import DetDefaults
 from models.image_io import decode_image
 from models.pipeline import looks_like_single_line
+from tests.conftest import ENGINE_THREADS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 OCR_GT = SHARED / "data" / "ocr-gt"
@@ -364,7 +365,7 @@ def test_worksheet_label_beside_a_blank_line_is_read(gt_rows) -> None:
 def engine(request):
     # Paddle runs with oneDNN here: identical text (see RESULTS-engine.md) and
     # ~2.5x faster, which keeps this module inside its time budget.
-    opts = EngineOptions(engine=request.param, enable_mkldnn=request.param == "paddle")
+    opts = EngineOptions(engine=request.param, enable_mkldnn=request.param == "paddle", cpu_threads=ENGINE_THREADS)
     return create_engine(opts)
 
 
@@ -375,7 +376,11 @@ def light_engine(request):
     # scans from dominating the suite's run time (and so does no closer look, which at
     # that side would look again at their print).
     opts = EngineOptions(
-        engine=request.param, enable_mkldnn=request.param == "paddle", det_limit_side_len=480, det_look_closer=False
+        engine=request.param,
+        enable_mkldnn=request.param == "paddle",
+        det_limit_side_len=480,
+        det_look_closer=False,
+        cpu_threads=ENGINE_THREADS,
     )
     return create_engine(opts)
 
@@ -691,7 +696,7 @@ def test_detector_settings_come_from_the_models_own_config() -> None:
 
 @pytest.mark.parametrize("family", ["PP-OCRv4", "PP-OCRv5", "PP-OCRv6-small", "PP-OCRv6-tiny"])
 def test_every_family_loads_offline_and_reads_english_and_chinese(family: str, gt_rows) -> None:
-    engine = create_engine(EngineOptions(model=family))
+    engine = create_engine(EngineOptions(model=family, cpu_threads=ENGINE_THREADS))
     assert f":{family}:" in engine.identity
     # Order-free character error (the measured figures are 1-2 % on the receipt and at
     # most one character of the plate's seven): every family must really read both scripts.
@@ -740,8 +745,10 @@ def test_own_dictionary_for_the_main_recogniser_leaves_the_line_reader_its_own()
 
 
 def test_fast_recogniser_reads_first_and_the_main_one_rereads_only_its_unsure_lines(gt_rows) -> None:
-    plain = create_engine(EngineOptions(model="PP-OCRv6-small", cpu_threads=1))
-    cascade = create_engine(EngineOptions(model="PP-OCRv6-small", fast_rec_model="PP-OCRv6-tiny", cpu_threads=1))
+    plain = create_engine(EngineOptions(model="PP-OCRv6-small", cpu_threads=ENGINE_THREADS))
+    cascade = create_engine(
+        EngineOptions(model="PP-OCRv6-small", fast_rec_model="PP-OCRv6-tiny", cpu_threads=ENGINE_THREADS)
+    )
     assert cascade.fast_recognizer is not None and plain.fast_recognizer is None
     # Another reading rule, another answer: the cache must not mix them.
     assert cascade.identity != plain.identity
@@ -973,15 +980,15 @@ def test_upright_pages_of_capitals_are_not_turned(engine) -> None:
     from tests.conftest import UNAMBIGUOUS
     from tests.test_hardening import page_image
 
-    # Two pages: with this seed the classifier's page vote comes out "upside down" on the
-    # second for onnxruntime and on both for paddle (measured), so each backend's page turn
-    # is settled by the recogniser at least once; more pages only read more capitals.
+    # The second page of this seed: the classifier's page vote comes out "upside down" on it
+    # for onnxruntime and for paddle (measured; on the first only for paddle), so each
+    # backend's page turn is settled by the recogniser; more pages only read more capitals.
     rng = random.Random(7)
-    for _ in range(2):
-        words = ["".join(rng.choices(UNAMBIGUOUS, k=8)) for _ in range(40)]
-        page = page_image([" ".join(words[i : i + 5]) for i in range(0, 40, 5)])
-        text = " ".join(line["text"] for line in engine.recognize(page)["text_lines"])
-        assert sum(word in text for word in words) >= 36, text
+    pages = [["".join(rng.choices(UNAMBIGUOUS, k=8)) for _ in range(40)] for _ in range(2)]
+    words = pages[1]
+    page = page_image([" ".join(words[i : i + 5]) for i in range(0, 40, 5)])
+    text = " ".join(line["text"] for line in engine.recognize(page)["text_lines"])
+    assert sum(word in text for word in words) >= 36, text
 
 
 def test_a_page_upside_down_reads_each_line_once(engine, gt_rows) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,13 @@ from models.options import cpu_has_bf16
 from models.quantize import build, calibration_images
 from models.rec import TextRecognizer
 from tests.conftest import (
+    ENGINE_THREADS,
     GT_DIR,
     LOAD_DIR,
     RunningServer,
     base_config,
     gt_manifest,
     random_word,
-    start_server,
     text_image,
 )
 
@@ -78,7 +77,7 @@ def int8_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_openvino_engine_reads_a_receipt(precision: str) -> None:
     needs_bf16() if precision == "bf16" else needs_openvino()
-    engine = create_engine(EngineOptions(engine="openvino", precision=precision, cpu_threads=1))
+    engine = create_engine(EngineOptions(engine="openvino", precision=precision, cpu_threads=ENGINE_THREADS))
     assert engine.identity.startswith("openvino:PP-OCRv6-small:")
     # What OpenVINO was told is what it compiled: every model computes in the asked precision.
     hint = "bf16" if precision == "bf16" else "f32"
@@ -149,16 +148,13 @@ def test_openvino_line_batches_are_padded_to_a_few_widths() -> None:
     assert all(0 <= a[3] - b[3] < 64 for a, b in zip(fixed.shapes, free.shapes))
 
 
-@pytest.fixture(scope="module")
-def openvino_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One worker on OpenVINO, the server's default engine: shared by the tests that only read
-    through a plain server of that config (no counters, no faults)."""
+@pytest.fixture
+def openvino_server(one_worker_server: RunningServer) -> RunningServer:
+    """One worker on OpenVINO, the server's default engine: the session's plain one-worker
+    server (base_config(number=1)), for the tests that only read through it (no counters, no faults)."""
     needs_openvino()
-    config = base_config(number=1)
-    config["ocr"]["engine"] = "openvino"
-    server = start_server(tmp_path_factory.mktemp("openvino-server"), config)
-    yield server
-    assert server.stop() == 0, server.log_text()[-3000:]
+    assert one_worker_server.health()["engine"] == "openvino", "the default engine is no longer OpenVINO"
+    return one_worker_server
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
@@ -231,8 +227,8 @@ def test_int8_variant_reads_a_receipt(int8_cache: Path, engine: str, monkeypatch
     if engine == "openvino":
         needs_openvino()
     monkeypatch.setenv("OCR_MODEL_CACHE", str(int8_cache))
-    options = EngineOptions(engine=engine, precision="int8", cpu_threads=1)
-    fp32 = EngineOptions(engine=engine, cpu_threads=1)
+    options = EngineOptions(engine=engine, precision="int8", cpu_threads=ENGINE_THREADS)
+    fp32 = EngineOptions(engine=engine, cpu_threads=ENGINE_THREADS)
     assert model_identity(options) != model_identity(fp32)  # the cache never mixes the two
     assert receipt_cer(create_engine(options)) <= MAX_CER_INT8
 

@@ -78,7 +78,7 @@ def wait_until(predicate, message: str, timeout: float = 30) -> None:  # type: i
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, message
-        time.sleep(0.1)
+        time.sleep(0.02)
 
 
 def nginx_config(node_ports: list[int], listen_port: int, workdir: Path) -> str:

@@ -17,8 +17,17 @@ from bench.launch import free_port
 from cache import redis_store
 from cache.redis_store import SharedStoreUnavailableError
 from cache.service import OcrService
-from tests.conftest import RunningServer, base_config, random_word, start_server, text_image
-from tests.test_scaleout import REDIS, FakePool, RedisServer, fast_heartbeat, make_store, service_node, upload
+from tests.conftest import RunningServer, base_config, random_word, text_image
+from tests.test_scaleout import (
+    REDIS,
+    FakePool,
+    RedisServer,
+    _start_nodes,
+    fast_heartbeat,
+    make_store,
+    service_node,
+    upload,
+)
 
 pytestmark = pytest.mark.skipif(REDIS is None, reason="needs Debian's redis-server (.ci/run installs it)")
 __all__ = ["fast_heartbeat"]  # the fixture, imported for its use by name here
@@ -177,19 +186,12 @@ def test_the_result_lru_orders_uses_by_redis_clock_not_each_nodes(
 # ---- the real server: two nodes with real workers on one Redis ------------------------------
 
 
-def _node(tmp_path: Path, name: str, redis_url: str) -> RunningServer:
-    config = base_config(number=1)
-    config["service"].update({"backend": "redis", "redis_url": redis_url, "redis_prefix": "ocr-test:"})
-    return start_server(tmp_path / name, config)
-
-
 def test_a_task_finished_while_redis_was_away_is_polled_done_on_the_other_node(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     nodes: list[RunningServer] = []
     try:
-        nodes.append(_node(tmp_path, "node1", redis_server.url))
-        nodes.append(_node(tmp_path, "node2", redis_server.url))
+        nodes.extend(_start_nodes(tmp_path, redis_server.url, 2))  # one worker each, loading at once
         node1, node2 = nodes
         word = random_word()
         pause(redis_server)
@@ -207,7 +209,7 @@ def test_a_task_finished_while_redis_was_away_is_polled_done_on_the_other_node(
             polled = requests.get(node2.url + status_url, timeout=10)
             if polled.status_code == 200 or time.monotonic() > deadline:
                 break
-            time.sleep(0.25)
+            time.sleep(0.05)
         assert polled.status_code == 200, polled.text  # was 404 task_not_found for good
         assert polled.json()["status"] == "done"
         assert word in " ".join(line["text"] for line in polled.json()["text_lines"])

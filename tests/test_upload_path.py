@@ -18,7 +18,7 @@ import requests
 
 from handlers.multipart import MultipartError, MultipartParser
 from handlers.upload_buffer import LARGE_PART_BYTES, BufferPool
-from tests.conftest import RunningServer, base_config, metric, random_word, text_image
+from tests.conftest import RunningServer, metric, random_word, text_image
 
 MAX_BODY_BYTES = 20 * 1024 * 1024
 REPO = Path(__file__).resolve().parents[1]
@@ -216,11 +216,13 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_hits_are_answered_while_a_worker_takes_its_time_reading_a_20_mib_upload(server_factory: Any) -> None:
+def test_hits_are_answered_while_a_worker_takes_its_time_reading_a_20_mib_upload(
+    one_worker_server: RunningServer,
+) -> None:
     """The worker is stopped (SIGSTOP) just as a 20 MiB image is handed to it, so it cannot
     read its pipe: the server must keep answering cache hits and probes meanwhile (it used to
     block its event loop in the write), and the image is read once the worker goes on."""
-    server: RunningServer = server_factory(base_config(number=1))
+    server = one_worker_server
     hit_image = text_image(random_word())
     assert server.ocr_upload(hit_image).status_code == 200  # cached from now on
     (worker_pid,) = [w["pid"] for w in server.health()["workers"]["workers"]]
