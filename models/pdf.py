@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import ctypes
 import math
+import sys
 import unicodedata
+from array import array
+from collections import Counter
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -31,6 +35,9 @@ POINTS_PER_INCH = 72.0
 # them printable: a scan's stray OCR fragment or a font without a Unicode map does not count.
 MIN_LAYER_CHARS = 3
 MIN_GOOD_CHAR_SHARE = 0.9
+# A text layer's characters as 32-bit Unicode values in the machine's byte order.
+_UNICODE_ARRAY = "I" if array("I").itemsize == 4 else "L"
+_UNICODE_CODEC = "utf-32-le" if sys.byteorder == "little" else "utf-32-be"
 
 
 @dataclass(frozen=True)
@@ -140,10 +147,14 @@ def _good_char(char: str) -> bool:
 
 
 def has_real_text(text: str) -> bool:
-    visible = [c for c in text if not c.isspace()]
-    if len(visible) < MIN_LAYER_CHARS:
+    visible = good = 0
+    for char, count in Counter(text).items():  # each distinct character once: a page has few
+        if not char.isspace():
+            visible += count
+            good += count if _good_char(char) else 0
+    if visible < MIN_LAYER_CHARS:
         return False
-    return sum(map(_good_char, visible)) >= MIN_GOOD_CHAR_SHARE * len(visible)
+    return good >= MIN_GOOD_CHAR_SHARE * visible
 
 
 def _device_box(page: Any, size: tuple[int, int], rect: tuple[float, float, float, float]) -> list[list[int]]:
@@ -164,16 +175,35 @@ def _device_box(page: Any, size: tuple[int, int], rect: tuple[float, float, floa
 
 def text_layer(page: Any, size: tuple[int, int]) -> tuple[list[dict[str, Any]], bool]:
     """The page's own text as lines with pixel boxes (for a page rendered at `size`), and
-    whether it is real text (see has_real_text)."""
+    whether it is real text (see has_real_text).
+
+    One line per text rectangle PDFium reports (a run of characters of one text object), its
+    text the run's own characters. The work is linear in the page's characters: PDFium's text
+    by rectangle (FPDFText_GetBoundedText) scans every character of the page for each
+    rectangle, which made a page of thousands of short text objects (a dense spreadsheet)
+    cost seconds to a minute."""
+    from pypdfium2 import raw
+
     textpage = page.get_textpage()
     try:
-        if textpage.count_chars() <= 0:
+        chars = textpage.count_chars()
+        if chars <= 0:
             return [], False
+        handle = textpage.raw
+        rects = _text_rects(raw, handle)
+        ends = _run_ends(raw, handle, chars, len(rects))
+        # Each character's Unicode value (0: none), the one native call per character.
+        codes = array(_UNICODE_ARRAY, map(raw.FPDFText_GetUnicode, repeat(handle, chars), range(chars)))
         lines = []
         whole = []
-        for index in range(textpage.count_rects()):
-            rect = textpage.get_rect(index)
-            text = textpage.get_text_bounded(*rect).replace("\r", " ").replace("\n", " ").strip()
+        start = 0
+        for rect, end in zip(rects, ends):
+            run, start = codes[start:end], end
+            left, bottom, right, top = rect
+            if right <= left or top <= bottom:  # no visible character at all: PDFium's empty rectangle
+                continue
+            text = run.tobytes().decode(_UNICODE_CODEC, "ignore").replace("\0", "")
+            text = text.replace("\r", " ").replace("\n", " ").strip()
             if not text:
                 continue
             whole.append(text)
@@ -182,6 +212,67 @@ def text_layer(page: Any, size: tuple[int, int]) -> tuple[list[dict[str, Any]], 
         return lines, has_real_text(" ".join(whole))
     finally:
         textpage.close()
+
+
+def _text_rects(raw: Any, handle: Any) -> list[tuple[float, float, float, float]]:
+    """The page's text rectangles (left, bottom, right, top; page points) in character order:
+    one per run of characters of one text object, generated characters (spaces, line breaks)
+    and characters without extent left out (PDFium's GetRectArray)."""
+    count = raw.FPDFText_CountRects(handle, 0, -1)
+    left, top, right, bottom = ctypes.c_double(), ctypes.c_double(), ctypes.c_double(), ctypes.c_double()
+    rects = []
+    for index in range(max(count, 0)):
+        raw.FPDFText_GetRect(handle, index, left, top, right, bottom)
+        rects.append((left.value, bottom.value, right.value, top.value))
+    return rects
+
+
+def _run_ends(raw: Any, handle: Any, chars: int, runs: int) -> list[int]:
+    """Where each of the page's `runs` text rectangles ends: the character index after its
+    last character (the characters PDFium leaves out of rectangles go with the run before).
+
+    FPDFText_CountRects(start, n) counts the runs among n characters from `start` in one pass
+    over them (natively), so a run starting at `start` is the largest n that counts one run:
+    found by galloping from the previous run's length (lines of a page tend to be alike), then
+    bisecting. Each probe scans at most about twice the longer of the two runs, and a run
+    takes a few probes plus twice the log of how far its length is from the guess."""
+    count = raw.FPDFText_CountRects
+    ends = []
+    start = 0
+    guess = 1
+    for _ in range(runs - 1):
+        rest = chars - start
+        if rest < 2:
+            break
+        low, high = 1, rest  # count(start, low) == 1 and count(start, high) > 1: more runs follow
+        probe = min(guess, high - 1)
+        if count(handle, start, probe) == 1:
+            low, step = probe, 1
+            while low + step < high:
+                if count(handle, start, low + step) != 1:
+                    high = low + step
+                    break
+                low += step
+                step *= 2
+        else:
+            high, step = probe, 1
+            while high - step > low:
+                if count(handle, start, high - step) == 1:
+                    low = high - step
+                    break
+                high -= step
+                step *= 2
+        while high - low > 1:
+            middle = (low + high) // 2
+            if count(handle, start, middle) == 1:
+                low = middle
+            else:
+                high = middle
+        start += low
+        guess = low
+        ends.append(start)
+    ends.append(chars)
+    return ends
 
 
 def rendered_size(page: Any, limits: RenderLimits) -> tuple[int, int]:

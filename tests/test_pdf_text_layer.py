@@ -1,0 +1,187 @@
+"""A born-digital PDF page's text layer (models.pdf.text_layer), read in the test process.
+
+The lines are the ones the page was written with, one per text object, top to bottom, their
+boxes on the rendered page; the work is linear in the page's characters (PDFium's text by
+rectangle scans the whole page per rectangle: a dense page of thousands of short text
+objects took seconds to minutes), checked by counting PDFium's calls, never by the clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from pypdfium2 import raw
+from pypdfium2._helpers.textpage import PdfTextPage
+
+from models.pdf import RenderLimits, has_real_text, open_pdf, rendered_size, text_layer
+from multirequest import write_pdf
+from tests.conftest import random_word
+from tests.pdf_builder import image_pdf, text_pdf
+
+
+@contextmanager
+def first_page(data: bytes, rotate: int = 0) -> Iterator[tuple[Any, tuple[int, int]]]:
+    document = open_pdf(data)
+    page = document[0]
+    try:
+        if rotate:
+            page.set_rotation(rotate)
+        yield page, rendered_size(page, RenderLimits())
+    finally:
+        page.close()
+        document.close()
+
+
+def texts(lines: list[dict[str, Any]]) -> list[str]:
+    return [line["text"] for line in lines]
+
+
+def assert_on_page(lines: list[dict[str, Any]], size: tuple[int, int]) -> None:
+    for line in lines:
+        (left, top), (right, top2), (right2, bottom), (left2, bottom2) = line["box"]
+        assert (left, right, top) == (left2, right2, top2) and bottom == bottom2
+        assert 0 <= left <= right <= size[0] and 0 <= top <= bottom <= size[1], line
+        assert line["confidence"] == 1.0
+
+
+def content_pdf(content: bytes) -> bytes:
+    """A one-page PDF drawing `content` (Helvetica as /F1)."""
+    return write_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+            b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        ]
+    )
+
+
+@pytest.mark.parametrize("rotate", [0, 90])
+def test_a_page_answers_the_lines_it_was_written_with_top_to_bottom(rotate: int) -> None:
+    written = [
+        f"INVOICE {random_word(6)}",
+        "TOTAL 12.50 EUR (incl. VAT) \\ 19%",
+        "x",
+        "a line of some length, with words, numbers 0123456789 and punctuation: ;!?",
+        "ab",
+        f"{random_word(3)} {random_word(40)} {random_word(2)}",
+    ]
+    pages = [written, ["PAGE TWO"]]
+    with first_page(text_pdf(pages, font_size=12), rotate) as (page, size):
+        lines, real = text_layer(page, size)
+    assert real
+    assert_on_page(lines, size)
+    if rotate:
+        # A portrait page turned: its lines run down the landscape image (their order there is
+        # the image's top to bottom, not the text's), their boxes upright and on the image.
+        assert size[0] > size[1]
+        assert sorted(texts(lines)) == sorted(written)
+        long_ones = [line["box"] for line in lines if len(line["text"]) > 3]
+        assert all(box[2][1] - box[0][1] > box[2][0] - box[0][0] for box in long_ones)
+    else:
+        assert texts(lines) == written
+        tops = [line["box"][0][1] for line in lines]
+        assert tops == sorted(tops) and len(set(tops)) == len(tops)
+        assert all(line["box"][2][1] - line["box"][0][1] >= 12 for line in lines)  # 12 pt at 200 DPI
+
+
+def test_lines_of_very_different_lengths_each_keep_their_own_text() -> None:
+    # Each run of characters is found from the length of the one before: long after short,
+    # short after long, equal lengths, one-character lines.
+    lengths = [1, 300, 2, 2, 2, 150, 1, 1, 90, 91, 89, 5, 400, 3, 1]
+    written = [f"{index:02d}" + random_word(length) for index, length in enumerate(lengths)]
+    with first_page(text_pdf([written], font_size=1)) as (page, size):
+        lines, real = text_layer(page, size)
+    assert texts(lines) == written and real
+    assert_on_page(lines, size)
+
+
+def test_overlapping_text_objects_each_give_their_own_characters_once() -> None:
+    # The TeX logo: a lowered E between T and X, its box overlapping both. By rectangle,
+    # each object also took the characters of the others its box touched ("LaTE", "TEX", "EX").
+    content = (
+        b"BT /F1 24 Tf 72 700 Td (LaT) Tj ET BT /F1 24 Tf 109 694 Td (E) Tj ET BT /F1 24 Tf 122 700 Td (X rules) Tj ET"
+    )
+    with first_page(content_pdf(content)) as (page, size):
+        lines, _real = text_layer(page, size)
+    assert texts(lines) == ["LaT", "X rules", "E"]  # top to bottom: the lowered E's box is lower
+
+
+def test_a_page_without_text_has_no_lines() -> None:
+    from PIL import Image
+
+    with first_page(image_pdf([Image.new("RGB", (200, 100), "white")])) as (page, size):
+        assert text_layer(page, size) == ([], False)
+    with first_page(content_pdf(b"0 0 1 rg 10 10 100 100 re f")) as (page, size):
+        assert text_layer(page, size) == ([], False)
+
+
+def test_real_text_needs_three_visible_characters_most_of_them_printable() -> None:
+    assert has_real_text("ab c") and has_real_text("Total: 12,50 €")
+    assert not has_real_text("a b") and not has_real_text("  \n\t ")
+    assert not has_real_text("\ufffd\ufffd\ufffdab")  # a font without a Unicode map
+    assert has_real_text("x" * 90 + "\x02" * 10) and not has_real_text("x" * 89 + "\x02" * 11)
+
+
+class Calls:
+    """PDFium's text calls made during text_layer: how many of each, and how many characters
+    FPDFText_CountRects walked (its work is one pass over the characters it is given)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count: Counter[str] = Counter()
+        self.rect_chars = 0
+        self.chars = 0
+        for name in dir(raw):
+            if name.startswith(("FPDFText_", "FPDF_PageToDevice")):
+                monkeypatch.setattr(raw, name, self._counted(name, getattr(raw, name)))
+
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            raise AssertionError("text by rectangle scans the whole page once per rectangle")
+
+        monkeypatch.setattr(PdfTextPage, "get_text_bounded", bounded)
+
+    def _counted(self, name: str, function: Any) -> Any:
+        def counted(*args: Any) -> Any:
+            self.count[name] += 1
+            result = function(*args)
+            if name == "FPDFText_CountChars":
+                self.chars = result
+            if name == "FPDFText_CountRects":
+                _handle, start, count = args
+                self.rect_chars += self.chars - start if count < 0 else min(count, self.chars - start)
+            return result
+
+        return counted
+
+
+def dense_page(lines: int) -> tuple[bytes, list[str]]:
+    """A spreadsheet-like page: `lines` short text objects (one per line), all on the page."""
+    written = [f"r{index} {random_word(1 + index % 7)} {index * 37 % 1000}.{index % 100:02d}" for index in range(lines)]
+    return text_pdf([written], font_size=1, media_box=(612, 2 * lines + 200)), written
+
+
+def test_the_work_is_linear_in_the_page_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    measured = []
+    for count in (1500, 3000):
+        data, written = dense_page(count)
+        with first_page(data) as (page, size):
+            calls = Calls(monkeypatch)
+            lines, real = text_layer(page, size)
+            monkeypatch.undo()
+        assert texts(lines) == written and real
+        assert_on_page(lines, size)
+        assert calls.count["FPDFText_GetBoundedText"] == 0
+        # Every character is walked a bounded number of times by the rectangle counts (once for
+        # all of them, then a few times around each run's end), never once per rectangle.
+        assert calls.rect_chars <= 8 * calls.chars, (calls.rect_chars, calls.chars)
+        measured.append((calls.chars, sum(calls.count.values()), calls.rect_chars))
+    (chars1, calls1, walked1), (chars2, calls2, walked2) = measured
+    assert 1.9 < chars2 / chars1 < 2.2
+    # Twice the lines: about twice the native calls and twice the characters walked.
+    assert 1.8 < calls2 / calls1 < 2.3, measured
+    assert 1.8 < walked2 / walked1 < 2.4, measured
