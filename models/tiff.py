@@ -98,10 +98,11 @@ def count_tiff_pages(data: bytes, stop_after: int) -> int:
 
 # Tags that decide how a page's stored bytes become pixels: with the bytes themselves, they
 # are the page's content identity (its place in the file, dates and software names are not).
+# 700 is the XMP packet: the decoder turns a page by a tiff:Orientation it finds there.
 PIXEL_TAGS = frozenset(
     {
         256, 257, 258, 259, 262, 266, 274, 277, 278, 284, 292, 293, 317, 318, 319, 320,
-        322, 323, 338, 339, 347, 529, 530, 531, 532, 34675,
+        322, 323, 338, 339, 347, 529, 530, 531, 532, 700, 34675,
     }
 )  # fmt: skip
 STRIP_TAGS = ((273, 279), (324, 325))  # (offsets, byte counts): strips, or tiles
