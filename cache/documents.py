@@ -480,6 +480,7 @@ class DocumentService:
         started = time.monotonic()
         self.probed_by_page += 1
         counted = await self._probe_task(run, doc, {**probe_spec, "probe_pages": []}, self.count_key(doc))
+        run.pages_total = counted["pages_total"]  # a task's view shows it while the pages are probed
         infos: list[dict[str, Any]] = [{} for _ in range(counted["pages_total"])]
         keys = {index: self.page_probe_key(doc, index) for index in range(len(infos))}
         to_probe: list[tuple[int, dict[str, Any]]] = []
@@ -495,13 +496,12 @@ class DocumentService:
         if to_probe:
             run.probe_pages = self.scheduler.add(doc.payload, to_probe, functools.partial(self._remember_page, keys))
             tasks = run.probe_pages.tasks
-            try:
-                # Shielded, as the whole probe: the run's release cancels what has not started.
-                outcomes = await asyncio.gather(*(asyncio.shield(task.future) for task in tasks), return_exceptions=True)
-            finally:
-                for task in tasks:
-                    if task.future.done():
-                        _scrub(task)
+            for task in tasks:
+                # Each task keeps no password once it ends: also one still running when its
+                # run was dropped, or cancelled while it waited.
+                task.future.add_done_callback(lambda _future, task=task: _scrub(task))
+            # Shielded, as the whole probe: the run's release cancels what has not started.
+            outcomes = await asyncio.gather(*(asyncio.shield(task.future) for task in tasks), return_exceptions=True)
             for task, outcome in zip(tasks, outcomes):
                 if isinstance(outcome, dict):
                     infos[task.index] = outcome["pages"][0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import re
 import sys
 import unicodedata
 from array import array
@@ -38,6 +39,7 @@ MIN_GOOD_CHAR_SHARE = 0.9
 # A text layer's characters as 32-bit Unicode values in the machine's byte order.
 _UNICODE_ARRAY = "I" if array("I").itemsize == 4 else "L"
 _UNICODE_CODEC = "utf-32-le" if sys.byteorder == "little" else "utf-32-be"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ def text_layer(page: Any, size: tuple[int, int]) -> tuple[list[dict[str, Any]], 
             left, bottom, right, top = rect
             if right <= left or top <= bottom:  # no visible character at all: PDFium's empty rectangle
                 continue
-            text = run.tobytes().decode(_UNICODE_CODEC, "ignore").replace("\0", "")
+            text = _decode_run(run)
             text = text.replace("\r", " ").replace("\n", " ").strip()
             if not text:
                 continue
@@ -212,6 +214,20 @@ def text_layer(page: Any, size: tuple[int, int]) -> tuple[list[dict[str, Any]], 
         return lines, has_real_text(" ".join(whole))
     finally:
         textpage.close()
+
+
+def _decode_run(codes: array) -> str:
+    """A run's characters from PDFium's per-character values: UTF-16 units, so a character
+    past U+FFFF (mathematical letters, emoji, rare CJK) comes as two surrogate halves, joined
+    here; a value that is no character (0, or past U+10FFFF) is dropped."""
+    try:
+        text = codes.tobytes().decode(_UNICODE_CODEC, "surrogatepass")
+    except UnicodeDecodeError:  # a value past U+10FFFF
+        text = "".join(chr(code) for code in codes if code <= 0x10FFFF)
+    text = text.replace("\0", "")
+    if _SURROGATE.search(text):
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
 
 
 def _text_rects(raw: Any, handle: Any) -> list[tuple[float, float, float, float]]:

@@ -7,8 +7,9 @@ b"env"      answers {"env": the worker's thread environment variables}
 b"exit-after:S"  answers, and its process exits S seconds later (as a crash right after a reply)
 b"pages:crash=I,hang=J,sleep=S"  a document: page I kills its worker, page J sleeps an
            hour, every other page sleeps S seconds (each part optional)
-b"pages:count=N,probe_crash=I,probe_hang=J"  a PDF of N pages, each with a text layer: probing
-           page I kills its worker, page J hangs (in a whole-document probe as well)
+b"pages:count=N,probe_crash=I,probe_hang=J,probe_sleep=S"  a PDF of N pages, each with a text
+           layer: probing page I kills its worker, page J hangs (in a whole-document probe as
+           well), every page's probe takes S seconds
 anything else answers {"text_lines": [{"text": payload}], "pid": worker pid}
 Options: {"fail_load": True} fails to load; {"load_delay": S} loads in S seconds;
 {"die_after_load": S} loads, then its process exits S seconds later (a runtime that crashes once loaded).
@@ -67,8 +68,7 @@ class FakeEngine:
         for index in range(count) if wanted is None else wanted:
             if plan.get("probe_crash") == str(index):
                 os.kill(os.getpid(), signal.SIGKILL)
-            if plan.get("probe_hang") == str(index):
-                time.sleep(3600)
+            time.sleep(3600 if plan.get("probe_hang") == str(index) else float(plan.get("probe_sleep", 0)))
             layer = [{"text": f"layer {index + 1}", "confidence": 1.0, "box": [[0, 0], [9, 0], [9, 9], [0, 9]]}]
             pages.append({"image_size": [10, 10], "layer": layer, "error": None, "fingerprint": None})
         return {"pages_total": count, "pages": pages, "protected": False, "timing": {"probe": 0.0}, "pid": os.getpid()}

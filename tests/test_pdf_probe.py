@@ -9,10 +9,11 @@ real server reads a real 100-page PDF whose one-task probe runs past a short tas
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from cache.documents import DocumentInput
-from ocr_pool import WorkerPool
+from ocr_pool import WorkerCrashedError, WorkerPool
 from tests.conftest import base_config, random_word
 from tests.pdf_builder import text_pdf
 from tests.test_documents import post_document
@@ -21,8 +22,37 @@ from tests.test_pages import services
 from tests.test_pool import run, wait_for
 
 
-def fake_pdf(plan: bytes, **params: str) -> DocumentInput:
-    return DocumentInput("pdf", b"pages:" + plan, f"h-{plan.decode()}", {"det": "auto", "pdf_text": "auto", **params})
+def fake_pdf(plan: bytes, password: str | None = None, **params: str) -> DocumentInput:
+    params = {"det": "auto", "pdf_text": "auto", **params}
+    return DocumentInput("pdf", b"pages:" + plan, f"h-{plan.decode()}", params, password=password)
+
+
+def holds(value: Any, secret: str) -> bool:
+    if isinstance(value, str):
+        return secret in value
+    if isinstance(value, dict):
+        return any(holds(item, secret) for item in value.values())
+    return isinstance(value, (list, tuple)) and any(holds(item, secret) for item in value)
+
+
+def test_a_page_by_page_probe_shows_its_page_count_and_keeps_no_password_once_its_client_left() -> None:
+    async def scenario(pool: WorkerPool) -> None:
+        ocr, documents = services(pool)
+        doc = fake_pdf(b"count=6,probe_sleep=0.4", password="s3cret-pw")
+        # Its one-task probe crashed a worker earlier: straight to the page-by-page probe.
+        documents.ocr.flight.remember_failure(documents.probe_key(doc), WorkerCrashedError("the worker died"))
+        run_ = documents.join(doc)
+        await wait_for(lambda: run_.probe_pages is not None and any(t.state == "running" for t in run_.probe_pages.tasks))
+        assert run_.pages_total == 6 and run_.pages_done == 0  # counted: a task's view says of how many
+        ocr.release(run_)  # its only client leaves while pages are probed
+        await wait_for(lambda: run_.future.done() and all(t.future.done() for t in run_.probe_pages.tasks))
+        await asyncio.sleep(0)  # the tasks' done callbacks
+        tasks = run_.probe_pages.tasks
+        assert not any(holds(t.params, "s3cret-pw") or (t.job and holds(t.job.params, "s3cret-pw")) for t in tasks)
+        assert not holds(run_.probe.params, "s3cret-pw")
+        assert documents.stats()["in_flight"] == 0 and documents.stats()["pages_waiting"] == 0
+
+    run(scenario)
 
 
 def test_a_page_that_crashes_the_probe_fails_alone_and_is_not_probed_again() -> None:

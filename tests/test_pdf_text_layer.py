@@ -112,6 +112,34 @@ def test_overlapping_text_objects_each_give_their_own_characters_once() -> None:
     assert texts(lines) == ["LaT", "X rules", "E"]  # top to bottom: the lowered E's box is lower
 
 
+def test_characters_past_u_ffff_come_whole() -> None:
+    # PDFium gives a character past U+FFFF (a mathematical letter from XeLaTeX, an emoji) as
+    # two UTF-16 halves, one per character index: both were dropped, and with them the page's
+    # claim to real text.
+    mapping = b"<41> <D835DC00>\n<42> <D835DC01>\n<43> <0043>\n"
+    cmap = (
+        b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap /CIDSystemInfo << /Registry (Adobe)"
+        b" /Ordering (UCS) /Supplement 0 >> def /CMapName /Adobe-Identity-UCS def /CMapType 2 def"
+        b" 1 begincodespacerange <00> <FF> endcodespacerange\n3 beginbfchar\n" + mapping + b"endbfchar endcmap"
+        b" CMapName currentdict /CMap defineresource pop end end"
+    )
+    content = b"BT /F1 24 Tf 72 700 Td (ABC) Tj ET"
+    font = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /ToUnicode 6 0 R >>"
+    data = write_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+            b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+            font,
+            b"<< /Length %d >>\nstream\n" % len(cmap) + cmap + b"\nendstream",
+        ]
+    )
+    with first_page(data) as (page, size):
+        lines, real = text_layer(page, size)
+    assert texts(lines) == ["\U0001d400\U0001d401C"] and real
+
+
 def test_a_page_without_text_has_no_lines() -> None:
     from PIL import Image
 
