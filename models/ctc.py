@@ -77,6 +77,72 @@ def greedy_chars(probs: np.ndarray, characters: list[str], space_classes: list[i
     return out
 
 
+# A zero and a capital (or small) O are drawn alike in many fonts, a monospaced one above all:
+# the recogniser reads "CUST0MER", "0RDER", "INV0ICE" there, with O as its next guess. Inside
+# a word otherwise of letters, a 0 whose frame gives O (or o) at least LOOKALIKE_FLOOR is that
+# letter (the more likely case of the two); inside a number otherwise of digits, an O or o
+# whose frame gives 0 that much is a zero. A word is a run of ASCII letters and digits with no
+# possible space in it; its other zeros and Os do not count either way, and the rule needs at
+# least MIN_WORD_LETTERS other letters (or one other digit), so "0x", "A0" and mixed codes
+# ("G30", "B0X2") stay as read, and so does a 0 that ends a word of letters ("RM0.00").
+LOOKALIKE_FLOOR = 0.01
+MIN_WORD_LETTERS = 2
+
+
+class Lookalikes(NamedTuple):
+    """The classes of "0", "O" and "o" in a recogniser's dictionary."""
+
+    zero: int
+    upper: int
+    lower: int
+
+
+def lookalikes_of(characters: list[str]) -> Lookalikes | None:
+    """The lookalike classes, or None when the dictionary lacks one of them."""
+    index = {c: i for i, c in enumerate(characters) if c in ("0", "O", "o")}
+    if len(index) < 3:
+        return None
+    return Lookalikes(index["0"], index["O"], index["o"])
+
+
+def _word_char(char: str) -> bool:
+    return char.isascii() and char.isalnum()
+
+
+def settle_lookalikes(chars: list[Emitted], probs: np.ndarray, classes: Lookalikes) -> list[Emitted]:
+    """`chars` with each 0 / O that its word reads as the other (see LOOKALIKE_FLOOR) written
+    as that other; `probs` is the line's (frames, classes) probabilities."""
+    out = list(chars)
+    start = 0
+    while start < len(out):
+        end = start
+        while end < len(out) and _word_char(out[end].char) and (end == start or out[end].space_before < UNSURE_SPACE):
+            end += 1
+        if end == start:
+            start += 1
+            continue
+        # The word's other characters, its other zeros and Os left out: "B00K", "1OO".
+        others = [c.char for c in out[start:end] if c.char not in "0Oo"]
+        for i in range(start, end):
+            frame = probs[out[i].frame]
+            # Never the word's last character: a letter code glued to a number ends in its
+            # first digit ("RM0.00", "SR0" on receipts).
+            last = i == end - 1
+            if out[i].char == "0" and not last and len(others) >= MIN_WORD_LETTERS and all(c.isalpha() for c in others):
+                upper, lower = float(frame[classes.upper]), float(frame[classes.lower])
+                if upper + lower >= LOOKALIKE_FLOOR:
+                    out[i] = out[i]._replace(char="O" if upper >= lower else "o")
+            elif (
+                out[i].char in "Oo"
+                and others
+                and all(c.isdigit() for c in others)
+                and frame[classes.zero] >= LOOKALIKE_FLOOR
+            ):
+                out[i] = out[i]._replace(char="0")
+        start = end
+    return out
+
+
 def spaced_text(chars: list[Emitted], wide_gaps: list[bool] | None = None) -> tuple[str, float]:
     """(text, mean confidence of its characters and spaces): a space where one is more likely
     than not, or (`wide_gaps[i]`: the image shows a word gap between chars[i] and

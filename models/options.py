@@ -95,6 +95,9 @@ class EngineOptions:
     # Write a space where the recogniser expects one somewhere in the gap between two
     # letters, not only where one frame's best guess is a space (models/ctc.py).
     rec_gap_spaces: bool = True
+    # Inside a word of letters, a 0 the recogniser also took for an O is an O ("CUST0MER" in
+    # a monospaced font); inside a number, an O it also took for a 0 is a 0 (models/ctc.py).
+    rec_lookalikes: bool = True
     max_image_pixels: int = 50_000_000
     min_image_side: int = 8
     # "int8": the family's det and rec models quantized by `python -m models.quantize`
@@ -309,6 +312,7 @@ _OUTPUT_FIELDS = (
     "det_rescue_low_score",
     "det_look_closer",
     "rec_gap_spaces",
+    "rec_lookalikes",
     "precision",
 )
 

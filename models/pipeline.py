@@ -122,7 +122,7 @@ class OcrEngine:
             look_closer=options.det_look_closer,
         )
         self.classifier = TextClassifier(cls) if cls is not None else None
-        self.recognizer = TextRecognizer(rec, characters, options.rec_gap_spaces)
+        self.recognizer = TextRecognizer(rec, characters, options.rec_gap_spaces, options.rec_lookalikes)
         # A second recogniser (another family's) for whole-image single lines: the more
         # confident of the two readings wins (see EngineOptions.line_rec_model).
         self.line_recognizer = line_recognizer
@@ -403,7 +403,8 @@ def _family_recognizer(options: EngineOptions, family: str, load: Callable[[Path
     det and rec have INT8 variants), computed in bf16 when the engine is."""
     paths = resolve_model_paths(dataclasses.replace(options, model=family, rec_char_dict_path=None, precision="fp32"))
     session = load(paths.rec)
-    return TextRecognizer(session, _characters(session, paths.rec, paths.rec_dict), options.rec_gap_spaces)
+    characters = _characters(session, paths.rec, paths.rec_dict)
+    return TextRecognizer(session, characters, options.rec_gap_spaces, options.rec_lookalikes)
 
 
 def _characters(rec: Session, rec_path: Path, rec_dict: Path | None) -> list[str]:

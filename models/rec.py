@@ -8,7 +8,17 @@ import cv2
 import numpy as np
 
 from .cls import resize_norm, resized_width
-from .ctc import UNSURE_SPACE, Emitted, greedy_chars, space_classes_of, spaced_text, spacing_classes, word_gap
+from .ctc import (
+    UNSURE_SPACE,
+    Emitted,
+    greedy_chars,
+    lookalikes_of,
+    settle_lookalikes,
+    space_classes_of,
+    spaced_text,
+    spacing_classes,
+    word_gap,
+)
 from .errors import ModelLoadError
 from .sessions import Session
 from .spacing import gap_spaces, line_ink
@@ -121,13 +131,16 @@ def batches(ratios: list[float]) -> list[list[int]]:
 
 
 class TextRecognizer:
-    def __init__(self, session: Session, characters: list[str], gap_spaces: bool = True) -> None:
+    def __init__(
+        self, session: Session, characters: list[str], gap_spaces: bool = True, lookalikes: bool = True
+    ) -> None:
         self.session = session
         # Class 0 is the CTC blank; PP-OCR models append a space class after the dictionary.
         self.characters = ["", *characters, " "]
         self.num_classes = len(self.characters)
         self.gap_spaces = gap_spaces
         self._space_classes = space_classes_of(self.characters)
+        self._lookalikes = lookalikes_of(self.characters) if lookalikes else None
         height = session.input_height() or _SHAPE[1]
         self.shape = (_SHAPE[0], height, round(_SHAPE[2] * height / _SHAPE[1]))
         # Batches are padded to a multiple of this width where the runtime is faster on shapes
@@ -168,6 +181,8 @@ class TextRecognizer:
             space_classes = spacing_classes(self.characters, self.gap_spaces, self._space_classes)
             for i, line in zip(idx, probs):
                 chars = greedy_chars(line, self.characters, space_classes)
+                if self._lookalikes is not None:
+                    chars = settle_lookalikes(chars, line, self._lookalikes)
                 # Crop columns per output frame: the crop fills resized_width of the input's columns.
                 scale = width / len(line) * crops[i].shape[1] / resized_width(crops[i], h, width)
                 results[i] = spaced_text(chars, wide_gaps(crops[i], chars, scale))
