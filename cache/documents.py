@@ -110,6 +110,7 @@ class DocumentRun:
         self.job: Job | None = None  # always None: a document is many jobs (see probe, pages)
         self.claim: str | None = None
         self.probe: Job | None = None
+        self.first_probe: Job | None = None  # the document's first task (a page-by-page probe's count comes later)
         self.probe_pages: DocumentPages | None = None  # the probe page by page (see _probe)
         self.pages: DocumentPages | None = None  # the tasks this run put in the scheduler
         self.flights: dict[int, PageFlight] = {}  # page index -> the read it waits for (its own or another's)
@@ -457,6 +458,7 @@ class DocumentService:
         self, run: DocumentRun, doc: DocumentInput, probe_spec: dict[str, Any], key: str
     ) -> dict[str, Any]:
         run.probe = self.pool.submit(doc.payload, {"det": doc.params["det"], "document": probe_spec})
+        run.first_probe = run.first_probe or run.probe
         self._unreserve(run)  # the probe is in the pool's queue now
         # A PDF that crashes or hangs PDFium is remembered from the job itself: also when
         # its client left while the probe ran (the run no longer awaits it).
@@ -616,7 +618,7 @@ class DocumentService:
             raise TaskFailedError(failed[0]["error"]["code"], _whole_failure_message(failed))
         timing: dict[str, Any] = {"total": round((time.monotonic() - run.started) * 1000, 2)}
         tasks = [*(run.pages.tasks if run.pages is not None else []), *(f.task for f in run.flights.values() if f.task)]
-        first_job = run.probe or (tasks[0].job if tasks else None)
+        first_job = run.first_probe or (tasks[0].job if tasks else None)
         if first_job is not None and first_job.queue_wait_ms is not None:
             timing["queue_wait"] = first_job.queue_wait_ms  # until the first task of the document started
         if probe_ms is not None:

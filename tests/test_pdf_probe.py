@@ -58,8 +58,12 @@ def test_a_page_by_page_probe_shows_its_page_count_and_keeps_no_password_once_it
 def test_a_page_that_crashes_the_probe_fails_alone_and_is_not_probed_again() -> None:
     async def scenario(pool: WorkerPool) -> None:
         _ocr, documents = services(pool)
-        result = await documents.join(fake_pdf(b"count=4,probe_crash=2")).future
+        run_ = documents.join(fake_pdf(b"count=4,probe_crash=2"))
+        result = await run_.future
         assert texts(result) == ["layer 1", "layer 2", "worker_crashed", "layer 4"]
+        # The document's wait is its first task's (the one-task probe), not the later count's.
+        assert run_.first_probe is not run_.probe
+        assert result["timing"]["queue_wait"] == run_.first_probe.queue_wait_ms
         assert result["pages"][2]["error"]["message"].startswith("page 3 could not be opened: ")
         await wait_for(lambda: pool.ready_count == 2)
         # The whole probe and then the page's own, each tried twice: four workers, no more.
