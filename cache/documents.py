@@ -2,9 +2,9 @@
 
 A document run: (PDF only) a probe task in a worker counts the pages, refuses too many,
 reads each page's size and text layer (when that task crashes or hangs its worker, the probe
-is made again page by page, so that a page PDFium cannot get through fails alone); then every page that needs OCR goes to the page
-scheduler (ocr_pool.pages: fair across documents, one page per worker in the pool) and
-the answers are put together in page order. Results are cached per page (a repeated or
+is made again page by page, so that a page PDFium cannot get through fails alone); then
+every page that needs OCR goes to the page scheduler (ocr_pool.pages: fair across documents,
+one page per worker in the pool) and the answers are put together in page order. Results are cached per page (a repeated or
 re-tried document re-runs only what is missing) and per document. Identical documents in
 flight share one run, as identical images do, and so do identical pages: a page whose key
 another page is being read under (in this document or another) waits for that read
