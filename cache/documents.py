@@ -179,6 +179,9 @@ class DocumentService:
         self._reserved = 0
         # Pages being read, by page key: an equal page waits for that read (single-flight).
         self._flights: dict[str, PageFlight] = {}
+        # Page-by-page probes under way: their tasks wait in the page scheduler, but each is a
+        # few milliseconds, not a page to read, so they do not count against the queue bound.
+        self._probing: set[DocumentPages] = set()
         self.documents_run = 0
         self.pages_ocr = 0  # pages read by OCR (a read answering several equal pages counts once)
         self.pages_layer = 0
@@ -288,7 +291,8 @@ class DocumentService:
         what already waits (or when nothing waits: a document larger than the bound runs alone)."""
         if self.ocr.pool.queue_size <= 0:
             return
-        waiting = self.pool.queue_depth + self.scheduler.pending + self._reserved
+        probes = sum(len(probing.pending) for probing in self._probing)
+        waiting = self.pool.queue_depth + self.scheduler.pending - probes + self._reserved
         if waiting and waiting + pages > self.pool.queue_size:
             raise QueueFullError(
                 f"the OCR queue is full ({waiting} tasks and pages waiting; this document has {pages} pages to read)"
@@ -502,8 +506,12 @@ class DocumentService:
                 # Each task keeps no password once it ends: also one still running when its
                 # run was dropped, or cancelled while it waited.
                 task.future.add_done_callback(lambda _future, task=task: _scrub(task))
-            # Shielded, as the whole probe: the run's release cancels what has not started.
-            outcomes = await asyncio.gather(*(asyncio.shield(task.future) for task in tasks), return_exceptions=True)
+            self._probing.add(run.probe_pages)
+            try:
+                # Shielded, as the whole probe: the run's release cancels what has not started.
+                outcomes = await asyncio.gather(*(asyncio.shield(task.future) for task in tasks), return_exceptions=True)
+            finally:
+                self._probing.discard(run.probe_pages)
             for task, outcome in zip(tasks, outcomes):
                 if isinstance(outcome, dict):
                     infos[task.index] = outcome["pages"][0]

@@ -105,6 +105,22 @@ def test_a_one_page_pdf_whose_probe_crashes_fails_so_without_another_try() -> No
     run(scenario)
 
 
+def test_a_page_by_page_probe_does_not_fill_the_queue_against_other_documents() -> None:
+    # Its tasks (a few ms each) wait in the page scheduler; counted as pages to read, a
+    # 20-page probe refused every other document (503 queue_full) while it ran.
+    async def scenario(pool: WorkerPool) -> None:
+        _ocr, documents = services(pool)
+        doc = fake_pdf(b"count=20,probe_sleep=0.1")
+        documents.ocr.flight.remember_failure(documents.probe_key(doc), WorkerCrashedError("the worker died"))
+        probing = documents.join(doc)
+        await wait_for(lambda: probing.probe_pages is not None and documents.scheduler.pending > 4)
+        other = documents.join(DocumentInput("tiff", b"pages:sleep=0.05", "h-other", {"det": "auto", "pdf_text": "ocr"}, 2))
+        assert texts(await other.future) == ["page 1", "page 2"]
+        assert texts(await probing.future) == [f"layer {n}" for n in range(1, 21)]
+
+    run(scenario, queue_size=4)
+
+
 def test_a_long_pdf_whose_probe_outlasts_task_timeout_is_probed_page_by_page(server_factory: Any) -> None:
     # 100 pages of dense born-digital print: the one-task probe reads every text layer (about
     # 3 s here), far past a task_timeout of 0.5 s; one page's probe takes a few milliseconds.
