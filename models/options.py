@@ -97,7 +97,9 @@ class EngineOptions:
     rec_gap_spaces: bool = True
     # Inside a word of letters, a 0 the recogniser also took for an O is an O ("CUST0MER" in
     # a monospaced font); inside a number, an O it also took for a 0 is a 0 (models/ctc.py).
-    rec_lookalikes: bool = True
+    # Off by default: in proportional fonts 0 and O are alike to the recogniser too, and real
+    # zeros inside letter codes ("AB0CD", "XK0PQZ", "0xDEADBEEF") became Os.
+    rec_lookalikes: bool = False
     max_image_pixels: int = 50_000_000
     min_image_side: int = 8
     # "int8": the family's det and rec models quantized by `python -m models.quantize`

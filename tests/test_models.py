@@ -239,7 +239,7 @@ def test_model_identity_stable_and_distinct() -> None:
     assert model_identity(ort) != model_identity(EngineOptions(drop_score=0.6))
     assert model_identity(ort) == model_identity(EngineOptions(cpu_threads=2))
     assert model_identity(ort) != model_identity(EngineOptions(rec_gap_spaces=False))
-    assert model_identity(ort) != model_identity(EngineOptions(rec_lookalikes=False))
+    assert model_identity(ort) != model_identity(EngineOptions(rec_lookalikes=True))
     assert model_identity(ort) != model_identity(EngineOptions(auto_det_min_confidence=0.5))
     assert model_identity(ort) != model_identity(EngineOptions(det_rescue_low_score=False))
     # The fast recogniser's threshold matters only when a fast recogniser runs.
@@ -866,13 +866,14 @@ MONO_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf")
 
 @pytest.mark.skipif(not MONO_FONT.is_file(), reason=f"needs {MONO_FONT} (Debian's fonts-dejavu-core)")
 def test_capital_os_of_a_monospaced_font_are_read_as_letters_and_zeros_stay_zeros() -> None:
-    # Read without the word rule: "0RDER", "INV0ICE", "B00K", "R00M" (both ONNX engines).
+    # Read without the word rule (rec_lookalikes, off by default): "0RDER", "INV0ICE", "B00K",
+    # "R00M" (both ONNX engines).
     lines = ["CUSTOMER: 3,180.29 ORDER: $336.40", "INVOICE: INV-2022-97837 BOOK 1,000", "TOTAL 2,004.00 PO BOX 100 ROOM 42"]
     page = Image.new("RGB", (700, 140), "white")
     draw = ImageDraw.Draw(page)
     for i, line in enumerate(lines):
         draw.text((20, 20 + 40 * i), line, fill="black", font=ImageFont.truetype(str(MONO_FONT), 20))
-    engine = create_engine(EngineOptions(cpu_threads=ENGINE_THREADS))
+    engine = create_engine(EngineOptions(cpu_threads=ENGINE_THREADS, rec_lookalikes=True))
     assert [line["text"] for line in engine.recognize(_encode(page, "PNG"))["text_lines"]] == lines
 
 
