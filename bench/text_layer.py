@@ -27,8 +27,8 @@ from models.pdf import (
     MIN_GOOD_CHAR_SHARE,
     MIN_LAYER_CHARS,
     RenderLimits,
-    _device_box,
     _good_char,
+    layer_lines,
     open_pdf,
     rendered_size,
     text_layer,
@@ -44,17 +44,9 @@ def by_rect(page: Any, size: tuple[int, int]) -> tuple[list[dict[str, Any]], boo
     try:
         if textpage.count_chars() <= 0:
             return [], False
-        lines = []
-        whole = []
-        for index in range(textpage.count_rects()):
-            rect = textpage.get_rect(index)
-            text = textpage.get_text_bounded(*rect).replace("\r", " ").replace("\n", " ").strip()
-            if not text:
-                continue
-            whole.append(text)
-            lines.append({"text": text, "confidence": 1.0, "box": _device_box(page, size, rect)})
-        lines.sort(key=lambda line: (line["box"][0][1], line["box"][0][0]))
-        return lines, old_has_real_text(" ".join(whole))
+        rects = [textpage.get_rect(index) for index in range(textpage.count_rects())]
+        lines, texts = layer_lines(page, size, ((rect, textpage.get_text_bounded(*rect)) for rect in rects))
+        return lines, old_has_real_text(" ".join(texts))
     finally:
         textpage.close()
 

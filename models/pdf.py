@@ -13,6 +13,7 @@ import sys
 import unicodedata
 from array import array
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -191,29 +192,38 @@ def text_layer(page: Any, size: tuple[int, int]) -> tuple[list[dict[str, Any]], 
         chars = textpage.count_chars()
         if chars <= 0:
             return [], False
+        rects = [textpage.get_rect(index) for index in range(textpage.count_rects())]
         handle = textpage.raw
-        rects = _text_rects(raw, handle)
         ends = _run_ends(raw, handle, chars, len(rects))
         # Each character's Unicode value (0: none), the one native call per character.
         codes = array(_UNICODE_ARRAY, map(raw.FPDFText_GetUnicode, repeat(handle, chars), range(chars)))
-        lines = []
-        whole = []
-        start = 0
-        for rect, end in zip(rects, ends):
-            run, start = codes[start:end], end
-            left, bottom, right, top = rect
-            if right <= left or top <= bottom:  # no visible character at all: PDFium's empty rectangle
-                continue
-            text = _decode_run(run)
-            text = text.replace("\r", " ").replace("\n", " ").strip()
-            if not text:
-                continue
-            whole.append(text)
-            lines.append({"text": text, "confidence": 1.0, "box": _device_box(page, size, rect)})
-        lines.sort(key=lambda line: (line["box"][0][1], line["box"][0][0]))
-        return lines, has_real_text(" ".join(whole))
+        runs = (
+            (rect, _decode_run(codes[start:end]))
+            for rect, start, end in zip(rects, [0, *ends], ends)
+            if rect[2] > rect[0] and rect[3] > rect[1]  # else no visible character: PDFium's empty rectangle
+        )
+        lines, texts = layer_lines(page, size, runs)
+        return lines, has_real_text(" ".join(texts))
     finally:
         textpage.close()
+
+
+def layer_lines(
+    page: Any, size: tuple[int, int], runs: Iterable[tuple[tuple[float, float, float, float], str]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Text-layer lines (API dicts, top to bottom, pixel boxes of a page rendered at `size`)
+    from (rectangle in page points, text) runs, line breaks made spaces and empty runs left
+    out; and the lines' texts in the runs' order."""
+    lines = []
+    texts = []
+    for rect, run in runs:
+        text = run.replace("\r", " ").replace("\n", " ").strip()
+        if not text:
+            continue
+        texts.append(text)
+        lines.append({"text": text, "confidence": 1.0, "box": _device_box(page, size, rect)})
+    lines.sort(key=lambda line: (line["box"][0][1], line["box"][0][0]))
+    return lines, texts
 
 
 def _decode_run(codes: array) -> str:
@@ -228,19 +238,6 @@ def _decode_run(codes: array) -> str:
     if _SURROGATE.search(text):
         text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     return text
-
-
-def _text_rects(raw: Any, handle: Any) -> list[tuple[float, float, float, float]]:
-    """The page's text rectangles (left, bottom, right, top; page points) in character order:
-    one per run of characters of one text object, generated characters (spaces, line breaks)
-    and characters without extent left out (PDFium's GetRectArray)."""
-    count = raw.FPDFText_CountRects(handle, 0, -1)
-    left, top, right, bottom = ctypes.c_double(), ctypes.c_double(), ctypes.c_double(), ctypes.c_double()
-    rects = []
-    for index in range(max(count, 0)):
-        raw.FPDFText_GetRect(handle, index, left, top, right, bottom)
-        rects.append((left.value, bottom.value, right.value, top.value))
-    return rects
 
 
 def _run_ends(raw: Any, handle: Any, chars: int, runs: int) -> list[int]:
