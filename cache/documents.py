@@ -179,9 +179,6 @@ class DocumentService:
         self._reserved = 0
         # Pages being read, by page key: an equal page waits for that read (single-flight).
         self._flights: dict[str, PageFlight] = {}
-        # Page-by-page probes under way: their tasks wait in the page scheduler, but each is a
-        # few milliseconds, not a page to read, so they do not count against the queue bound.
-        self._probing: set[DocumentPages] = set()
         self.documents_run = 0
         self.pages_ocr = 0  # pages read by OCR (a read answering several equal pages counts once)
         self.pages_layer = 0
@@ -291,7 +288,9 @@ class DocumentService:
         what already waits (or when nothing waits: a document larger than the bound runs alone)."""
         if self.ocr.pool.queue_size <= 0:
             return
-        probes = sum(len(probing.pending) for probing in self._probing)
+        # A page-by-page probe's tasks wait in the page scheduler too, but each is a few
+        # milliseconds, not a page to read: they do not count against the bound.
+        probes = sum(len(run.probe_pages.pending) for run in self._in_flight.values() if run.probe_pages)
         waiting = self.pool.queue_depth + self.scheduler.pending - probes + self._reserved
         if waiting and waiting + pages > self.pool.queue_size:
             raise QueueFullError(
@@ -506,12 +505,8 @@ class DocumentService:
                 # Each task keeps no password once it ends: also one still running when its
                 # run was dropped, or cancelled while it waited.
                 task.future.add_done_callback(lambda _future, task=task: _scrub(task))
-            self._probing.add(run.probe_pages)
-            try:
-                # Shielded, as the whole probe: the run's release cancels what has not started.
-                outcomes = await asyncio.gather(*(asyncio.shield(task.future) for task in tasks), return_exceptions=True)
-            finally:
-                self._probing.discard(run.probe_pages)
+            # Shielded, as the whole probe: the run's release cancels what has not started.
+            outcomes = await asyncio.gather(*(asyncio.shield(task.future) for task in tasks), return_exceptions=True)
             for task, outcome in zip(tasks, outcomes):
                 if isinstance(outcome, dict):
                     infos[task.index] = outcome["pages"][0]
