@@ -7,7 +7,9 @@ queue. Those fit in one small supervisor built on multiprocessing primitives: on
 duplex pipe per worker, the process sentinel for liveness, and loop.add_reader for both,
 so the event loop is never blocked waiting on a worker. An image larger than what a socket
 buffer takes at once is written to the worker's pipe from a thread of that worker's own
-(see _send), so a 20 MiB upload never holds up the loop while the worker reads it.
+(see _send), so a 20 MiB upload never holds up the loop while the worker reads it; replies
+are read as their bytes arrive (see framing.py), so a worker stopped half-way through a
+reply holds up nothing but its own task, which its timeout then ends.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
+import os
 import statistics
 import time
 import uuid
@@ -40,6 +43,7 @@ from ocr_pool.errors import (
     WorkerCrashedError,
     WorkerStartError,
 )
+from ocr_pool.framing import MessageReader
 from ocr_pool.worker import shutdown_signals_blocked, worker_main
 
 log = logging.getLogger("ocr_pool")
@@ -53,6 +57,8 @@ RUN_TIME_SAMPLES = 50
 # Messages up to this size are written on the event loop: they fit in the socket buffer of
 # an idle worker's pipe, so the write cannot block. Larger images go through a thread.
 INLINE_SEND_BYTES = 64 * 1024
+# At most this much of a worker's reply is read per readiness event of its pipe.
+READ_CHUNK_BYTES = 256 * 1024
 
 
 def write_message(conn: Connection, message: Any, payload: bytes | bytearray | None) -> None:
@@ -125,6 +131,8 @@ class WorkerHandle:
         self.sender: ThreadPoolExecutor | None = None
         self.sends_pending = 0
         self.exited = False
+        # Replies as their bytes come in: a message is handled only once all of it is here.
+        self.reader = MessageReader()
 
     @property
     def pid(self) -> int | None:
@@ -424,12 +432,22 @@ class WorkerPool:
             worker.sender.shutdown(wait=False)
 
     def _on_message(self, worker: WorkerHandle) -> None:
+        """The worker's pipe is readable: take what is there (one read never blocks once the
+        pipe is readable) and handle the messages it completes."""
         assert self._loop is not None
         try:
-            message = worker.conn.recv()
-        except (EOFError, OSError):
+            data = os.read(worker.conn.fileno(), READ_CHUNK_BYTES)
+        except OSError:
+            data = b""
+        if not data:  # the worker closed its end: its exit (the sentinel) says the rest
             self._loop.remove_reader(worker.conn.fileno())
             return
+        for message in worker.reader.feed(data):
+            self._handle_message(worker, message)
+        self._dispatch()
+        self._changed.set()
+
+    def _handle_message(self, worker: WorkerHandle, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "ready":
             if worker.timer:
@@ -446,8 +464,6 @@ class WorkerPool:
             self._on_load_failed(worker, message[1])
         elif kind in ("done", "error"):
             self._on_reply(worker, message)
-        self._dispatch()
-        self._changed.set()
 
     def _on_load_failed(self, worker: WorkerHandle, error: str) -> None:
         worker.load_error = error
@@ -569,15 +585,21 @@ class WorkerPool:
         """What an exited worker wrote just before it went (a reply, its load error): its pipe
         and its exit become readable together, and the loop may see the exit first. A reply
         left unread made the task run again, or fail as worker_crashed on its last attempt."""
-        with contextlib.suppress(EOFError, OSError):
+        messages = []
+        with contextlib.suppress(OSError):
             while worker.conn.poll():
-                message = worker.conn.recv()
-                # Not "ready": a worker that died as it became ready must not retire the one it
-                # was to replace. Nothing is dispatched to it: the caller drops it first.
-                if message[0] == "load_failed":
-                    self._on_load_failed(worker, message[1])
-                elif message[0] in ("done", "error"):
-                    self._on_reply(worker, message)
+                data = os.read(worker.conn.fileno(), READ_CHUNK_BYTES)
+                if not data:
+                    break
+                messages += worker.reader.feed(data)
+        # A reply cut short by the exit (killed half-way through writing it) is not one.
+        for message in messages:
+            # Not "ready": a worker that died as it became ready must not retire the one it
+            # was to replace. Nothing is dispatched to it: the caller drops it first.
+            if message[0] == "load_failed":
+                self._on_load_failed(worker, message[1])
+            elif message[0] in ("done", "error"):
+                self._on_reply(worker, message)
 
     def _fail_queue_if_unserved(self) -> None:
         """Nothing can serve the queue now (no worker alive, the last start failed): fail

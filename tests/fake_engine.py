@@ -5,6 +5,8 @@ b"crash"    kills its own process (as a segfault or OOM kill would)
 b"bad"      raises an input error with a code, as models.ImageDecodeError does
 b"env"      answers {"env": the worker's thread environment variables}
 b"exit-after:S"  answers, and its process exits S seconds later (as a crash right after a reply)
+b"stall-reply"  answers 2 MB of text, but its process stops itself (SIGSTOP) after writing the
+           first 100 kB of the reply (as a cgroup freezer, a debugger or memory pressure would)
 b"pages:crash=I,hang=J,sleep=S"  a document: page I kills its worker, page J sleeps an
            hour, every other page sleeps S seconds (each part optional)
 b"pages:count=N,probe_crash=I,probe_hang=J,probe_sleep=S"  a PDF of N pages, each with a text
@@ -21,9 +23,12 @@ import os
 import signal
 import threading
 import time
+from multiprocessing import connection
 from typing import Any
 
 from ocr_pool.worker import THREAD_ENV_VARS
+
+STALLED_REPLY_BYTES = 2_000_000
 
 
 class CodedError(Exception):
@@ -45,6 +50,9 @@ class FakeEngine:
             raise CodedError("not an image")
         elif image_bytes.startswith(b"exit-after:"):
             threading.Timer(float(image_bytes[11:]), os._exit, (0,)).start()
+        elif image_bytes == b"stall-reply":
+            _stop_during_next_large_write()
+            return {"text_lines": [{"text": "x" * STALLED_REPLY_BYTES}], "pid": os.getpid()}
         elif image_bytes == b"env":
             return {"env": {name: os.environ.get(name) for name in THREAD_ENV_VARS}}
         return {"text_lines": [{"text": image_bytes.decode(errors="replace")}], "pid": os.getpid(), "params": params}
@@ -72,6 +80,21 @@ class FakeEngine:
             layer = [{"text": f"layer {index + 1}", "confidence": 1.0, "box": [[0, 0], [9, 0], [9, 9], [0, 9]]}]
             pages.append({"image_size": [10, 10], "layer": layer, "error": None, "fingerprint": None})
         return {"pages_total": count, "pages": pages, "protected": False, "timing": {"probe": 0.0}, "pid": os.getpid()}
+
+
+def _stop_during_next_large_write() -> None:
+    """The worker's next write of over 1 MB sends its first 100 kB, then the process stops."""
+    original = connection.Connection._send
+
+    def send(self: connection.Connection, buf: bytes, *args: Any) -> None:
+        if len(buf) <= 1_000_000:
+            return original(self, buf, *args)
+        connection.Connection._send = original  # type: ignore[method-assign]
+        original(self, buf[:100_000], *args)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        original(self, buf[100_000:], *args)
+
+    connection.Connection._send = send  # type: ignore[method-assign]
 
 
 def create_engine(options: Any) -> FakeEngine:

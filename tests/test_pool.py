@@ -6,9 +6,12 @@ import asyncio
 import errno
 import gc
 import os
+import pickle
 import signal
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from multiprocessing.context import SpawnProcess
@@ -31,6 +34,7 @@ from ocr_pool import (
     WorkerStartError,
     usable_cpus,
 )
+from ocr_pool.framing import MessageReader
 from tests.conftest import REPO
 
 
@@ -144,6 +148,55 @@ def test_timeout_kills_only_that_worker() -> None:
         assert pool.restarts["timeout"] == 1
 
     run(check, task_timeout=1.0)
+
+
+def test_a_worker_stopped_half_way_through_its_reply_holds_up_only_its_own_task() -> None:
+    # Connection.recv() on the loop read a whole reply before it returned: a worker stopped
+    # half-way through writing one (SIGSTOP, a cgroup freezer) held the loop, and every
+    # request, timer and signal handler with it, for as long as it stayed stopped.
+    async def check(pool: WorkerPool) -> None:
+        stalled = pool.submit(b"stall-reply", {})
+        assert stalled.worker is not None and stalled.worker.pid is not None
+        stalled_pid = stalled.worker.pid
+        # If the loop is held after all, let the worker go on in 10 s rather than hang the
+        # suite: the timings below then fail.
+        safety = threading.Timer(10.0, lambda: os.kill(stalled_pid, signal.SIGCONT))
+        safety.start()
+        try:
+            stopped = lambda: psutil.Process(stalled_pid).status() == psutil.STATUS_STOPPED
+            await wait_for(stopped, timeout=5)
+            await asyncio.sleep(0.2)  # the first 100 kB of its reply reach the pipe
+            started = time.monotonic()
+            other = await pool.submit(b"other", {}).future
+            assert other["text_lines"][0]["text"] == "other"
+            assert time.monotonic() - started < 5.0
+            with pytest.raises(TaskTimeoutError):
+                await stalled.future
+            assert time.monotonic() - started < 5.0
+        finally:
+            safety.cancel()
+        await wait_for(lambda: pool.ready_count == 2 and stalled_pid not in pool.worker_pids())
+        assert pool.restarts["timeout"] == 1
+        assert (await pool.submit(b"after", {}).future)["text_lines"][0]["text"] == "after"
+
+    run(check, task_timeout=2.0)
+
+
+def test_replies_are_decoded_however_their_bytes_arrive() -> None:
+    messages = [("ready", {"pid": 1}), ("done", "a", {"text": "x" * 70_000}), ("error", "b", "code", "why")]
+    wire = b"".join(struct.pack("!i", len(p)) + p for p in map(pickle.dumps, messages))
+    # The long header a message of 2 GiB or more gets (-1, then 8 bytes of length).
+    long_form = pickle.dumps(("done", "c", {}))
+    wire += struct.pack("!i", -1) + struct.pack("!Q", len(long_form)) + long_form
+    expected = [*messages, ("done", "c", {})]
+    for piece in (1, 3, 4, 5, 7, 1000, len(wire)):
+        reader = MessageReader()
+        got = []
+        for at in range(0, len(wire), piece):
+            got += reader.feed(wire[at : at + piece])
+        assert got == expected and reader.pending_bytes == 0
+    reader = MessageReader()
+    assert reader.feed(wire[:-1]) == expected[:-1] and reader.pending_bytes > 0
 
 
 def test_full_queue_refuses_new_work() -> None:
