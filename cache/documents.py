@@ -116,6 +116,7 @@ class DocumentRun:
         self.flights: dict[int, PageFlight] = {}  # page index -> the read it waits for (its own or another's)
         self.preview_tasks: list[PageTask] = []  # its preview-only tasks
         self.poller: asyncio.Task[None] | None = None  # the run itself; cancelled on release
+        self.payload: bytes | bytearray | None = None  # the document's bytes, until the run ends (see Computation)
         self.waiters = 0
         self.pages_total: int | None = None
         self.pages_done = 0
@@ -261,6 +262,7 @@ class DocumentService:
             run = DocumentRun(key, cache_key, doc.kind, asyncio.get_running_loop().create_future())
             self._reserve(run, reads)
             run.pages_total = doc.pages
+            run.payload = doc.payload
             run.future.add_done_callback(lambda _: self._forget(run))
             self._in_flight[key] = run
             run.poller = asyncio.ensure_future(self._run(run, doc))
@@ -308,6 +310,7 @@ class DocumentService:
         run.reserved = 0
 
     def _forget(self, run: DocumentRun) -> None:
+        run.payload = None
         if self._in_flight.get(run.key) is run:
             del self._in_flight[run.key]
 

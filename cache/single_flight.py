@@ -85,6 +85,9 @@ class Computation:
         self.keeper: asyncio.Task[None] | None = None  # renews the claim while the job lives
         self.waiters = 0
         self.poller: asyncio.Task[None] | None = None
+        # The image this run reads, as the request that started it sent it, until the run ends:
+        # a fire-and-forget upload is answered before then and its bytes stay counted meanwhile.
+        self.payload: bytes | bytearray | None = None
 
     @property
     def state(self) -> str:
@@ -121,6 +124,7 @@ class SingleFlight:
         computation = self._in_flight.get(key)
         if computation is None:
             computation = Computation(key, asyncio.get_running_loop().create_future())
+            computation.payload = payload
             computation.future.add_done_callback(lambda _: self._forget(computation))
             # Registered before any await: a local request for the same image arriving while
             # this one asks for the claim joins this run instead of claiming too.
@@ -240,6 +244,7 @@ class SingleFlight:
                 computation.future.exception()
 
     def _forget(self, computation: Computation) -> None:
+        computation.payload = None
         if self._in_flight.get(computation.key) is computation:
             del self._in_flight[computation.key]
 

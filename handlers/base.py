@@ -182,6 +182,17 @@ class JsonHandler(web.RequestHandler):
     def prepare(self) -> None:
         refuse_before_body(self)
 
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """Tornado's, but bytes that are not UTF-8 get our JSON 4xx instead of a bare
+        `http_error`: in the path (a task id, a preview token) they name nothing that exists,
+        so the lookup answers its 404; in a query argument the field is invalid."""
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            if name is None:  # a path argument
+                return value.decode("utf-8", "replace")
+            raise ApiError(400, "invalid_field", f"{name} is not valid UTF-8") from None
+
     def data_received(self, chunk: bytes) -> None:
         pass  # no handler but OcrHandler (which overrides this) reads a body
 

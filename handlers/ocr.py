@@ -30,7 +30,9 @@ from handlers.request_parsing import (
     multipart_fields,
     parse_ocr_request,
     parse_wait,
+    readable_media_type,
     start_multipart,
+    unsupported_content_type,
 )
 from ocr_pool import PoolError
 
@@ -102,8 +104,13 @@ class OcrHandler(DocumentAnswers, JsonHandler):
                 self._multipart = start_multipart(content_type, headers, declared)
             except ApiError as exc:
                 self._parse_error = exc  # answered once the body is drained
+        elif not readable_media_type(media_type):
+            # Known from the headers: the body is drained, never buffered (it was kept, up to
+            # max_body_bytes, and joined on the event loop only to be refused).
+            self._parse_error = unsupported_content_type(media_type)
         self._max_bytes = self.ctx.settings.web_server.max_body_bytes
-        self._fields_only = media_type in FIELDS_ONLY_MEDIA_TYPES
+        # An untyped body is read only as JSON (fields, no image): it gets the same limit.
+        self._fields_only = not media_type or media_type in FIELDS_ONLY_MEDIA_TYPES
         body_limit = FIELDS_BODY_LIMIT if self._fields_only else self._max_bytes + FORM_OVERHEAD_BYTES
         self._body_limit = body_limit
         self._drain_limit = body_limit * DRAIN_LIMIT_FACTOR
@@ -148,6 +155,8 @@ class OcrHandler(DocumentAnswers, JsonHandler):
             return
         if self._received > self._body_limit:
             self._too_large = True
+        if self._parse_error is not None:
+            return  # drained to answer the error, not kept: nothing more to count
         if not (self._too_large or self._over_budget) and not self.ctx.upload_budget.take(len(chunk)):
             self._over_budget = True
         if self._too_large or self._over_budget:
@@ -161,12 +170,23 @@ class OcrHandler(DocumentAnswers, JsonHandler):
                 feed_multipart(self._multipart, chunk)
             except ApiError as exc:
                 self._parse_error, self._multipart = exc, None  # drain the rest, then answer
-        elif self._parse_error is None:
+                self._give_back()  # what the parser held is let go
+        else:
             self._chunks.append(chunk)
 
     def _give_back(self) -> None:
         self.ctx.upload_budget.give_back(self._held)
         self._held = 0
+
+    def keep_counted_while_run_holds(self, run: Computation | None, payload: bytes | bytearray) -> None:
+        """A fire-and-forget request is answered at once, but the run it started holds its
+        image until the run ends: its bytes stay counted in max_buffered_bytes until then
+        (given back with the answer, a burst of fire-and-forget uploads was not bounded)."""
+        if run is None or run.payload is not payload or run.future.done() or not self._held:
+            return  # a cached result, or a run of the same image another request started
+        held, self._held = self._held, 0
+        budget = self.ctx.upload_budget
+        run.future.add_done_callback(lambda _: budget.give_back(held))
 
     def on_finish(self) -> None:
         self._give_back()
@@ -213,7 +233,10 @@ class OcrHandler(DocumentAnswers, JsonHandler):
             if request.block:
                 await self._answer_blocking(key, image_hash, image_bytes, params)
             else:
-                self._answer_task(await self.ctx.ocr.submit_task(key, image_hash, owned(image_bytes), params))
+                payload = owned(image_bytes)
+                record = await self.ctx.ocr.submit_task(key, image_hash, payload, params)
+                self.keep_counted_while_run_holds(record.computation, payload)
+                self._answer_task(record)
         except PoolError as exc:
             raise api_error_from_pool(exc) from None
 

@@ -242,12 +242,21 @@ def parse_ocr_request(content_type: str, body: bytes, query: dict[str, list[byte
     elif not body:
         fields, uploads = {}, []
     else:
-        raise ApiError(
-            415 if media_type else 400,
-            "unsupported_content_type",
-            "send multipart/form-data, application/x-www-form-urlencoded or application/json",
-        )
+        raise unsupported_content_type(media_type)
     return build_ocr_request(fields, uploads, query)
+
+
+def unsupported_content_type(media_type: str) -> ApiError:
+    return ApiError(
+        415 if media_type else 400,
+        "unsupported_content_type",
+        "send multipart/form-data, application/x-www-form-urlencoded or application/json",
+    )
+
+
+def readable_media_type(media_type: str) -> bool:
+    """Whether a request body of this type can hold an OCR request (untyped: read as JSON)."""
+    return not media_type or media_type == "multipart/form-data" or media_type in FIELDS_ONLY_MEDIA_TYPES
 
 
 _FILE_TYPE_ONLY = {"file_type"}

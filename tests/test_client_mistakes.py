@@ -160,8 +160,13 @@ def test_a_task_id_or_preview_token_of_another_shape_gets_its_own_404_code(ocr_s
         ("tasks/ABCDEF", "task_not_found"),
         ("tasks/" + "a" * 65, "task_not_found"),
         ("previews/not-a-token", "preview_not_found"),
+        # Bytes that are not UTF-8 (%ff) got Tornado's bare 400 http_error.
+        ("tasks/%ff", "task_not_found"),
+        ("previews/%ff%fe", "preview_not_found"),
     ):
         response = requests.get(f"{ocr_server.url}/ocr_service/{path}", timeout=10)
         assert response.status_code == 404, (path, response.text)
         assert error_of(response)["code"] == code, path
     assert error_of(requests.get(f"{ocr_server.url}/ocr_service/tasks/a/b", timeout=10))["code"] == "not_found"
+    bad_wait = requests.get(f"{ocr_server.url}/ocr_service/tasks/{'a' * 32}?wait=%ff", timeout=10)
+    assert bad_wait.status_code == 400 and error_of(bad_wait)["code"] == "invalid_field", bad_wait.text

@@ -866,6 +866,11 @@ def test_burst_of_uploads_past_the_memory_budget_gets_503(server_factory, tmp_pa
             f"{server.url}/ocr_service", data={"file_type": "filename", "filename": str(large)}, timeout=60
         )
         assert by_name.status_code == 503 and error_code(by_name) == "server_busy", by_name.text
+        # A body of a type no request can be read from is refused for its type from the
+        # headers and drained unkept (it was buffered against the budget, then refused).
+        plain = post(server, data=b"x" * 500_000, headers={"Content-Type": "text/plain"})
+        assert plain.status_code == 415 and error_code(plain) == "unsupported_content_type"
+        assert server.health()["uploads"]["buffered_bytes"] == 560_000
     # A's connection is gone: its bytes are given back and uploads are accepted again.
     time.sleep(0.5)
     word = random_word()
@@ -876,6 +881,38 @@ def test_burst_of_uploads_past_the_memory_budget_gets_503(server_factory, tmp_pa
     )
     assert by_name.status_code == 200, by_name.text
     assert server.health()["uploads"]["buffered_bytes"] == 0  # given back once answered
+
+
+def test_fire_and_forget_uploads_stay_counted_until_their_run_ends(server_factory) -> None:
+    """A block_flag=false upload is answered at once, but the run it queued holds its bytes
+    until it ends: they stay counted in max_buffered_bytes until then. They were given back
+    with the 202, so a burst of such uploads could hold queue_size x max_body_bytes."""
+    config = base_config(number=1)
+    config["web_server"].update({"max_body_bytes": 600_000, "max_buffered_bytes": 1_000_000})
+    server = server_factory(config, name="budget-tasks")
+    (worker_pid,) = [w["pid"] for w in server.health()["workers"]["workers"]]
+    words = [random_word() for _ in range(3)]
+    images = [text_image(word) + b"\0" * 400_000 for word in words]
+    os.kill(worker_pid, signal.SIGSTOP)  # the runs wait: the first on the worker, the next queued
+    try:
+        accepted = [server.ocr_upload(image, block_flag="false") for image in images[:2]]
+        assert [response.status_code for response in accepted] == [202, 202]
+        assert server.health()["uploads"]["buffered_bytes"] >= 800_000
+        refused = server.ocr_upload(images[2], block_flag="false")
+        assert refused.status_code == 503 and error_code(refused) == "server_busy"
+    finally:
+        os.kill(worker_pid, signal.SIGCONT)
+    for response, word in zip(accepted, words):
+        task = requests.get(f"{server.url}{response.json()['status_url']}?wait=60", timeout=90).json()
+        assert task["status"] == "done" and word in " ".join(line["text"] for line in task["text_lines"])
+    deadline = time.monotonic() + 10
+    while server.health()["uploads"]["buffered_bytes"] != 0:
+        assert time.monotonic() < deadline, "the runs ended but their uploads stay counted"
+        time.sleep(0.05)
+    again = server.ocr_upload(images[2], block_flag="false")
+    assert again.status_code == 202
+    task = requests.get(f"{server.url}{again.json()['status_url']}?wait=60", timeout=90).json()
+    assert task["status"] == "done" and words[2] in " ".join(line["text"] for line in task["text_lines"])
 
 
 def _closed_by_server(sock: socket.socket, within: float) -> float | None:
