@@ -114,6 +114,11 @@ class OcrHandler(DocumentAnswers, JsonHandler):
         body_limit = FIELDS_BODY_LIMIT if self._fields_only else self._max_bytes + FORM_OVERHEAD_BYTES
         self._body_limit = body_limit
         self._drain_limit = body_limit * DRAIN_LIMIT_FACTOR
+        if declared is not None and "," in declared:
+            # The header repeated with one value (as some proxies send it) is that value, as
+            # Tornado reads it (RFC 9110, 8.6); different values stay invalid.
+            values = {value.strip() for value in declared.split(",")}
+            declared = values.pop() if len(values) == 1 else declared
         if declared is not None:
             try:
                 declared_bytes = int(declared)

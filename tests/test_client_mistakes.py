@@ -7,6 +7,9 @@ serves on afterwards.
 
 from __future__ import annotations
 
+import json
+import socket
+
 import requests
 
 from tests.conftest import RunningServer, random_word, text_image
@@ -170,3 +173,33 @@ def test_a_task_id_or_preview_token_of_another_shape_gets_its_own_404_code(ocr_s
     assert error_of(requests.get(f"{ocr_server.url}/ocr_service/tasks/a/b", timeout=10))["code"] == "not_found"
     bad_wait = requests.get(f"{ocr_server.url}/ocr_service/tasks/{'a' * 32}?wait=%ff", timeout=10)
     assert bad_wait.status_code == 400 and error_of(bad_wait)["code"] == "invalid_field", bad_wait.text
+
+
+def _raw_post(url: str, head: bytes, body: bytes) -> tuple[int, bytes]:
+    """A POST /ocr_service with exactly these header lines; (status, body) of the answer."""
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(b"POST /ocr_service HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + head + b"\r\n" + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def test_a_content_length_repeated_with_one_value_is_that_value(ocr_server: RunningServer) -> None:
+    # Some proxies repeat the header; Tornado reads equal values as one, and the handler
+    # answered 400 "invalid Content-Length" for the "N,N" it saw.
+    word = random_word()
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="q.png"\r\n\r\n'
+        + text_image(word)
+        + b"\r\n--b--\r\n"
+    )
+    length = f"Content-Length: {len(body)}\r\n".encode()
+    head = b"Content-Type: multipart/form-data; boundary=b\r\n" + length + length
+    status, answer = _raw_post(ocr_server.url, head, body)
+    assert status == 200, answer
+    assert word in " ".join(line["text"] for line in json.loads(answer)["text_lines"]).replace(" ", "")
+    different = b"Content-Type: multipart/form-data; boundary=b\r\n" + length + f"Content-Length: {len(body) + 1}\r\n".encode()
+    assert _raw_post(ocr_server.url, different, body)[0] == 400
