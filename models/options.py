@@ -102,6 +102,12 @@ class EngineOptions:
     rec_lookalikes: bool = False
     max_image_pixels: int = 50_000_000
     min_image_side: int = 8
+    # OpenVINO keeps each model's intermediate buffers at the size of the largest input it has
+    # seen (~300 MB more after a large page): after a task, a worker resident above this many
+    # MB gives them back (its next input allocates what it needs again: ~13 % more CPU per
+    # image when it happens after every task). 0: after every task; negative: never. Other
+    # engines free theirs as they go. Answers do not change.
+    release_memory_mb: int = 1024
     # "int8": the family's det and rec models quantized by `python -m models.quantize`
     # (ONNX engines only; built once, never at request time). "bf16": OpenVINO computes in
     # bfloat16 on CPUs with bf16 units (the same files). "auto" is resolved here, in the

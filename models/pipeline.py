@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -65,6 +66,19 @@ def _load_malloc_trim():
 _malloc_trim = _load_malloc_trim()
 
 
+def resident_mb() -> float:
+    """This process's resident memory (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * _PAGE_BYTES / 2**20
+
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 def looks_like_single_line(width: int, height: int) -> bool:
     return height <= AUTO_MAX_LINE_HEIGHT and width >= AUTO_MIN_ASPECT * height
 
@@ -110,9 +124,12 @@ class OcrEngine:
         identity: str,
         line_recognizer: TextRecognizer | None = None,
         fast_recognizer: TextRecognizer | None = None,
+        sessions: list[Session] | None = None,
     ) -> None:
         self.options = options
         self.identity = identity
+        # Sessions that keep memory between runs, given back after a task (release_memory_mb).
+        self._sessions = sessions or []
         self.detector = TextDetector(
             det,
             det_settings(options),
@@ -152,8 +169,16 @@ class OcrEngine:
                 return run_preview(image_bytes, document, self.options.max_image_pixels, self.options.min_image_side)
             return self._recognize(image_bytes, det, document)
         finally:
+            self._release_memory()
             if _malloc_trim is not None:
                 _malloc_trim(0)
+
+    def _release_memory(self) -> None:
+        limit = self.options.release_memory_mb
+        if not self._sessions or limit < 0 or (limit > 0 and resident_mb() <= limit):
+            return
+        for session in self._sessions:
+            session.release_memory()
 
     def _recognize(self, image_bytes: bytes, det: str, document: dict[str, Any] | None = None) -> dict[str, Any]:
         if det not in DET_MODES:
@@ -369,11 +394,15 @@ def create_engine(options: EngineOptions) -> OcrEngine:
     # OpenCV's own pool (resize, perspective crops) would start one thread per host core.
     cv2.setNumThreads(threads)
 
+    kept_memory: list[Session] = []  # sessions that keep buffers between runs
+
     def load(path) -> Session:
         if options.engine == "onnxruntime":
             return OrtSession(path, threads)
         if options.engine == "openvino":
-            return OvSession(path, threads, options.precision)
+            session = OvSession(path, threads, options.precision)
+            kept_memory.append(session)
+            return session
         return PaddleSession(path, threads, options.enable_mkldnn)
 
     det = load(paths.det)
@@ -386,7 +415,9 @@ def create_engine(options: EngineOptions) -> OcrEngine:
     if options.fast_rec_model and options.fast_rec_model != options.model and not options.rec_model_dir:
         fast_recognizer = _family_recognizer(options, options.fast_rec_model, load)
     characters = _characters(rec, paths.rec, paths.rec_dict)
-    engine = OcrEngine(options, det, cls, rec, characters, model_identity(options), line_recognizer, fast_recognizer)
+    engine = OcrEngine(
+        options, det, cls, rec, characters, model_identity(options), line_recognizer, fast_recognizer, kept_memory
+    )
     try:
         engine.warm_up()
     except ModelLoadError:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from PIL import Image
 
 from bench.common import cer, normalize_lines
 from models import EngineOptions, ModelLoadError, check_model_files, create_engine, model_identity
@@ -20,6 +24,7 @@ from tests.conftest import (
     ENGINE_THREADS,
     GT_DIR,
     LOAD_DIR,
+    REPO,
     RunningServer,
     base_config,
     gt_manifest,
@@ -146,6 +151,43 @@ def test_openvino_line_batches_are_padded_to_a_few_widths() -> None:
     assert len({s[3] for s in fixed.shapes}) < len({s[3] for s in free.shapes}) == len(free.shapes)
     # Padding only: each batch is at least as wide as without it, and by less than a step.
     assert all(0 <= a[3] - b[3] < 64 for a, b in zip(fixed.shapes, free.shapes))
+
+
+_READ_A_PAGE = """
+import json, sys
+from models import EngineOptions, create_engine
+from models.pipeline import resident_mb
+engine = create_engine(EngineOptions(engine="openvino", cpu_threads=int(sys.argv[1]), release_memory_mb=int(sys.argv[2])))
+page = sys.stdin.buffer.read()
+texts = [[line["text"] for line in engine.recognize(page, det="on")["text_lines"]] for _ in range(2)]
+print(json.dumps({"texts": texts, "rss_mb": resident_mb()}))
+"""
+
+
+def test_openvino_workers_give_back_the_buffers_of_a_large_page() -> None:
+    """OpenVINO keeps each model's intermediate buffers at the size of the largest input it
+    has run: a worker stayed ~800 MB after its first large pages. Above release_memory_mb a
+    task ends by giving them back; the answers do not change."""
+    needs_openvino()
+    words = [random_word() for _ in range(4)]
+    canvas = Image.new("RGB", (2400, 1800), "white")
+    for index, word in enumerate(words):
+        canvas.paste(Image.open(io.BytesIO(text_image(word))), (150 + 500 * (index % 2), 200 + 400 * index))
+    page = io.BytesIO()
+    canvas.save(page, format="PNG")
+
+    def read(release_memory_mb: int) -> dict[str, Any]:
+        run = subprocess.run(
+            [sys.executable, "-c", _READ_A_PAGE, str(ENGINE_THREADS), str(release_memory_mb)],
+            input=page.getvalue(), capture_output=True, cwd=REPO, timeout=300, check=True,
+        )
+        return json.loads(run.stdout.decode().strip().splitlines()[-1])
+
+    kept, given_back = read(-1), read(0)
+    assert kept["texts"] == given_back["texts"]
+    assert all(word in " ".join(kept["texts"][0]).replace(" ", "") for word in words)
+    # A 2400 x 1800 page is detected at 1280 x 960: ~150 MB of buffers on this model.
+    assert kept["rss_mb"] - given_back["rss_mb"] > 100, (kept["rss_mb"], given_back["rss_mb"])
 
 
 @pytest.fixture
