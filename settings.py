@@ -136,7 +136,7 @@ class Settings:
             options["cpu_threads"] = max(1, cpus // self.ocr.process.number)
         for key in ("det_model_dir", "cls_model_dir", "rec_model_dir", "rec_char_dict_path"):
             if options.get(key):
-                options[key] = str(Path(self.base_dir, options[key]))
+                options[key] = str(Path(self.base_dir, os.path.expanduser(options[key])))
         return EngineOptions(engine=self.ocr.engine, **options)
 
     def model_family(self) -> str:
@@ -173,7 +173,13 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_CONFIG_INT
     if hint is float:
         # Finite: JSON's Infinity or 1e999 passed the range checks and broke timers and TTLs.
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        # Also bounded: 1e300 s passed as a TTL broke Redis's expiry arguments.
+        return (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and abs(value) <= MAX_CONFIG_INT
+        )
     if hint is str:
         return isinstance(value, str)
     if origin is tuple:
@@ -264,7 +270,7 @@ def _check_ranges(settings: Settings) -> None:
 # Engine options whose values outside these bounds would not fail but quietly answer nothing
 # (a drop_score of 7 drops every line), refuse every image, or fail only in the workers.
 PREDICT_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "cpu_threads": (lambda v: v >= 1, "must be >= 1"),
+    "cpu_threads": (lambda v: 1 <= v <= 1024, "must be 1..1024"),
     "det_limit_side_len": (lambda v: v >= 32, "must be >= 32"),
     "det_min_side_len": (lambda v: v >= 0, "must be >= 0"),
     "max_image_pixels": (lambda v: v >= 64, "must be >= 64"),
@@ -272,7 +278,10 @@ PREDICT_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "drop_score": (lambda v: 0 <= v <= 1, "must be 0..1"),
     "det_db_thresh": (lambda v: 0 <= v <= 1, "must be 0..1"),
     "det_db_box_thresh": (lambda v: 0 <= v <= 1, "must be 0..1"),
-    "det_db_unclip_ratio": (lambda v: v > 0, "must be > 0"),
+    # Past a few, every box grows over the whole page (1e12 hung the workers; PaddleOCR's
+    # models use 1.4-2.0).
+    "det_db_unclip_ratio": (lambda v: 0 < v <= 10, "must be > 0 and <= 10"),
+    "release_memory_mb": (lambda v: v < 1_000_000, "must be < 1000000 (negative: never)"),
 }
 
 
@@ -281,6 +290,14 @@ def _check_predict_ranges(predict: dict[str, Any]) -> None:
         value = predict.get(name)
         if value is not None and not ok(value):  # None: the engine's own default
             raise ConfigError(f"ocr.predict_system.{name} {rule}, got {json.dumps(value)}")
+    defaults = EngineOptions()
+    min_side = predict.get("min_image_side", defaults.min_image_side)
+    max_pixels = predict.get("max_image_pixels", defaults.max_image_pixels)
+    if min_side * min_side > max_pixels:
+        raise ConfigError(
+            f"ocr.predict_system.min_image_side ({min_side}) squared is more than max_image_pixels"
+            f" ({max_pixels}): every image would be refused"
+        )
 
 
 def _check_redis_url(url: str) -> None:
@@ -291,6 +308,11 @@ def _check_redis_url(url: str) -> None:
         parse_url(url)
     except ValueError as exc:  # the message names the part, never the password
         raise ConfigError(f"service.redis_url: {exc}") from None
+    # The client reads a database path that is not a number as no database at all (db 0):
+    # two deployments meant apart would share one cache.
+    path = url.split("://", 1)[-1].split("?", 1)[0].partition("/")[2]
+    if path and not path.isdigit():
+        raise ConfigError(f"service.redis_url: the database must be a number (redis://host:port/0), got /{path}")
 
 
 def settings_from_dict(data: dict[str, Any], base_dir: str | Path = REPO_DIR) -> Settings:
@@ -312,11 +334,34 @@ def load_settings(path: str | Path | None) -> Settings:
         return settings_from_dict({})
     config_path = Path(path)
     try:
-        data = json.loads(config_path.read_text(encoding="utf-8"))
+        with open(config_path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{config_path} is larger than {MAX_CONFIG_BYTES} bytes: not a configuration")
+        # utf-8-sig: a byte-order mark (some Windows editors write one) is not an error.
+        data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_refuse_repeated_keys)
     except OSError as exc:
         raise ConfigError(f"cannot read {config_path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{config_path} is not UTF-8 text: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{config_path} is not valid JSON: {exc}") from exc
-    return settings_from_dict(data, base_dir=config_path.resolve().parent)
+    except RecursionError:
+        raise ConfigError(f"{config_path} nests too deeply to be a configuration") from None
+    # Relative paths are the config file's neighbours where it is found, also when it is a
+    # symlink (a Kubernetes ConfigMap mounts each file as one): not where the link points.
+    return settings_from_dict(data, base_dir=Path(os.path.abspath(config_path)).parent)
+
+
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A key written twice in one object: json.loads kept the last and dropped the first
+    silently (a second "ocr" section replaced the first one whole)."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ConfigError(f"the key {json.dumps(key)} appears twice in one object; keep one")
+        data[key] = value
+    return data

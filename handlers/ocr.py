@@ -270,6 +270,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
         task_id = new_task_id()
         cached = await self.ctx.ocr.lookup(key)
         if cached is not None:
+            self.log_fields["task_id"] = task_id  # the id the answer carries, as for a miss
             if splices(cached):
                 # The same bytes as _finish_result writes, without encoding the result again.
                 self.log_fields["cached"] = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import warnings
 from collections.abc import Iterator
 
@@ -56,6 +57,14 @@ def _set_pil_limit(max_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels
 
 
+def _bomb_error(exc: Exception, max_pixels: int) -> ImageTooLargeError:
+    """PIL's own refusal (past twice its limit) in our words, with our limit: its text named
+    twice the configured one."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{found.group(1)} pixels" if found else "more pixels"
+    return ImageTooLargeError(f"image declares {size} > limit {max_pixels}")
+
+
 def probe_size(data: bytes, max_pixels: int = 50_000_000) -> tuple[int, int, str]:
     """Return (width, height, format) from the header only."""
     img = _open(data, max_pixels)
@@ -74,7 +83,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore")
             return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(str(exc)) from exc
+        raise _bomb_error(exc, max_pixels) from exc
     except Exception as exc:  # UnidentifiedImageError, SyntaxError, struct.error...
         if data[:4] == b"MM\x00+":
             # Pillow (12.x) reads a big-endian BigTIFF's IFDs as a classic TIFF's.
@@ -172,7 +181,7 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 8
                     warnings.simplefilter("ignore")
                     img.seek(frame)
             except Image.DecompressionBombError as exc:
-                raise ImageTooLargeError(str(exc)) from exc
+                raise _bomb_error(exc, max_pixels) from exc
             except Exception as exc:  # EOFError; SyntaxError, KeyError...: a page's IFD PIL rejects
                 raise _page_error(data, frame, img.format, exc) from exc
         w, h = img.size
@@ -185,7 +194,7 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 8
                 warnings.simplefilter("ignore")
                 img.load()
         except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(str(exc)) from exc
+            raise _bomb_error(exc, max_pixels) from exc
         except Exception as exc:  # OSError("image file is truncated"), zlib errors...
             raise ImageDecodeError(f"corrupt or truncated {img.format} image: {exc}") from exc
         img = _upright(img)

@@ -213,6 +213,9 @@ def test_custom_pixel_limit() -> None:
     with pytest.raises(ImageTooLargeError):
         decode_image(data, max_pixels=100_000)
     assert decode_image(data, max_pixels=120_000).shape == (300, 400, 3)
+    # Past twice the limit PIL refuses on its own, and its message named twice our limit.
+    with pytest.raises(ImageTooLargeError, match=r"^image declares 120000 pixels > limit 50000$"):
+        decode_image(data, max_pixels=50_000)
 
 
 # --- cheap parent-side API -------------------------------------------------

@@ -498,7 +498,22 @@ def test_bad_config_fails_at_start_with_the_key(tmp_path: Path) -> None:
         ({"ocr": {"predict_system": {"det_db_box_thresh": 1.5}}}, "ocr.predict_system.det_db_box_thresh must be 0..1"),
         ({"ocr": {"predict_system": {"det_db_unclip_ratio": 0}}}, "ocr.predict_system.det_db_unclip_ratio must be > 0"),
         ({"ocr": {"predict_system": {"det_min_side_len": -5}}}, "ocr.predict_system.det_min_side_len must be >= 0"),
-        ({"ocr": {"predict_system": {"cpu_threads": 0}}}, "ocr.predict_system.cpu_threads must be >= 1, got 0"),
+        ({"ocr": {"predict_system": {"cpu_threads": 0}}}, "ocr.predict_system.cpu_threads must be 1..1024, got 0"),
+        # Accepted before: 2^53 threads stopped the workers with a traceback; an unclip ratio of
+        # 1e12 hung every worker until task_timeout; a minimum side whose square is over the
+        # pixel limit refused every image; 1e300 s broke Redis's expiry arguments; a database
+        # path that is no number was read as database 0 (two deployments sharing one cache).
+        ({"ocr": {"predict_system": {"cpu_threads": 2**53}}}, "ocr.predict_system.cpu_threads must be 1..1024"),
+        ({"ocr": {"predict_system": {"det_db_unclip_ratio": 1e12}}}, "det_db_unclip_ratio must be > 0 and <= 10"),
+        (
+            {"ocr": {"predict_system": {"min_image_side": 1024, "max_image_pixels": 64}}},
+            "min_image_side (1024) squared is more than max_image_pixels (64)",
+        ),
+        ({"service": {"time": 1e300}}, "service.time: expected float"),
+        (
+            {"service": {"backend": "redis", "redis_url": "redis://127.0.0.1:6379/abc"}},
+            "service.redis_url: the database must be a number",
+        ),
         (
             {"service": {"backend": "redis", "redis_url": "redis://127.0.0.1:6379x/0"}},
             "service.redis_url: Port could not be cast to integer",
@@ -528,6 +543,41 @@ def test_a_config_that_is_no_object_or_no_text_and_a_port_out_of_range_stop_the_
     assert result.returncode == 2 and "is not UTF-8 text" in result.stderr, result.stderr
     result = _start_with_config(tmp_path, {}, "--port", "70000")
     assert result.returncode == 2 and "web_server.port must be 0..65535" in result.stderr
+
+
+def test_config_files_read_as_written(tmp_path: Path) -> None:
+    from settings import ConfigError, load_settings
+
+    # A section written twice: the first was dropped without a word.
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"ocr": {"process": {"number": 1}}, "ocr": {"engine": "onnxruntime"}}')
+    with pytest.raises(ConfigError, match='the key "ocr" appears twice'):
+        load_settings(twice)
+    # A byte-order mark was refused; a nesting 100,000 deep stopped with a traceback.
+    marked = tmp_path / "bom.json"
+    marked.write_bytes(b"\xef\xbb\xbf" + b'{"ocr": {"process": {"number": 1}}}')
+    assert load_settings(marked).ocr.process.number == 1
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match="nests too deeply"):
+        load_settings(deep)
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"x": "' + "a" * (2 * 1024 * 1024) + '"}')
+    with pytest.raises(ConfigError, match="larger than"):
+        load_settings(huge)
+    # Relative paths are the neighbours of the config where it is found, also through a
+    # symlink (a Kubernetes ConfigMap): they resolved next to the link's target.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "mounted").mkdir()
+    (tmp_path / "real" / "config.json").write_text('{"ocr": {"predict_system": {"rec_model_dir": "rec.onnx"}}}')
+    (tmp_path / "mounted" / "config.json").symlink_to(tmp_path / "real" / "config.json")
+    linked = load_settings(tmp_path / "mounted" / "config.json")
+    assert linked.base_dir == str(tmp_path / "mounted")
+    assert linked.engine_options(2).rec_model_dir == str(tmp_path / "mounted" / "rec.onnx")
+    # ~ is the user's home, not a folder named "~" beside the config.
+    tilde = tmp_path / "tilde.json"
+    tilde.write_text('{"ocr": {"predict_system": {"rec_model_dir": "~/models/rec.onnx"}}}')
+    assert load_settings(tilde).engine_options(2).rec_model_dir == str(Path.home() / "models" / "rec.onnx")
 
 
 def test_a_redis_url_the_client_cannot_parse_stops_the_server_naming_the_key(tmp_path: Path) -> None:
