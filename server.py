@@ -242,11 +242,13 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
 
-    if ctx.ocr.shared is not None and not await ctx.ocr.shared.ping():
-        log.warning(
-            "Redis at %s is unreachable; serving without the shared cache until it is back",
-            redact(settings.service.redis_url),
-        )
+    if ctx.ocr.shared is not None:
+        if not await ctx.ocr.shared.ping():
+            log.warning(
+                "Redis at %s is unreachable; serving without the shared cache until it is back",
+                redact(settings.service.redis_url),
+            )
+        ctx.ocr.shared.watch()
     await ctx.pool.start(wait=False)
     startup = asyncio.ensure_future(ctx.pool.wait_ready())
     stopper = asyncio.ensure_future(stop.wait())

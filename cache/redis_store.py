@@ -133,6 +133,7 @@ class RedisStore:
         self._down_until = 0.0
         self._probing = False  # one call is testing a Redis that was down; the rest fall back
         self.last_error: str | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     # ---- circuit breaker ----------------------------------------------------------
 
@@ -320,7 +321,22 @@ class RedisStore:
         self._down_until = 0.0
         return await self._guarded(self._client.ping, False)
 
+    def watch(self) -> None:
+        """While Redis is down, ask it every RETRY_AFTER_FAILURE_S whether it is back: the
+        state (/health, ocr_shared_store_up) changed only when a request used Redis, so an
+        idle node read as degraded for good after an outage."""
+        if self._watcher is None:
+            self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+            if not self.connected and self._available():
+                await self._guarded(self._client.ping, False)
+
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         for keeper in list(self._keepers):
             keeper.cancel()  # shutting down: no claim renewed, no heartbeat written any more
         await self._client.aclose()
