@@ -205,8 +205,12 @@ class RedisStore:
     async def claim(self, key: str) -> str | None:
         """Try to become the node that computes `key`: a token if we are, else None.
 
-        With Redis down every node computes for itself (the token "local").
+        With Redis down every node computes for itself (the token "local"), and so it does
+        with the result cache off: a node waiting on another's claim could never read its
+        result, and read the image itself only after the whole of the other's run.
         """
+        if self.result_ttl <= 0 or self.max_results <= 0:
+            return "local"
         token = f"{self.node_id}:{uuid.uuid4().hex[:8]}"
 
         async def take() -> str | None:

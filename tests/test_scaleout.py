@@ -320,6 +320,24 @@ def run_with_pool(test: Callable[[WorkerPool], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
+def test_with_the_result_cache_off_no_node_waits_on_another_nodes_claim(redis_url: str) -> None:
+    # A node waiting on another's claim reads the result from Redis when the run ends; with the
+    # result cache off (img_number or time 0) there is none, and the image was read twice, one
+    # run after the other. Each node now computes for itself at once.
+    async def check() -> None:
+        sharing = [make_store(redis_url), make_store(redis_url)]
+        off = [make_store(redis_url, max_results=0), make_store(redis_url, result_ttl=0)]
+        try:
+            token = await sharing[0].claim("shared")
+            assert token not in (None, "local") and await sharing[1].claim("shared") is None
+            assert [await store.claim("uncached") for store in off] == ["local", "local"]
+        finally:
+            for store in sharing + off:
+                await store.close()
+
+    asyncio.run(check())
+
+
 def test_two_local_requests_for_a_new_image_make_one_claim_and_one_run(redis_url: str) -> None:
     async def check(pool: WorkerPool) -> None:
         store = make_store(redis_url)
