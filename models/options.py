@@ -231,15 +231,18 @@ def _check_options(options: EngineOptions) -> None:
     if options.engine not in ENGINES:
         raise ModelLoadError(f"unknown engine {options.engine!r}; expected one of {ENGINES}")
     check_engine_installed(options.engine)
-    family_files(options.model, options.engine)  # unknown family, or none for this backend
-    if options.line_rec_model:
-        family_files(options.line_rec_model, options.engine)
-    if options.fast_rec_model:
-        family_files(options.fast_rec_model, options.engine)
-    if not 0.0 <= options.auto_det_min_confidence <= 1.0:
-        raise ModelLoadError(f"auto_det_min_confidence must be within 0..1, got {options.auto_det_min_confidence}")
-    if not 0.0 <= options.fast_rec_min_confidence <= 1.0:
-        raise ModelLoadError(f"fast_rec_min_confidence must be within 0..1, got {options.fast_rec_min_confidence}")
+    # Unknown family, or none for this backend: the message names the key that chose it.
+    for key in ("model", "line_rec_model", "fast_rec_model"):
+        family = getattr(options, key)
+        if family:
+            try:
+                family_files(family, options.engine)
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"ocr.predict_system.{key}: {exc}") from None
+    for key in ("auto_det_min_confidence", "fast_rec_min_confidence"):
+        value = getattr(options, key)
+        if not 0.0 <= value <= 1.0:
+            raise ModelLoadError(f"ocr.predict_system.{key} must be within 0..1, got {value}")
     if options.precision not in PRECISIONS:
         raise ModelLoadError(f"precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
     if options.precision == "int8" and options.engine not in ONNX_ENGINES:

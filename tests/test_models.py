@@ -686,7 +686,7 @@ def test_each_family_has_its_own_cache_identity() -> None:
 def test_family_without_weights_for_a_backend_names_the_ones_it_has() -> None:
     with pytest.raises(ModelLoadError, match=r"PP-OCRv6-small.*paddle backend has: PP-OCRv4, PP-OCRv5"):
         check_model_files(EngineOptions(engine="paddle", model="PP-OCRv6-small"))
-    with pytest.raises(ModelLoadError, match="unknown model family 'PP-OCRv9'"):
+    with pytest.raises(ModelLoadError, match=r"^ocr\.predict_system\.model: unknown model family 'PP-OCRv9'"):
         check_model_files(EngineOptions(model="PP-OCRv9"))
 
 
@@ -724,7 +724,7 @@ def test_detection_scale_shrinks_large_and_enlarges_only_when_asked() -> None:
 
 
 def test_unknown_second_line_recogniser_is_refused_at_start() -> None:
-    with pytest.raises(ModelLoadError, match="unknown model family 'PP-OCRv1'"):
+    with pytest.raises(ModelLoadError, match=r"^ocr\.predict_system\.line_rec_model: unknown model family 'PP-OCRv1'"):
         check_model_files(EngineOptions(line_rec_model="PP-OCRv1"))
 
 
@@ -780,9 +780,9 @@ def test_fast_recogniser_reads_first_and_the_main_one_rereads_only_its_unsure_li
 
 
 def test_fast_recogniser_settings_are_checked_at_start() -> None:
-    with pytest.raises(ModelLoadError, match="unknown model family 'PP-OCRv1'"):
+    with pytest.raises(ModelLoadError, match=r"^ocr\.predict_system\.fast_rec_model: unknown model family 'PP-OCRv1'"):
         check_model_files(EngineOptions(fast_rec_model="PP-OCRv1"))
-    with pytest.raises(ModelLoadError, match="fast_rec_min_confidence"):
+    with pytest.raises(ModelLoadError, match=r"^ocr\.predict_system\.fast_rec_min_confidence must be within 0\.\.1"):
         check_model_files(EngineOptions(fast_rec_model="PP-OCRv6-tiny", fast_rec_min_confidence=1.5))
 
 
