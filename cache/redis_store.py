@@ -78,6 +78,8 @@ redis.call('set', KEYS[1], cjson.encode(view), 'EX', ARGV[2])
 return 1
 """
 RETRY_AFTER_FAILURE_S = 2.0
+# Its value changes only when Redis loses its data (see RedisStore._check_epoch).
+EPOCH_KEY = "epoch"
 # How long a claim outlives its node's last renewal (renewed every third of it while the run
 # lasts): a node that died mid-run holds up the others this long, not claim_ttl (minutes).
 CLAIM_LEASE_S = 6.0
@@ -134,6 +136,10 @@ class RedisStore:
         self._probing = False  # one call is testing a Redis that was down; the rest fall back
         self.last_error: str | None = None
         self._watcher: asyncio.Task[None] | None = None
+        # A value this node found under EPOCH_KEY: another value, or none, means Redis lost its
+        # data (a restart without persistence, FLUSHALL) and `on_data_lost` is called.
+        self._epoch: bytes | None = None
+        self.on_data_lost: list[Callable[[], None]] = []
 
     # ---- circuit breaker ----------------------------------------------------------
 
@@ -334,9 +340,34 @@ class RedisStore:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(RETRY_AFTER_FAILURE_S)
             if not self.connected and self._available():
                 await self._guarded(self._client.ping, False)
+            if self.connected:
+                await self._check_epoch()
+            await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+
+    async def _check_epoch(self) -> None:
+        """Redis keeps one random value under EPOCH_KEY (the first node to look sets it):
+        when it is gone or another, Redis lost what was written before, and this node's
+        records (finished tasks, which nothing else writes again) must be written anew."""
+        key = self.prefix + EPOCH_KEY
+
+        async def read() -> bytes | None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.set(key, uuid.uuid4().hex, nx=True)
+                pipe.get(key)
+                _, epoch = await pipe.execute()
+            return epoch  # type: ignore[no-any-return]
+
+        epoch = await self._guarded(read, None)
+        if epoch is None:
+            return
+        lost = self._epoch is not None and epoch != self._epoch
+        self._epoch = epoch
+        if lost:
+            log.warning("Redis lost its data (restarted without persistence, or flushed): writing this node's task records again")
+            for callback in self.on_data_lost:
+                callback()
 
     async def close(self) -> None:
         if self._watcher is not None:

@@ -128,6 +128,8 @@ class TaskStore:
         # time (monotonic) past which it would have expired anyway; one retry loop for all.
         self._unshared: dict[str, tuple[TaskRecord, float]] = {}
         self._resharing: asyncio.Task[None] | None = None
+        if shared is not None:
+            shared.on_data_lost.append(self._share_all_again)
 
     def __len__(self) -> int:
         return len(self.records) + len(self.unfinished)
@@ -206,6 +208,13 @@ class TaskStore:
             del self._unshared[next(iter(self._unshared))]
         if self._resharing is None or self._resharing.done():
             self._resharing = self.shared.keep_alive(self._reshare, RESHARE_S)
+
+    def _share_all_again(self) -> None:
+        """Redis lost its data: every record this node holds is written again (a finished
+        one was written once, and other nodes answered 404 for it for good; an unfinished one
+        would be back with its next heartbeat, up to HEARTBEAT_S later)."""
+        for record in [*self.records.values(), *self.unfinished.values()]:
+            self._share_later(record)
 
     async def _reshare(self) -> bool:
         """One retry round, oldest first; False (the loop ends) once nothing is left to write."""

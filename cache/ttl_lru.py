@@ -150,6 +150,11 @@ class TTLLRUCache(Generic[V]):
     def pop(self, key: str) -> V | None:
         return self._cache.pop(key, None)
 
+    def values(self) -> list[V]:
+        """The entries held now (expired ones dropped first), least recently used first."""
+        self._cache.expire()
+        return list(self._cache.values())
+
     def purge_expired(self) -> int:
         """Drop expired entries (reads already ignore them; this frees their memory)."""
         return len(self._cache.expire())

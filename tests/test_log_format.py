@@ -117,7 +117,7 @@ def test_an_explicit_date_format_is_left_to_logging() -> None:
 def test_access_log_lines_keep_their_shape(ocr_server: RunningServer) -> None:
     image = text_image(random_word())
     first = ocr_server.ocr_upload(image).json()
-    ocr_server.ocr_upload(image)
+    hit = ocr_server.ocr_upload(image).json()
     time.sleep(0.2)
     mine = [line for line in ocr_server.log_text().splitlines() if first["image_hash"][:12] in line]
     assert len(mine) == 2
@@ -129,6 +129,7 @@ def test_access_log_lines_keep_their_shape(ocr_server: RunningServer) -> None:
     )
     assert re.fullmatch(
         stamp
-        + rf" INFO ocr_server\.access: POST /ocr_service 200 [0-9.]+ms image_hash={first['image_hash'][:12]} cached=True",
+        + rf" INFO ocr_server\.access: POST /ocr_service 200 [0-9.]+ms image_hash={first['image_hash'][:12]}"
+        rf" task_id={hit['task_id']} cached=True",
         mine[1],
     )

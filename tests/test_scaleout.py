@@ -631,3 +631,27 @@ def test_a_live_task_keeps_reading_unfinished_past_its_ttl_and_lost_after(redis_
         await node_b.shared.close()  # type: ignore[union-attr]
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=40))
+
+
+def test_task_records_are_written_again_when_redis_loses_its_data(redis_url: str) -> None:
+    # A finished task's record is written once; after a Redis restart without persistence (or
+    # a FLUSHALL) other nodes answered 404 task_not_found for it for good.
+    async def scenario() -> None:
+        node_a = service_node(redis_url, FakePool(0.05))
+        node_b = service_node(redis_url, FakePool(0.05))
+        node_a.shared.watch()  # type: ignore[union-attr]  # as server.py starts it
+        await asyncio.sleep(0.3)  # its first look at Redis
+        finished = await node_a.submit_task("done-before", "h", b"x", {})
+        view = await node_b.task_view(finished.task_id, wait=10.0)
+        assert view is not None and view.status == "done"
+        await node_b.shared._client.flushall()  # type: ignore[union-attr]
+        assert await node_b.task_view(finished.task_id) is None  # gone from Redis for now
+        deadline = time.monotonic() + 10
+        while (view := await node_b.task_view(finished.task_id)) is None:
+            assert time.monotonic() < deadline, "node A never wrote its finished record again"
+            await asyncio.sleep(0.2)
+        assert view.status == "done" and view.result["text_lines"][0]["text"] == "read by A"  # type: ignore[index]
+        for node in (node_a, node_b):
+            await node.shared.close()  # type: ignore[union-attr]
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=40))
