@@ -111,7 +111,9 @@ def log_request(handler: web.RequestHandler) -> None:
     fields: dict[str, Any] | None = getattr(handler, "log_fields", None)
     extra = " ".join(f"{key}={value}" for key, value in fields.items()) if fields else ""
     access_log.log(
-        logging.INFO if status < 500 else logging.ERROR,
+        # A 500 is a fault to look at; 503 (load shed, shutting down, /readyz while loading)
+        # and 504 are the service saying no as designed: seen at --log-level WARNING, not ERROR.
+        logging.INFO if status < 500 else logging.ERROR if status == 500 else logging.WARNING,
         "%s %s %d %.1fms %s",
         request.method,
         request.path,
@@ -212,7 +214,7 @@ async def serve(settings: Settings) -> int:
     port = sockets[0].getsockname()[1]
     log.info(
         "listening on http://%s:%d (engine %s, %d workers, %d threads each, %d usable CPUs)",
-        web_settings.host,
+        f"[{web_settings.host}]" if ":" in web_settings.host else web_settings.host,  # IPv6: [::1]
         port,
         settings.ocr.engine,
         settings.ocr.process.number,
