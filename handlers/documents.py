@@ -97,9 +97,9 @@ class DocumentAnswers:
         self.log_fields["document"] = kind
         try:
             if not request.block:
-                record = await documents.submit_task(doc)
-                self.keep_counted_while_run_holds(record.computation, data)  # type: ignore[attr-defined]
-                self._answer_task(record)  # type: ignore[attr-defined]
+                record = await self.submit_counted(lambda: documents.submit_task(doc), data)  # type: ignore[attr-defined]
+                if record is not None:
+                    self._answer_task(record)  # type: ignore[attr-defined]
                 return
             cached = await documents.cached(doc)
             if cached is not None:

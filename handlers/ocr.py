@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tornado import web
@@ -183,15 +184,28 @@ class OcrHandler(DocumentAnswers, JsonHandler):
         self.ctx.upload_budget.give_back(self._held)
         self._held = 0
 
-    def keep_counted_while_run_holds(self, run: Computation | None, payload: bytes | bytearray) -> None:
-        """A fire-and-forget request is answered at once, but the run it started holds its
-        image until the run ends: its bytes stay counted in max_buffered_bytes until then
-        (given back with the answer, a burst of fire-and-forget uploads was not bounded)."""
-        if run is None or run.payload is not payload or run.future.done() or not self._held:
-            return  # a cached result, or a run of the same image another request started
+    async def submit_counted(self, submit: Callable[[], Awaitable[Any]], payload: bytes | bytearray) -> Any:
+        """Submit a fire-and-forget task (None when its client already left: nobody to answer).
+
+        It is answered at once, but the run it starts holds its image until the run ends: its
+        bytes stay counted in max_buffered_bytes until then (given back with the answer, a
+        burst of fire-and-forget uploads was not bounded). They leave the connection's count
+        before the submission's awaits, so a client hanging up meanwhile cannot take them back."""
+        if self.client_gone:
+            return None
         held, self._held = self._held, 0
         budget = self.ctx.upload_budget
-        run.future.add_done_callback(lambda _: budget.give_back(held))
+        try:
+            record = await submit()
+        except BaseException:
+            budget.give_back(held)
+            raise
+        run = record.computation
+        if run is None or run.payload is not payload or run.future.done():
+            budget.give_back(held)  # a cached result, or a run of the image another request started
+        else:
+            run.future.add_done_callback(lambda _: budget.give_back(held))
+        return record
 
     def on_finish(self) -> None:
         self._give_back()
@@ -239,9 +253,11 @@ class OcrHandler(DocumentAnswers, JsonHandler):
                 await self._answer_blocking(key, image_hash, image_bytes, params)
             else:
                 payload = owned(image_bytes)
-                record = await self.ctx.ocr.submit_task(key, image_hash, payload, params)
-                self.keep_counted_while_run_holds(record.computation, payload)
-                self._answer_task(record)
+                record = await self.submit_counted(
+                    lambda: self.ctx.ocr.submit_task(key, image_hash, payload, params), payload
+                )
+                if record is not None:
+                    self._answer_task(record)
         except PoolError as exc:
             raise api_error_from_pool(exc) from None
 

@@ -915,6 +915,39 @@ def test_fire_and_forget_uploads_stay_counted_until_their_run_ends(server_factor
     assert task["status"] == "done" and words[2] in " ".join(line["text"] for line in task["text_lines"])
 
 
+def test_fire_and_forget_uploads_whose_clients_hang_up_stay_counted(server_factory) -> None:
+    """A client that closes its connection right after the body gave its bytes back while its
+    task was being submitted, and the queued run then held them uncounted (8 such uploads held
+    3x the budget)."""
+    config = base_config(number=1)
+    config["web_server"].update({"max_body_bytes": 1_000_000, "max_buffered_bytes": 2_000_000})
+    server = server_factory(config, name="budget-hangups")
+    (worker_pid,) = [w["pid"] for w in server.health()["workers"]["workers"]]
+    port = int(server.url.rsplit(":", 1)[1])
+    os.kill(worker_pid, signal.SIGSTOP)
+    try:
+        for _ in range(8):
+            image = text_image(random_word()) + b"\0" * 800_000
+            body = (
+                b'--b\r\nContent-Disposition: form-data; name="file"; filename="q.png"\r\n\r\n' + image
+                + b'\r\n--b\r\nContent-Disposition: form-data; name="block_flag"\r\n\r\nfalse\r\n--b--\r\n'
+            )
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(
+                    b"POST /ocr_service HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                sock.shutdown(socket.SHUT_WR)
+            time.sleep(0.3)
+        health = server.health()
+        unfinished = health["cache"]["tasks_unfinished"]
+        assert health["uploads"]["buffered_bytes"] >= unfinished * 800_000 - 1, health
+        assert unfinished * 800_000 <= 2_000_000  # what the queued runs hold stays in the budget
+    finally:
+        os.kill(worker_pid, signal.SIGCONT)
+
+
 def _closed_by_server(sock: socket.socket, within: float) -> float | None:
     """Seconds until the server closed `sock` (reads EOF or a reset), or None if still open."""
     started = time.monotonic()
