@@ -14,6 +14,7 @@ import math
 import os
 import types
 import typing
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,8 +311,9 @@ def _check_redis_url(url: str) -> None:
         raise ConfigError(f"service.redis_url: {exc}") from None
     # The client reads a database path that is not a number as no database at all (db 0):
     # two deployments meant apart would share one cache.
-    path = url.split("://", 1)[-1].split("?", 1)[0].partition("/")[2]
-    if path and not path.isdigit():
+    parts = urllib.parse.urlsplit(url)
+    path = urllib.parse.unquote(parts.path).strip("/")
+    if parts.scheme in ("redis", "rediss") and path and not path.isdigit():  # unix://: a socket path
         raise ConfigError(f"service.redis_url: the database must be a number (redis://host:port/0), got /{path}")
 
 

@@ -340,10 +340,13 @@ class RedisStore:
 
     async def _watch(self) -> None:
         while True:
-            if not self.connected and self._available():
-                await self._guarded(self._client.ping, False)
-            if self.connected:
-                await self._check_epoch()
+            try:
+                if not self.connected and self._available():
+                    await self._guarded(self._client.ping, False)
+                if self.connected:
+                    await self._check_epoch()
+            except Exception:
+                log.exception("checking Redis failed; trying again in %.0f s", RETRY_AFTER_FAILURE_S)
             await asyncio.sleep(RETRY_AFTER_FAILURE_S)
 
     async def _check_epoch(self) -> None:
@@ -353,6 +356,9 @@ class RedisStore:
         key = self.prefix + EPOCH_KEY
 
         async def read() -> bytes | None:
+            epoch = await self._client.get(key)
+            if epoch is not None:
+                return epoch  # type: ignore[no-any-return]  # a read only: fine on a full Redis
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.set(key, uuid.uuid4().hex, nx=True)
                 pipe.get(key)

@@ -210,10 +210,11 @@ class TaskStore:
             self._resharing = self.shared.keep_alive(self._reshare, RESHARE_S)
 
     def _share_all_again(self) -> None:
-        """Redis lost its data: every record this node holds is written again (a finished
-        one was written once, and other nodes answered 404 for it for good; an unfinished one
-        would be back with its next heartbeat, up to HEARTBEAT_S later)."""
-        for record in [*self.records.values(), *self.unfinished.values()]:
+        """Redis lost its data: every finished record this node holds is written again (it
+        was written once, and other nodes answered 404 for it for good). Unfinished ones are
+        back with their next heartbeat (HEARTBEAT_S); queued here too they would push finished
+        ones out of the bounded retry list."""
+        for record in self.records.values():
             self._share_later(record)
 
     async def _reshare(self) -> bool:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, Literal, TypeVar
 
+import cachetools
 import orjson
 from cachetools import TTLCache
 
@@ -151,9 +152,10 @@ class TTLLRUCache(Generic[V]):
         return self._cache.pop(key, None)
 
     def values(self) -> list[V]:
-        """The entries held now (expired ones dropped first), least recently used first."""
+        """The entries held now (expired ones dropped first), in no particular order; reading
+        them leaves their recency as it was (TTLCache's own reads would refresh every one)."""
         self._cache.expire()
-        return list(self._cache.values())
+        return [cachetools.Cache.__getitem__(self._cache, key) for key in list(self._cache)]
 
     def purge_expired(self) -> int:
         """Drop expired entries (reads already ignore them; this frees their memory)."""

@@ -177,8 +177,11 @@ class OcrEngine:
         limit = self.options.release_memory_mb
         if not self._sessions or limit < 0 or (limit > 0 and resident_mb() <= limit):
             return
-        for session in self._sessions:
-            session.release_memory()
+        try:
+            for session in self._sessions:
+                session.release_memory()
+        except Exception as exc:  # noqa: BLE001 - memory kept is no reason to lose the task's answer
+            print(f"releasing the models' buffers failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
     def _recognize(self, image_bytes: bytes, det: str, document: dict[str, Any] | None = None) -> dict[str, Any]:
         if det not in DET_MODES:

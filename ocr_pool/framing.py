@@ -12,9 +12,12 @@ then an 8-byte unsigned length for messages of 2 GiB or more, then the pickled m
 
 from __future__ import annotations
 
+import logging
 import pickle
 import struct
 from typing import Any
+
+log = logging.getLogger("ocr_pool")
 
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
@@ -40,9 +43,13 @@ class MessageReader:
             if frame is None:
                 return messages
             start, end = frame
-            with memoryview(self._buffer) as view, view[start:end] as body:
-                messages.append(pickle.loads(body))
-            del self._buffer[:end]  # cheap: CPython moves the start of a bytearray forward
+            try:
+                with memoryview(self._buffer) as view, view[start:end] as body:
+                    messages.append(pickle.loads(body))
+            except Exception:
+                log.exception("dropped a worker message of %d bytes that does not decode", end - start)
+            finally:
+                del self._buffer[:end]  # cheap: CPython moves the start of a bytearray forward
 
     def _next_frame(self) -> tuple[int, int] | None:
         """(start, end) of the first message's pickle if all of it is here."""
@@ -56,5 +63,5 @@ class MessageReader:
                 return None
             (size,) = _LONG.unpack_from(buffer, _SHORT.size)
             start += _LONG.size
-        end = start + size
+        end = start + max(size, 0)  # a negative length is no message: an empty frame, dropped
         return (start, end) if len(buffer) >= end else None

@@ -78,6 +78,21 @@ def test_eviction_is_least_recently_used_not_oldest() -> None:
     assert cache.evictions == 1
 
 
+def test_listing_the_entries_leaves_their_recency_alone() -> None:
+    # The list is what a node writes to Redis again after Redis lost its data; reading each
+    # entry through the cache made every one "recently used" in insertion order.
+    clock = FakeClock()
+    cache: TTLLRUCache[int] = TTLLRUCache(capacity=3, ttl=100, clock=clock)
+    for key, value in (("a", 1), ("b", 2), ("c", 3)):
+        cache.set(key, value)
+    cache.get("a")  # "b" is now the least recently used
+    assert sorted(cache.values()) == [1, 2, 3]
+    cache.set("d", 4)
+    assert cache.get("b") is None and cache.get("a") == 1
+    clock.now += 101
+    assert cache.values() == []
+
+
 def test_zero_capacity_or_ttl_disables_caching() -> None:
     assert len(_filled(TTLLRUCache(capacity=0, ttl=10))) == 0
     assert len(_filled(TTLLRUCache(capacity=10, ttl=0))) == 0
@@ -512,3 +527,61 @@ def test_byte_budget_settings_defaults_and_validation() -> None:
     for service_keys, message in refused:
         with pytest.raises(ConfigError, match=re.escape(message)):
             settings_from_dict({"service": service_keys})
+
+
+class _RecordingShared:
+    """A shared store that takes every write, for the task store's re-sharing."""
+
+    def __init__(self) -> None:
+        self.on_data_lost: list = []
+        self.written: list[tuple[str, str]] = []
+
+    async def put_task(self, task_id: str, view: dict) -> bool:
+        self.written.append((task_id, view["status"]))
+        return True
+
+    def keep_alive(self, renew, interval: float) -> asyncio.Task:
+        async def loop() -> None:
+            while await renew():
+                await asyncio.sleep(interval)
+
+        return asyncio.ensure_future(loop())
+
+
+def test_after_redis_lost_its_data_every_finished_record_is_written_again() -> None:
+    # Unfinished records were queued for the rewrite too, and the bounded retry list then
+    # pushed finished ones out: they read 404 on other nodes for good.
+    from cache.task_store import TaskRecord, TaskStore
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        shared = _RecordingShared()
+        store = TaskStore(capacity=4, ttl=600, shared=shared)  # type: ignore[arg-type]
+        finished = []
+        for index in range(4):
+            record = TaskRecord(f"done-{index}")
+            record.result = {"text_lines": [], "image_size": [1, 1]}
+            await store.add(record)
+            finished.append(record.task_id)
+        pending = []
+        for index in range(2):
+            record = TaskRecord(f"running-{index}")
+            computation = type("Run", (), {"job": None, "state": "queued"})()
+            computation.future = loop.create_future()
+            computation.task_id = f"run-{index}"
+            record.computation = computation  # type: ignore[assignment]
+            await store.add(record)
+            pending.append(computation.future)
+        shared.written.clear()
+        for lost in shared.on_data_lost:
+            lost()
+        await asyncio.sleep(0.1)
+        assert {task_id for task_id, status in shared.written if status == "done"} == set(finished)
+        for future in pending:
+            future.cancel()
+        for beat in list(store._heartbeats.values()):
+            beat.cancel()
+        if store._resharing is not None:
+            store._resharing.cancel()
+
+    asyncio.run(scenario())

@@ -197,6 +197,10 @@ def test_replies_are_decoded_however_their_bytes_arrive() -> None:
         assert got == expected and reader.pending_bytes == 0
     reader = MessageReader()
     assert reader.feed(wire[:-1]) == expected[:-1] and reader.pending_bytes > 0
+    # A frame that does not decode is dropped, and what follows it still reads.
+    broken = struct.pack("!i", 3) + b"\x80\x05X"
+    reader = MessageReader()
+    assert reader.feed(broken + wire) == expected and reader.pending_bytes == 0
 
 
 def test_full_queue_refuses_new_work() -> None:

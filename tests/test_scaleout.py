@@ -53,7 +53,7 @@ class RedisServer:
         assert REDIS is not None
         self.process = subprocess.Popen(
             [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru", "--logfile", str(self.log)],
+             "--maxmemory", "256mb", "--maxmemory-policy", "volatile-lru", "--logfile", str(self.log)],
         )
         wait_until(lambda: _redis_ping(self.port), "redis did not start")
 

@@ -589,6 +589,9 @@ def test_a_redis_url_the_client_cannot_parse_stops_the_server_naming_the_key(tmp
     from settings import settings_from_dict
 
     assert settings_from_dict({"service": {"redis_url": "localhost:6379"}}).service.backend == "memory"
+    # A Unix socket's path and a percent-encoded database number are not refused.
+    for url in ("unix:///var/run/redis/redis.sock?db=1", "redis://127.0.0.1:6379/%31"):
+        assert settings_from_dict({"service": {"backend": "redis", "redis_url": url}}).service.redis_url == url
 
 
 def test_repo_config_json_matches_the_embedded_defaults() -> None:
