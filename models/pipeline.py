@@ -124,11 +124,12 @@ class OcrEngine:
         identity: str,
         line_recognizer: TextRecognizer | None = None,
         fast_recognizer: TextRecognizer | None = None,
-        sessions: list[Session] | None = None,
+        sessions: list[OvSession] | None = None,
     ) -> None:
         self.options = options
         self.identity = identity
-        # Sessions that keep memory between runs, given back after a task (release_memory_mb).
+        # OpenVINO sessions keep buffers between runs, given back after a task (release_memory_mb);
+        # the other runtimes free theirs as each run ends.
         self._sessions = sessions or []
         self.detector = TextDetector(
             det,
@@ -397,7 +398,7 @@ def create_engine(options: EngineOptions) -> OcrEngine:
     # OpenCV's own pool (resize, perspective crops) would start one thread per host core.
     cv2.setNumThreads(threads)
 
-    kept_memory: list[Session] = []  # sessions that keep buffers between runs
+    kept_memory: list[OvSession] = []  # sessions that keep buffers between runs
 
     def load(path) -> Session:
         if options.engine == "onnxruntime":

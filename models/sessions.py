@@ -28,10 +28,6 @@ class Session(Protocol):
 
     def input_height(self) -> int | None: ...
 
-    def release_memory(self) -> None:
-        """Give back memory kept between runs (buffers for inputs seen before), if any."""
-        ...
-
 
 class OrtSession:
     def __init__(self, path: Path, cpu_threads: int = 1) -> None:
@@ -68,9 +64,6 @@ class OrtSession:
         meta = self._sess.get_modelmeta().custom_metadata_map
         chars = meta.get("character")
         return chars.splitlines() if chars else None
-
-    def release_memory(self) -> None:
-        pass  # no arena (see above): freed tensors go back to malloc as each run ends
 
 
 # Compiled kernels OpenVINO keeps per input shape. Measured on 40 pages (one worker, bf16):
@@ -185,6 +178,3 @@ class PaddleSession:
 
     def character_list(self) -> list[str] | None:
         return None  # paddle inference models carry no metadata
-
-    def release_memory(self) -> None:
-        pass  # oneDNN's per-shape cache is capped instead (set_mkldnn_cache_capacity)
