@@ -72,6 +72,16 @@ def write_message(conn: Connection, message: Any, payload: bytes | bytearray | N
         pass  # the worker is gone; _on_exit will see to its task
 
 
+def _read_some(worker: WorkerHandle) -> list[Any] | None:
+    """One read of a readable worker pipe (it never blocks then): the messages it completed,
+    or None once the worker closed its end."""
+    try:
+        data = os.read(worker.conn.fileno(), READ_CHUNK_BYTES)
+    except OSError:
+        return None
+    return worker.reader.feed(data) if data else None
+
+
 class Job:
     """One OCR task: queued, then running on a worker, then done or failed."""
 
@@ -435,14 +445,13 @@ class WorkerPool:
         """The worker's pipe is readable: take what is there (one read never blocks once the
         pipe is readable) and handle the messages it completes."""
         assert self._loop is not None
-        try:
-            data = os.read(worker.conn.fileno(), READ_CHUNK_BYTES)
-        except OSError:
-            data = b""
-        if not data:  # the worker closed its end: its exit (the sentinel) says the rest
+        messages = _read_some(worker)
+        if messages is None:  # the worker closed its end: its exit (the sentinel) says the rest
             self._loop.remove_reader(worker.conn.fileno())
             return
-        for message in worker.reader.feed(data):
+        if not messages:
+            return  # part of a reply: nothing changed yet
+        for message in messages:
             self._handle_message(worker, message)
         self._dispatch()
         self._changed.set()
@@ -585,13 +594,10 @@ class WorkerPool:
         """What an exited worker wrote just before it went (a reply, its load error): its pipe
         and its exit become readable together, and the loop may see the exit first. A reply
         left unread made the task run again, or fail as worker_crashed on its last attempt."""
-        messages = []
+        messages: list[Any] = []
         with contextlib.suppress(OSError):
-            while worker.conn.poll():
-                data = os.read(worker.conn.fileno(), READ_CHUNK_BYTES)
-                if not data:
-                    break
-                messages += worker.reader.feed(data)
+            while worker.conn.poll() and (more := _read_some(worker)) is not None:
+                messages += more
         # A reply cut short by the exit (killed half-way through writing it) is not one.
         for message in messages:
             # Not "ready": a worker that died as it became ready must not retire the one it
