@@ -291,9 +291,8 @@ def _check_predict_ranges(predict: dict[str, Any]) -> None:
         value = predict.get(name)
         if value is not None and not ok(value):  # None: the engine's own default
             raise ConfigError(f"ocr.predict_system.{name} {rule}, got {json.dumps(value)}")
-    defaults = EngineOptions()
-    min_side = predict.get("min_image_side", defaults.min_image_side)
-    max_pixels = predict.get("max_image_pixels", defaults.max_image_pixels)
+    min_side = predict.get("min_image_side", EngineOptions.min_image_side)
+    max_pixels = predict.get("max_image_pixels", EngineOptions.max_image_pixels)
     if min_side * min_side > max_pixels:
         raise ConfigError(
             f"ocr.predict_system.min_image_side ({min_side}) squared is more than max_image_pixels"
