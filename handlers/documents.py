@@ -107,6 +107,7 @@ class DocumentAnswers:
                 return
             if self.client_gone:
                 return  # it left while the pages were fingerprinted or looked up: no run for it
+            self._run_payload = data  # type: ignore[attr-defined]
             run = documents.join(doc)
             self._computation = run  # released (and the run cancelled) if the client leaves
             self.log_fields["task_id"] = run.task_id

@@ -35,6 +35,7 @@ from handlers.request_parsing import (
     start_multipart,
     unsupported_content_type,
 )
+from handlers.upload_budget import UploadBudget
 from ocr_pool import PoolError
 
 # Room for multipart boundaries and form fields on top of the image byte limit.
@@ -54,6 +55,10 @@ def owned(data: bytes | bytearray | memoryview) -> bytes | bytearray:
     """The image as bytes the OCR workers and the document path can take: a view of the
     body chunk (an upload that arrived whole) is copied now, on a miss, and never on a hit."""
     return data.tobytes() if isinstance(data, memoryview) else data
+
+
+def _give_back_when_done(budget: UploadBudget, size: int, future: asyncio.Future[Any]) -> None:
+    future.add_done_callback(lambda _: budget.give_back(size))
 
 
 def result_body(task_id: str, image_hash: str, result: dict[str, Any], cached: bool) -> dict[str, Any]:
@@ -78,6 +83,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
     # Class default: on_connection_close may run for requests prepare() never saw (405).
     _computation: Computation | None = None
     _held = 0
+    _run_payload: bytes | bytearray | None = None  # the image handed to the run this request waits on
     # Set when the client leaves; checked after each await that comes before a task exists
     # (reading, hashing), when on_connection_close had nothing to release yet.
     client_gone = False
@@ -204,8 +210,17 @@ class OcrHandler(DocumentAnswers, JsonHandler):
         if run is None or run.payload is not payload or run.future.done():
             budget.give_back(held)  # a cached result, or a run of the image another request started
         else:
-            run.future.add_done_callback(lambda _: budget.give_back(held))
+            _give_back_when_done(budget, held, run.future)
         return record
+
+    def _count_until_run_ends(self, run: Any) -> None:
+        """A blocking request leaving a run it started that goes on without it (a
+        fire-and-forget request joined it, or a worker is reading it): the run still holds
+        the image, so its bytes stay counted until the run ends, not only until the answer."""
+        if run.payload is None or run.payload is not self._run_payload or run.future.done():
+            return
+        held, self._held = self._held, 0
+        _give_back_when_done(self.ctx.upload_budget, held, run.future)
 
     def on_finish(self) -> None:
         self._give_back()
@@ -297,7 +312,8 @@ class OcrHandler(DocumentAnswers, JsonHandler):
             return
         if self.client_gone:
             return  # nobody to answer: no task for it
-        computation = await self.ctx.ocr.join(key, owned(image_bytes), params)
+        self._run_payload = payload = owned(image_bytes)
+        computation = await self.ctx.ocr.join(key, payload, params)
         self._computation = computation
         if self.client_gone:
             self._release()  # it left while the task was being created
@@ -338,6 +354,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
         if self._computation is not None:
             computation, self._computation = self._computation, None
             self.ctx.ocr.release(computation)
+            self._count_until_run_ends(computation)
 
     def on_connection_close(self) -> None:
         # The client gave up: a queued task nobody else waits for is dropped.

@@ -903,16 +903,11 @@ def test_fire_and_forget_uploads_stay_counted_until_their_run_ends(server_factor
     finally:
         os.kill(worker_pid, signal.SIGCONT)
     for response, word in zip(accepted, words):
-        task = requests.get(f"{server.url}{response.json()['status_url']}?wait=60", timeout=90).json()
-        assert task["status"] == "done" and word in " ".join(line["text"] for line in task["text_lines"])
-    deadline = time.monotonic() + 10
-    while server.health()["uploads"]["buffered_bytes"] != 0:
-        assert time.monotonic() < deadline, "the runs ended but their uploads stay counted"
-        time.sleep(0.05)
+        _assert_task_reads(server, response, word)
+    _wait_for_uploads_given_back(server)
     again = server.ocr_upload(images[2], block_flag="false")
     assert again.status_code == 202
-    task = requests.get(f"{server.url}{again.json()['status_url']}?wait=60", timeout=90).json()
-    assert task["status"] == "done" and words[2] in " ".join(line["text"] for line in task["text_lines"])
+    _assert_task_reads(server, again, words[2])
 
 
 def test_fire_and_forget_uploads_whose_clients_hang_up_stay_counted(server_factory) -> None:
@@ -946,6 +941,49 @@ def test_fire_and_forget_uploads_whose_clients_hang_up_stay_counted(server_facto
         assert unfinished * 800_000 <= 2_000_000  # what the queued runs hold stays in the budget
     finally:
         os.kill(worker_pid, signal.SIGCONT)
+
+
+def test_a_run_left_by_its_blocking_client_keeps_its_upload_counted(server_factory) -> None:
+    """A blocking request starts a run, a fire-and-forget request for the same image joins
+    it, and the blocking client gives up: the run goes on holding the first request's bytes,
+    which were given back when that client left."""
+    config = base_config(number=1)
+    config["web_server"].update({"max_body_bytes": 600_000, "max_buffered_bytes": 1_000_000})
+    server = server_factory(config, name="budget-left-run")
+    (worker_pid,) = [w["pid"] for w in server.health()["workers"]["workers"]]
+    word = random_word()
+    image = text_image(word) + b"\0" * 400_000
+    os.kill(worker_pid, signal.SIGSTOP)  # the run waits on the worker
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            blocking = pool.submit(server.ocr_upload, image, timeout=3)
+            deadline = time.monotonic() + 10
+            while server.health()["cache"]["in_flight"] == 0:
+                assert time.monotonic() < deadline, "the blocking request started no run"
+                time.sleep(0.05)
+            joined = server.ocr_upload(image, block_flag="false")
+            assert joined.status_code == 202, joined.text
+            with pytest.raises(requests.exceptions.ReadTimeout):
+                blocking.result()  # the blocking client gives up and closes its connection
+        time.sleep(0.5)  # the blocking client's connection is gone
+        assert server.health()["uploads"]["buffered_bytes"] >= 400_000
+    finally:
+        os.kill(worker_pid, signal.SIGCONT)
+    _assert_task_reads(server, joined, word)
+    _wait_for_uploads_given_back(server)
+
+
+def _assert_task_reads(server: RunningServer, accepted: requests.Response, word: str) -> None:
+    """The fire-and-forget task `accepted` ends done, reading `word`."""
+    task = requests.get(f"{server.url}{accepted.json()['status_url']}?wait=60", timeout=90).json()
+    assert task["status"] == "done" and word in " ".join(line["text"] for line in task["text_lines"])
+
+
+def _wait_for_uploads_given_back(server: RunningServer) -> None:
+    deadline = time.monotonic() + 10
+    while server.health()["uploads"]["buffered_bytes"] != 0:
+        assert time.monotonic() < deadline, "the runs ended but their uploads stay counted"
+        time.sleep(0.05)
 
 
 def _closed_by_server(sock: socket.socket, within: float) -> float | None:
