@@ -66,7 +66,8 @@ def is_poison(error: BaseException) -> bool:
     """A failure that says something about the image and cost a worker: worth remembering."""
     if isinstance(error, WorkerCrashedError):
         return True  # it killed a worker on every attempt
-    return isinstance(error, TaskTimeoutError) and error.killed_worker  # not merely a long queue
+    # Not merely a long queue, nor a worker that the machine stopped or starved.
+    return isinstance(error, TaskTimeoutError) and error.killed_worker and not error.worker_hindered
 
 
 class Computation:

@@ -35,11 +35,13 @@ class PoolClosedError(PoolError):
 class TaskTimeoutError(PoolError):
     code = "timeout"
 
-    def __init__(self, message: str, killed_worker: bool = False) -> None:
+    def __init__(self, message: str, killed_worker: bool = False, worker_hindered: bool = False) -> None:
         super().__init__(message)
         # True when the task was running and its worker was killed: the image itself was slow,
-        # not a queue that was long.
+        # not a queue that was long...
         self.killed_worker = killed_worker
+        # ... unless the worker could not run for much of that time (stopped, or starved of CPU).
+        self.worker_hindered = worker_hindered
 
 
 class QueueTimeoutError(PoolError):

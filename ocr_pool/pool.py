@@ -44,6 +44,7 @@ from ocr_pool.errors import (
     WorkerStartError,
 )
 from ocr_pool.framing import MessageReader
+from ocr_pool.sched import cpu_waits, hindrance
 from ocr_pool.worker import shutdown_signals_blocked, worker_main
 
 log = logging.getLogger("ocr_pool")
@@ -106,6 +107,7 @@ class Job:
         self.deadline = self.submitted + timeout
         self.started: float | None = None  # first dispatch
         self.dispatched: float | None = None  # this attempt's dispatch
+        self.cpu_waits_at_dispatch: dict[str, float] | None = None  # its worker's threads' (ocr_pool.sched)
         self.finished: float | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.worker: WorkerHandle | None = None
@@ -656,6 +658,7 @@ class WorkerPool:
             job.worker = worker
             job.started = job.started or now
             job.dispatched = now
+            job.cpu_waits_at_dispatch = cpu_waits(worker.pid) if worker.pid is not None else None
             # From now on the task's own run is what counts: a worker is killed only for a task
             # that ran task_timeout seconds itself, never for the time it spent queued.
             if job.timer:
@@ -688,12 +691,18 @@ class WorkerPool:
             self._expire(job, "was not started within")
             return
         killed_worker = job.worker is not None
+        message = f"OCR did not finish within {self.task_timeout:g} s of running"
+        hindered = None
         if job.worker is not None:
+            if job.worker.pid is not None and job.dispatched is not None:
+                ran_s = time.monotonic() - job.dispatched
+                hindered = hindrance(job.worker.pid, job.cpu_waits_at_dispatch, ran_s)
             job.worker.exit_reason = "timeout"
             job.worker.state = "stopping"  # not ready any more, even before its exit is seen
             job.worker.process.kill()
-        message = f"OCR did not finish within {self.task_timeout:g} s of running"
-        self._fail(job, TaskTimeoutError(message, killed_worker=killed_worker))
+        if hindered is not None:
+            message += f", but {hindered}: the time says nothing about the image; send it again"
+        self._fail(job, TaskTimeoutError(message, killed_worker=killed_worker, worker_hindered=hindered is not None))
 
     def _fail(self, job: Job, error: PoolError) -> None:
         if job.future.done():

@@ -1,6 +1,7 @@
 """A stand-in engine for fast unit tests of the pool: behaviour is chosen by the payload.
 
 b"sleep:S"  sleeps S seconds, then answers
+b"spin:S"   keeps a CPU busy for S seconds (a slow image), then answers
 b"crash"    kills its own process (as a segfault or OOM kill would)
 b"bad"      raises an input error with a code, as models.ImageDecodeError does
 b"env"      answers {"env": the worker's thread environment variables}
@@ -44,6 +45,10 @@ class FakeEngine:
             return self._page(image_bytes, document)
         if image_bytes.startswith(b"sleep:"):
             time.sleep(float(image_bytes[6:]))
+        elif image_bytes.startswith(b"spin:"):
+            until = time.monotonic() + float(image_bytes[5:])
+            while time.monotonic() < until:
+                pass
         elif image_bytes == b"crash":
             os.kill(os.getpid(), signal.SIGKILL)
         elif image_bytes == b"bad":

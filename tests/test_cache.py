@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import sys
 import time
 
@@ -257,13 +259,57 @@ def test_a_timeout_that_killed_a_worker_is_remembered_a_queued_one_is_not() -> N
         assert (await slow).code == "timeout" and queued.code == "queue_timeout"
         await wait_for(lambda: pool.restarts["timeout"] == 1 and pool.ready_count == 1)
         again = await run_to_end(service, "slow", b"sleep:30")
-        assert again.code == "timeout" and "remembered" in again.message
+        assert again.code == "timeout" and "remembered" in again.message and "send it again" not in again.message
         assert pool.restarts["timeout"] == 1
         # Waiting in a queue says nothing about the image: it is tried again and read.
         retried = await service.join("waiting", b"waiting", {})
         assert (await retried.future)["text_lines"][0]["text"] == "waiting"
 
     run(check, size=1, task_timeout=1.0)
+
+
+def test_a_timeout_of_a_worker_that_could_not_run_is_not_remembered() -> None:
+    """A worker stopped (SIGSTOP, a frozen cgroup) or starved of CPU by other work past
+    task_timeout says nothing about its image: the error says why, and the image is read
+    when sent again (it was answered the remembered timeout for failure_ttl seconds)."""
+
+    async def check(pool: WorkerPool) -> None:
+        service = fake_service(pool, failure_ttl=60)
+
+        def busy_pids() -> list[int]:
+            return [w["pid"] for w in pool.stats()["workers"] if w["state"] == "busy"]
+
+        # Stopped: SIGSTOP as soon as the image is on its worker.
+        stopped = asyncio.ensure_future(run_to_end(service, "stopped", b"sleep:0.5"))
+        await wait_for(lambda: busy_pids() != [])
+        (pid,) = busy_pids()
+        os.kill(pid, signal.SIGSTOP)
+        error = await stopped
+        assert error.code == "timeout" and "stopped" in error.message and "send it again" in error.message
+        await wait_for(lambda: pool.ready_count == 1)
+        again = await service.join("stopped", b"sleep:0.5", {})
+        assert (await again.future)["text_lines"][0]["text"] == "sleep:0.5"
+        service.release(again)
+        # Starved: its CPU shared with two busy processes, it waits two thirds of the run.
+        cpu = min(os.sched_getaffinity(0))
+        spin = "import time\nt = time.monotonic() + 8\nwhile time.monotonic() < t: pass"
+        spinners = [await asyncio.create_subprocess_exec(sys.executable, "-c", spin) for _ in range(2)]
+        try:
+            for spinner in spinners:
+                os.sched_setaffinity(spinner.pid, {cpu})
+            starved = asyncio.ensure_future(run_to_end(service, "starved", b"spin:10"))
+            await wait_for(lambda: busy_pids() != [])
+            os.sched_setaffinity(busy_pids()[0], {cpu})
+            error = await starved
+        finally:
+            for spinner in spinners:
+                spinner.kill()
+                await spinner.wait()
+        assert error.code == "timeout" and "for a CPU" in error.message, error.message
+        await wait_for(lambda: pool.ready_count == 1)
+        assert service.flight.remembered_failure("starved") is None
+
+    run(check, size=1, task_timeout=3.0)
 
 
 def test_remote_polling_backs_off_and_stops_at_its_deadline() -> None:
