@@ -33,6 +33,7 @@ STATUS_BY_CODE = {
     "pdf_password_wrong": 422,
     "too_many_pages": 413,
     "page_too_large": 413,
+    "text_layer_too_large": 413,
     "queue_full": 503,
     "no_worker": 503,
     "shutting_down": 503,

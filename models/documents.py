@@ -15,10 +15,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import DocumentCorruptError, ImageDecodeError, ImageError
+from .errors import DocumentCorruptError, ImageDecodeError, ImageError, TextLayerTooLargeError
 from .image_io import decode_image
 from .page_identity import FingerprintBudget, page_fingerprint
 from .pdf import (
+    LayerBudget,
     RenderLimits,
     check_page_count,
     needs_password,
@@ -102,6 +103,7 @@ def probe_pdf(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
     mode = spec.get("pdf_text", "auto")
     pages = []
     budget = FingerprintBudget()  # one deadline for all the pages' fingerprints
+    layer_budget = LayerBudget()  # and one bound on all their text layers
     wanted = spec.get("probe_pages")
     for index in range(count) if wanted is None else wanted:
         if not 0 <= index < count:
@@ -121,10 +123,16 @@ def probe_pdf(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
                 size = rendered_size(page, limits)
                 info["image_size"] = list(size)
                 if mode != "ocr":
-                    lines, real = text_layer(page, size)
-                    if mode == "layer" or real:
-                        info["layer"] = lines
-                if info["layer"] is None:
+                    try:
+                        lines, real = text_layer(page, size, layer_budget)
+                    except TextLayerTooLargeError as exc:
+                        if mode == "layer":
+                            info["error"] = _error(exc)
+                        # auto: read by OCR as a scan is (whose answer is bounded)
+                    else:
+                        if mode == "layer" or real:
+                            info["layer"] = lines
+                if info["layer"] is None and info["error"] is None:
                     info["fingerprint"] = _fingerprint(page, budget)
         finally:
             page.close()

@@ -59,6 +59,12 @@ class PageTooLargeError(ImageError):
     code = "page_too_large"
 
 
+class TextLayerTooLargeError(ImageError):
+    """A PDF page whose text layer holds more than a page's worth of text (a layer bomb)."""
+
+    code = "text_layer_too_large"
+
+
 class PasswordRequiredError(ImageError):
     """A password-protected PDF sent without its password."""
 

@@ -41,6 +41,8 @@ import re
 import time
 from typing import Any
 
+from .pdf import count_text_objects
+
 TEXT, PATH, IMAGE, SHADING, FORM = 1, 2, 3, 4, 5
 MAX_FORM_DEPTH = 8
 # Glyph outlines are compared at this size (font units per em, as most fonts have).
@@ -248,6 +250,10 @@ def _drawn_fingerprint(page: Any, layout: tuple[Any, ...], budget: FingerprintBu
 
     if raw.FPDFPage_GetAnnotCount(page.raw) > 0:
         return None  # annotations are drawn too, from appearance streams not read here
+    if count_text_objects(page, MAX_OBJECTS, walk_limit=MAX_OBJECTS) is None:
+        # Over the objects budget: known from a walk of them before PDFium lays out the
+        # page's text, which for 10^5 text runs drawn by nested forms takes seconds.
+        budget.spend("objects", MAX_OBJECTS + 1)
     digest = hashlib.sha256(b"drawn|" + repr(layout).encode())
     textpage = page.get_textpage()
     try:

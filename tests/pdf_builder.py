@@ -71,6 +71,31 @@ def text_pdf(
     return write_pdf(objects, trailer_extra=trailer_extra)
 
 
+def nested_text_forms_pdf(pages: int, runs: int = 100, fanout: int = 10, levels: int = 3) -> bytes:
+    """A text-layer bomb: each page draws a form that draws another `fanout` times, `levels`
+    deep, around `runs` short text objects: runs x fanout**levels text runs a page from a
+    file of a few KB."""
+    leaf = b"".join(b"BT /F1 4 Tf %d %d Td (Ab%d) Tj ET\n" % (5 + i % 10 * 50, 5 + i // 10 * 5, i % 10) for i in range(runs))
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"", b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    form = b"<< /Type /XObject /Subtype /Form /BBox [0 0 600 800] /Resources << %s >> /Length %d >>\nstream\n%s\nendstream"
+    objects.append(form % (b"/Font << /F1 3 0 R >>", len(leaf), leaf))
+    for level in range(levels):
+        draws = b"".join(b"q 1 0 0 1 %d %d cm /X Do Q\n" % (i % 3, i // 3) for i in range(fanout))
+        objects.append(form % (b"/XObject << /X %d 0 R >>" % (4 + level), len(draws), draws))
+    top = len(objects)
+    kids = []
+    for _ in range(pages):
+        number = len(objects) + 1
+        kids.append(b"%d 0 R" % number)
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R"
+            b" /Resources << /XObject << /X %d 0 R >> >> >>" % (number + 1, top)
+        )
+        objects.append(b"<< /Length 5 >>\nstream\n/X Do\nendstream")
+    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(kids), pages)
+    return write_pdf(objects)
+
+
 def encrypted_pdf(handler: bytes = b"Custom") -> bytes:
     """A PDF encrypted by a security handler PDFium does not have (`Standard`: one whose
     password nobody has)."""

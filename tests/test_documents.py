@@ -25,6 +25,7 @@ from tests.pdf_builder import (
     garbled_first_page_pdf,
     image_pdf,
     multipage_tiff,
+    nested_text_forms_pdf,
     password_pdf,
     text_pdf,
 )
@@ -193,6 +194,21 @@ def test_hostile_documents_get_typed_errors_and_the_server_keeps_serving(ocr_ser
     word = random_word()
     alive = ocr_server.ocr_upload(text_image(word))
     assert alive.status_code == 200 and alive.json()["text_lines"][0]["text"] == word
+    assert ocr_server.health()["workers"]["ready"] == 2
+
+
+def test_a_text_layer_bomb_gets_a_bounded_answer(ocr_server: RunningServer) -> None:
+    """Two pages of 5 KB that draw 10^5 text runs each through nested forms: the answer was
+    17 MB of text-layer lines (68 MB for 8 pages, the event loop held 13 s encoding it)."""
+    bomb = nested_text_forms_pdf(pages=2)
+    assert len(bomb) < 10_000
+    error = assert_error(post_document(ocr_server, bomb, pdf_text="layer"), 413, "text_layer_too_large")
+    assert "over a page's limit of 10000" in error["message"]
+    # auto reads such pages by OCR, as scans: an answer of the size OCR gives.
+    auto = post_document(ocr_server, bomb)
+    assert auto.status_code == 200, auto.text[:500]
+    assert [page["source"] for page in auto.json()["pages"]] == ["ocr", "ocr"]
+    assert len(auto.content) < 1_000_000
     assert ocr_server.health()["workers"]["ready"] == 2
 
 

@@ -17,10 +17,19 @@ import pytest
 from pypdfium2 import raw
 from pypdfium2._helpers.textpage import PdfTextPage
 
-from models.pdf import RenderLimits, has_real_text, open_pdf, rendered_size, text_layer
+from models.errors import TextLayerTooLargeError
+from models.pdf import (
+    MAX_LAYER_RUNS,
+    LayerBudget,
+    RenderLimits,
+    has_real_text,
+    open_pdf,
+    rendered_size,
+    text_layer,
+)
 from multirequest import write_pdf
 from tests.conftest import random_word
-from tests.pdf_builder import image_pdf, text_pdf
+from tests.pdf_builder import image_pdf, nested_text_forms_pdf, text_pdf
 
 
 @contextmanager
@@ -213,3 +222,35 @@ def test_the_work_is_linear_in_the_page_characters(monkeypatch: pytest.MonkeyPat
     # Twice the lines: about twice the native calls and twice the characters walked.
     assert 1.8 < calls2 / calls1 < 2.3, measured
     assert 1.8 < walked2 / walked1 < 2.4, measured
+
+
+def test_a_page_drawing_more_text_runs_than_a_page_holds_is_refused_before_its_text_is_laid_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A few KB of nested forms drew 10^5 text runs: 8 MB of answer a page, built in seconds.
+    data = nested_text_forms_pdf(pages=1, runs=100, fanout=10, levels=3)
+    assert len(data) < 10_000
+    with first_page(data) as (page, size):
+        calls = Calls(monkeypatch)
+        with pytest.raises(TextLayerTooLargeError) as refused:
+            text_layer(page, size)
+        monkeypatch.undo()
+    assert refused.value.code == "text_layer_too_large"
+    assert f"over a page's limit of {MAX_LAYER_RUNS}" in str(refused.value)
+    assert calls.count["FPDFText_LoadPage"] == 0  # PDFium's text layout of it is what costs
+    # Under the limit the same construction is read whole.
+    with first_page(nested_text_forms_pdf(pages=1, runs=10, fanout=10, levels=2)) as (page, size):
+        lines, real = text_layer(page, size)
+    assert len(lines) == 1000 and real
+
+
+def test_the_pages_of_one_document_share_one_bound_on_their_text_layers() -> None:
+    data, written = dense_page(3000)
+    budget = LayerBudget()
+    with first_page(data) as (page, size):
+        lines, _ = text_layer(page, size, budget)
+        assert texts(lines) == written
+        budget.spend(budget.runs - 2000, 0)  # as if earlier pages had taken all but 2000 runs
+        with pytest.raises(TextLayerTooLargeError) as refused:
+            text_layer(page, size, budget)
+    assert "document's earlier pages left" in str(refused.value) and "of 2000" in str(refused.value)
