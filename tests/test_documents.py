@@ -187,6 +187,11 @@ def test_hostile_documents_get_typed_errors_and_the_server_keeps_serving(ocr_ser
     good = text_pdf([["GOOD PAGE ONE"], ["GOOD PAGE TWO"]])
     assert_error(post_document(ocr_server, good[: len(good) // 2]), 415, "corrupt_document")
     assert_error(post_document(ocr_server, b"%PDF-1.7\n" + os.urandom(2000)), 415, "corrupt_document")
+    # A page that only quotes the PDF marker (readers take "%PDF-" anywhere in the first KiB)
+    # is named for what it is, as it would be without the quote; it was a "corrupt PDF".
+    quoting = b"<!DOCTYPE html><html><body>See the attached %PDF-1.4 file.</body></html>\n"
+    error = assert_error(post_document(ocr_server, quoting, name="page.html"), 415, "unsupported_image")
+    assert "HTML page" in error["message"]
     tiny = Image.new("RGB", (64, 32), "white")
     assert_error(post_document(ocr_server, multipage_tiff([tiny] * 101), name="many.tif"), 413, "too_many_pages")
     assert_error(post_document(ocr_server, good, pdf_text="maybe"), 400, "invalid_field")
