@@ -215,9 +215,25 @@ def multipart_fields(parser: MultipartParser) -> tuple[dict[str, Any], list[HTTP
     return _form_fields(arguments, files)
 
 
+class _RepeatedKey(Exception):
+    pass
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) < len(pairs):
+        name = next(key for index, (key, _) in enumerate(pairs) if any(key == k for k, _ in pairs[:index]))
+        raise _RepeatedKey(name)
+    return data
+
+
 def parse_json_body(body: bytes) -> tuple[dict[str, Any], list[HTTPFile]]:
     try:
-        data = json.loads(body)
+        # A repeated key is refused as a repeated form field is: json.loads keeps the last,
+        # a proxy or filter in front may have read the first.
+        data = json.loads(body, object_pairs_hook=_refuse_repeated_keys)
+    except _RepeatedKey as exc:
+        raise ApiError(400, "duplicate_field", f"the JSON body repeats the key {str(exc)[:100]!r}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, "malformed_body", f"the body is not valid JSON: {exc}") from None
     except RecursionError:

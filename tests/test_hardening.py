@@ -283,6 +283,11 @@ def test_malformed_multipart_and_fields(ocr_server: RunningServer) -> None:
     assert two_fields.status_code == 400 and error_code(two_fields) == "duplicate_field"
     no_boundary = post(ocr_server, data=b"--x\r\n\r\n", headers={"Content-Type": "multipart/form-data"})
     assert no_boundary.status_code == 400 and error_code(no_boundary) == "malformed_body"
+    # A JSON key given twice: json.loads kept the last, where a filter in front may read the first.
+    repeated = b'{"file_type": "filename", "filename": "/etc/passwd", "filename": "imgs/sample_invoice.png"}'
+    two_keys = post(ocr_server, data=repeated, headers={"Content-Type": "application/json"})
+    assert two_keys.status_code == 400 and error_code(two_keys) == "duplicate_field"
+    assert "'filename'" in two_keys.json()["error"]["message"]
     json_list = post(ocr_server, json=["file_type", "file"])
     assert json_list.status_code == 400 and error_code(json_list) == "malformed_body"
     bad_flag = post(ocr_server, data={"file_type": "file", "block_flag": "perhaps"}, files={"file": ("a.png", png)})

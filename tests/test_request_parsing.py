@@ -67,6 +67,8 @@ def test_multipart_file_part_named_file_or_image() -> None:
         ("filename=a&block_flag=2", FORM, 400, "invalid_field"),
         ("filename=a&det=sideways", FORM, 400, "invalid_field"),
         ("filename=a&filename=b", FORM, 400, "duplicate_field"),
+        ('{"filename": "a", "filename": "b"}', "application/json", 400, "duplicate_field"),
+        ('{"det": {"x": 1, "x": 2}, "filename": "a"}', "application/json", 400, "duplicate_field"),
         ("<x/>", "text/xml", 415, "unsupported_content_type"),
         (b"filename=\xff\xfe", FORM, 400, "invalid_field"),
         ("--B\r\n", "multipart/form-data", 400, "malformed_body"),
