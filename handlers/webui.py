@@ -12,7 +12,7 @@ from typing import Any
 
 from tornado import web
 
-from handlers.base import method_not_allowed, refuse_before_body
+from handlers.base import REQUEST_ID_HEADER, clean_request_id, header_value, method_not_allowed, refuse_before_body
 from handlers.errors import ApiError, error_body
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
@@ -36,6 +36,12 @@ class StaticHandler(web.StaticFileHandler):
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
+        # The request id is echoed and logged as on the API's endpoints (errors included:
+        # this runs again when an error clears the headers).
+        request_id = clean_request_id(header_value(self.request.headers, REQUEST_ID_HEADER))
+        if request_id:
+            self.set_header(REQUEST_ID_HEADER, request_id)
+            self.log_fields = {"request_id": request_id}
 
     def prepare(self) -> None:
         refuse_before_body(self)  # as on the API's endpoints

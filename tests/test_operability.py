@@ -123,10 +123,15 @@ def test_request_id_is_echoed_and_logged(ocr_server: RunningServer) -> None:
     long_id = requests.get(f"{ocr_server.url}/livez", headers={"X-Request-ID": "x" * 500}, timeout=10)
     assert long_id.headers["X-Request-ID"] == "x" * 128
     assert "X-Request-ID" not in requests.get(f"{ocr_server.url}/livez", timeout=10).headers
+    # The WebUI's files too, found or not (they are Tornado's static handler, not the API's).
+    for path, status, request_id in (("/", 200, "ui-1"), ("/static/app.js", 200, "ui-2"), ("/static/no.js", 404, "ui-3")):
+        page = requests.get(f"{ocr_server.url}{path}", headers={"X-Request-ID": request_id}, timeout=10)
+        assert page.status_code == status and page.headers["X-Request-ID"] == request_id, path
     time.sleep(0.2)
     log = ocr_server.log_text()
     assert re.search(r"POST /ocr_service 200 .*request_id=billing-42_retry_1 .*task_id=" + answered.json()["task_id"], log)
     assert re.search(r"GET /ocr_service/tasks/nope 404 .*request_id=r-7", log)
+    assert re.search(r"GET /static/no.js 404 .*request_id=ui-3", log)
 
 
 def test_metrics_method_label_stays_bounded(ocr_server: RunningServer) -> None:
