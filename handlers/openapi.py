@@ -34,8 +34,15 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
     return {JSON: {"schema": schema}}
 
 
+# Codes only a task poll answers (the state of a task another node runs, in Redis).
+POLL_ONLY_CODES = frozenset({"node_lost", "store_unavailable"})
+
+
 def _codes_for(status: int) -> list[str]:
-    return sorted(code for code, code_status in STATUS_BY_CODE.items() if code_status == status)
+    """The codes of this status that POST /ocr_service may answer."""
+    return sorted(
+        code for code, code_status in STATUS_BY_CODE.items() if code_status == status and code not in POLL_ONLY_CODES
+    )
 
 
 # Error codes POST /ocr_service raises itself, by status; engine and pool codes are
@@ -165,7 +172,7 @@ def _schemas() -> dict[str, Any]:
         },
         "Timing": {
             "type": "object",
-            "description": "Milliseconds per stage; `queue_wait` is null for cached results.",
+            "description": "Milliseconds per stage; `queue_wait` is left out of cached results.",
             "properties": {
                 name: number_or_null for name in ("decode", "det", "cls", "rec", "total", "queue_wait", "request")
             },
@@ -331,7 +338,6 @@ def _ocr_request_body() -> dict[str, Any]:
     block_words = sorted(TRUE_WORDS | FALSE_WORDS)
     block_text = {
         "type": "string",
-        "enum": ["true", "false"],
         "default": "true",
         "description": f"`false` answers 202 with a task to poll. Case-insensitive; also {', '.join(block_words)}.",
     }
@@ -353,6 +359,11 @@ def _ocr_request_body() -> dict[str, Any]:
         "description": "A password-protected PDF's password (never logged or stored). Without it such a "
         "PDF gets 422 `pdf_password_required`; a wrong one 422 `pdf_password_wrong`.",
     }
+    file_type = {
+        "type": "string",
+        "enum": ["file", "filename"],
+        "description": "What the request sends; when left out, inferred from the fields present.",
+    }
     filename = {
         "type": "string",
         "minLength": 1,
@@ -366,12 +377,12 @@ def _ocr_request_body() -> dict[str, Any]:
             "type": "object",
             "required": ["filename"],
             "properties": {
-                "file_type": {"type": "string", "enum": ["filename"], "default": "filename"},
+                "file_type": {**file_type, "enum": ["filename"]},
                 "filename": filename,
                 "block_flag": block_flag,
                 "det": det,
                 "pdf_text": pdf_text,
-                "page_images": page_images if block_flag is block_text else {"type": "boolean", "default": False},
+                "page_images": page_images if block_flag is block_text else {"oneOf": [{"type": "boolean"}, page_images]},
                 "password": password,
             },
         }
@@ -384,9 +395,9 @@ def _ocr_request_body() -> dict[str, Any]:
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["file"],
+                    "description": "`file` (an upload) or `filename` (a server-side path).",
                     "properties": {
-                        "file_type": {"type": "string", "enum": ["file", "filename"], "default": "file"},
+                        "file_type": file_type,
                         "file": {
                             "type": "string",
                             "format": "binary",
@@ -403,7 +414,9 @@ def _ocr_request_body() -> dict[str, Any]:
             },
             "application/x-www-form-urlencoded": {"schema": by_filename(block_text)},
             JSON: {
-                "schema": by_filename({"type": "boolean", "default": True, "description": block_text["description"]})
+                "schema": by_filename(
+                    {"oneOf": [{"type": "boolean"}, block_text], "default": True, "description": block_text["description"]}
+                )
             },
         },
     }
@@ -478,6 +491,10 @@ def build_spec() -> dict[str, Any]:
                             "The result once `done`; otherwise the status (and the error of a `failed` task).",
                             {"oneOf": [_ref("OcrResult"), _ref("DocumentResult"), _ref("TaskPending")]},
                         ),
+                        "304": {
+                            "description": "Not modified: the answer's `ETag` matches `If-None-Match` (a finished "
+                            "task's answer does not change)."
+                        },
                         "400": _error_response(400, "`wait` is not a number of seconds.", ["invalid_field"]),
                         "404": _error_response(
                             404, "Unknown task id (or one dropped long ago), or a malformed one.", ["task_not_found"]
@@ -487,6 +504,13 @@ def build_spec() -> dict[str, Any]:
                             "A finished task whose record this server dropped: expired after `service.time`, or "
                             "pushed out by newer tasks past `service.task_number` / `service.task_bytes`.",
                             ["task_evicted", "task_expired"],
+                        ),
+                        "503": _error_response(
+                            503,
+                            "Redis backend: the shared store could not be reached for the whole poll, so the task's "
+                            "state is unknown (not gone); poll again.",
+                            ["store_unavailable"],
+                            retry_after=True,
                         ),
                     },
                 }

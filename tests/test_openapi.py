@@ -51,6 +51,13 @@ def test_spec_is_valid_openapi(spec: dict[str, Any]) -> None:
         schema = post["responses"][str(status)]["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/Error"}
     assert post["responses"]["503"]["headers"]["Retry-After"]["required"] is True
+    # A server-side path may come in any encoding, multipart too: no `file` required there.
+    multipart = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert "required" not in multipart and "filename" in multipart["properties"]
+    # Codes only a task poll gives are not promised for POST, and the poll documents them.
+    assert "store_unavailable" not in post["responses"]["503"]["description"]
+    poll = spec["paths"]["/ocr_service/tasks/{task_id}"]["get"]["responses"]
+    assert "store_unavailable" in poll["503"]["description"] and "304" in poll
 
 
 def test_every_route_is_documented(spec: dict[str, Any]) -> None:
