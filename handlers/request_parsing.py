@@ -126,7 +126,7 @@ def parse_det(value: Any) -> str:
     try:
         return "on" if parse_bool("det", value) else "off"
     except ApiError:
-        raise ApiError(400, "invalid_field", "det must be true, false or auto") from None
+        raise ApiError(400, "invalid_field", "det must be on, off or auto (or true or false)") from None
 
 
 def _single(name: str, values: list[Any]) -> Any:
