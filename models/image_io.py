@@ -249,47 +249,84 @@ def _bands(img: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
 
 def _to_bgr(img: Image.Image) -> np.ndarray:
     mode = img.mode
+    # A PNG may mark one colour transparent (tRNS; optimisers write it for RGBA images whose
+    # alpha is only 0 or 255): such pixels are transparency, whatever colour they hold.
+    keyed = "transparency" in img.info and mode != "P"
     if mode.startswith("I;16") or mode in ("I", "F"):
         # 16/32-bit greyscale: PIL's convert("L") clips at 255, which turns
         # most 16-bit scans white.  Rescale to the 8-bit range instead.
-        return _deep_grey_to_bgr(img)
+        grey = _deep_grey_to_bgr(img)
+        return _keyed_deep_grey(img, grey) if keyed else grey
     if mode in ("RGBA", "LA"):
-        return _on_white(img)
+        return _on_ground(img)
 
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode in ("La", "PA", "RGBa") or (mode == "L" and "transparency" in img.info):
+    elif mode in ("La", "PA", "RGBa") or keyed:
         img = img.convert("RGBA")
     elif mode != "RGB":
         # 1-bit, L, CMYK (PIL inverts Adobe CMYK JPEGs), YCbCr, LAB, HSV...
         img = img.convert("RGB")
 
     if img.mode == "RGBA":
-        return _on_white(img)
+        return _on_ground(img)
 
     rgb = np.asarray(img, dtype=np.uint8)
     # cvtColor: the same bytes as a reversed-stride numpy copy, ~10x faster on large pages.
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
-def _on_white(img: Image.Image) -> np.ndarray:
-    """An RGBA or LA image composited on opaque white, as BGR.
+def _keyed_deep_grey(img: Image.Image, grey: np.ndarray) -> np.ndarray:
+    """A 16/32-bit greyscale image whose key value is transparent: `grey` (its pixels
+    rescaled to 8 bits) with those pixels made transparency, then grounded as alpha is."""
+    key = np.asarray(img) == img.info["transparency"]
+    alpha = np.where(key, 0, 255).astype(np.uint8)
+    return _on_ground(Image.fromarray(np.dstack((grey[:, :, 0], alpha)), "LA"))
 
-    Transparent areas become white: dark text on a transparent canvas would otherwise turn
-    into black-on-black. PIL's alpha_composite over a white canvas, a band of rows at a
-    time: its C loop at its speed, without a white canvas, composite and RGB copy of the
-    whole image at once.
+
+# The alpha from which a pixel counts as drawn, when choosing the ground.
+DRAWN_ALPHA = 128
+
+
+def ground_of(img: Image.Image) -> int:
+    """The grey that transparent areas of an RGBA or LA image become: white (255), unless
+    most of what is drawn where the image turns transparent is light (0, black): white text
+    on a transparent canvas would otherwise become white on white. Only the drawn pixels
+    next to transparent ones count: they are what the ground will touch (text on an opaque
+    light panel is read on its panel whatever the ground)."""
+    edge_pixels = light = 0
+    for _, band in _band_images(img):
+        if band.getextrema()[-1][0] == 255:
+            continue  # opaque: no ground shows here
+        grey_alpha = np.asarray(band.convert("LA"))
+        drawn = grey_alpha[:, :, 1] >= DRAWN_ALPHA
+        clear = np.logical_not(drawn).astype(np.uint8)
+        edges = drawn & (cv2.dilate(clear, np.ones((3, 3), np.uint8)) > 0)
+        edge_pixels += int(np.count_nonzero(edges))
+        light += int(np.count_nonzero(grey_alpha[:, :, 0][edges] >= 128))
+    return 0 if light * 2 > edge_pixels else 255
+
+
+def _on_ground(img: Image.Image) -> np.ndarray:
+    """An RGBA or LA image composited on an opaque ground (see ground_of), as BGR.
+
+    Transparent areas become white for dark text (black-on-black otherwise), black for
+    light text. PIL's alpha_composite over the ground, a band of rows at a time: its C loop
+    at its speed, without a ground, composite and RGB copy of the whole image at once.
     """
     width, height = img.size
     out = np.empty((height, width, 3), dtype=np.uint8)
+    ground: int | None = None  # decided at the first band that is not opaque
     for top, band in _band_images(img):
         rows = slice(top, top + band.size[1])
         if band.getextrema()[-1][0] == 255:
             # Opaque (screenshots are often RGBA with no transparency): the colours as they are.
             pixels = np.asarray(band.convert("RGB"))
         else:
-            white = Image.new("RGBA", band.size, (255, 255, 255, 255))
-            pixels = np.asarray(Image.alpha_composite(white, band.convert("RGBA")).convert("RGB"))
+            if ground is None:
+                ground = ground_of(img)
+            canvas = Image.new("RGBA", band.size, (ground, ground, ground, 255))
+            pixels = np.asarray(Image.alpha_composite(canvas, band.convert("RGBA")).convert("RGB"))
         out[rows] = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
     return out
 

@@ -258,20 +258,64 @@ def test_decoding_allocates_little_beyond_its_output(mode: str, monkeypatch: pyt
     assert peak < decoded.nbytes + 4_000_000, (peak, decoded.nbytes)
 
 
-def test_alpha_composite_is_pil_alpha_composite_on_white_to_the_bit() -> None:
+def test_alpha_composite_is_pil_alpha_composite_on_its_ground_to_the_bit() -> None:
     colour, alpha = np.meshgrid(np.arange(256), np.arange(256))
     rgba = np.stack([colour, 255 - colour, (colour * 7) % 256, alpha], axis=2).astype(np.uint8)
-    image = Image.fromarray(rgba, "RGBA")
-    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-    expected = np.asarray(Image.alpha_composite(white, image).convert("RGB"))[:, :, ::-1]
+    for image in (Image.fromarray(rgba, "RGBA"), Image.fromarray(np.stack([colour, alpha], axis=2).astype(np.uint8), "LA")):
+        ground = image_io.ground_of(image)
+        canvas = Image.new("RGBA", image.size, (ground, ground, ground, 255))
+        expected = np.asarray(Image.alpha_composite(canvas, image.convert("RGBA")).convert("RGB"))[:, :, ::-1]
+        out = io.BytesIO()
+        image.save(out, "PNG")
+        assert np.array_equal(decode_image(out.getvalue()), expected)
+
+
+def _text_on_transparency(ink: int, hidden: int, mode: str = "RGBA") -> Image.Image:
+    """Text of grey `ink` drawn with alpha on a transparent canvas whose hidden colour is `hidden`."""
+    mask = Image.new("L", (240, 60), 0)
+    ImageDraw.Draw(mask).text((10, 10), "SALE 42", fill=255, font=ImageFont.load_default(size=36))
+    image = Image.new(mode, mask.size, (hidden,) * (len(mode) - 1) + (0,))
+    image.paste(Image.new(mode, mask.size, (ink,) * (len(mode) - 1) + (255,)), mask=mask)
+    return image
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+@pytest.mark.parametrize(("ink", "hidden"), [(0, 0), (0, 255), (255, 0), (255, 255), (40, 0), (230, 255)])
+def test_text_on_a_transparent_canvas_keeps_its_contrast(mode: str, ink: int, hidden: int) -> None:
+    # Dark text on transparency is read on white; white text (a logo, a dark-mode asset)
+    # was put on white too, and vanished: it is read on black.
+    out = io.BytesIO()
+    _text_on_transparency(ink, hidden, mode).save(out, "PNG")
+    pixels = decode_image(out.getvalue())
+    ground, text = int(pixels[2, 2, 0]), int(pixels[:, :, 0].min() if ink < 128 else pixels[:, :, 0].max())
+    assert abs(ground - text) > 150, (ground, text)
+
+
+def test_text_on_an_opaque_light_panel_is_read_on_the_panel_whatever_the_ground() -> None:
+    # Dark text on a white badge, transparent around it: the badge's edge is light.
+    image = Image.new("RGBA", (240, 60), (0, 0, 0, 0))
+    ImageDraw.Draw(image).rectangle((5, 5, 235, 55), fill=(255, 255, 255, 255))
+    ImageDraw.Draw(image).text((20, 12), "SALE 42", fill=(0, 0, 0, 255), font=ImageFont.load_default(size=30))
     out = io.BytesIO()
     image.save(out, "PNG")
-    assert np.array_equal(decode_image(out.getvalue()), expected)
-    grey = Image.fromarray(np.stack([colour, alpha], axis=2).astype(np.uint8), "LA")
-    expected = np.asarray(Image.alpha_composite(white, grey.convert("RGBA")).convert("RGB"))
+    pixels = decode_image(out.getvalue())
+    assert pixels[30, 12].tolist() == [255, 255, 255] and pixels[:, :, 0].min() < 60
+
+
+@pytest.mark.parametrize("mode", ["RGB", "I;16", "1"])
+def test_a_colour_keyed_png_is_transparent_where_the_key_is(mode: str) -> None:
+    # tRNS with one colour (optimisers write it for alpha that is only 0 or 255): near-black
+    # ink on a black key read as black on black, as if there were no transparency.
+    mask = Image.new("L", (240, 60), 0)
+    ImageDraw.Draw(mask).text((10, 10), "SALE 42", fill=255, font=ImageFont.load_default(size=36))
+    ink = {"RGB": (3, 3, 3), "I;16": 3 * 257, "1": 1}[mode]
+    image = Image.new(mode, mask.size, 0)
+    image.paste(ink, mask=mask)
     out = io.BytesIO()
-    grey.save(out, "PNG")
-    assert np.array_equal(decode_image(out.getvalue()), expected)
+    image.save(out, "PNG", transparency=(0, 0, 0) if mode == "RGB" else 0)
+    pixels = decode_image(out.getvalue())
+    ground, text = int(pixels[2, 2, 0]), int(pixels[:, :, 0].min() if mode != "1" else pixels[:, :, 0].max())
+    assert abs(ground - text) > 150, (mode, ground, text)
 
 
 # --- messages ---------------------------------------------------------------------------

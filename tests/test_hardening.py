@@ -28,7 +28,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageOps
 
 from bench import launch
 from tests.conftest import (
@@ -534,6 +534,19 @@ def test_cmyk_and_alpha_variants_read_like_the_original(ocr_server: RunningServe
         text = _texts(by_name[name])
         common = sum(1 for a, b in zip(sorted(original), sorted(text)) if a == b)
         assert common / len(original) > 0.9, (name, text)
+
+
+def test_white_text_on_a_transparent_canvas_is_read(ocr_server: RunningServer) -> None:
+    # A logo or dark-mode asset: white ink whose alpha draws the text. Put on white, it
+    # vanished (0 lines); the ground is now chosen against what is drawn.
+    word = random_word()
+    ink = ImageOps.invert(Image.open(io.BytesIO(text_image(word))).convert("L"))
+    canvas = Image.new("RGBA", ink.size, (255, 255, 255, 0))
+    canvas.putalpha(ink)
+    out = io.BytesIO()
+    canvas.save(out, "PNG")
+    response = ocr_server.ocr_upload(out.getvalue())
+    assert response.status_code == 200 and word in _texts(response), response.text
 
 
 @pytest.mark.parametrize(
