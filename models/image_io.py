@@ -219,11 +219,42 @@ def _page_error(data: bytes, frame: int, fmt: str | None, exc: Exception) -> Ima
     return ImageDecodeError(f"{where}: its header is corrupt ({type(exc).__name__}: {exc})")
 
 
+# EXIF orientation -> the turn that displays the image upright.
+_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The orientation (1-8) of the image's own EXIF block, as browsers and OpenCV read it;
+    1 when there is none or it cannot be read. Pillow's getexif() also takes one from an XMP
+    packet or a PNG text chunk holding a copy of EXIF (ImageMagick's "Raw profile type
+    exif"), which viewers ignore: an upright image with a stale copy came back turned, its
+    boxes in a frame its user never sees."""
+    raw = img.info.get("exif")
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    exif.load(raw)
+    orientation = exif.get(0x0112, 1)
+    return orientation if orientation in _TURNS else 1
+
+
 def _upright(img: Image.Image) -> Image.Image:
-    # In place: otherwise every image is copied whole, turned or not (~4 ms per 10 MP).
     # A malformed EXIF block is no reason to reject good pixels.
     with contextlib.suppress(Exception):
-        ImageOps.exif_transpose(img, in_place=True)
+        if img.format == "TIFF":
+            # Orientation is one of a TIFF page's own tags (or its XMP packet's, which the
+            # page's identity follows too). In place: else every page is copied, turned or not.
+            ImageOps.exif_transpose(img, in_place=True)
+        elif (orientation := exif_orientation(img)) != 1:
+            return img.transpose(_TURNS[orientation])
     return img
 
 

@@ -150,6 +150,36 @@ def test_exif_orientation_applied() -> None:
     assert arr.shape[:2] == (200, 50)
 
 
+def test_orientation_only_outside_the_exif_block_leaves_the_image_as_viewers_show_it() -> None:
+    # Pillow also reads an orientation from an XMP packet or from a PNG text chunk holding a
+    # copy of EXIF (ImageMagick's raw profile); browsers and OpenCV do not, so an upright
+    # image with a stale copy came back turned, its boxes in a frame its user never sees.
+    img = _text_image((200, 50))
+    xmp = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description rdf:about="" xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
+        b"</rdf:RDF></x:xmpmeta>"
+    )
+    segment = b"http://ns.adobe.com/xap/1.0/\x00" + xmp
+    jpeg = _encode(img, "JPEG")
+    xmp_only = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(segment) + 2) + segment + jpeg[2:]
+    assert Image.open(io.BytesIO(xmp_only)).getexif().get(0x0112) == 6  # what Pillow alone would follow
+    assert decode_image(xmp_only).shape[:2] == (50, 200)
+    without_orientation = Image.Exif()
+    without_orientation[0x010F] = "camera"  # an EXIF block with no orientation, and the XMP one
+    both = _encode(img, "JPEG", exif=without_orientation)
+    both = both[:2] + b"\xff\xe1" + struct.pack(">H", len(segment) + 2) + segment + both[2:]
+    assert decode_image(both).shape[:2] == (50, 200)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = b"Exif\x00\x00" + exif.tobytes()
+    profile = b"\nexif\n%8d\n" % len(raw) + raw.hex().encode() + b"\n"
+    png = _encode(img, "PNG")
+    ztxt = _png_chunk(b"zTXt", b"Raw profile type exif\x00\x00" + zlib.compress(profile))
+    at = png.index(b"IDAT") - 4
+    assert decode_image(png[:at] + ztxt + png[at:]).shape[:2] == (50, 200)
+
+
 def test_decoded_pixels_are_bgr_and_turned_as_exif_says() -> None:
     # Left half red, right half blue; stored upside down (orientation 3: turn 180 to display).
     rgb = np.zeros((40, 80, 3), np.uint8)
