@@ -120,10 +120,15 @@ class PageScheduler:
                 continue
             task = document.pending.popleft()
             self._documents.rotate(-1)  # the next page comes from the next document
+            payload = document.payload
+            if not document.pending:
+                # Its last page: from here its job holds the bytes (for a retry too), and a
+                # document kept by its run or a cycle until a full collection holds none.
+                document.payload = b""
             if task.future.done():
                 continue  # its page was given up (or failed) while it waited here
             try:
-                job = self.pool.submit(document.payload, task.params, accepted=True)
+                job = self.pool.submit(payload, task.params, accepted=True)
             except QueueFullError:
                 now = time.monotonic()
                 task.refused_since = task.refused_since or now
@@ -134,8 +139,10 @@ class PageScheduler:
                     settle(task.future, None, error)
                     while document.pending:  # its other pages would only wait as long again
                         settle(document.pending.popleft().future, None, error)
+                    document.payload = b""
                     continue
                 document.pending.appendleft(task)  # images fill the queue: try again shortly
+                document.payload = payload
                 self._schedule_refeed()
                 return
             except PoolError as error:  # shutting down, no worker

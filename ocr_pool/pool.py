@@ -145,10 +145,11 @@ class WorkerHandle:
         self.exited = False
         # Replies as their bytes come in: a message is handled only once all of it is here.
         self.reader = MessageReader()
+        self._pid = process.pid  # kept: once closed (after its exit) the process object tells nothing
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid
+        return self._pid
 
 
 class WorkerPool:
@@ -497,6 +498,7 @@ class WorkerPool:
             if message[0] == "done":
                 job.state = "done"
                 job.payload = None
+                job.worker = None  # a finished job kept for polling must not hold a worker's process
                 job.future.set_result(message[2])
             else:
                 self._fail(job, TaskFailedError(message[2], message[3]))
@@ -588,6 +590,11 @@ class WorkerPool:
                 self._fail(job, WorkerCrashedError("the OCR worker died while processing this image"))
         if reason not in ("recycled", "shutdown") and self._replacing():
             self._schedule_respawn()
+        # Its two spawn pipes stay open until the process object is closed or collected, and
+        # finished jobs, documents and errors form cycles that only the rare full collection
+        # frees: 140 descriptors built up over 70 recycles in a soak.
+        with contextlib.suppress(ValueError):  # not reaped yet (the join timed out)
+            worker.process.close()
         self._fail_queue_if_unserved()
         self._dispatch()
         self._changed.set()
@@ -713,6 +720,7 @@ class WorkerPool:
             job.state = "failed"
         job.finished = time.monotonic()
         job.payload = None
+        job.worker = None
         job.future.set_exception(error)
         # Mark the exception as seen: a task nobody awaits any more must not log noise.
         job.future.exception()

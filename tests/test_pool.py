@@ -120,6 +120,30 @@ def test_killed_worker_in_flight_task_succeeds_on_retry() -> None:
     run(check)
 
 
+def test_recycled_workers_leave_no_descriptors_or_processes_behind() -> None:
+    # A dead worker's process object held two pipe descriptors until it was closed or
+    # collected, and every finished job (kept for polling, or in a cycle that only the rare
+    # full collection frees) held its worker's: 140 descriptors over 70 recycles in a soak.
+    async def check(pool: WorkerPool) -> None:
+        await pool.submit(b"first", {}).future
+        await wait_for(lambda: pool.restarts["recycled"] == 1 and pool.ready_count == 1)
+        before = len(os.listdir("/proc/self/fd"))
+        finished = []
+        for index in range(6):
+            job = pool.submit(f"task {index}".encode(), {})
+            await job.future
+            finished.append(job)
+            await wait_for(lambda recycled=index + 2: pool.restarts["recycled"] == recycled and pool.ready_count == 1)
+        assert all(job.worker is None for job in finished)
+        assert len(os.listdir("/proc/self/fd")) - before < 4  # was 2 more per recycled worker
+
+    gc.disable()  # what is freed must be freed without a collection
+    try:
+        run(check, size=1, max_tasks=1)
+    finally:
+        gc.enable()
+
+
 def test_a_reply_sent_just_before_its_worker_exited_is_not_lost() -> None:
     # A worker's pipe and its exit become readable together. Handling the exit first dropped
     # the reply still in the pipe: the task ran again (worker_crashed on its last attempt).
