@@ -100,14 +100,19 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
 
 
+CLIENT_CLOSED_REQUEST = 499
+
+
 def log_request(handler: web.RequestHandler) -> None:
     """One access-log line per request: method, path, status, latency, task id, cache hit."""
     request = handler.request
     duration = request.request_time()  # one reading for the metrics and the line
+    # A client that left before its answer got none: 499 (nginx's "client closed request"),
+    # not the 503 of the run cancelled for it, which nobody received and no alert should count.
+    status = CLIENT_CLOSED_REQUEST if getattr(handler, "client_gone", False) else handler.get_status()
     metrics = handler.application.settings.get("metrics")
     if metrics is not None:
-        metrics.observe_request(handler, duration)
-    status = handler.get_status()
+        metrics.observe_request(handler, duration, status)
     fields: dict[str, Any] | None = getattr(handler, "log_fields", None)
     extra = " ".join(f"{key}={value}" for key, value in fields.items()) if fields else ""
     access_log.log(

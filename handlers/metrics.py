@@ -142,10 +142,13 @@ class ServiceMetrics:
             if job.finished is not None:
                 self.ocr_time.observe(job.finished - job.started)
 
-    def observe_request(self, handler: web.RequestHandler, duration: float | None = None) -> None:
-        """Count the request and observe its latency (`duration`, s; by default its request_time())."""
+    def observe_request(
+        self, handler: web.RequestHandler, duration: float | None = None, status: int | None = None
+    ) -> None:
+        """Count the request and observe its latency (`duration`, s; by default its
+        request_time()) under `status` (by default the handler's)."""
         endpoint = getattr(handler, "endpoint", "other")
-        status = handler.get_status()
+        status = handler.get_status() if status is None else status
         key = (endpoint, method_label(handler.request.method), status)
         children = self._request_children.get(key)
         if children is None:

@@ -359,6 +359,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
     def on_connection_close(self) -> None:
         # The client gave up: a queued task nobody else waits for is dropped.
         self.client_gone = True
+        self.log_fields["client_gone"] = True
         self._release()
         self._give_back()
         super().on_connection_close()

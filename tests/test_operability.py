@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -132,6 +133,29 @@ def test_request_id_is_echoed_and_logged(ocr_server: RunningServer) -> None:
     assert re.search(r"POST /ocr_service 200 .*request_id=billing-42_retry_1 .*task_id=" + answered.json()["task_id"], log)
     assert re.search(r"GET /ocr_service/tasks/nope 404 .*request_id=r-7", log)
     assert re.search(r"GET /static/no.js 404 .*request_id=ui-3", log)
+
+
+def test_a_client_that_leaves_before_its_answer_is_logged_and_counted_as_499(server_factory) -> None:
+    # Its run went on (already on a worker) or was cancelled for it (queued): the answer
+    # reached nobody. It was logged as a WARNING 503 `cancelled` and counted as a 503.
+    server = server_factory(base_config(number=1), name="client-gone")
+    (worker_pid,) = [w["pid"] for w in server.health()["workers"]["workers"]]
+    os.kill(worker_pid, signal.SIGSTOP)
+    try:
+        for word in (random_word(), random_word()):  # the first runs (stopped), the second queues
+            with pytest.raises(requests.exceptions.ReadTimeout):
+                server.ocr_upload(text_image(word), timeout=1.5)
+    finally:
+        os.kill(worker_pid, signal.SIGCONT)
+    deadline = time.monotonic() + 60
+    while len(re.findall(r"POST /ocr_service 499 ", server.log_text())) < 2:
+        assert time.monotonic() < deadline, server.log_text()[-2000:]
+        time.sleep(0.2)
+    lines = [line for line in server.log_text().splitlines() if "POST /ocr_service 499 " in line]
+    assert all(" INFO " in line and "client_gone=True" in line for line in lines), lines
+    metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    assert metric(metrics, "ocr_http_requests_total", endpoint="/ocr_service", method="POST", status="499") == 2
+    assert 'status="503"' not in metrics
 
 
 def test_metrics_method_label_stays_bounded(ocr_server: RunningServer) -> None:
