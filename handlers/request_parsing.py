@@ -220,10 +220,11 @@ class _RepeatedKey(Exception):
 
 
 def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    data = dict(pairs)
-    if len(data) < len(pairs):
-        name = next(key for index, (key, _) in enumerate(pairs) if any(key == k for k, _ in pairs[:index]))
-        raise _RepeatedKey(name)
+    data: dict[str, Any] = {}
+    for key, value in pairs:  # one pass: the body (up to 64 KiB of keys) is parsed on the event loop
+        if key in data:
+            raise _RepeatedKey(key)
+        data[key] = value
     return data
 
 
