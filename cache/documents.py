@@ -32,6 +32,7 @@ from cache.remote_poll import poll_pauses
 from cache.service import OcrService
 from cache.single_flight import is_poison
 from cache.task_store import TaskRecord
+from models.text_layers import bound_document_layers
 from ocr_pool import Job, PoolError, QueueFullError, TaskCancelledError, TaskFailedError
 from ocr_pool.pages import DocumentPages, PageScheduler, PageTask, settle
 
@@ -517,6 +518,8 @@ class DocumentService:
                     infos[task.index] = _unprobed_page(task.index, outcome)
                 else:
                     raise outcome
+        # Each page's task bounded its own layer; the document's bound spans the pages.
+        bound_document_layers(infos, probe_spec["pdf_text"])
         probe_ms = round((time.monotonic() - started) * 1000, 2)
         return {**counted, "pages": infos, "timing": {"probe": probe_ms}}
 

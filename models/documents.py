@@ -19,7 +19,6 @@ from .errors import DocumentCorruptError, ImageDecodeError, ImageError, TextLaye
 from .image_io import decode_image
 from .page_identity import FingerprintBudget, page_fingerprint
 from .pdf import (
-    LayerBudget,
     RenderLimits,
     check_page_count,
     needs_password,
@@ -29,6 +28,7 @@ from .pdf import (
     rendered_size,
     text_layer,
 )
+from .text_layers import LayerBudget
 
 # (sha256, password, PdfDocument) of the last PDF read here. The password is part of the key:
 # a task with a wrong one must not read a document another task opened with the right one.
@@ -132,6 +132,7 @@ def probe_pdf(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
                     else:
                         if mode == "layer" or real:
                             info["layer"] = lines
+                            layer_budget.take(lines)
                 if info["layer"] is None and info["error"] is None:
                     info["fingerprint"] = _fingerprint(page, budget)
         finally:

@@ -250,10 +250,10 @@ def _drawn_fingerprint(page: Any, layout: tuple[Any, ...], budget: FingerprintBu
 
     if raw.FPDFPage_GetAnnotCount(page.raw) > 0:
         return None  # annotations are drawn too, from appearance streams not read here
-    if count_text_objects(page, MAX_OBJECTS, walk_limit=MAX_OBJECTS) is None:
-        # Over the objects budget: known from a walk of them before PDFium lays out the
-        # page's text, which for 10^5 text runs drawn by nested forms takes seconds.
-        budget.spend("objects", MAX_OBJECTS + 1)
+    if not count_text_objects(page, MAX_OBJECTS, walk_limit=MAX_OBJECTS)[1]:
+        # Over the objects budget, known from a walk of them (MAX_OBJECTS + 1 visited: what
+        # is spent) before PDFium lays out the page's text: seconds for 10^5 text runs.
+        budget.spend("objects", MAX_OBJECTS + 1)  # raises _OverBudget
     digest = hashlib.sha256(b"drawn|" + repr(layout).encode())
     textpage = page.get_textpage()
     try:

@@ -27,9 +27,9 @@ from .errors import (
     PageTooLargeError,
     PasswordRequiredError,
     PasswordWrongError,
-    TextLayerTooLargeError,
     TooManyPagesError,
 )
+from .text_layers import LayerBudget
 
 # The PDF specification's largest page side (200 inches); anything beyond is a page bomb
 # or garbage, never paper.
@@ -39,15 +39,8 @@ POINTS_PER_INCH = 72.0
 # them printable: a scan's stray OCR fragment or a font without a Unicode map does not count.
 MIN_LAYER_CHARS = 3
 MIN_GOOD_CHAR_SHARE = 0.9
-# A text layer is bounded as OCR is (the detector keeps at most 1000 lines a page): 5 KB of
-# nested forms drew 10^5 text runs a page, 8 MB of answer a page, encoded on the event loop.
-# A dense real page has a few thousand runs (a spreadsheet of 3000 cells) and characters.
-MAX_LAYER_RUNS = 10_000  # a page's text runs (its answer's lines)
-MAX_LAYER_CHARS = 100_000
-MAX_DOCUMENT_LAYER_RUNS = 100_000  # all the pages of one document together
-MAX_DOCUMENT_LAYER_CHARS = 1_000_000
 # Objects visited to count a page's text objects before PDFium lays out its text (that
-# layout, not the walk, is what costs: seconds for the bomb's page).
+# layout, not the walk, is what costs: seconds for a page of 10^5 text runs).
 MAX_LAYER_WALK = 100_000
 TEXT_OBJECT, FORM_OBJECT = 1, 5  # FPDFPageObj_GetType
 # A text layer's characters as 32-bit Unicode values in the machine's byte order.
@@ -196,33 +189,11 @@ def _device_box(page: Any, size: tuple[int, int], rect: tuple[float, float, floa
     return [[xs[0], ys[0]], [xs[-1], ys[0]], [xs[-1], ys[-1]], [xs[0], ys[-1]]]
 
 
-class LayerBudget:
-    """The text runs and characters the text layers of one document's pages may still hold."""
-
-    def __init__(self, runs: int = MAX_DOCUMENT_LAYER_RUNS, chars: int = MAX_DOCUMENT_LAYER_CHARS) -> None:
-        self.runs = runs
-        self.chars = chars
-
-    def limits(self) -> tuple[int, int]:
-        """This page's limits: a page's own, or what the document has left if less."""
-        return min(MAX_LAYER_RUNS, self.runs), min(MAX_LAYER_CHARS, self.chars)
-
-    def spend(self, runs: int, chars: int) -> None:
-        self.runs -= runs
-        self.chars -= chars
-
-
-def _too_large(what: str, count: int | str, limit: int, page_limit: int) -> TextLayerTooLargeError:
-    whose = "a page's limit" if limit == page_limit else "what the document's earlier pages left of its limit"
-    return TextLayerTooLargeError(
-        f"the page's text layer holds {count} {what}, over {whose} of {limit};"
-        " pdf_text=auto or ocr reads such a page by OCR"
-    )
-
-
-def count_text_objects(page: Any, limit: int, walk_limit: int = MAX_LAYER_WALK) -> int | None:
-    """The text objects the page draws, a form's counted each time it is drawn; None past
-    `limit` of them, or past `walk_limit` objects visited in all."""
+def count_text_objects(page: Any, limit: int, walk_limit: int = MAX_LAYER_WALK) -> tuple[int, bool]:
+    """The text objects the page draws (a form's counted each time it is drawn), counting
+    stopped past `limit`; and whether the count is complete: False when more than
+    `walk_limit` objects of any kind were visited first (a map's paths), which says
+    nothing about its text."""
     from pypdfium2 import raw
 
     texts = visited = 0
@@ -236,15 +207,15 @@ def count_text_objects(page: Any, limit: int, walk_limit: int = MAX_LAYER_WALK) 
         obj = raw.FPDFPage_GetObject(page.raw, index) if form is None else raw.FPDFFormObj_GetObject(form, index)
         visited += 1
         if visited > walk_limit:
-            return None
+            return texts, False
         kind = raw.FPDFPageObj_GetType(obj)
         if kind == TEXT_OBJECT:
             texts += 1
             if texts > limit:
-                return None
+                return texts, True
         elif kind == FORM_OBJECT:
             stack.append((obj, 0, raw.FPDFFormObj_CountObjects(obj)))
-    return texts
+    return texts, True
 
 
 def text_layer(
@@ -252,7 +223,7 @@ def text_layer(
 ) -> tuple[list[dict[str, Any]], bool]:
     """The page's own text as lines with pixel boxes (for a page rendered at `size`), and
     whether it is real text (see has_real_text). TextLayerTooLargeError past the page's
-    limits, or past what `budget` (the document's) has left; what it holds is spent from it.
+    limits, or past what `budget` (the document's) has left; the caller takes what it uses.
 
     One line per text rectangle PDFium reports (a run of characters of one text object), its
     text the run's own characters. The work is linear in the page's characters: PDFium's text
@@ -263,19 +234,21 @@ def text_layer(
 
     budget = budget or LayerBudget()
     max_runs, max_chars = budget.limits()
-    if count_text_objects(page, max_runs) is None:
-        raise _too_large("text objects", f"more than {max_runs}", max_runs, MAX_LAYER_RUNS)
+    texts, complete = count_text_objects(page, max_runs)
+    if complete and texts > max_runs:
+        # Known before PDFium lays out the page's text (seconds for 10^5 runs); an incomplete
+        # count (many other objects first) leaves it to the counts below, which bound the answer.
+        raise budget.refusal("text objects", f"more than {max_runs}", max_runs)
     textpage = page.get_textpage()
     try:
         chars = textpage.count_chars()
         if chars <= 0:
             return [], False
         if chars > max_chars:
-            raise _too_large("characters", chars, max_chars, MAX_LAYER_CHARS)
+            raise budget.refusal("characters", chars, max_chars)
         run_count = textpage.count_rects()
         if run_count > max_runs:
-            raise _too_large("runs of text", run_count, max_runs, MAX_LAYER_RUNS)
-        budget.spend(run_count, chars)
+            raise budget.refusal("runs of text", run_count, max_runs)
         rects = [textpage.get_rect(index) for index in range(run_count)]
         handle = textpage.raw
         ends = _run_ends(raw, handle, chars, len(rects))

@@ -18,15 +18,8 @@ from pypdfium2 import raw
 from pypdfium2._helpers.textpage import PdfTextPage
 
 from models.errors import TextLayerTooLargeError
-from models.pdf import (
-    MAX_LAYER_RUNS,
-    LayerBudget,
-    RenderLimits,
-    has_real_text,
-    open_pdf,
-    rendered_size,
-    text_layer,
-)
+from models.pdf import RenderLimits, count_text_objects, has_real_text, open_pdf, rendered_size, text_layer
+from models.text_layers import MAX_DOCUMENT_LAYER_RUNS, MAX_LAYER_RUNS, LayerBudget, bound_document_layers
 from multirequest import write_pdf
 from tests.conftest import random_word
 from tests.pdf_builder import image_pdf, nested_text_forms_pdf, text_pdf
@@ -250,7 +243,58 @@ def test_the_pages_of_one_document_share_one_bound_on_their_text_layers() -> Non
     with first_page(data) as (page, size):
         lines, _ = text_layer(page, size, budget)
         assert texts(lines) == written
-        budget.spend(budget.runs - 2000, 0)  # as if earlier pages had taken all but 2000 runs
+        budget.runs = 2000  # as if earlier pages had answered all but 2000 runs
         with pytest.raises(TextLayerTooLargeError) as refused:
             text_layer(page, size, budget)
-    assert "document's earlier pages left" in str(refused.value) and "of 2000" in str(refused.value)
+    message = str(refused.value)
+    assert f"over the 2000 left of the document's limit of {MAX_DOCUMENT_LAYER_RUNS}" in message, message
+
+
+def _lines(count: int, text: str = "cell") -> list[dict[str, Any]]:
+    return [{"text": text, "confidence": 1.0, "box": [[0, 0], [1, 0], [1, 1], [0, 1]]} for _ in range(count)]
+
+
+@pytest.mark.parametrize("mode", ["auto", "layer"])
+def test_pages_probed_one_task_each_get_the_documents_bound_too(mode: str) -> None:
+    # Each page's task sees only its own layer: every page of a full layer was answered when
+    # the probe went page by page, past the document's bound that a whole probe keeps.
+    count = MAX_DOCUMENT_LAYER_RUNS // MAX_LAYER_RUNS + 2
+    pages = [{"image_size": [10, 10], "layer": _lines(MAX_LAYER_RUNS), "error": None} for _ in range(count)]
+    bound_document_layers(pages, mode)
+    kept = [page for page in pages if page["layer"] is not None]
+    assert len(kept) * MAX_LAYER_RUNS == MAX_DOCUMENT_LAYER_RUNS
+    refused = pages[len(kept) :]
+    assert all(page["layer"] is None for page in refused)
+    if mode == "layer":
+        assert all(page["error"]["code"] == "text_layer_too_large" for page in refused)
+    else:  # read by OCR instead
+        assert all(page["error"] is None for page in refused)
+
+
+def _paths_and_a_line_pdf(fanout: int, levels: int) -> bytes:
+    """One page: nested forms drawing 100 x fanout**levels short paths, and one line of text."""
+    strokes = b"".join(b"%d %d m %d %d l S\n" % (i, i, i + 1, i + 1) for i in range(100))
+    form = b"<< /Type /XObject /Subtype /Form /BBox [0 0 600 800] /Resources << %s >> /Length %d >>\nstream\n%s\nendstream"
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>", b"", b"", b""]
+    objects.append(form % (b"", len(strokes), strokes))  # 6
+    for level in range(levels):
+        draws = b"".join(b"q 1 0 0 1 %d 0 cm /X Do Q\n" % i for i in range(fanout))
+        objects.append(form % (b"/XObject << /X %d 0 R >>" % (6 + level), len(draws), draws))
+    top = len(objects)
+    content = b"/X Do BT /F1 24 Tf 72 700 Td (HELLO VECTOR WORLD) Tj ET"
+    objects[2] = (
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+        b" /Resources << /Font << /F1 5 0 R >> /XObject << /X %d 0 R >> >> >>" % top
+    )
+    objects[3] = b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream"
+    objects[4] = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
+    return write_pdf(objects)
+
+
+def test_a_drawing_of_many_paths_keeps_its_text_layer() -> None:
+    # Past MAX_LAYER_WALK objects the walk stops: that says nothing about the page's text (a
+    # map, a CAD drawing), so its few text objects are read as the counts after layout allow.
+    with first_page(_paths_and_a_line_pdf(fanout=32, levels=2)) as (page, size):  # 102,400 paths
+        assert count_text_objects(page, MAX_LAYER_RUNS) == (0, False)  # past MAX_LAYER_WALK
+        lines, real = text_layer(page, size)
+    assert texts(lines) == ["HELLO VECTOR WORLD"] and real
