@@ -142,6 +142,7 @@ def build_context(settings: Settings) -> AppContext:
         start_timeout=process.start_timeout,
         engine_options=options,
         threads=options.cpu_threads,
+        cpus=cpus,
     )
     service = settings.service
     # A finished task is kept at least as long as a cached result.

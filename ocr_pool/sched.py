@@ -2,7 +2,7 @@
 
 A task that outruns task_timeout is usually the image's doing, and the image is then
 remembered as failing (service.failure_ttl). Not when the worker could not run: stopped
-(SIGSTOP, a frozen cgroup) or starved by other work on the machine. The parsers are pure;
+(SIGSTOP, a debugger) or starved by other work on the machine. The parsers are pure;
 the readers take /proc (Linux) and answer None where it cannot be read.
 """
 
@@ -59,12 +59,15 @@ def longest_wait_between(before: dict[str, float], after: dict[str, float]) -> f
     return max((waited - before.get(tid, 0.0) for tid, waited in after.items()), default=0.0)
 
 
-def hindrance(pid: int, waits_at_start: dict[str, float] | None, ran_s: float) -> str | None:
+def hindrance(
+    pid: int, waits_at_start: dict[str, float] | None, ran_s: float, count_waits: bool = True
+) -> str | None:
     """Why the worker `pid` could not run for much of the last `ran_s` seconds (a phrase for
-    an error message), or None when it could, or /proc cannot tell."""
+    an error message), or None when it could, or /proc cannot tell. `count_waits`: whether
+    waiting for a CPU counts (not when the pool's own workers oversubscribe its CPUs)."""
     if is_stopped(pid):
-        return "its worker was stopped (SIGSTOP, or a frozen cgroup)"
-    waits_now = cpu_waits(pid)
+        return "its worker was stopped (SIGSTOP, or a debugger)"
+    waits_now = cpu_waits(pid) if count_waits else None
     if waits_at_start is None or waits_now is None:
         return None
     waited = longest_wait_between(waits_at_start, waits_now)

@@ -46,7 +46,7 @@ class FakeEngine:
         if image_bytes.startswith(b"sleep:"):
             time.sleep(float(image_bytes[6:]))
         elif image_bytes.startswith(b"spin:"):
-            until = time.monotonic() + float(image_bytes[5:])
+            until = time.monotonic() + float(image_bytes[5:].split()[0])
             while time.monotonic() < until:
                 pass
         elif image_bytes == b"crash":

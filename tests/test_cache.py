@@ -312,6 +312,22 @@ def test_a_timeout_of_a_worker_that_could_not_run_is_not_remembered() -> None:
     run(check, size=1, task_timeout=3.0)
 
 
+def test_workers_that_keep_each_other_waiting_for_a_cpu_still_blame_the_image() -> None:
+    """Three slow images in three workers on one CPU: each waits two thirds of its run for the
+    CPU, but its own pool holds it: the timeouts are the images', remembered as such."""
+
+    async def check(pool: WorkerPool) -> None:
+        service = fake_service(pool, failure_ttl=60)
+        cpu = min(os.sched_getaffinity(0))
+        for pid in pool.worker_pids():
+            os.sched_setaffinity(pid, {cpu})
+        errors = await asyncio.gather(*(run_to_end(service, f"slow {n}", f"spin:10 {n}".encode()) for n in range(3)))
+        assert all(error.code == "timeout" and "for a CPU" not in error.message for error in errors), errors
+        assert all(service.flight.remembered_failure(f"slow {n}") is not None for n in range(3))
+
+    run(check, size=3, task_timeout=3.0, cpus=1)
+
+
 def test_remote_polling_backs_off_and_stops_at_its_deadline() -> None:
     from cache.remote_poll import poll_pauses
 
