@@ -125,6 +125,15 @@ class DocumentRun:
         self.started = time.monotonic()
         self.first_start: float | None = None
 
+    def jobs(self) -> list[Job]:
+        """The pool jobs of this run so far (each holds the document until it ends)."""
+        jobs = [job for job in {self.first_probe, self.probe} if job is not None]
+        for group in (self.probe_pages, self.pages):
+            if group is not None:
+                jobs.extend(task.job for task in group.tasks if task.job is not None)
+        jobs.extend(task.job for task in self.preview_tasks if task.job is not None)
+        return jobs
+
     @property
     def state(self) -> str:
         if self.pages_done or (self.probe is not None and self.probe.state != "queued"):

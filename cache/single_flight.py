@@ -99,6 +99,10 @@ class Computation:
     def task_id(self) -> str:
         return self.job.id if self.job is not None else self.id
 
+    def jobs(self) -> list[Job]:
+        """The pool jobs of this run so far (each holds the image until it ends)."""
+        return [self.job] if self.job is not None else []
+
 
 class SingleFlight:
     def __init__(self, pool: WorkerPool, results: ResultStore, claims: Claims, failure_ttl: float = 0.0) -> None:

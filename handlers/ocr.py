@@ -11,6 +11,7 @@ from typing import Any
 from tornado import web
 
 from cache import Computation, TaskRecord, TaskView
+from cache.documents import DocumentRun
 from cache.task_store import DroppedTask
 from handlers.answers import new_task_id, splices
 from handlers.base import JsonHandler, header_value, refuse_unserved_method
@@ -213,14 +214,36 @@ class OcrHandler(DocumentAnswers, JsonHandler):
             _give_back_when_done(budget, held, run.future)
         return record
 
-    def _count_until_run_ends(self, run: Any) -> None:
-        """A blocking request leaving a run it started that goes on without it (a
-        fire-and-forget request joined it, or a worker is reading it): the run still holds
-        the image, so its bytes stay counted until the run ends, not only until the answer."""
-        if run.payload is None or run.payload is not self._run_payload or run.future.done():
+    def _count_until_run_ends(self, run: Computation | DocumentRun) -> None:
+        """A blocking request leaving a run it started that goes on without it: its bytes
+        stay counted while anything still holds them, not only until its answer. The run
+        itself while it goes on (a fire-and-forget request joined it); else its pool jobs
+        that still hold them (a worker reading the image, a document's probe or pages), which
+        release() could not cancel (release forgets a run it cancelled: payload None)."""
+        if self._run_payload is None or self._held == 0:
+            return
+        if run.payload is self._run_payload and not run.future.done():
+            holding = [run.future]
+        else:
+            holding = [
+                job.future
+                for job in run.jobs()
+                if job.payload is not None and job.payload is self._run_payload and not job.future.done()
+            ]
+        if not holding:
             return
         held, self._held = self._held, 0
-        _give_back_when_done(self.ctx.upload_budget, held, run.future)
+        budget = self.ctx.upload_budget
+        remaining = len(holding)
+
+        def one_done(_: asyncio.Future[Any]) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                budget.give_back(held)
+
+        for future in holding:
+            future.add_done_callback(one_done)
 
     def on_finish(self) -> None:
         self._give_back()

@@ -41,6 +41,7 @@ from tests.conftest import (
     start_server,
     text_image,
 )
+from tests.pdf_builder import image_pdf
 
 
 def error_code(response: requests.Response) -> str:
@@ -988,6 +989,30 @@ def test_a_run_left_by_its_blocking_client_keeps_its_upload_counted(server_facto
     finally:
         os.kill(worker_pid, signal.SIGCONT)
     _assert_task_reads(server, joined, word)
+    _wait_for_uploads_given_back(server)
+
+
+def test_a_document_left_by_its_blocking_client_keeps_its_upload_counted_while_a_worker_holds_it(
+    server_factory,
+) -> None:
+    """A PDF's client gives up while its probe is on the worker: the run is dropped, but the
+    probe goes on holding the PDF, which was given back when the client left."""
+    config = base_config(number=1)
+    config["web_server"].update({"max_body_bytes": 2_000_000, "max_buffered_bytes": 4_000_000})
+    server = server_factory(config, name="budget-left-document")
+    (worker_pid,) = [w["pid"] for w in server.health()["workers"]["workers"]]
+    scan = Image.open(io.BytesIO(text_image(random_word())))
+    pdf = image_pdf([scan, scan.rotate(180)]) + b"%" + b"0" * 400_000  # bytes after %%EOF: ignored
+    os.kill(worker_pid, signal.SIGSTOP)  # the probe stays on the worker
+    try:
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.post(
+                f"{server.url}/ocr_service", data={"file_type": "file"}, files={"file": ("doc.pdf", pdf)}, timeout=3
+            )
+        time.sleep(0.5)  # the client's connection is gone
+        assert server.health()["uploads"]["buffered_bytes"] >= len(pdf)
+    finally:
+        os.kill(worker_pid, signal.SIGCONT)
     _wait_for_uploads_given_back(server)
 
 
