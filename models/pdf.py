@@ -29,6 +29,7 @@ from .errors import (
     PasswordWrongError,
     TooManyPagesError,
 )
+from .image_io import sniff_kind, unreadable_message
 from .text_layers import LayerBudget
 
 # The PDF specification's largest page side (200 inches); anything beyond is a page bomb
@@ -90,13 +91,10 @@ def open_pdf(data: bytes, password: str | None = None) -> Any:
         if code == raw.FPDF_ERR_SUCCESS:
             # PDFium refuses a document without pages but reports no error for it.
             raise DocumentCorruptError("the PDF has no pages") from None
-        if not data.startswith(b"%PDF-"):
-            # "%PDF-" only somewhere in the first KiB (as readers allow): when the bytes before
-            # it say what the file is (an HTML page quoting it), say that, as for an image.
-            from .image_io import sniff_kind, unreadable_message
-
-            if sniff_kind(data) is not None:
-                raise ImageDecodeError(unreadable_message(data)) from None
+        if not data.startswith(b"%PDF-") and sniff_kind(data) is not None:
+            # "%PDF-" only somewhere in the first KiB (as readers allow), and the bytes before
+            # it say what the file is (an HTML page quoting it): say that, as for an image.
+            raise ImageDecodeError(unreadable_message(data)) from None
         raise DocumentCorruptError(f"corrupt or truncated PDF: {exc}") from None
 
 

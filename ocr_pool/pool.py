@@ -711,7 +711,7 @@ class WorkerPool:
             return
         killed_worker = job.worker is not None
         message = f"OCR did not finish within {self.task_timeout:g} s of running"
-        hindered = None
+        hindrance_reason = None
         if job.worker is not None:
             if job.worker.pid is not None and job.dispatched is not None:
                 ran_s = time.monotonic() - job.dispatched
@@ -719,15 +719,16 @@ class WorkerPool:
                 # (at dispatch and now: a neighbour killed for its own timeout is not busy now);
                 # else they are the pool's load (slow images in several workers), not the machine's.
                 busy_threads = max(job.busy_at_dispatch, self._busy_count()) * self._threads
-                hindered = hindrance(
+                hindrance_reason = hindrance(
                     job.worker.pid, _result_or_none(job.cpu_waits_at_dispatch), ran_s, busy_threads <= self._cpus
                 )
             job.worker.exit_reason = "timeout"
             job.worker.state = "stopping"  # not ready any more, even before its exit is seen
             job.worker.process.kill()
-        if hindered is not None:
-            message += f", but {hindered}: the time says nothing about the image; send it again"
-        self._fail(job, TaskTimeoutError(message, killed_worker=killed_worker, worker_hindered=hindered is not None))
+        if hindrance_reason is not None:
+            message += f", but {hindrance_reason}: the time says nothing about the image; send it again"
+        hindered = hindrance_reason is not None
+        self._fail(job, TaskTimeoutError(message, killed_worker=killed_worker, worker_hindered=hindered))
 
     def _fail(self, job: Job, error: PoolError) -> None:
         if job.future.done():
