@@ -41,9 +41,8 @@ import re
 import time
 from typing import Any
 
-from .pdf import count_text_objects
+from .pdf import FORM, IMAGE, PATH, TEXT, count_text_objects
 
-TEXT, PATH, IMAGE, SHADING, FORM = 1, 2, 3, 4, 5
 MAX_FORM_DEPTH = 8
 # Glyph outlines are compared at this size (font units per em, as most fonts have).
 GLYPH_SIZE = 1000.0

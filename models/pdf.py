@@ -43,7 +43,7 @@ MIN_GOOD_CHAR_SHARE = 0.9
 # Objects visited to count a page's text objects before PDFium lays out its text (that
 # layout, not the walk, is what costs: seconds for a page of 10^5 text runs).
 MAX_LAYER_WALK = 100_000
-TEXT_OBJECT, FORM_OBJECT = 1, 5  # FPDFPageObj_GetType
+TEXT, PATH, IMAGE, SHADING, FORM = 1, 2, 3, 4, 5  # page object types (FPDFPageObj_GetType)
 # A text layer's characters as 32-bit Unicode values in the machine's byte order.
 _UNICODE_ARRAY = "I" if array("I").itemsize == 4 else "L"
 _UNICODE_CODEC = "utf-32-le" if sys.byteorder == "little" else "utf-32-be"
@@ -207,11 +207,11 @@ def count_text_objects(page: Any, limit: int, walk_limit: int = MAX_LAYER_WALK) 
         if visited > walk_limit:
             return texts, False
         kind = raw.FPDFPageObj_GetType(obj)
-        if kind == TEXT_OBJECT:
+        if kind == TEXT:
             texts += 1
             if texts > limit:
                 return texts, True
-        elif kind == FORM_OBJECT:
+        elif kind == FORM:
             stack.append((obj, 0, raw.FPDFFormObj_CountObjects(obj)))
     return texts, True
 
