@@ -58,8 +58,18 @@ def owned(data: bytes | bytearray | memoryview) -> bytes | bytearray:
     return data.tobytes() if isinstance(data, memoryview) else data
 
 
-def _give_back_when_done(budget: UploadBudget, size: int, future: asyncio.Future[Any]) -> None:
-    future.add_done_callback(lambda _: budget.give_back(size))
+def _give_back_when_all_done(budget: UploadBudget, size: int, futures: list[asyncio.Future[Any]]) -> None:
+    """Give `size` bytes back to `budget` once every one of `futures` has ended."""
+    remaining = len(futures)
+
+    def one_done(_: asyncio.Future[Any]) -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0:
+            budget.give_back(size)
+
+    for future in futures:
+        future.add_done_callback(one_done)
 
 
 def result_body(task_id: str, image_hash: str, result: dict[str, Any], cached: bool) -> dict[str, Any]:
@@ -211,7 +221,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
         if run is None or run.payload is not payload or run.future.done():
             budget.give_back(held)  # a cached result, or a run of the image another request started
         else:
-            _give_back_when_done(budget, held, run.future)
+            _give_back_when_all_done(budget, held, [run.future])
         return record
 
     def _count_until_run_ends(self, run: Computation | DocumentRun) -> None:
@@ -233,17 +243,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
         if not holding:
             return
         held, self._held = self._held, 0
-        budget = self.ctx.upload_budget
-        remaining = len(holding)
-
-        def one_done(_: asyncio.Future[Any]) -> None:
-            nonlocal remaining
-            remaining -= 1
-            if remaining == 0:
-                budget.give_back(held)
-
-        for future in holding:
-            future.add_done_callback(one_done)
+        _give_back_when_all_done(self.ctx.upload_budget, held, holding)
 
     def on_finish(self) -> None:
         self._give_back()
