@@ -11,6 +11,7 @@ from cache.documents import DocumentService
 from handlers.answers import EncodedAnswers
 from handlers.loop_lag import LoopLagMonitor
 from handlers.upload_budget import UploadBudget
+from handlers.upload_hashes import RecentHashes
 from ocr_pool import WorkerPool
 from settings import Settings
 
@@ -33,3 +34,5 @@ class AppContext:
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     # Cached results' answers kept encoded for the next hit (handlers/answers.py).
     answers: EncodedAnswers = field(default_factory=EncodedAnswers)
+    # The sha256 of recent small uploads, reused when the same bytes come again.
+    upload_hashes: RecentHashes = field(default_factory=RecentHashes)

@@ -37,6 +37,7 @@ from handlers.request_parsing import (
     unsupported_content_type,
 )
 from handlers.upload_budget import UploadBudget
+from handlers.upload_hashes import HASH_OFF_LOOP_BYTES
 from ocr_pool import PoolError
 
 # Room for multipart boundaries and form fields on top of the image byte limit.
@@ -44,8 +45,6 @@ FORM_OVERHEAD_BYTES = 64 * 1024
 # Bodies declared larger than this are refused before reading anything; below it an
 # oversized body is drained (not buffered) so the client can read a clean 413.
 DRAIN_LIMIT_FACTOR = 4
-# Above this, sha256 (about 0.5 ms per MB measured here) runs in a thread, off the event loop.
-HASH_OFF_LOOP_BYTES = 512 * 1024
 
 
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:
@@ -278,7 +277,7 @@ class OcrHandler(DocumentAnswers, JsonHandler):
             loop = asyncio.get_running_loop()
             image_hash = await loop.run_in_executor(None, sha256_hex, image_bytes)
         else:
-            image_hash = sha256_hex(image_bytes)
+            image_hash = self.ctx.upload_hashes.sha256_hex(image_bytes)
         self.log_fields["image_hash"] = image_hash[:12]
         document = document_kind(image_bytes, self.ctx.settings.documents.max_pdf_pages)
         if document is not None:
