@@ -18,7 +18,15 @@ from cache.records import Result
 from cache.remote_poll import FIRST_PAUSE_S, poll_pauses
 from cache.result_store import ResultStore
 from cache.ttl_lru import TTLLRUCache
-from ocr_pool import Job, PoolError, RememberedFailureError, TaskTimeoutError, WorkerCrashedError, WorkerPool
+from ocr_pool import (
+    Job,
+    PoolError,
+    RememberedFailureError,
+    TaskCancelledError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkerPool,
+)
 
 # Failed images remembered at once (a key and an error each); the oldest are forgotten first.
 FAILURE_CAPACITY = 1000
@@ -134,7 +142,14 @@ class SingleFlight:
             # Registered before any await: a local request for the same image arriving while
             # this one asks for the claim joins this run instead of claiming too.
             self._in_flight[key] = computation
-            claim = await self.claims.claim(key)
+            try:
+                claim = await self._claim(key)
+            except BaseException as error:
+                # Cancelled or failed asking: the requests that joined meanwhile must not wait
+                # on a run that never starts, nor may later ones.
+                self._forget(computation)
+                _fail(computation, TaskCancelledError("the request left") if _is_cancel(error) else error)
+                raise
             if claim is None:
                 # Another node computes this image: wait for its result.
                 computation.poller = asyncio.ensure_future(self._wait_for_other_node(computation, payload, params))
@@ -159,6 +174,8 @@ class SingleFlight:
         elif computation.poller is not None:
             computation.poller.cancel()
             self._forget(computation)
+            # As a cancelled job fails its run: the request that left ends (its image let go).
+            _fail(computation, TaskCancelledError("no client waits for this image any more"))
 
     def _refuse_remembered_failure(self, key: str) -> None:
         error = self.remembered_failure(key)
@@ -196,9 +213,7 @@ class SingleFlight:
         except PoolError as error:
             asyncio.ensure_future(self.claims.release(computation.key, claim))
             self._forget(computation)
-            if not computation.future.done():
-                computation.future.set_exception(error)
-                computation.future.exception()  # seen: the caller gets it raised
+            _fail(computation, error)  # the caller gets it raised
             raise
         computation.job, computation.claim = job, claim
         computation.keeper = self.claims.keep(computation.key, claim)
@@ -215,12 +230,10 @@ class SingleFlight:
             await self.results.put(computation.key, future.result())
         if computation.claim is not None:
             await self.claims.release(computation.key, computation.claim)
-        if not computation.future.done():
-            if error is None:
-                computation.future.set_result(future.result())
-            else:
-                computation.future.set_exception(error)
-                computation.future.exception()  # seen: nobody may be waiting any more
+        if error is not None:
+            _fail(computation, error)
+        elif not computation.future.done():
+            computation.future.set_result(future.result())
 
     async def _wait_for_other_node(self, computation: Computation, payload: bytes, params: dict[str, Any]) -> None:
         # The owner may take its queue wait plus its run, task_timeout each: giving up after one
@@ -237,16 +250,28 @@ class SingleFlight:
                     return
                 if not await self.claims.claim_held(computation.key):
                     # The other node gave up (failure, crash, Redis down): compute here.
-                    claim = await self.claims.claim(computation.key)
+                    claim = await self._claim(computation.key)
                     if claim is None:
                         continue  # a third node was faster; keep waiting for it
                     self._start_job(computation, payload, params, claim)
                     return
             raise TaskTimeoutError(f"another node did not finish this image within {wait_s:g} s")
         except PoolError as error:
-            if not computation.future.done():
-                computation.future.set_exception(error)
-                computation.future.exception()
+            _fail(computation, error)
+
+    async def _claim(self, key: str) -> str | None:
+        """claims.claim(key); a claim won after the asker was cancelled is given back, not
+        kept until its lease lapses (every node sent the image would wait that long)."""
+        asking = asyncio.ensure_future(self.claims.claim(key))
+        try:
+            return await asyncio.shield(asking)
+        except asyncio.CancelledError:
+            asking.add_done_callback(lambda done: self._give_back_claim(key, done))
+            raise
+
+    def _give_back_claim(self, key: str, asked: asyncio.Future[str | None]) -> None:
+        if not asked.cancelled() and asked.exception() is None and asked.result() is not None:
+            asyncio.ensure_future(self.claims.release(key, asked.result()))  # type: ignore[arg-type]
 
     def _forget(self, computation: Computation) -> None:
         computation.payload = None
@@ -259,6 +284,17 @@ class SingleFlight:
         if computation.claim is not None:
             claim, computation.claim = computation.claim, None
             asyncio.ensure_future(self.claims.release(computation.key, claim))
+
+
+def _is_cancel(error: BaseException) -> bool:
+    return isinstance(error, asyncio.CancelledError)
+
+
+def _fail(computation: Computation, error: BaseException) -> None:
+    """End the run's shared future with `error`, unless it has ended already."""
+    if not computation.future.done():
+        computation.future.set_exception(error)
+        computation.future.exception()  # seen: nobody may be waiting any more
 
 
 def _stop_keeping(computation: Computation) -> None:

@@ -26,10 +26,10 @@ from bench.launch import free_port
 from cache import redis_store, task_store
 from cache.records import ErrorInfo, TaskView
 from cache.redis_store import RedisStore
-from cache.result_store import RedisBackedResultStore
+from cache.result_store import MemoryResultStore, RedisBackedResultStore
 from cache.service import OcrService
 from cache.single_flight import SingleFlight
-from ocr_pool import WorkerPool
+from ocr_pool import TaskCancelledError, WorkerPool
 from ocr_pool.pool import Job
 from tests.conftest import GT_DIR, REPO, RunningServer, base_config, gt_manifest, random_word, start_server, text_image
 from tests.pdf_builder import image_pdf
@@ -580,6 +580,76 @@ def test_an_owner_whose_claim_was_taken_keeps_reading_and_leaves_the_new_claim(
     with caplog.at_level(logging.WARNING, logger="ocr_cache.redis"):
         asyncio.run(asyncio.wait_for(scenario(), timeout=30))
     assert "no longer ours" in caplog.text
+
+
+def test_a_request_that_leaves_while_another_node_reads_its_image_ends(redis_url: str) -> None:
+    # Waiting on another node's run, the last waiter's leaving stopped the wait but never ended
+    # the run it awaited: the request (and its image) stayed in memory for good.
+    async def scenario() -> None:
+        store, node = flight_node(redis_url, FakePool(0.05))
+        client = redis.asyncio.Redis.from_url(redis_url)
+        await client.set("ocr-test:claim:theirs", "another-node:1", px=60_000)
+        waiting = await node.join("theirs", b"x", {})
+        answer = asyncio.ensure_future(waiting.future)
+        await asyncio.sleep(0.3)
+        assert waiting.poller is not None and not answer.done()
+        node.release(waiting)  # its client left
+        with pytest.raises(TaskCancelledError):
+            await asyncio.wait_for(answer, timeout=2.0)
+        assert node.in_flight == 0 and node.pool.jobs == []  # type: ignore[attr-defined]
+        # Nothing left behind: the next request for the image waits afresh.
+        again = await node.join("theirs", b"x", {})
+        assert again is not waiting and again.poller is not None
+        node.release(again)
+        await client.aclose()
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+
+
+class SlowClaims:
+    """Claims whose answer takes a round trip; every claim is won, and released claims are noted."""
+
+    def __init__(self) -> None:
+        self.released: list[tuple[str, str]] = []
+
+    async def claim(self, key: str) -> str | None:
+        await asyncio.sleep(0.2)
+        return "won"
+
+    async def claim_held(self, key: str) -> bool:
+        return False
+
+    def keep(self, key: str, token: str) -> None:
+        return None
+
+    async def release(self, key: str, token: str) -> None:
+        self.released.append((key, token))
+
+
+def test_a_request_cancelled_while_asking_for_the_claim_leaves_no_run_and_no_claim_behind() -> None:
+    async def scenario() -> None:
+        claims = SlowClaims()
+        pool = FakePool(0.05)
+        node = SingleFlight(pool, MemoryResultStore(100, 60.0), claims)  # type: ignore[arg-type]
+        starting = asyncio.ensure_future(node.join("k", b"x", {}))
+        await asyncio.sleep(0.05)
+        joined = await node.join("k", b"x", {})  # joins the run being started
+        starting.cancel()  # e.g. at shutdown, mid round trip
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        # The request that joined gets an answer rather than waiting for ever...
+        with pytest.raises(TaskCancelledError):
+            await asyncio.wait_for(joined.future, timeout=1.0)
+        assert node.in_flight == 0 and pool.jobs == []
+        # ...the claim won after the asker left is given back, not left to lapse...
+        await asyncio.sleep(0.3)
+        assert claims.released == [("k", "won")]
+        # ...and the next request runs the image.
+        fresh = await node.join("k", b"x", {})
+        assert (await asyncio.wait_for(fresh.future, timeout=2.0))["text_lines"][0]["text"] == "read by A"
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
 
 
 @pytest.fixture
