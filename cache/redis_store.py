@@ -52,10 +52,17 @@ end
 return 0
 """
 # A result's read and its use time (XX: only for a key the LRU still holds), in one round trip.
+# A result that expired leaves the LRU on its first miss: stamped as just used, it counted
+# against max_results and pushed out live results before itself.
 GET_RESULT_SCRIPT = """
+local value = redis.call('get', KEYS[1])
+if not value then
+  redis.call('zrem', KEYS[2], ARGV[1])
+  return value
+end
 local now = redis.call('time')
 redis.call('zadd', KEYS[2], 'XX', tonumber(now[1]) + tonumber(now[2]) / 1000000, ARGV[1])
-return redis.call('get', KEYS[1])
+return value
 """
 # Push a claim's expiry one lease further, only if it is still ours.
 EXTEND_SCRIPT = """
@@ -223,7 +230,21 @@ class RedisStore:
             won = await self._client.set(self.prefix + "claim:" + key, token, nx=True, px=self._lease_ms())
             return token if won else None
 
-        return await self._guarded(take, "local")
+        asking = asyncio.ensure_future(self._guarded(take, "local"))
+        try:
+            return await asyncio.shield(asking)
+        except asyncio.CancelledError:
+            # The caller left mid round trip: a claim won meanwhile is given back, not left to
+            # hold every node sent the image for a lease.
+            asking.add_done_callback(lambda done: self._give_back_won(key, done))
+            raise
+
+    def _give_back_won(self, key: str, asked: asyncio.Future[str | None]) -> None:
+        if asked.cancelled() or asked.exception() is not None:
+            return
+        token = asked.result()
+        if token is not None and token != "local":
+            asyncio.ensure_future(self.release(key, token))
 
     async def claim_held(self, key: str) -> bool:
         async def held() -> bool:

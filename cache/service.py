@@ -105,10 +105,11 @@ class OcrService:
         cached = await self.lookup(key)
         if cached is not None:
             record.result, record.cached = cached, True
-        else:
-            self.tasks.refuse_if_full()
+            await self.tasks.add(record)
+            return record
+        with self.tasks.starting():
             record.computation = await self.join(key, payload, params)  # never released: the task must run
-        await self.tasks.add(record)
+            await self.tasks.add(record)
         return record
 
     async def task_view(self, task_id: str, wait: float = 0.0) -> TaskView | None:

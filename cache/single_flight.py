@@ -36,7 +36,8 @@ class Claims(Protocol):
     """Which node computes a key (cache.redis_store.RedisStore is the shared implementation)."""
 
     async def claim(self, key: str) -> str | None:
-        """A token if this node is to compute `key`, None if another node already does."""
+        """A token if this node is to compute `key`, None if another node already does.
+        A claim won after the caller was cancelled is given back."""
         ...
 
     async def claim_held(self, key: str) -> bool: ...
@@ -143,7 +144,7 @@ class SingleFlight:
             # this one asks for the claim joins this run instead of claiming too.
             self._in_flight[key] = computation
             try:
-                claim = await self._claim(key)
+                claim = await self.claims.claim(key)
             except BaseException as error:
                 # Cancelled or failed asking: the requests that joined meanwhile must not wait
                 # on a run that never starts, nor may later ones.
@@ -250,7 +251,7 @@ class SingleFlight:
                     return
                 if not await self.claims.claim_held(computation.key):
                     # The other node gave up (failure, crash, Redis down): compute here.
-                    claim = await self._claim(computation.key)
+                    claim = await self.claims.claim(computation.key)
                     if claim is None:
                         continue  # a third node was faster; keep waiting for it
                     self._start_job(computation, payload, params, claim)
@@ -258,20 +259,6 @@ class SingleFlight:
             raise TaskTimeoutError(f"another node did not finish this image within {wait_s:g} s")
         except PoolError as error:
             _fail(computation, error)
-
-    async def _claim(self, key: str) -> str | None:
-        """claims.claim(key); a claim won after the asker was cancelled is given back, not
-        kept until its lease lapses (every node sent the image would wait that long)."""
-        asking = asyncio.ensure_future(self.claims.claim(key))
-        try:
-            return await asyncio.shield(asking)
-        except asyncio.CancelledError:
-            asking.add_done_callback(lambda done: self._give_back_claim(key, done))
-            raise
-
-    def _give_back_claim(self, key: str, asked: asyncio.Future[str | None]) -> None:
-        if not asked.cancelled() and asked.exception() is None and asked.result() is not None:
-            asyncio.ensure_future(self.claims.release(key, asked.result()))  # type: ignore[arg-type]
 
     def _forget(self, computation: Computation) -> None:
         computation.payload = None

@@ -115,6 +115,7 @@ class TaskStore:
             capacity, ttl, clock, max_bytes=max_bytes, size_of=record_size, on_drop=self._on_drop
         )
         self.unfinished: dict[str, TaskRecord] = {}
+        self._starting = 0  # tasks between refuse_if_full() and add() (see starting())
         self.capacity = capacity
         self.shared = shared
         self.clock = clock
@@ -135,11 +136,23 @@ class TaskStore:
         return len(self.records) + len(self.unfinished)
 
     def refuse_if_full(self) -> None:
-        """Raise QueueFullError (503) when `capacity` tasks are unfinished already."""
-        if len(self.unfinished) >= max(1, self.capacity):
-            raise QueueFullError(
-                f"too many unfinished tasks ({len(self.unfinished)}, service.task_number); retry shortly"
-            )
+        """Raise QueueFullError (503) when `capacity` tasks are unfinished already (counting
+        those being started: see starting())."""
+        unfinished = len(self.unfinished) + self._starting
+        if unfinished >= max(1, self.capacity):
+            raise QueueFullError(f"too many unfinished tasks ({unfinished}, service.task_number); retry shortly")
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Hold an unfinished task's place while it is started (refused if there is none left):
+        starting takes awaits (a claim in Redis), and tasks checked for room at once would all
+        fit and then all be added."""
+        self.refuse_if_full()
+        self._starting += 1
+        try:
+            yield
+        finally:
+            self._starting -= 1
 
     async def add(self, record: TaskRecord) -> None:
         """Keep a new record; one with a computation records its outcome when that ends."""

@@ -29,7 +29,7 @@ from cache.redis_store import RedisStore
 from cache.result_store import MemoryResultStore, RedisBackedResultStore
 from cache.service import OcrService
 from cache.single_flight import SingleFlight
-from ocr_pool import TaskCancelledError, WorkerPool
+from ocr_pool import QueueFullError, TaskCancelledError, WorkerPool
 from ocr_pool.pool import Job
 from tests.conftest import GT_DIR, REPO, RunningServer, base_config, gt_manifest, random_word, start_server, text_image
 from tests.pdf_builder import image_pdf
@@ -607,11 +607,55 @@ def test_a_request_that_leaves_while_another_node_reads_its_image_ends(redis_url
     asyncio.run(asyncio.wait_for(scenario(), timeout=30))
 
 
-class SlowClaims:
-    """Claims whose answer takes a round trip; every claim is won, and released claims are noted."""
+def test_task_number_bounds_unfinished_tasks_whose_start_takes_a_redis_round_trip(redis_url: str) -> None:
+    # Room was checked before the claim's round trip and the task added after it: eight
+    # concurrent submissions all fitted a bound of two.
+    async def scenario() -> None:
+        service = OcrService(
+            FakePool(None, task_timeout=60.0),  # type: ignore[arg-type]
+            engine_identity="fake",
+            cache_capacity=10,
+            cache_ttl=60,
+            task_capacity=2,
+            task_ttl=60,
+            shared=make_store(redis_url),
+        )
+        outcomes = await asyncio.gather(
+            *(service.submit_task(f"image-{n}", "h", b"x", {}) for n in range(8)), return_exceptions=True
+        )
+        accepted = [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
+        refused = [outcome for outcome in outcomes if isinstance(outcome, QueueFullError)]
+        assert len(accepted) == 2 and len(refused) == 6
+        assert len(service.tasks.unfinished) == 2
+        # No place stays held once the starts have ended (added or refused).
+        assert service.tasks._starting == 0
+        assert service.shared is not None
+        await service.shared.close()
 
-    def __init__(self) -> None:
-        self.released: list[tuple[str, str]] = []
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+
+
+def test_an_expired_result_read_again_does_not_push_live_results_out(redis_url: str) -> None:
+    async def scenario() -> None:
+        store = make_store(redis_url, result_ttl=1.0, max_results=2)
+        client = redis.asyncio.Redis.from_url(redis_url)
+        await store.put_result("gone", {"text_lines": []})
+        await asyncio.sleep(1.3)  # expired in Redis
+        assert await store.get_result("gone") is None
+        await store.put_result("live", {"text_lines": []})
+        assert await store.get_result("gone") is None  # read again: still a miss
+        await store.put_result("newest", {"text_lines": []})
+        # Two live results within max_results=2: both kept.
+        assert await store.get_result("live") is not None and await store.get_result("newest") is not None
+        assert sorted(await client.zrange("ocr-test:lru", 0, -1)) == [b"live", b"newest"]
+        await client.aclose()
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+
+
+class SlowClaims:
+    """Claims whose answer takes a round trip; every claim is won."""
 
     async def claim(self, key: str) -> str | None:
         await asyncio.sleep(0.2)
@@ -624,14 +668,41 @@ class SlowClaims:
         return None
 
     async def release(self, key: str, token: str) -> None:
-        self.released.append((key, token))
+        return None
 
 
-def test_a_request_cancelled_while_asking_for_the_claim_leaves_no_run_and_no_claim_behind() -> None:
+def test_a_claim_won_after_its_asker_was_cancelled_is_given_back(redis_url: str) -> None:
+    # Cancelled between sending SET NX and its reply, the claim stayed in Redis for a lease:
+    # every node sent that image (or document) waited on a run nobody made.
     async def scenario() -> None:
-        claims = SlowClaims()
+        store = make_store(redis_url)
+        client = redis.asyncio.Redis.from_url(redis_url)
+        sent = store._client.set
+
+        async def slow_reply(*args: Any, **kwargs: Any) -> Any:
+            done = await sent(*args, **kwargs)  # Redis has set the claim...
+            await asyncio.sleep(0.3)  # ...and its reply is slow to arrive
+            return done
+
+        store._client.set = slow_reply  # type: ignore[method-assign]
+        asking = asyncio.ensure_future(store.claim("k"))
+        await asyncio.sleep(0.15)
+        assert await client.get("ocr-test:claim:k") is not None
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+        await asyncio.sleep(0.5)  # the reply arrives: the won claim goes back
+        assert await client.get("ocr-test:claim:k") is None
+        await client.aclose()
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+
+
+def test_a_request_cancelled_while_asking_for_the_claim_leaves_no_run_behind() -> None:
+    async def scenario() -> None:
         pool = FakePool(0.05)
-        node = SingleFlight(pool, MemoryResultStore(100, 60.0), claims)  # type: ignore[arg-type]
+        node = SingleFlight(pool, MemoryResultStore(100, 60.0), SlowClaims())  # type: ignore[arg-type]
         starting = asyncio.ensure_future(node.join("k", b"x", {}))
         await asyncio.sleep(0.05)
         joined = await node.join("k", b"x", {})  # joins the run being started
@@ -642,9 +713,6 @@ def test_a_request_cancelled_while_asking_for_the_claim_leaves_no_run_and_no_cla
         with pytest.raises(TaskCancelledError):
             await asyncio.wait_for(joined.future, timeout=1.0)
         assert node.in_flight == 0 and pool.jobs == []
-        # ...the claim won after the asker left is given back, not left to lapse...
-        await asyncio.sleep(0.3)
-        assert claims.released == [("k", "won")]
         # ...and the next request runs the image.
         fresh = await node.join("k", b"x", {})
         assert (await asyncio.wait_for(fresh.future, timeout=2.0))["text_lines"][0]["text"] == "read by A"
