@@ -610,13 +610,48 @@ def is_vertical(box: np.ndarray) -> bool:
     return h / w >= VERTICAL_RATIO
 
 
+# OpenCV warps images under 32767 px a side (SHRT_MAX) only: a crop is warped from the part of
+# the page it comes from (a long screenshot is taller than that), a longer crop in pieces.
+WARP_PIECE = 16384
+# Source pixels beyond a crop's own that its interpolation (cubic: 2 a side) may read.
+WARP_MARGIN = 4
+
+
 def crop_box(img: np.ndarray, box: np.ndarray) -> np.ndarray:
     """Perspective-rectify one quadrilateral; tall crops are turned to horizontal."""
     w, h = _box_size(box)
     dst = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
     m = cv2.getPerspectiveTransform(box.astype(np.float32), dst)
-    crop = cv2.warpPerspective(img, m, (w, h), borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_CUBIC)
+    if w <= WARP_PIECE and h <= WARP_PIECE:
+        crop = _warp_piece(img, m, 0, 0, w, h)
+    else:
+        crop = np.empty((h, w, *img.shape[2:]), dtype=img.dtype)
+        for top in range(0, h, WARP_PIECE):
+            for left in range(0, w, WARP_PIECE):
+                right, bottom = min(w, left + WARP_PIECE), min(h, top + WARP_PIECE)
+                crop[top:bottom, left:right] = _warp_piece(img, m, left, top, right, bottom)
     if h / w >= VERTICAL_RATIO:
         # Vertical text column: the recogniser reads left-to-right only.
         crop = np.ascontiguousarray(np.rot90(crop))
     return crop
+
+
+def _warp_piece(img: np.ndarray, m: np.ndarray, left: int, top: int, right: int, bottom: int) -> np.ndarray:
+    """Columns left..right and rows top..bottom of cv2.warpPerspective(img, m, ...) with
+    replicated borders, read from the part of `img` they come from: the same pixels."""
+    corners = np.array([[[left, top], [right, top], [right, bottom], [left, bottom]]], dtype=np.float64)
+    src = cv2.perspectiveTransform(corners, np.linalg.inv(m))[0]
+    height, width = img.shape[:2]
+    x0 = min(width - 1, max(0, int(np.floor(src[:, 0].min())) - WARP_MARGIN))
+    y0 = min(height - 1, max(0, int(np.floor(src[:, 1].min())) - WARP_MARGIN))
+    x1 = max(x0 + 1, min(width, int(np.ceil(src[:, 0].max())) + WARP_MARGIN + 1))
+    y1 = max(y0 + 1, min(height, int(np.ceil(src[:, 1].max())) + WARP_MARGIN + 1))
+    to_piece = np.array([[1, 0, -left], [0, 1, -top], [0, 0, 1]], dtype=np.float64)
+    from_region = np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1]], dtype=np.float64)
+    return cv2.warpPerspective(
+        img[y0:y1, x0:x1],
+        to_piece @ m @ from_region,
+        (right - left, bottom - top),
+        borderMode=cv2.BORDER_REPLICATE,
+        flags=cv2.INTER_CUBIC,
+    )

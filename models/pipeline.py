@@ -282,7 +282,7 @@ class OcrEngine:
                 continue
             lines.append(
                 {
-                    "text": text,
+                    "text": text.strip(),  # a space read at either end is no part of the line
                     "confidence": round(float(score), 4),
                     "box": [[round(float(x)), round(float(y))] for x, y in box],
                 }

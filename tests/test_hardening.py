@@ -263,6 +263,8 @@ def _upload_cases() -> list[tuple[str, bytes, int, str]]:
         ("corrupt jpeg", good_jpeg[:200] + bytes(range(256)) * 4, 415, "unsupported_image"),
         ("text named .jpg", b"Dear team,\nplease find attached\n" * 20, 415, "unsupported_image"),
         ("decompression bomb", declared_png(30000, 30000), 413, "image_too_large"),
+        # 1.1 megapixels in 120 bytes: detection along such a strip ran past task_timeout.
+        ("strip over 65535 px long", declared_png(70000, 16), 413, "image_too_large"),
         ("1x1 image", encoded(Image.new("RGB", (1, 1), "white"), "PNG"), 422, "image_too_small"),
     ]
 
@@ -274,6 +276,19 @@ def test_bad_uploads_get_typed_errors(
     response = post(ocr_server, data={"file_type": "file"}, files={"file": ("photo.jpg", data, "image/jpeg")})
     assert response.status_code == status, (label, response.text)
     assert error_code(response) == code
+
+
+def test_a_screenshot_taller_than_32767_px_is_read_top_to_bottom(ocr_server: RunningServer) -> None:
+    # OpenCV warps images under 32767 px a side only: every line of such a page failed (500).
+    words = [random_word(), random_word()]
+    page = Image.new("L", (400, 33_000), 255)
+    for word, top in zip(words, (200, 32_700), strict=True):
+        page.paste(Image.open(io.BytesIO(text_image(word))), (20, top))
+    response = post(ocr_server, data={"file_type": "file"}, files={"file": ("long.png", encoded(page, "PNG"))})
+    assert response.status_code == 200, response.text
+    read = [line["text"].replace(" ", "") for line in response.json()["text_lines"]]
+    assert [word in text for word, text in zip(words, read, strict=False)] == [True, True], read
+    assert response.json()["text_lines"][1]["box"][0][1] > 32_000
 
 
 def test_malformed_multipart_and_fields(ocr_server: RunningServer) -> None:

@@ -19,6 +19,7 @@ import time
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
@@ -39,6 +40,7 @@ from models import (
     create_engine,
     model_identity,
 )
+from models import det as detection
 from models.det import TextDetector, is_blank, outside_boxes, reading_order, sort_reading_order
 from models.families import DetDefaults
 from models.image_io import decode_image
@@ -1359,3 +1361,47 @@ def test_recogniser_batches_hold_no_more_columns_than_one_longest_line() -> None
         assert len(batch) == 1 or len(batch) * max(min(long[i], _MAX_RATIO) for i in batch) <= _MAX_RATIO
         assert len(batch) <= _BATCH
     assert sorted(i for batch in batches(long) for i in batch) == list(range(len(long)))
+
+
+def _whole_page_crop(img: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """crop_box as it warped from the whole page (OpenCV: under 32767 px a side only)."""
+    w = int(max(np.linalg.norm(box[0] - box[1]), np.linalg.norm(box[2] - box[3])))
+    h = int(max(np.linalg.norm(box[0] - box[3]), np.linalg.norm(box[1] - box[2])))
+    dst = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
+    m = cv2.getPerspectiveTransform(box.astype(np.float32), dst)
+    return cv2.warpPerspective(img, m, (w, h), borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_CUBIC)
+
+
+def _turned_box(cx: float, cy: float, w: float, h: float, angle: float) -> np.ndarray:
+    corners = np.array([[-w / 2, -h / 2], [w / 2, -h / 2], [w / 2, h / 2], [-w / 2, h / 2]])
+    turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    return (corners @ turn.T + [cx, cy]).astype(np.float32)
+
+
+@pytest.mark.parametrize("piece", [detection.WARP_PIECE, 64])
+def test_a_crop_warped_from_its_part_of_the_page_is_the_whole_page_warp(
+    piece: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(detection, "WARP_PIECE", piece)  # 64: every crop of more than 64 px in pieces
+    rng = np.random.default_rng(7)
+    page = rng.integers(0, 256, (700, 1100, 3), dtype=np.uint8)
+    differing = []
+    for _ in range(400):
+        box = _turned_box(*rng.uniform((-40, -40), (1140, 740)), *rng.uniform((3, 3), (500, 160)), rng.uniform(-0.5, 0.5))
+        crop, whole = detection.crop_box(page, box), _whole_page_crop(page, box)
+        if whole.shape[0] / whole.shape[1] >= detection.VERTICAL_RATIO:
+            whole = np.ascontiguousarray(np.rot90(whole))
+        assert crop.shape == whole.shape
+        # The same pixels, but for OpenCV's fixed-point rounding of a few samples' positions
+        # (1/32 px: a few grey levels on this noise); a crop one pixel off differs everywhere.
+        assert np.abs(crop.astype(int) - whole).mean() < 0.05
+        differing.append(np.count_nonzero(crop != whole) / crop.size)
+    assert np.mean(differing) < 1e-3
+
+
+def test_a_line_of_a_page_taller_than_opencv_warps_is_cropped() -> None:
+    page = np.full((40_000, 300, 3), 255, dtype=np.uint8)
+    page[39_000:39_040, 20:280] = 0
+    crop = detection.crop_box(page, _turned_box(150, 39_020, 280, 60, 0.0))
+    assert crop.shape == (60, 280, 3)
+    assert (crop[10:50, 10:270] == 0).all() and (crop[:8] == 255).all()
