@@ -195,9 +195,13 @@
     stage.hidden = false;
     pagesView.hidden = true;
     pagesView.replaceChildren();
+    const [width, height] = body.image_size;
+    // The browser may show the picture turned otherwise than the server read it (an EXIF
+    // orientation Chromium does not follow in a WebP, or after a PNG's image data): the boxes
+    // would miss their text, so it is treated as a picture the browser cannot show.
+    if (decoded && (image.naturalWidth !== width || image.naturalHeight !== height)) decoded = false;
     // A broken-image icon says nothing: each line's text is drawn in its box instead.
     image.hidden = !decoded;
-    const [width, height] = body.image_size;
     // The stage keeps the image's aspect ratio and fits the window; the SVG's viewBox is in
     // image pixels, so the boxes scale exactly with the displayed image.
     stage.style.aspectRatio = `${width} / ${height}`;

@@ -462,6 +462,27 @@ def test_a_one_page_tiff_shows_its_text_in_the_boxes(webui: PageWatch) -> None:
     assert webui.page_errors == []
 
 
+def test_a_picture_the_browser_turns_otherwise_than_the_server_shows_its_text_in_the_boxes(webui: PageWatch) -> None:
+    # Chromium does not follow an EXIF orientation in a WebP: the picture was squashed into the
+    # server's turned size and every box fell on blank paper.
+    page = webui.page
+    word = random_word()
+    upright = Image.open(io.BytesIO(text_image(f"TURNED {word}"))).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise: stored turned back
+    stored = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(stored, format="WEBP", lossless=True, exif=exif.tobytes())
+    answer = webui.upload({"name": "turned.webp", "mimeType": "image/webp", "buffer": stored.getvalue()})
+    assert page.get_attribute("body", "data-state") == "done", page.text_content("#message")
+    assert answer["image_size"] == list(upright.size)  # the server read it upright
+    natural = page.evaluate("[document.getElementById('image').naturalWidth, document.getElementById('image').naturalHeight]")
+    assert natural == [upright.height, upright.width]  # this browser shows it as stored
+    assert page.locator("#image").is_hidden()
+    drawn = page.locator("#overlay text").all_text_contents()
+    assert word in " ".join(drawn).replace(" ", ""), drawn
+    assert webui.page_errors == []
+
+
 def test_a_document_is_followed_through_a_lost_connection(webui: PageWatch) -> None:
     # One failed poll (a dropped connection, then a proxy's 503 while a node restarts) used to
     # end the page's follow with an error although the task went on; now it tries again.
