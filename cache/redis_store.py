@@ -320,6 +320,22 @@ class RedisStore:
 
         return await self._guarded(write, False)
 
+    async def request_cancel(self, task_id: str) -> bool:
+        """Ask the node that runs a task to cancel it (its next heartbeat reads this); False
+        when Redis could not be reached."""
+
+        async def write() -> bool:
+            await self._client.set(self.prefix + "cancel:" + task_id, b"1", ex=max(1, int(self.task_ttl)))
+            return True
+
+        return await self._guarded(write, False)
+
+    async def cancel_requested(self, task_id: str) -> bool:
+        async def read() -> bool:
+            return bool(await self._client.exists(self.prefix + "cancel:" + task_id))
+
+        return await self._guarded(read, False)
+
     async def get_task(self, task_id: str) -> dict[str, Any] | None:
         """The stored view (None: no such task); an unfinished one also with `heartbeat_age`,
         the seconds since its node last wrote it (by Redis's clock, the one that stamped it).

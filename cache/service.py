@@ -18,7 +18,7 @@ from cache.redis_store import RedisStore
 from cache.result_store import MemoryResultStore, RedisBackedResultStore
 from cache.single_flight import Computation, LocalClaims, SingleFlight
 from cache.task_store import TaskRecord, TaskStore
-from ocr_pool import WorkerPool
+from ocr_pool import TaskCancelledError, WorkerPool
 
 
 def params_text(params: dict[str, Any]) -> str:
@@ -69,6 +69,7 @@ class OcrService:
         )
         self.flight = SingleFlight(pool, self.results, shared or LocalClaims(), failure_ttl)
         self.tasks = TaskStore(task_capacity, task_ttl, shared, task_bytes)
+        self.tasks.on_cancel = self._cancel
         self.hits = 0
         self.misses = 0
 
@@ -111,6 +112,28 @@ class OcrService:
             record.computation = await self.join(key, payload, params)  # never released: the task must run
             await self.tasks.add(record)
         return record
+
+    async def cancel_task(self, task_id: str) -> tuple[TaskView | None, bool]:
+        """Cancel a fire-and-forget task (an image's or a document's) and return its view, and
+        whether the cancel was left to another node. One this node runs fails as cancelled at
+        once and lets go of its run: dropped, with whatever has not started (a document's
+        pages), unless a blocking request or another task waits on it too. One another node
+        runs (Redis) is cancelled by that node at its next heartbeat. A finished task stays as
+        it was. (None, False): no such task."""
+        record = self.tasks.unfinished.get(task_id)
+        if record is not None and record.computation is not None:
+            self._cancel(record)
+            return record.view(), False
+        view = await self.tasks.view(task_id)
+        if view is None or view.status not in ("queued", "running") or self.shared is None:
+            return view, False
+        return view, await self.shared.request_cancel(task_id)
+
+    def _cancel(self, record: TaskRecord) -> None:
+        computation = record.computation
+        assert computation is not None
+        self.tasks.end(record, TaskCancelledError("cancelled by its client (DELETE of the task)"))
+        self.release(computation)
 
     async def task_view(self, task_id: str, wait: float = 0.0) -> TaskView | None:
         """The task's state; with `wait`, first wait up to that many seconds for it to finish."""

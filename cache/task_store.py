@@ -129,6 +129,8 @@ class TaskStore:
         # time (monotonic) past which it would have expired anyway; one retry loop for all.
         self._unshared: dict[str, tuple[TaskRecord, float]] = {}
         self._resharing: asyncio.Task[None] | None = None
+        # Cancels a task this node runs whose cancel another node asked for (set by OcrService).
+        self.on_cancel: Callable[[TaskRecord], None] | None = None
         if shared is not None:
             shared.on_data_lost.append(self._share_all_again)
 
@@ -172,13 +174,32 @@ class TaskStore:
         finishing.add_done_callback(self._pending.discard)
 
     async def _finished(self, record: TaskRecord, future: asyncio.Future[Result]) -> None:
-        self._stop_heartbeat(record.task_id)
+        if record.computation is None:
+            return  # it ended before its run did (cancelled: see end())
         record.record_outcome(future)
+        self._close(record)
+        if not await self._share(record):
+            self._share_later(record)
+
+    def end(self, record: TaskRecord, error: PoolError) -> None:
+        """End an unfinished task now with `error` (its client cancelled it), whatever becomes
+        of its run: the caller lets go of that."""
+        record.error = error
+        self._close(record)
+        sharing = asyncio.ensure_future(self._share_or_later(record))
+        self._pending.add(sharing)
+        sharing.add_done_callback(self._pending.discard)
+
+    def _close(self, record: TaskRecord) -> None:
+        """A task has its outcome: its heartbeat stops and its record is kept as finished."""
+        self._stop_heartbeat(record.task_id)
         # The outcome is copied: let go of the computation (and through it the job and the image).
         record.computation = None
         # Kept a full TTL from now, not from submission.
         self._keep(record)
         self.unfinished.pop(record.task_id, None)
+
+    async def _share_or_later(self, record: TaskRecord) -> None:
         if not await self._share(record):
             self._share_later(record)
 
@@ -247,6 +268,10 @@ class TaskStore:
 
     async def _beat(self, record: TaskRecord) -> bool:
         await self._share(record)  # queued or running (a document: its progress), and a fresh TTL
+        if self.on_cancel is not None and self.shared is not None and await self.shared.cancel_requested(record.task_id):
+            if record.computation is not None:  # (it may have ended meanwhile)
+                self.on_cancel(record)  # a DELETE of it reached another node
+            return False
         return True  # Redis down: beat again, the record may outlast the outage
 
     def _stop_heartbeat(self, task_id: str) -> None:

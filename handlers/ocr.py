@@ -411,14 +411,31 @@ class TaskHandler(JsonHandler):
             if dropped is None:
                 raise ApiError(404, "task_not_found", "no such task (unknown id, or dropped long ago or elsewhere)")
             raise self._dropped_error(dropped)
+        self._write_view(view)
+
+    async def delete(self, task_id: str) -> None:
+        # Cancel the task (its queued work is dropped unless other requests wait on it too);
+        # a finished one is answered as it is. 202: another node runs it and will cancel it.
+        try:
+            view, elsewhere = await self.ctx.ocr.cancel_task(task_id) if is_hex_id(task_id) else (None, False)
+        except PoolError as exc:
+            raise api_error_from_pool(exc) from None
+        if view is None:
+            dropped = self.ctx.ocr.tasks.dropped(task_id)
+            if dropped is None:
+                raise ApiError(404, "task_not_found", "no such task (unknown id, or dropped long ago or elsewhere)")
+            raise self._dropped_error(dropped)
+        self._write_view(view, status=202 if elsewhere else 200)
+
+    def _write_view(self, view: TaskView, status: int = 200) -> None:
         if view.status == "done" and view.result is not None:
-            self.write_json(result_body(view.task_id, view.image_hash, view.result, view.cached))
+            self.write_json(result_body(view.task_id, view.image_hash, view.result, view.cached), status=status)
             return
         body = view.status_json()
         if view.error is not None:
             code = view.error.code
             body["error"] = {"code": code, "message": view.error.message, "http_status": STATUS_BY_CODE.get(code, 500)}
-        self.write_json(body)
+        self.write_json(body, status=status)
 
     async def _view(self, task_id: str, wait: float) -> TaskView | None:
         if wait <= 0:

@@ -513,7 +513,48 @@ def build_spec() -> dict[str, Any]:
                             retry_after=True,
                         ),
                     },
-                }
+                },
+                "delete": {
+                    "operationId": "cancelTask",
+                    "summary": "Cancel a task created with block_flag=false",
+                    "description": "Its queued work (a document's pages not started) is dropped unless a blocking "
+                    "request or another task waits on the same image; a page or image being read is finished and "
+                    "cached. The task reads as `failed` with the error `cancelled` from then on. A finished task "
+                    "is answered as it is.",
+                    "parameters": [
+                        {
+                            "name": "task_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json_ok(
+                            "Cancelled (`failed`, error `cancelled`), or the finished task as a poll would answer it.",
+                            {"oneOf": [_ref("OcrResult"), _ref("DocumentResult"), _ref("TaskPending")]},
+                        ),
+                        "202": _json_ok(
+                            "Redis backend: another node runs the task and cancels it at its next heartbeat "
+                            "(within 5 s); its status until then.",
+                            _ref("TaskPending"),
+                        ),
+                        "404": _error_response(
+                            404, "Unknown task id (or one dropped long ago), or a malformed one.", ["task_not_found"]
+                        ),
+                        "410": _error_response(
+                            410,
+                            "A finished task whose record this server dropped.",
+                            ["task_evicted", "task_expired"],
+                        ),
+                        "503": _error_response(
+                            503,
+                            "Redis backend: the shared store could not be reached; nothing was cancelled.",
+                            ["store_unavailable"],
+                            retry_after=True,
+                        ),
+                    },
+                },
             },
             "/ocr_service/previews/{token}": {
                 "get": {

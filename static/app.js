@@ -34,6 +34,16 @@
   // Aborts the replaced upload's requests: the server then drops its task if it has not
   // started, and a few quick re-uploads do not hold all of the browser's connections.
   let inFlight = new AbortController();
+  // The status URL of the document task being followed: a newer upload (or leaving the page)
+  // cancels it on the server, whose pages not read yet would otherwise go on taking the
+  // workers from the upload that replaced it.
+  let followed = null;
+
+  function cancelFollowed() {
+    if (followed === null) return;
+    fetch(followed, { method: "DELETE", keepalive: true }).catch(() => {});
+    followed = null;
+  }
 
   // body[data-state] is idle | busy | done | error: CSS and the end-to-end test read it.
   function setState(state) {
@@ -60,6 +70,7 @@
 
   async function upload(file) {
     const seq = ++uploadSeq;
+    cancelFollowed();
     inFlight.abort();
     inFlight = new AbortController();
     lastFile = file;
@@ -122,6 +133,16 @@
 
   // Long-poll the task until it is done or failed, moving the progress bar as pages finish.
   async function followTask(task, file, seq, signal) {
+    followed = task.status_url;
+    try {
+      return await pollTask(task, file, seq, signal);
+    } finally {
+      // Ended (or given up on): nothing to cancel, unless a newer upload follows its own.
+      if (seq === uploadSeq && followed === task.status_url) followed = null;
+    }
+  }
+
+  async function pollTask(task, file, seq, signal) {
     let body = task;
     let retries = 0;
     for (;;) {
@@ -481,6 +502,8 @@
 
   // The whole window takes a dropped file, so a near miss does not navigate away from the page.
   let dragDepth = 0;
+  // Leaving or reloading the page: nobody will see the document being read.
+  window.addEventListener("pagehide", cancelFollowed);
   window.addEventListener("dragenter", (event) => {
     event.preventDefault();
     dragDepth += 1;

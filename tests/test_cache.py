@@ -198,14 +198,16 @@ def test_request_after_the_last_waiter_left_a_queued_run_gets_the_result() -> No
     run(check, size=1)
 
 
-def fake_service(pool: WorkerPool, failure_ttl: float = 0.0, shared: RedisStore | None = None) -> OcrService:
+def fake_service(
+    pool: WorkerPool, failure_ttl: float = 0.0, shared: RedisStore | None = None, task_capacity: int = 10
+) -> OcrService:
     """A small service over `pool` (10 results and tasks, 60 s each), optionally sharing `shared`."""
     return OcrService(
         pool,
         engine_identity="fake",
         cache_capacity=10,
         cache_ttl=60,
-        task_capacity=10,
+        task_capacity=task_capacity,
         task_ttl=60,
         failure_ttl=failure_ttl,
         shared=shared,

@@ -611,15 +611,7 @@ def test_task_number_bounds_unfinished_tasks_whose_start_takes_a_redis_round_tri
     # Room was checked before the claim's round trip and the task added after it: eight
     # concurrent submissions all fitted a bound of two.
     async def scenario() -> None:
-        service = OcrService(
-            FakePool(None, task_timeout=60.0),  # type: ignore[arg-type]
-            engine_identity="fake",
-            cache_capacity=10,
-            cache_ttl=60,
-            task_capacity=2,
-            task_ttl=60,
-            shared=make_store(redis_url),
-        )
+        service = fake_service(FakePool(None, task_timeout=60.0), shared=make_store(redis_url), task_capacity=2)  # type: ignore[arg-type]
         outcomes = await asyncio.gather(
             *(service.submit_task(f"image-{n}", "h", b"x", {}) for n in range(8)), return_exceptions=True
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -15,9 +16,10 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from PIL import Image
 from tornado import httpclient, netutil, web
 
-from cache import OcrService, TTLLRUCache
+from cache import OcrService, TTLLRUCache, task_store
 from cache.task_store import DROPPED_PER_TASK, TaskRecord, TaskStore, record_size
 from handlers.context import AppContext
 from handlers.ocr import TaskHandler
@@ -25,8 +27,9 @@ from handlers.upload_budget import UploadBudget
 from http_listener import GuardedHTTPServer
 from settings import settings_from_dict
 from tests.conftest import RunningServer, base_config, metric, random_word, text_image
+from tests.pdf_builder import image_pdf
 from tests.test_cache import FakeClock
-from tests.test_scaleout import REDIS, FakePool, make_store, redis_url
+from tests.test_scaleout import REDIS, FakePool, make_store, redis_url, service_node
 
 __all__ = ["redis_url"]  # the fixture, imported for its use by name here
 
@@ -307,3 +310,94 @@ def test_a_poll_of_a_task_pushed_out_by_newer_tasks_is_410_naming_service_task_n
     assert requests.get(server.url + paths[1], timeout=10).status_code == 200
     unknown = requests.get(f"{server.url}/ocr_service/tasks/{'0' * 32}", timeout=10)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "task_not_found"
+
+
+def _text_page(words: list[str]) -> Image.Image:
+    """A page of a few lines of text (a second or so of OCR)."""
+    page = Image.new("L", (1240, 1754), 255)
+    for row, word in enumerate(words):
+        page.paste(Image.open(io.BytesIO(text_image(f"{word} {row}"))), (80, 100 + row * 140))
+    return page
+
+
+def test_a_cancelled_document_task_fails_as_cancelled_and_drops_its_pages_not_started(
+    ocr_server: RunningServer,
+) -> None:
+    pages = 16
+    runs_before = ocr_server.health()["ocr_runs"]
+    pdf = image_pdf([_text_page([random_word() for _ in range(8)]) for _ in range(pages)], dpi=150)
+    submitted = requests.post(
+        f"{ocr_server.url}/ocr_service",
+        data={"file_type": "file", "block_flag": "false"},
+        files={"file": ("doc.pdf", pdf)},
+        timeout=60,
+    ).json()
+    status_url = f"{ocr_server.url}{submitted['status_url']}"
+    deadline = time.monotonic() + 120
+    while (requests.get(status_url, timeout=30).json().get("pages_done") or 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cancelled = requests.delete(status_url, timeout=30)
+    assert cancelled.status_code == 200, cancelled.text
+    body = cancelled.json()
+    assert body["status"] == "failed" and body["error"]["code"] == "cancelled", body
+    assert "cancelled by its client" in body["error"]["message"]
+    # From then on a poll says so, at once (its run is not waited for)...
+    started = time.monotonic()
+    polled = requests.get(f"{status_url}?wait=20", timeout=60).json()
+    assert polled["status"] == "failed" and polled["error"]["code"] == "cancelled"
+    assert time.monotonic() - started < 10
+    # ...and the pages that had not started are not read: the workers fall idle early.
+    deadline = time.monotonic() + 60
+    while ocr_server.health()["workers"]["busy"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    runs = ocr_server.health()["ocr_runs"]
+    time.sleep(1.5)
+    assert ocr_server.health()["ocr_runs"] == runs
+    assert runs - runs_before < 1 + pages  # its probe and every page would have been
+    # Cancelling it again answers it as it is.
+    again = requests.delete(status_url, timeout=30)
+    assert again.status_code == 200 and again.json()["error"]["code"] == "cancelled"
+
+
+def test_cancelling_a_finished_an_unknown_or_a_malformed_task(ocr_server: RunningServer) -> None:
+    word = random_word()
+    queued = ocr_server.ocr_upload(text_image(word), block_flag="false").json()
+    status_url = f"{ocr_server.url}{queued['status_url']}"
+    done = requests.get(f"{status_url}?wait=30", timeout=60).json()
+    assert done["status"] == "done"
+    kept = requests.delete(status_url, timeout=30)
+    assert kept.status_code == 200 and kept.json()["status"] == "done"
+    assert kept.json()["text_lines"] == done["text_lines"]
+    for task_id in ("0" * 32, "not-a-task"):
+        missing = requests.delete(f"{ocr_server.url}/ocr_service/tasks/{task_id}", timeout=30)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "task_not_found"
+    assert "DELETE" in requests.post(status_url, timeout=30).headers["Allow"]
+
+
+@pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (test.sh installs it)")
+def test_a_task_cancelled_on_another_node_is_cancelled_by_the_node_that_runs_it(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(task_store, "HEARTBEAT_S", 0.25)
+
+    async def scenario() -> None:
+        node_a = service_node(redis_url, FakePool(None, task_timeout=60.0))
+        node_b = service_node(redis_url, FakePool(None, task_timeout=60.0))
+        record = await node_a.submit_task("k", "h", b"x", {})
+        await asyncio.sleep(0.1)
+        view, elsewhere = await node_b.cancel_task(record.task_id)
+        assert elsewhere and view is not None and view.status == "queued"
+        deadline = time.monotonic() + 10
+        while record.status != "failed" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert record.error is not None and record.error.code == "cancelled"
+        assert record.task_id not in node_a.tasks.unfinished
+        await asyncio.sleep(0.3)  # the outcome reaches Redis
+        seen_from_b = await node_b.task_view(record.task_id)
+        assert seen_from_b is not None and seen_from_b.status == "failed" and seen_from_b.error is not None
+        assert seen_from_b.error.code == "cancelled"
+        for node in (node_a, node_b):
+            assert node.shared is not None
+            await node.shared.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))

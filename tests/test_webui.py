@@ -335,6 +335,30 @@ def test_document_shows_progress_then_every_page_with_its_boxes(webui: PageWatch
     assert webui.foreign_requests() == []
 
 
+def test_a_document_replaced_by_a_new_upload_is_cancelled_on_the_server(webui: PageWatch) -> None:
+    # A new upload only stopped following the document: its pages went on taking the workers
+    # (a 60-page PDF replaced by another: 503 queue_full for the second).
+    from tests.pdf_builder import image_pdf
+
+    page = webui.page
+    deletes: list[str] = []
+    page.on("request", lambda request: deletes.append(request.url) if request.method == "DELETE" else None)
+    pages = [Image.open(io.BytesIO(text_image(f"PAGE {random_word()} {n}"))).resize((1200, 300)) for n in range(30)]
+    with page.expect_response(_is_ocr_post, timeout=RESULT_TIMEOUT_MS) as answer:
+        page.set_input_files("#file", {"name": "long.pdf", "mimeType": "application/pdf", "buffer": image_pdf(pages)})
+    task = answer.value.json()
+    assert answer.value.status == 202 and task["status"] != "done"
+    page.wait_for_selector("#progress:not([hidden])", timeout=RESULT_TIMEOUT_MS)
+    word = random_word()
+    webui.upload({"name": "next.png", "mimeType": "image/png", "buffer": text_image(word)})
+    assert page.get_attribute("body", "data-state") == "done" and word in " ".join(webui.shown_texts())
+    status_url = f"{webui.base_url}{task['status_url']}"
+    assert deletes == [status_url]
+    view = requests.get(status_url, timeout=30).json()
+    assert view["status"] == "failed" and view["error"]["code"] == "cancelled", view
+    assert webui.page_errors == []
+
+
 # ---- the page against answers it cannot trust or did not expect (the server is stood in for) ----
 
 HOSTILE = '<img src=x onerror="document.title=1">'
