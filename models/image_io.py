@@ -371,23 +371,26 @@ def _on_ground(img: Image.Image) -> np.ndarray:
 def _deep_grey_to_bgr(img: Image.Image) -> np.ndarray:
     """16/32-bit integer or float greyscale as 8-bit BGR.
 
-    Integers: kept when the largest is at most 255, else scaled by 255 / max(65535, largest)
-    (16-bit data by 65535). Floats: NaN -> 0 and +-inf -> the largest / smallest finite
-    value, then 0..1 data scaled by 255, 0..255 data kept, anything else stretched from
-    min(0, smallest) .. largest to 0..255.
+    Integers: kept when they lie in 0..255, else stretched from min(0, smallest) .. largest
+    to 0..255: a 10- or 12-bit scan in a 16-bit file (0..1023) was divided by 257 into the
+    four darkest greys, and negative values were clipped to black. Floats: NaN -> 0 and
+    +-inf -> the largest / smallest finite value, then 0..1 data scaled by 255, 0..255 data
+    kept, anything else stretched from min(0, smallest) .. largest to 0..255.
     """
     width, height = img.size
     out = np.empty((height, width, 3), dtype=np.uint8)
     if not out.size:
         return out
     if img.mode != "F":
+        low = min(0, min(int(band.min()) for _, band in _bands(img)))
         top = max(int(band.max()) for _, band in _bands(img))
-        divisor = max(65535, top) if top > 255 else 1
+        span = top - low if low < 0 or top > 255 else 0
         for row, band in _bands(img):
             values = band.astype(np.int64)
-            if divisor > 1:
+            if span:
+                values -= low
                 values *= 255
-                values //= divisor
+                values //= span
             np.clip(values, 0, 255, out=values)
             out[row : row + band.shape[0]] = values[:, :, None]
         return out

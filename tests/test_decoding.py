@@ -214,12 +214,41 @@ def test_float_outside_0_to_255_is_stretched_by_its_finite_range() -> None:
     assert kept.max() == 200
 
 
-def test_16_bit_is_still_scaled_by_65535() -> None:
+def test_16_bit_is_scaled_by_its_largest_value() -> None:
     values = np.array([[0, 257, 25700, 65535] * 4] * 16, dtype=np.uint16)
     out = io.BytesIO()
     Image.fromarray(values).save(out, "PNG")
     decoded = decode_image(out.getvalue())
     assert decoded[0, :4, 0].tolist() == [0, 1, 100, 255]
+
+
+def _deep_text_page(ink: int, paper: int, dtype: str, fmt: str) -> bytes:
+    """Black-on-white text whose greys are ink and paper, as a 16- or 32-bit greyscale file."""
+    page = np.asarray(Image.open(io.BytesIO(text_image("TEN BIT SCAN"))).convert("L"), dtype=np.float64) / 255.0
+    values = np.rint(ink + page * (paper - ink)).astype(dtype)
+    out = io.BytesIO()
+    Image.fromarray(values).save(out, fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("ink", "paper", "dtype", "fmt"),
+    [(0, 1023, "uint16", "PNG"), (0, 4095, "uint16", "TIFF"), (-255, 0, "int32", "TIFF"), (-5000, 20000, "int32", "TIFF")],
+    ids=["10-bit in 16", "12-bit in 16", "negative int32", "int32 across 0"],
+)
+def test_deep_integer_greys_are_stretched_over_their_own_range(ink: int, paper: int, dtype: str, fmt: str) -> None:
+    # 10-bit data in a 16-bit PNG came out in greys 0..3, negative int32 all black: nothing read.
+    decoded = decode_image(_deep_text_page(ink, paper, dtype, fmt))[:, :, 0]
+    expected = decode_image(text_image("TEN BIT SCAN"))[:, :, 0]  # the same page in 8 bits
+    low = min(0, ink)
+    assert decoded.max() == 255 and decoded.min() == round((ink - low) * 255 / (paper - low))
+    assert np.abs(decoded.astype(int) - np.rint(low_to(expected, ink, paper, low))).max() <= 2
+
+
+def low_to(page: np.ndarray, ink: int, paper: int, low: int) -> np.ndarray:
+    """An 8-bit page's greys as they come back from ink..paper stretched from low..paper."""
+    values = ink + page / 255.0 * (paper - ink)
+    return (values - low) * 255.0 / (paper - low)
 
 
 # --- memory: no whole-image float64 arrays or RGBA copies ---------------------------------
@@ -314,7 +343,8 @@ def test_a_colour_keyed_png_is_transparent_where_the_key_is(mode: str) -> None:
     out = io.BytesIO()
     image.save(out, "PNG", transparency=(0, 0, 0) if mode == "RGB" else 0)
     pixels = decode_image(out.getvalue())
-    ground, text = int(pixels[2, 2, 0]), int(pixels[:, :, 0].min() if mode != "1" else pixels[:, :, 0].max())
+    # (The 16-bit ink, the largest value there, is stretched to white: it is read on black.)
+    ground, text = int(pixels[2, 2, 0]), int(np.median(pixels[:, :, 0][np.asarray(mask) > 200]))
     assert abs(ground - text) > 150, (mode, ground, text)
 
 
