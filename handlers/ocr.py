@@ -17,7 +17,7 @@ from handlers.answers import new_task_id, splices
 from handlers.base import JsonHandler, header_value, refuse_unserved_method
 from handlers.context import AppContext
 from handlers.documents import DocumentAnswers, document_body, document_kind
-from handlers.errors import STATUS_BY_CODE, ApiError, api_error_from_pool
+from handlers.errors import RETRY_AFTER_BY_CODE, STATUS_BY_CODE, ApiError, api_error_from_pool
 from handlers.files import open_allowed_file
 from handlers.multipart import MultipartParser
 from handlers.request_parsing import (
@@ -434,7 +434,10 @@ class TaskHandler(JsonHandler):
         body = view.status_json()
         if view.error is not None:
             code = view.error.code
-            body["error"] = {"code": code, "message": view.error.message, "http_status": STATUS_BY_CODE.get(code, 500)}
+            error = {"code": code, "message": view.error.message, "http_status": STATUS_BY_CODE.get(code, 500)}
+            if code in RETRY_AFTER_BY_CODE:
+                error["retry_after"] = RETRY_AFTER_BY_CODE[code]
+            body["error"] = error
         self.write_json(body, status=status)
 
     async def _view(self, task_id: str, wait: float) -> TaskView | None:

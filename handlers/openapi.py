@@ -254,6 +254,11 @@ def _schemas() -> dict[str, Any]:
                         "code": {"type": "string"},
                         "message": {"type": "string"},
                         "http_status": {"type": "integer"},
+                        "retry_after": {
+                            "type": "integer",
+                            "description": "Seconds after which sending the image again may succeed, where a "
+                            "blocking request would have had this `Retry-After` (a 503).",
+                        },
                     },
                 },
             },

@@ -172,8 +172,9 @@
       if (!response.ok || !body) return { response, body };
       if (body.status === "failed") {
         const error = body.error || {};
-        // Shown as the answer a blocking request would have had.
-        return { response: { ok: false, status: error.http_status || 500, statusText: "", headers: new Headers() }, body };
+        // Shown as the answer a blocking request would have had, its Retry-After included.
+        const headers = new Headers(error.retry_after ? { "Retry-After": String(error.retry_after) } : {});
+        return { response: { ok: false, status: error.http_status || 500, statusText: "", headers }, body };
       }
       if (body.status === "done") return { response, body };
     }

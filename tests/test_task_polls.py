@@ -341,6 +341,7 @@ def test_a_cancelled_document_task_fails_as_cancelled_and_drops_its_pages_not_st
     body = cancelled.json()
     assert body["status"] == "failed" and body["error"]["code"] == "cancelled", body
     assert "cancelled by its client" in body["error"]["message"]
+    assert body["error"]["http_status"] == 503 and body["error"]["retry_after"] == 1  # as a blocking answer's header
     # From then on a poll says so, at once (its run is not waited for)...
     started = time.monotonic()
     polled = requests.get(f"{status_url}?wait=20", timeout=60).json()

@@ -400,6 +400,21 @@ def test_ocr_text_file_names_and_error_messages_show_as_text(webui: PageWatch) -
     assert webui.page_errors == []
 
 
+def test_a_document_task_that_failed_with_a_503_says_when_to_try_again(webui: PageWatch) -> None:
+    page = webui.page
+    task_id = "ab" * 16
+    _answer_with(page, {"task_id": task_id, "status": "queued", "status_url": f"/ocr_service/tasks/{task_id}"}, 202)
+    error = {"code": "queue_timeout", "message": "waited too long", "http_status": 503, "retry_after": 2}
+    failed = json.dumps({"task_id": task_id, "status": "failed", "error": error})
+    page.route(
+        f"**/ocr_service/tasks/{task_id}*",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=failed),
+    )
+    _choose(page, name="doc.pdf", data=b"%PDF-1.4 routed", mime="application/pdf")
+    assert page.text_content("#message") == "doc.pdf: waited too long (HTTP 503, queue_timeout). Try again in 2 s."
+    assert webui.page_errors == []
+
+
 def test_an_answer_the_page_cannot_draw_is_an_error_not_busy_for_ever(webui: PageWatch) -> None:
     page = webui.page
     _answer_with(page, {"status": "done", "text_lines": None})  # not what the page expects
