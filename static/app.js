@@ -10,6 +10,10 @@
   const byId = (id) => document.getElementById(id);
   const fileInput = byId("file");
   const detSelect = byId("det");
+  const passwordField = byId("password-field");
+  const passwordInput = byId("password");
+  // The server's codes for a PDF that needs its password (or got a wrong one).
+  const PASSWORD_CODES = new Set(["pdf_password_required", "pdf_password_wrong"]);
   const message = byId("message");
   const result = byId("result");
   const stage = document.querySelector(".stage");
@@ -93,6 +97,7 @@
       form.append("block_flag", "false");
       form.append("page_images", "true"); // the browser cannot draw a PDF or TIFF page itself
     }
+    if (asTask && passwordInput.value) form.append("password", passwordInput.value);
     form.append("file", file, file.name || "image");
 
     let response;
@@ -112,8 +117,10 @@
     progress.hidden = true;
     if (!response.ok || !body || body.status !== "done") {
       fail(`${file.name || "The image"}: ${errorText(response, body)}`);
+      if (body && body.error && PASSWORD_CODES.has(body.error.code)) askPassword();
       return;
     }
+    passwordField.hidden = true;
     if (body.pages) {
       renderDocument(body);
       const failed = body.pages_failed ? `; ${body.pages_failed} could not be read` : "";
@@ -479,8 +486,22 @@
       showMessage("Drop an image file.", "error");
       return;
     }
+    passwordInput.value = ""; // another file: a password typed for the last one is not sent with it
+    passwordField.hidden = true;
     upload(file);
   }
+
+  // A protected PDF: its password is asked for, and the same file is read again with it.
+  function askPassword() {
+    passwordField.hidden = false;
+    passwordInput.select();
+    passwordInput.focus();
+  }
+
+  byId("upload").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (lastFile) upload(lastFile);
+  });
 
   fileInput.addEventListener("change", () => {
     takeFile(fileInput.files);

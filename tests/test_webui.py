@@ -359,6 +359,29 @@ def test_a_document_replaced_by_a_new_upload_is_cancelled_on_the_server(webui: P
     assert webui.page_errors == []
 
 
+def test_a_protected_pdf_asks_for_its_password_and_is_read_with_it(webui: PageWatch) -> None:
+    # The server's message named a password field the page did not have.
+    from tests.pdf_builder import password_pdf
+
+    page = webui.page
+    word = random_word()
+    pdf = password_pdf([[f"SECRET {word}"]], user_password="sesame")
+    assert page.locator("#password-field").is_hidden()
+    webui.upload({"name": "locked.pdf", "mimeType": "application/pdf", "buffer": pdf})
+    assert page.get_attribute("body", "data-state") == "error"
+    assert "pdf_password_required" in (page.text_content("#message") or "")
+    assert page.locator("#password-field").is_visible()
+    for password, state in (("wrong", "error"), ("sesame", "done")):
+        page.fill("#password", password)
+        with page.expect_response(_is_ocr_post, timeout=RESULT_TIMEOUT_MS):
+            page.press("#password", "Enter")
+        page.wait_for_selector(f"body[data-state={state}]", timeout=RESULT_TIMEOUT_MS)
+    assert word in (page.text_content("#pages") or ""), page.text_content("#message")
+    assert page.locator("#password-field").is_hidden()
+    assert not any("sesame" in url for url in webui.requests)  # in the body, never the URL
+    assert webui.page_errors == []
+
+
 # ---- the page against answers it cannot trust or did not expect (the server is stood in for) ----
 
 HOSTILE = '<img src=x onerror="document.title=1">'
