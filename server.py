@@ -24,6 +24,7 @@ from cache.redis_store import RedisStore, redact
 from handlers import AppContext, ServiceMetrics, routes
 from handlers.base import NO_BODY_BYTES, OPEN_REQUESTS, NotFoundHandler
 from handlers.upload_budget import UploadBudget
+from handlers.upload_hashes import RecentHashes
 from http_listener import (
     BODY_CHUNK_BYTES,
     GuardedHTTPServer,
@@ -180,6 +181,8 @@ def build_context(settings: Settings) -> AppContext:
         engine_identity=identity,
         allowed_roots=settings.allowed_root_paths(),
         upload_budget=UploadBudget(settings.web_server.max_buffered_bytes),
+        # Copies of recent uploads live no longer than the results they help find.
+        upload_hashes=RecentHashes(ttl=service.time if service.img_number > 0 else 0.0),
         usable_cpus=cpus,
         precision=options.precision,
     )

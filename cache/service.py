@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from cache.records import Result, TaskView
-from cache.redis_store import RedisStore
+from cache.redis_store import RedisStore, SharedStoreUnavailableError
 from cache.result_store import MemoryResultStore, RedisBackedResultStore
 from cache.single_flight import Computation, LocalClaims, SingleFlight
 from cache.task_store import TaskRecord, TaskStore
@@ -110,7 +110,7 @@ class OcrService:
             return record
         with self.tasks.starting():
             record.computation = await self.join(key, payload, params)  # never released: the task must run
-            await self.tasks.add(record)
+        await self.tasks.add(record)  # unfinished from its first step, before any await: counted there
         return record
 
     async def cancel_task(self, task_id: str) -> tuple[TaskView | None, bool]:
@@ -127,7 +127,9 @@ class OcrService:
         view = await self.tasks.view(task_id)
         if view is None or view.status not in ("queued", "running") or self.shared is None:
             return view, False
-        return view, await self.shared.request_cancel(task_id)
+        if not await self.shared.request_cancel(task_id):
+            raise SharedStoreUnavailableError("the shared store (Redis) could not be reached: nothing was cancelled")
+        return view, True
 
     def _cancel(self, record: TaskRecord) -> None:
         computation = record.computation

@@ -27,6 +27,7 @@ from ocr_pool import (
     WorkerCrashedError,
     WorkerPool,
 )
+from ocr_pool.pages import settle
 
 # Failed images remembered at once (a key and an error each); the oldest are forgotten first.
 FAILURE_CAPACITY = 1000
@@ -149,7 +150,12 @@ class SingleFlight:
                 # Cancelled or failed asking: the requests that joined meanwhile must not wait
                 # on a run that never starts, nor may later ones.
                 self._forget(computation)
-                _fail(computation, TaskCancelledError("the request left") if _is_cancel(error) else error)
+                cancelled = isinstance(error, asyncio.CancelledError)
+                settle(
+                    computation.future,
+                    None,
+                    TaskCancelledError("the request that started it left") if cancelled else error,
+                )
                 raise
             if claim is None:
                 # Another node computes this image: wait for its result.
@@ -176,7 +182,7 @@ class SingleFlight:
             computation.poller.cancel()
             self._forget(computation)
             # As a cancelled job fails its run: the request that left ends (its image let go).
-            _fail(computation, TaskCancelledError("no client waits for this image any more"))
+            settle(computation.future, None, TaskCancelledError("no client waits for it any more"))
 
     def _refuse_remembered_failure(self, key: str) -> None:
         error = self.remembered_failure(key)
@@ -214,7 +220,7 @@ class SingleFlight:
         except PoolError as error:
             asyncio.ensure_future(self.claims.release(computation.key, claim))
             self._forget(computation)
-            _fail(computation, error)  # the caller gets it raised
+            settle(computation.future, None, error)  # the caller gets it raised
             raise
         computation.job, computation.claim = job, claim
         computation.keeper = self.claims.keep(computation.key, claim)
@@ -231,10 +237,7 @@ class SingleFlight:
             await self.results.put(computation.key, future.result())
         if computation.claim is not None:
             await self.claims.release(computation.key, computation.claim)
-        if error is not None:
-            _fail(computation, error)
-        elif not computation.future.done():
-            computation.future.set_result(future.result())
+        settle(computation.future, None if error is not None else future.result(), error)
 
     async def _wait_for_other_node(self, computation: Computation, payload: bytes, params: dict[str, Any]) -> None:
         # The owner may take its queue wait plus its run, task_timeout each: giving up after one
@@ -258,7 +261,7 @@ class SingleFlight:
                     return
             raise TaskTimeoutError(f"another node did not finish this image within {wait_s:g} s")
         except PoolError as error:
-            _fail(computation, error)
+            settle(computation.future, None, error)
 
     def _forget(self, computation: Computation) -> None:
         computation.payload = None
@@ -271,17 +274,6 @@ class SingleFlight:
         if computation.claim is not None:
             claim, computation.claim = computation.claim, None
             asyncio.ensure_future(self.claims.release(computation.key, claim))
-
-
-def _is_cancel(error: BaseException) -> bool:
-    return isinstance(error, asyncio.CancelledError)
-
-
-def _fail(computation: Computation, error: BaseException) -> None:
-    """End the run's shared future with `error`, unless it has ended already."""
-    if not computation.future.done():
-        computation.future.set_exception(error)
-        computation.future.exception()  # seen: nobody may be waiting any more
 
 
 def _stop_keeping(computation: Computation) -> None:

@@ -638,7 +638,8 @@ def crop_box(img: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 def _warp_piece(img: np.ndarray, m: np.ndarray, left: int, top: int, right: int, bottom: int) -> np.ndarray:
     """Columns left..right and rows top..bottom of cv2.warpPerspective(img, m, ...) with
-    replicated borders, read from the part of `img` they come from: the same pixels."""
+    replicated borders, read from the part of `img` they come from: the same pixels, but for
+    OpenCV's fixed-point rounding of a few samples' positions (1/32 px)."""
     corners = np.array([[[left, top], [right, top], [right, bottom], [left, bottom]]], dtype=np.float64)
     src = cv2.perspectiveTransform(corners, np.linalg.inv(m))[0]
     height, width = img.shape[:2]

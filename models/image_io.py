@@ -191,10 +191,10 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 8
         w, h = img.size
         if w * h > max_pixels:
             raise ImageTooLargeError(f"image declares {w}x{h} = {w * h} pixels > limit {max_pixels}")
-        if max(w, h) > MAX_SIDE:
-            raise ImageTooLargeError(f"image is {w}x{h}; a side over {MAX_SIDE} px is not read")
         if min(w, h) < min_side:
             raise ImageTooSmallError(f"image is {w}x{h}; both sides must be >= {min_side}")
+        if max(w, h) > MAX_SIDE:
+            raise ImageTooLargeError(f"image is {w}x{h}; a side over {MAX_SIDE} px is not read")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -552,6 +552,14 @@ def test_cmyk_and_alpha_variants_read_like_the_original(ocr_server: RunningServe
         assert common / len(original) > 0.9, (name, text)
 
 
+def test_read_lines_carry_no_spaces_at_their_ends(ocr_server: RunningServer) -> None:
+    # The recogniser reads a space before or after some labels ("aeroplane "): no part of the line.
+    require_shared()
+    response = post(ocr_server, json={"filename": str(LOAD_DIR / "paddleocr_doc_imgs__datasets_labelme.jpg")})
+    texts = [line["text"] for line in response.json()["text_lines"]]
+    assert texts and texts == [text.strip() for text in texts] and all(texts), texts
+
+
 def test_white_text_on_a_transparent_canvas_is_read(ocr_server: RunningServer) -> None:
     # A logo or dark-mode asset: white ink whose alpha draws the text. Put on white, it
     # vanished (0 lines); the ground is now chosen against what is drawn.

@@ -1365,8 +1365,7 @@ def test_recogniser_batches_hold_no_more_columns_than_one_longest_line() -> None
 
 def _whole_page_crop(img: np.ndarray, box: np.ndarray) -> np.ndarray:
     """crop_box as it warped from the whole page (OpenCV: under 32767 px a side only)."""
-    w = int(max(np.linalg.norm(box[0] - box[1]), np.linalg.norm(box[2] - box[3])))
-    h = int(max(np.linalg.norm(box[0] - box[3]), np.linalg.norm(box[1] - box[2])))
+    w, h = detection._box_size(box)
     dst = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
     m = cv2.getPerspectiveTransform(box.astype(np.float32), dst)
     return cv2.warpPerspective(img, m, (w, h), borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_CUBIC)

@@ -646,6 +646,29 @@ def test_an_expired_result_read_again_does_not_push_live_results_out(redis_url: 
     asyncio.run(asyncio.wait_for(scenario(), timeout=30))
 
 
+def test_a_task_being_recorded_in_a_slow_redis_does_not_count_twice(redis_url: str) -> None:
+    # Held in starting() while its record's first write waited on Redis, a task counted twice:
+    # with room for two, the second was refused while only one was unfinished.
+    async def scenario() -> None:
+        store = make_store(redis_url)
+        service = fake_service(FakePool(None, task_timeout=60.0), shared=store, task_capacity=2)  # type: ignore[arg-type]
+        written = store.put_task
+
+        async def slow_write(task_id: str, view: dict[str, Any]) -> bool:
+            await asyncio.sleep(0.3)
+            return await written(task_id, view)
+
+        store.put_task = slow_write  # type: ignore[method-assign]
+        first = asyncio.ensure_future(service.submit_task("image-1", "h", b"x", {}))
+        await asyncio.sleep(0.1)  # its record's write is on its way
+        second = await service.submit_task("image-2", "h", b"x", {})
+        assert (await first).status == "queued" and second.status == "queued"
+        assert len(service.tasks.unfinished) == 2
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+
+
 class SlowClaims:
     """Claims whose answer takes a round trip; every claim is won."""
 

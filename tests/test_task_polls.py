@@ -20,6 +20,7 @@ from PIL import Image
 from tornado import httpclient, netutil, web
 
 from cache import OcrService, TTLLRUCache, task_store
+from cache.redis_store import SharedStoreUnavailableError
 from cache.task_store import DROPPED_PER_TASK, TaskRecord, TaskStore, record_size
 from handlers.context import AppContext
 from handlers.ocr import TaskHandler
@@ -397,6 +398,17 @@ def test_a_task_cancelled_on_another_node_is_cancelled_by_the_node_that_runs_it(
         seen_from_b = await node_b.task_view(record.task_id)
         assert seen_from_b is not None and seen_from_b.status == "failed" and seen_from_b.error is not None
         assert seen_from_b.error.code == "cancelled"
+        # Redis not taking the request: nothing was cancelled, and the answer says so (503).
+        other = await node_a.submit_task("k2", "h2", b"x", {})
+        assert node_b.shared is not None
+
+        async def unreachable(task_id: str) -> bool:
+            return False
+
+        node_b.shared.request_cancel = unreachable  # type: ignore[method-assign]
+        with pytest.raises(SharedStoreUnavailableError):
+            await node_b.cancel_task(other.task_id)
+        assert other.status == "queued"
         for node in (node_a, node_b):
             assert node.shared is not None
             await node.shared.close()

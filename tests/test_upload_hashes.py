@@ -25,6 +25,7 @@ def sha(data: bytes | bytearray | memoryview) -> str:
 def counted_hashing(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many times RecentHashes runs sha256 (a list with one counter)."""
     calls = [0]
+
     def counting(data: bytes | bytearray | memoryview) -> hashlib._Hash:
         calls[0] += 1
         return REAL_SHA256(data)
@@ -89,6 +90,24 @@ def test_kept_uploads_are_bounded_by_count_bytes_and_size(counted_hashing: list[
     # The oldest were let go: hashing them again runs sha256 again, and answers right.
     counted_hashing[0] = 0
     assert hashes.sha256_hex(uploads[0]) == sha(uploads[0]) and counted_hashing[0] == 1
+
+
+def test_kept_uploads_last_their_time_and_none_are_kept_with_no_time(counted_hashing: list[int]) -> None:
+    now = [0.0]
+    hashes = RecentHashes(ttl=10.0, clock=lambda: now[0])
+    data = b"q" * 4000
+    hashes.sha256_hex(data)
+    now[0] = 9.0
+    assert hashes.sha256_hex(data) == sha(data) and counted_hashing[0] == 1  # still kept
+    now[0] = 10.0
+    assert hashes.sha256_hex(data) == sha(data) and counted_hashing[0] == 2  # its time is over
+    now[0] = 25.0
+    hashes.sha256_hex(b"r" * 4000)  # keeping another lets the outdated copy go
+    assert len(hashes) == 1 and hashes.kept_bytes == 4000
+    off = RecentHashes(ttl=0.0)  # the result cache off: nothing to find, nothing kept
+    for _ in range(2):
+        assert off.sha256_hex(data) == sha(data)
+    assert len(off) == 0 and counted_hashing[0] == 5
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -538,10 +538,13 @@ def test_a_picture_the_browser_turns_otherwise_than_the_server_shows_its_text_in
     assert page.get_attribute("body", "data-state") == "done", page.text_content("#message")
     assert answer["image_size"] == list(upright.size)  # the server read it upright
     natural = page.evaluate("[document.getElementById('image').naturalWidth, document.getElementById('image').naturalHeight]")
-    assert natural == [upright.height, upright.width]  # this browser shows it as stored
-    assert page.locator("#image").is_hidden()
-    drawn = page.locator("#overlay text").all_text_contents()
-    assert word in " ".join(drawn).replace(" ", ""), drawn
+    if natural == answer["image_size"]:  # a browser that follows the orientation: the picture, as for a JPEG
+        assert page.locator("#image").is_visible()
+    else:  # Chromium 156 shows it as stored
+        assert natural == [upright.height, upright.width]
+        assert page.locator("#image").is_hidden()
+        drawn = page.locator("#overlay text").all_text_contents()
+        assert word in " ".join(drawn).replace(" ", ""), drawn
     assert webui.page_errors == []
 
 
