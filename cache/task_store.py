@@ -268,7 +268,11 @@ class TaskStore:
 
     async def _beat(self, record: TaskRecord) -> bool:
         await self._share(record)  # queued or running (a document: its progress), and a fresh TTL
-        if self.on_cancel is not None and self.shared is not None and await self.shared.cancel_requested(record.task_id):
+        if (
+            self.on_cancel is not None
+            and self.shared is not None
+            and await self.shared.cancel_requested(record.task_id)
+        ):
             if record.computation is not None:  # (it may have ended meanwhile)
                 self.on_cancel(record)  # a DELETE of it reached another node
             return False

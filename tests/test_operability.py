@@ -177,7 +177,7 @@ def test_unsupported_methods_get_a_json_405_with_allow(ocr_server: RunningServer
         ("FOOBAR", "/metrics", "GET"),
         ("GET", "/ocr_service", "POST"),
         ("DELETE", "/ocr_service", "POST"),
-        ("PATCH", "/ocr_service/tasks/abc", "GET"),
+        ("PATCH", "/ocr_service/tasks/abc", "GET, DELETE"),
         ("POST", "/health", "GET"),
         ("OPTIONS", "/readyz", "GET, HEAD"),
         ("PUT", "/livez", "GET, HEAD"),

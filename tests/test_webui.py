@@ -537,7 +537,9 @@ def test_a_picture_the_browser_turns_otherwise_than_the_server_shows_its_text_in
     answer = webui.upload({"name": "turned.webp", "mimeType": "image/webp", "buffer": stored.getvalue()})
     assert page.get_attribute("body", "data-state") == "done", page.text_content("#message")
     assert answer["image_size"] == list(upright.size)  # the server read it upright
-    natural = page.evaluate("[document.getElementById('image').naturalWidth, document.getElementById('image').naturalHeight]")
+    natural = page.evaluate(
+        "[document.getElementById('image').naturalWidth, document.getElementById('image').naturalHeight]"
+    )
     if natural == answer["image_size"]:  # a browser that follows the orientation: the picture, as for a JPEG
         assert page.locator("#image").is_visible()
     else:  # Chromium 156 shows it as stored
