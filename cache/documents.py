@@ -156,6 +156,11 @@ class DocumentTaskRecord(TaskRecord):
     def __init__(self, image_hash: str, pages_total: int | None) -> None:
         super().__init__(image_hash)
         self.pages_total = pages_total
+        self.pages_done: int | None = None  # kept when it was cancelled with pages read
+
+    def keep_progress(self) -> None:
+        if isinstance(self.computation, DocumentRun):
+            self.pages_done, self.pages_total = self.computation.pages_done, self.computation.pages_total
 
     def view(self) -> TaskView:
         view = super().view()
@@ -163,6 +168,8 @@ class DocumentTaskRecord(TaskRecord):
             done = total = len(self.result["pages"])
         elif isinstance(self.computation, DocumentRun):
             done, total = self.computation.pages_done, self.computation.pages_total
+        elif self.pages_done is not None:
+            done, total = self.pages_done, self.pages_total  # cancelled: how far it got
         else:
             done, total = (0 if self.error is None else None), self.pages_total
         return dataclasses.replace(view, is_document=True, pages_done=done, pages_total=total)

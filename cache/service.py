@@ -124,11 +124,17 @@ class OcrService:
         if record is not None and record.computation is not None:
             self._cancel(record)
             return record.view(), False
-        view = await self.tasks.view(task_id)
+        unreachable = SharedStoreUnavailableError(
+            "the shared store (Redis) cannot be reached, so nothing was cancelled; send the DELETE again shortly"
+        )
+        try:
+            view = await self.tasks.view(task_id)
+        except SharedStoreUnavailableError:
+            raise unreachable from None
         if view is None or view.status not in ("queued", "running") or self.shared is None:
             return view, False
         if not await self.shared.request_cancel(task_id):
-            raise SharedStoreUnavailableError("the shared store (Redis) could not be reached: nothing was cancelled")
+            raise unreachable
         return view, True
 
     def _cancel(self, record: TaskRecord) -> None:

@@ -72,6 +72,9 @@ class TaskRecord:
         error = None if self.error is None else ErrorInfo(self.error.code, self.error.message)
         return TaskView(self.task_id, self.status, self.image_hash, self.result, self.cached, error)
 
+    def keep_progress(self) -> None:
+        """Copy what the view shows of its run's progress before the run is let go (a document's pages)."""
+
     def record_outcome(self, future: asyncio.Future[Result]) -> None:
         """Copy a finished computation's result or error (idempotent)."""
         if self.result is not None or self.error is not None:
@@ -185,6 +188,7 @@ class TaskStore:
         """End an unfinished task now with `error` (its client cancelled it), whatever becomes
         of its run: the caller lets go of that."""
         record.error = error
+        record.keep_progress()
         self._close(record)
         sharing = asyncio.ensure_future(self._share_or_later(record))
         self._pending.add(sharing)

@@ -39,7 +39,7 @@ def clean_request_id(value: str | None) -> str | None:
 
 # Every method some handler serves. Metrics label any other method "other": any token is a
 # valid HTTP method, and each would otherwise become a new time series (curl -X FOOBAR).
-SERVED_METHODS = ("GET", "HEAD", "POST")
+SERVED_METHODS = ("GET", "HEAD", "POST", "DELETE")
 
 
 def method_label(method: str | None) -> str:

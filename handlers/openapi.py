@@ -71,8 +71,8 @@ OCR_ERROR_MEANINGS = {
     400: "Malformed or incomplete request, or an unusable `filename`.",
     403: "`filename` lies outside the folders this server may read (`web_server.allowed_roots`).",
     404: "`filename` names no file.",
-    413: "The body, the file, the decoded image (pixels), a document's page count (`documents.max_pdf_pages`) "
-    "or a PDF page's size is larger than the limits.",
+    413: "The body, the file, the decoded image (pixels, or a side over 65,535 px), a document's page count "
+    "(`documents.max_pdf_pages`) or a PDF page's size is larger than the limits.",
     415: "Neither a supported request encoding nor a decodable image or document (an encrypted or corrupt PDF).",
     422: "The image decodes but is too small to read, or a password-protected PDF came without its password "
     "or with a wrong one.",

@@ -341,6 +341,7 @@ def test_a_cancelled_document_task_fails_as_cancelled_and_drops_its_pages_not_st
     assert cancelled.status_code == 200, cancelled.text
     body = cancelled.json()
     assert body["status"] == "failed" and body["error"]["code"] == "cancelled", body
+    assert body["pages_total"] == pages and 1 <= body["pages_done"] < pages  # how far it got
     assert "cancelled by its client" in body["error"]["message"]
     assert body["error"]["http_status"] == 503 and body["error"]["retry_after"] == 1  # as a blocking answer's header
     # From then on a poll says so (a long poll has nothing to wait for)...
@@ -404,7 +405,7 @@ def test_a_task_cancelled_on_another_node_is_cancelled_by_the_node_that_runs_it(
             return False
 
         node_b.shared.request_cancel = unreachable  # type: ignore[method-assign]
-        with pytest.raises(SharedStoreUnavailableError):
+        with pytest.raises(SharedStoreUnavailableError, match="nothing was cancelled"):
             await node_b.cancel_task(other.task_id)
         assert other.status == "queued"
         for node in (node_a, node_b):
