@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import time
 import uuid
+from asyncio import FIRST_COMPLETED
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -55,6 +56,17 @@ class TaskRecord:
         self.cached = False
         self.error: PoolError | None = None
         self.finished: float | None = None  # when its store kept it finished (the store's clock)
+        self._ended: asyncio.Future[None] | None = None  # set when it ends: wakes its long polls
+
+    def ended(self) -> asyncio.Future[None]:
+        """A future done once the task has its outcome (its run's, or a cancel's)."""
+        if self._ended is None:
+            self._ended = asyncio.get_running_loop().create_future()
+        return self._ended
+
+    def mark_ended(self) -> None:
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
 
     @property
     def status(self) -> str:
@@ -195,8 +207,10 @@ class TaskStore:
         sharing.add_done_callback(self._pending.discard)
 
     def _close(self, record: TaskRecord) -> None:
-        """A task has its outcome: its heartbeat stops and its record is kept as finished."""
+        """A task has its outcome: its heartbeat stops, its long polls answer, and its record
+        is kept as finished."""
         self._stop_heartbeat(record.task_id)
+        record.mark_ended()
         # The outcome is copied: let go of the computation (and through it the job and the image).
         record.computation = None
         # Kept a full TTL from now, not from submission.
@@ -250,10 +264,15 @@ class TaskStore:
     def _share_all_again(self) -> None:
         """Redis lost its data: every finished record this node holds is written again (it
         was written once, and other nodes answered 404 for it for good). Unfinished ones are
-        back with their next heartbeat (HEARTBEAT_S); queued here too they would push finished
-        ones out of the bounded retry list."""
+        written once now (their heartbeat would take up to HEARTBEAT_S, and a poll elsewhere
+        meanwhile read 404 for a live task), not through the bounded retry list, which they
+        would fill ahead of the finished ones: a write that fails is left to the heartbeat."""
         for record in self.records.values():
             self._share_later(record)
+        for record in list(self.unfinished.values()):
+            sharing = asyncio.ensure_future(self._share(record))
+            self._pending.add(sharing)
+            sharing.add_done_callback(self._pending.discard)
 
     async def _reshare(self) -> bool:
         """One retry round, oldest first; False (the loop ends) once nothing is left to write."""
@@ -316,8 +335,8 @@ class TaskStore:
         if record is not None:
             computation = record.computation
             if wait > 0 and computation is not None and record.status in ("queued", "running"):
-                with self._waiting(), contextlib.suppress(Exception):  # timed out, or the task failed
-                    await asyncio.wait_for(asyncio.shield(computation.future), wait)
+                with self._waiting():  # until its run ends, it is cancelled, or the wait is over
+                    await asyncio.wait((computation.future, record.ended()), timeout=wait, return_when=FIRST_COMPLETED)
                 if computation.future.done():
                     record.record_outcome(computation.future)
             return record.view()

@@ -134,6 +134,37 @@ def running_cluster(tmp_path: Path) -> Iterator[Cluster]:
         redis.stop()
 
 
+def test_the_proxys_own_refusals_are_json(tmp_path: Path) -> None:
+    # nginx answered a body over its limit, and a request no node could take, with HTML pages.
+    listen, nowhere = free_port(), free_port()  # no node listens on `nowhere`
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(nginx_config([nowhere], listen, tmp_path))
+    assert NGINX is not None
+    with open(tmp_path / "nginx.err", "wb") as nginx_log:
+        nginx = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp_path)], stderr=nginx_log)
+    try:
+        url = f"http://127.0.0.1:{listen}"
+        wait_until(lambda: _answers(url + "/livez"), "nginx did not start")
+        no_node = requests.get(f"{url}/health", timeout=10)
+        assert no_node.status_code == 502 and no_node.headers["Content-Type"] == "application/json"
+        assert no_node.json()["error"]["code"] == "node_unreachable" and no_node.headers["Retry-After"] == "5"
+        too_large = requests.post(f"{url}/ocr_service", data=b"x" * (26 * 1024 * 1024), timeout=30)
+        assert too_large.status_code == 413 and too_large.headers["Content-Type"] == "application/json"
+        assert too_large.json()["error"]["code"] == "body_too_large"
+    finally:
+        os.kill(nginx.pid, signal.SIGTERM)
+        nginx.wait(timeout=20)
+
+
+def _answers(url: str) -> bool:
+    """Whether anything answers HTTP at `url` (any status)."""
+    try:
+        requests.get(url, timeout=2)
+    except requests.RequestException:
+        return False
+    return True
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """A cluster of its own, for a test that kills part of it (a node, Redis)."""
@@ -782,6 +813,32 @@ def test_a_live_task_keeps_reading_unfinished_past_its_ttl_and_lost_after(redis_
         assert view is not None and view.status == "done" and view.result["text_lines"][0]["text"] == "late"  # type: ignore[index]
         await node_a.shared.close()  # type: ignore[union-attr]
         await node_b.shared.close()  # type: ignore[union-attr]
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=40))
+
+
+def test_a_running_task_is_written_again_when_redis_loses_its_data_before_its_heartbeat(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Unfinished records came back only with their next heartbeat: polls elsewhere meanwhile
+    # read 404 task_not_found for a live task.
+    monkeypatch.setattr(task_store, "HEARTBEAT_S", 60.0)
+
+    async def scenario() -> None:
+        runner = service_node(redis_url, FakePool(None, task_timeout=60.0))
+        other = service_node(redis_url, FakePool(None, task_timeout=60.0))
+        runner.shared.watch()  # type: ignore[union-attr]  # as server.py starts it
+        await asyncio.sleep(0.3)
+        running = await runner.submit_task("still-running", "h", b"x", {})
+        assert (await other.task_view(running.task_id)) is not None
+        await other.shared._client.flushall()  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10  # the runner notices within its watch's period (~2 s)
+        while (view := await other.task_view(running.task_id)) is None:
+            assert time.monotonic() < deadline, "the running task's record never came back"
+            await asyncio.sleep(0.2)
+        assert view.status == "queued"
+        for node in (runner, other):
+            await node.shared.close()  # type: ignore[union-attr]
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=40))
 

@@ -29,7 +29,7 @@ from http_listener import GuardedHTTPServer
 from settings import settings_from_dict
 from tests.conftest import RunningServer, base_config, metric, random_word, text_image
 from tests.pdf_builder import image_pdf
-from tests.test_cache import FakeClock
+from tests.test_cache import FakeClock, fake_service
 from tests.test_scaleout import REDIS, FakePool, make_store, redis_url, service_node
 
 __all__ = ["redis_url"]  # the fixture, imported for its use by name here
@@ -411,5 +411,23 @@ def test_a_task_cancelled_on_another_node_is_cancelled_by_the_node_that_runs_it(
         for node in (node_a, node_b):
             assert node.shared is not None
             await node.shared.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+
+
+def test_a_long_poll_of_a_task_answers_when_the_task_is_cancelled() -> None:
+    # The poll waited for the run, which went on for another request or on its worker: 8-14 s
+    # after the DELETE on a busy node, until the image was read.
+    async def scenario() -> None:
+        service = fake_service(FakePool(None, task_timeout=60.0))  # type: ignore[arg-type]  # never ends
+        record = await service.submit_task("k", "h", b"x", {})
+        polling = asyncio.ensure_future(service.task_view(record.task_id, wait=30))
+        await asyncio.sleep(0.2)
+        assert not polling.done()
+        view, elsewhere = await service.cancel_task(record.task_id)
+        assert view is not None and view.status == "failed" and not elsewhere
+        polled = await asyncio.wait_for(polling, timeout=5)  # long before its 30 s
+        assert polled is not None and polled.status == "failed" and polled.error is not None
+        assert polled.error.code == "cancelled"
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=30))
