@@ -151,6 +151,8 @@ def test_the_proxys_own_refusals_are_json(tmp_path: Path) -> None:
         too_large = requests.post(f"{url}/ocr_service", data=b"x" * (26 * 1024 * 1024), timeout=30)
         assert too_large.status_code == 413 and too_large.headers["Content-Type"] == "application/json"
         assert too_large.json()["error"]["code"] == "body_too_large"
+        followed = requests.get(f"{url}/health", timeout=10, headers={"X-Request-ID": "req-502"})
+        assert followed.headers["X-Request-ID"] == "req-502"  # the request id reaches the proxy's own answers
     finally:
         os.kill(nginx.pid, signal.SIGTERM)
         nginx.wait(timeout=20)
