@@ -35,6 +35,8 @@ def params_text(params: dict[str, Any]) -> str:
 
 
 _PLAIN = (str, int, float, bool, type(None))
+# A DELETE that could not reach Redis (to read the task, or to ask its node to cancel it).
+NOT_CANCELLED = "the shared store (Redis) cannot be reached, so nothing was cancelled; send the DELETE again shortly"
 
 
 @functools.lru_cache(maxsize=256)
@@ -124,17 +126,14 @@ class OcrService:
         if record is not None and record.computation is not None:
             self._cancel(record)
             return record.view(), False
-        unreachable = SharedStoreUnavailableError(
-            "the shared store (Redis) cannot be reached, so nothing was cancelled; send the DELETE again shortly"
-        )
         try:
             view = await self.tasks.view(task_id)
         except SharedStoreUnavailableError:
-            raise unreachable from None
+            raise SharedStoreUnavailableError(NOT_CANCELLED) from None
         if view is None or view.status not in ("queued", "running") or self.shared is None:
             return view, False
         if not await self.shared.request_cancel(task_id):
-            raise unreachable
+            raise SharedStoreUnavailableError(NOT_CANCELLED)
         return view, True
 
     def _cancel(self, record: TaskRecord) -> None:

@@ -15,7 +15,7 @@ import time
 import uuid
 from asyncio import FIRST_COMPLETED
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from cache.records import ErrorInfo, Result, TaskView
@@ -138,7 +138,7 @@ class TaskStore:
         self._dropped: OrderedDict[str, tuple[DropReason, float, float]] = OrderedDict()
         self.polls_waiting = 0  # long polls (?wait=) waiting for their task now
         # Background writes of finished records: referenced until done, so none is collected early.
-        self._pending: set[asyncio.Future[None]] = set()
+        self._pending: set[asyncio.Future[Any]] = set()
         self._heartbeats: dict[str, asyncio.Task[None]] = {}  # task id -> its shared record's heartbeat
         # Records whose view Redis did not take (it was away), oldest first, each with the
         # time (monotonic) past which it would have expired anyway; one retry loop for all.
@@ -184,9 +184,7 @@ class TaskStore:
             self._share_later(record)  # not in a heartbeat's time: a poll elsewhere would get 404
 
     def _on_done(self, record: TaskRecord, future: asyncio.Future[Result]) -> None:
-        finishing = asyncio.ensure_future(self._finished(record, future))
-        self._pending.add(finishing)
-        finishing.add_done_callback(self._pending.discard)
+        self._in_background(self._finished(record, future))
 
     async def _finished(self, record: TaskRecord, future: asyncio.Future[Result]) -> None:
         if record.computation is None:
@@ -202,9 +200,13 @@ class TaskStore:
         record.error = error
         record.keep_progress()
         self._close(record)
-        sharing = asyncio.ensure_future(self._share_or_later(record))
-        self._pending.add(sharing)
-        sharing.add_done_callback(self._pending.discard)
+        self._in_background(self._share_or_later(record))
+
+    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` on its own, referenced until done (so it is not collected early)."""
+        running = asyncio.ensure_future(work)
+        self._pending.add(running)
+        running.add_done_callback(self._pending.discard)
 
     def _close(self, record: TaskRecord) -> None:
         """A task has its outcome: its heartbeat stops, its long polls answer, and its record
@@ -270,9 +272,7 @@ class TaskStore:
         for record in self.records.values():
             self._share_later(record)
         for record in list(self.unfinished.values()):
-            sharing = asyncio.ensure_future(self._share(record))
-            self._pending.add(sharing)
-            sharing.add_done_callback(self._pending.discard)
+            self._in_background(self._share(record))
 
     async def _reshare(self) -> bool:
         """One retry round, oldest first; False (the loop ends) once nothing is left to write."""

@@ -407,10 +407,7 @@ class TaskHandler(JsonHandler):
             self.log_fields["client_gone"] = True
             return  # nobody to answer
         if view is None:
-            dropped = self.ctx.ocr.tasks.dropped(task_id)
-            if dropped is None:
-                raise ApiError(404, "task_not_found", "no such task (unknown id, or dropped long ago or elsewhere)")
-            raise self._dropped_error(dropped)
+            raise self._absent_error(task_id)
         self._write_view(view)
 
     async def delete(self, task_id: str) -> None:
@@ -421,10 +418,7 @@ class TaskHandler(JsonHandler):
         except PoolError as exc:
             raise api_error_from_pool(exc) from None
         if view is None:
-            dropped = self.ctx.ocr.tasks.dropped(task_id)
-            if dropped is None:
-                raise ApiError(404, "task_not_found", "no such task (unknown id, or dropped long ago or elsewhere)")
-            raise self._dropped_error(dropped)
+            raise self._absent_error(task_id)
         self._write_view(view, status=202 if elsewhere else 200)
 
     def _write_view(self, view: TaskView, status: int = 200) -> None:
@@ -445,6 +439,13 @@ class TaskHandler(JsonHandler):
             return await self.ctx.ocr.task_view(task_id)
         self._poll = asyncio.ensure_future(self.ctx.ocr.task_view(task_id, wait=wait))
         return await self._poll
+
+    def _absent_error(self, task_id: str) -> ApiError:
+        """404 for a task this node never knew (or forgot), 410 for one it dropped."""
+        dropped = self.ctx.ocr.tasks.dropped(task_id)
+        if dropped is None:
+            return ApiError(404, "task_not_found", "no such task (unknown id, or dropped long ago or elsewhere)")
+        return self._dropped_error(dropped)
 
     def _dropped_error(self, dropped: DroppedTask) -> ApiError:
         """410 for a finished task this node no longer keeps, naming the setting that decided it."""

@@ -382,8 +382,8 @@ def _deep_grey_to_bgr(img: Image.Image) -> np.ndarray:
     if not out.size:
         return out
     if img.mode != "F":
-        low = min(0, min(int(band.min()) for _, band in _bands(img)))
-        top = max(int(band.max()) for _, band in _bands(img))
+        low, top = _integer_range(img)
+        low = min(0, low)
         span = top - low if low < 0 or top > 255 else 0
         for row, band in _bands(img):
             values = band.astype(np.int64)
@@ -410,6 +410,15 @@ def _deep_grey_to_bgr(img: Image.Image) -> np.ndarray:
         np.clip(values, 0.0, 255.0, out=values)
         out[row : row + band.shape[0]] = values[:, :, None]
     return out
+
+
+def _integer_range(img: Image.Image) -> tuple[int, int]:
+    """The smallest and largest values of an integer image, in one pass over its bands."""
+    low, high = 0, 0
+    for top, band in _bands(img):
+        band_low, band_high = int(band.min()), int(band.max())
+        low, high = (band_low, band_high) if top == 0 else (min(low, band_low), max(high, band_high))
+    return low, high
 
 
 def _finite_range(img: Image.Image) -> tuple[float, float]:
