@@ -71,18 +71,20 @@ return 0
 """
 # Write an unfinished task's view (its first write and every heartbeat) unless its outcome is
 # there already: the two race, and a fast run's outcome can land first. Stamped with Redis's
-# clock, so that every node judges the heartbeat's age by the same clock.
+# clock, so that every node judges the heartbeat's age by the same clock. Answers {written,
+# whether a cancel of the task was asked for (KEYS[2])}: a heartbeat learns both in one trip.
 PUT_UNFINISHED_TASK_SCRIPT = """
+local cancel = redis.call('exists', KEYS[2])
 local current = redis.call('get', KEYS[1])
 if current then
   local ok, old = pcall(cjson.decode, current)
-  if ok and (old['status'] == 'done' or old['status'] == 'failed') then return 0 end
+  if ok and (old['status'] == 'done' or old['status'] == 'failed') then return {0, cancel} end
 end
 local view = cjson.decode(ARGV[1])
 local now = redis.call('time')
 view['heartbeat_at'] = tonumber(now[1]) + tonumber(now[2]) / 1000000
 redis.call('set', KEYS[1], cjson.encode(view), 'EX', ARGV[2])
-return 1
+return {1, cancel}
 """
 RETRY_AFTER_FAILURE_S = 2.0
 # Its value changes only when Redis loses its data (see RedisStore._check_epoch).
@@ -315,26 +317,41 @@ class RedisStore:
             if view.get("status") in ("done", "failed"):
                 await self._client.set(key, json.dumps(view), ex=ttl)
             else:
-                await self._put_unfinished_task(keys=[key], args=[json.dumps({**view, "node": self.node_id}), ttl])
+                await self._put_unfinished(task_id, view)
             return True
 
         return await self._guarded(write, False)
 
+    async def beat_task(self, task_id: str, view: dict[str, Any]) -> bool:
+        """An unfinished task's heartbeat: put_task's write and, in the same round trip, whether
+        a cancel of the task was asked for (request_cancel, from any node). False also when
+        Redis could not be reached."""
+        if view.get("status") in ("done", "failed"):  # it ended as its beat began
+            await self.put_task(task_id, view)
+            return False
+
+        async def write() -> bool:
+            return await self._put_unfinished(task_id, view)
+
+        return await self._guarded(write, False)
+
+    async def _put_unfinished(self, task_id: str, view: dict[str, Any]) -> bool:
+        """Write an unfinished view (unless the outcome is there); True if a cancel was asked for."""
+        _, cancel = await self._put_unfinished_task(
+            keys=[self.prefix + "task:" + task_id, self.prefix + "cancel:" + task_id],
+            args=[json.dumps({**view, "node": self.node_id}), max(1, int(self.task_ttl))],
+        )
+        return bool(cancel)
+
     async def request_cancel(self, task_id: str) -> bool:
-        """Ask the node that runs a task to cancel it (its next heartbeat reads this); False
-        when Redis could not be reached."""
+        """Ask the node that runs a task to cancel it (its next heartbeat, beat_task, reads
+        this); False when Redis could not be reached."""
 
         async def write() -> bool:
             await self._client.set(self.prefix + "cancel:" + task_id, b"1", ex=max(1, int(self.task_ttl)))
             return True
 
         return await self._guarded(write, False)
-
-    async def cancel_requested(self, task_id: str) -> bool:
-        async def read() -> bool:
-            return bool(await self._client.exists(self.prefix + "cancel:" + task_id))
-
-        return await self._guarded(read, False)
 
     async def get_task(self, task_id: str) -> dict[str, Any] | None:
         """The stored view (None: no such task); an unfinished one also with `heartbeat_age`,

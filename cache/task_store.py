@@ -290,14 +290,14 @@ class TaskStore:
             self._heartbeats[record.task_id] = self.shared.keep_alive(lambda: self._beat(record), HEARTBEAT_S)
 
     async def _beat(self, record: TaskRecord) -> bool:
-        await self._share(record)  # queued or running (a document: its progress), and a fresh TTL
-        if (
-            self.on_cancel is not None
-            and self.shared is not None
-            and await self.shared.cancel_requested(record.task_id)
-        ):
+        if self.shared is None:
+            return False
+        # Queued or running (a document: its progress), a fresh TTL, and whether a DELETE of it
+        # reached another node.
+        cancel_asked = await self.shared.beat_task(record.task_id, record.view().to_json())
+        if cancel_asked and self.on_cancel is not None:
             if record.computation is not None:  # (it may have ended meanwhile)
-                self.on_cancel(record)  # a DELETE of it reached another node
+                self.on_cancel(record)
             return False
         return True  # Redis down: beat again, the record may outlast the outage
 

@@ -604,6 +604,10 @@ class _RecordingShared:
         self.written.append((task_id, view["status"]))
         return True
 
+    async def beat_task(self, task_id: str, view: dict) -> bool:
+        await self.put_task(task_id, view)
+        return False
+
     def keep_alive(self, renew, interval: float) -> asyncio.Task:
         async def loop() -> None:
             while await renew():
