@@ -29,6 +29,12 @@
   // restarts) is tried again after 1, 2, then 4 s before the page gives up: the task goes on.
   const POLL_RETRY_DELAYS_MS = [1000, 2000, 4000];
   const RETRY_STATUSES = new Set([502, 503, 504]);
+  // How long the page waits for an answer before it gives up: a frozen server or proxy must not
+  // leave it busy for ever. The server answers within its own deadlines (a queue wait and a run
+  // of task_timeout each: 120 s by default); a 20 MiB upload over a slow link takes longer.
+  const ANSWER_TIMEOUT_S = 600;
+  // A task poll waits POLL_WAIT_S on the server: one silent this long is lost (and tried again).
+  const POLL_TIMEOUT_S = 30;
 
   let lines = []; // text_lines of the result on screen
   let pinned = -1; // line selected by a click; hovering shows others only while hovering
@@ -88,6 +94,31 @@
     }
   }
 
+  // fetch and its JSON body (null when it is not JSON: a proxy's HTML page), given up after
+  // `seconds` as well as when `signal` aborts.
+  async function fetchAnswer(url, options, seconds, signal) {
+    const own = new AbortController();
+    const forward = () => own.abort();
+    signal.addEventListener("abort", forward, { once: true });
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      own.abort();
+    }, seconds * 1000);
+    try {
+      const response = await fetch(url, { ...options, signal: own.signal });
+      const body = await response.json().catch(() => null);
+      if (own.signal.aborted) throw new DOMException("aborted", "AbortError"); // while reading the body
+      return { response, body };
+    } catch (err) {
+      if (timedOut) throw new Error(`no answer within ${seconds} s`);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", forward);
+    }
+  }
+
   async function send(file, seq, signal) {
     const form = new FormData();
     form.append("file_type", "file");
@@ -103,8 +134,7 @@
     let response;
     let body = null;
     try {
-      response = await fetch("/ocr_service", { method: "POST", body: form, signal });
-      body = await response.json().catch(() => null); // a proxy's HTML error page is not JSON
+      ({ response, body } = await fetchAnswer("/ocr_service", { method: "POST", body: form }, ANSWER_TIMEOUT_S, signal));
     } catch (err) {
       if (seq === uploadSeq) fail(`Cannot reach the OCR server (${err.message}).`);
       return;
@@ -157,9 +187,10 @@
       let response;
       let lost = null; // why this poll did not get an answer, if it did not
       try {
-        response = await fetch(`${task.status_url}?wait=${POLL_WAIT_S}`, { signal });
+        const answer = await fetchAnswer(`${task.status_url}?wait=${POLL_WAIT_S}`, {}, POLL_TIMEOUT_S, signal);
+        response = answer.response;
         if (RETRY_STATUSES.has(response.status)) lost = `HTTP ${response.status}`;
-        else body = await response.json().catch(() => null);
+        else body = answer.body;
       } catch (err) {
         if (signal.aborted) return { response: null, body: null }; // a newer upload replaced it
         lost = err.message;

@@ -579,3 +579,45 @@ def test_a_document_is_followed_through_a_lost_connection(webui: PageWatch) -> N
     finally:
         page.unroute_all(behavior="ignoreErrors")
     assert webui.page_errors == []
+
+
+def test_a_server_that_never_answers_ends_in_an_error_not_busy_for_ever(webui: PageWatch) -> None:
+    # A frozen server (or a proxy holding the connection) left the page busy until reloaded:
+    # the upload now gives up after the page's answer timeout, and a silent task poll is
+    # tried again and then given up on the same way. The page's clock is run forward.
+    from tests.pdf_builder import image_pdf
+
+    page = webui.page
+    page.clock.install()
+    page.reload()
+    page.wait_for_selector("body[data-state=idle]")
+    held: list[Any] = []
+    page.route("**/ocr_service", lambda route: held.append(route))  # never answered
+    try:
+        page.set_input_files("#file", {"name": "a.png", "mimeType": "image/png", "buffer": text_image("HELD")})
+        page.wait_for_function("() => document.body.dataset.state === 'busy'")
+        page.clock.run_for(590_000)
+        assert page.get_attribute("body", "data-state") == "busy"  # the server may still answer
+        page.clock.run_for(20_000)
+        page.wait_for_selector("body[data-state=error]", timeout=10_000)
+        assert "no answer within 600 s" in (page.text_content("#message") or "")
+        assert len(held) == 1
+
+        # A document's polls: each silent one is lost after 30 s, tried again, then given up.
+        page.unroute("**/ocr_service")
+        page.route("**/ocr_service/tasks/**", lambda route: held.append(route))
+        pdf = image_pdf([Image.open(io.BytesIO(text_image("POLLED")))], dpi=100)
+        page.set_input_files("#file", {"name": "scan.pdf", "mimeType": "application/pdf", "buffer": pdf})
+        page.wait_for_function("() => document.body.dataset.state === 'busy'")
+        with page.expect_request("**/ocr_service/tasks/**", timeout=RESULT_TIMEOUT_MS):
+            pass
+        for _ in range(4):
+            page.clock.run_for(40_000)
+            page.wait_for_timeout(100)
+        page.wait_for_selector("body[data-state=error]", timeout=10_000)
+        message = page.text_content("#message") or ""
+        assert "no answer within 30 s" in message and "the task may still finish" in message, message
+        assert len(held) == 1 + 4  # the upload, then the first poll and its three retries
+    finally:
+        page.unroute_all(behavior="ignoreErrors")
+    assert webui.page_errors == []
