@@ -42,10 +42,12 @@ _MAX_RATIO = 160.0
 # between the pieces' texts.
 _CUT_SEARCH = 0.25
 _CUT_SPACE = 0.1
-# At most this many pieces a line (lines up to 520 heights long read unsqueezed): the work
-# stays bounded on a 20000 x 8 strip, whose pieces are squeezed as a long line once was.
-_MAX_PIECES = 4
-# Pieces squeezed up to this much still read (a 35156 x 48 line: 4 pieces of ~180 heights,
+# At most this many pieces a line: lines up to ~1480 heights long read unsqueezed, up to ~2200
+# squeezed a little (every line 30 px or higher within the 65,535 px side limit; 4 pieces
+# read a 64658 x 40 line squeezed whole, not one word right); the work stays bounded on a
+# 20000 x 8 strip (2500 heights), whose pieces would be squeezed past reading anyway.
+_MAX_PIECES = 12
+# Pieces squeezed up to this much still read (a 35156 x 48 line in 4 pieces of ~180 heights:
 # 22 of 2694 characters wrong); a line whose pieces would be squeezed more is read whole.
 _MAX_SQUEEZE = 1.5
 # Ink: what differs from the line's median grey by more than this (as models.det does).

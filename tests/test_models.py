@@ -1171,9 +1171,14 @@ def test_a_line_longer_than_the_recogniser_reads_is_cut_in_word_gaps() -> None:
     for _x0, x1, space in pieces[:-1]:
         assert space and (line[:, x1 - 3 : x1 + 3] == 255).all()  # in the middle of a word gap
     assert line_pieces(line[:, :3000]) == [(0, 3000, False)]  # short enough: read whole
-    # Up to _MAX_PIECES pieces, each squeezed a little if need be (a 35156 x 48 line: 732 heights)...
-    assert len(line_pieces(_word_blocks(20, 380))) == _MAX_PIECES  # 14448 x 20: 722 heights
-    # ...but a 20000 x 8 strip (2500 heights) would be squeezed past reading in any pieces: whole.
+    # Pieces of at most 160 heights (a 14448 x 20 line: 722 heights, read in 5)...
+    long_pieces = line_pieces(_word_blocks(20, 380))
+    assert len(long_pieces) == 5 and all(x1 - x0 <= _MAX_RATIO * 20 for x0, x1, _space in long_pieces)
+    # ...then up to _MAX_PIECES, each squeezed a little if need be: a 43708 x 20 line (2185
+    # heights) was read whole, squeezed past reading, when 4 pieces were the most...
+    longer = line_pieces(_word_blocks(20, 1150))
+    assert 4 < len(longer) <= _MAX_PIECES and all(x1 - x0 <= 1.5 * _MAX_RATIO * 20 for x0, x1, _space in longer)
+    # ...but a 20000 x 8 strip (2500 heights) would be squeezed past reading even so: whole.
     assert line_pieces(np.full((8, 20000), 255, np.uint8)) == [(0, 20000, False)]
     # A line with no word gap at all is still cut (between letters, with no space written).
     assert not any(space for _x0, _x1, space in line_pieces(_word_blocks(20, 250, word_gap=1)))
