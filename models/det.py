@@ -620,6 +620,9 @@ WARP_MARGIN = 4
 def crop_box(img: np.ndarray, box: np.ndarray) -> np.ndarray:
     """Perspective-rectify one quadrilateral; tall crops are turned to horizontal."""
     w, h = _box_size(box)
+    crop = _aligned_crop(img, box, w, h)
+    if crop is not None:
+        return np.ascontiguousarray(np.rot90(crop)) if h / w >= VERTICAL_RATIO else crop
     dst = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
     m = cv2.getPerspectiveTransform(box.astype(np.float32), dst)
     if w <= WARP_PIECE and h <= WARP_PIECE:
@@ -634,6 +637,23 @@ def crop_box(img: np.ndarray, box: np.ndarray) -> np.ndarray:
         # Vertical text column: the recogniser reads left-to-right only.
         crop = np.ascontiguousarray(np.rot90(crop))
     return crop
+
+
+def _aligned_crop(img: np.ndarray, box: np.ndarray, w: int, h: int) -> np.ndarray | None:
+    """The crop of an upright rectangle with whole-pixel corners, cut straight from `img`
+    (a copy), or None for any other box. The warp maps it by a whole-pixel shift, and a
+    cubic sample at a whole pixel is that pixel: the same crop as warping it, without the
+    warp (most boxes on scans and screenshots are such rectangles)."""
+    (x0, y0), (x1, y1) = box[0].tolist(), box[2].tolist()
+    if box[1].tolist() != [x1, y0] or box[3].tolist() != [x0, y1]:
+        return None
+    if not (x0.is_integer() and y0.is_integer() and x1 - x0 == w and y1 - y0 == h):
+        return None
+    left, top = int(x0), int(y0)
+    height, width = img.shape[:2]
+    if left < 0 or top < 0 or left + w > width or top + h > height:
+        return None
+    return img[top : top + h, left : left + w].copy()
 
 
 def _warp_piece(img: np.ndarray, m: np.ndarray, left: int, top: int, right: int, bottom: int) -> np.ndarray:

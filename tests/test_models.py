@@ -1403,6 +1403,23 @@ def test_a_crop_warped_from_its_part_of_the_page_is_the_whole_page_warp(
     assert np.mean(differing) < 1e-3
 
 
+def test_an_upright_whole_pixel_box_is_cut_straight_as_the_warp_would_cut_it() -> None:
+    # Most boxes on scans and screenshots are such rectangles: sliced, not warped (same pixels).
+    rng = np.random.default_rng(11)
+    page = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    for x0, y0, x1, y1 in [(10, 20, 210, 52), (0, 0, 500, 300), (480, 5, 500, 120), (3, 7, 4, 8)]:
+        box = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32)
+        crop, whole = detection.crop_box(page, box), _whole_page_crop(page, box)
+        if whole.shape[0] / whole.shape[1] >= detection.VERTICAL_RATIO:
+            whole = np.ascontiguousarray(np.rot90(whole))
+        assert np.array_equal(crop, whole)
+        assert np.shares_memory(crop, page) is False  # a copy: the page may go
+    # Corners off the pixel grid, or past the page's edge, are warped as before.
+    for box in ([[10.5, 20], [210.5, 20], [210.5, 52], [10.5, 52]], [[-5, 20], [195, 20], [195, 52], [-5, 52]]):
+        box = np.array(box, dtype=np.float32)
+        assert np.abs(detection.crop_box(page, box).astype(int) - _whole_page_crop(page, box)).mean() < 0.05
+
+
 def test_a_line_of_a_page_taller_than_opencv_warps_is_cropped() -> None:
     page = np.full((40_000, 300, 3), 255, dtype=np.uint8)
     page[39_000:39_040, 20:280] = 0
