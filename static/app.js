@@ -99,6 +99,7 @@
   async function fetchAnswer(url, options, seconds, signal) {
     const own = new AbortController();
     const forward = () => own.abort();
+    if (signal.aborted) own.abort();
     signal.addEventListener("abort", forward, { once: true });
     let timedOut = false;
     const timer = setTimeout(() => {
