@@ -91,7 +91,7 @@ class TextDetector:
                 max_candidates=settings.max_candidates,
                 unclip_ratio=settings.unclip_ratio,
                 score_mode="fast",
-                use_dilation=True,
+                use_dilation=settings.use_dilation,
             )
 
         self.post = db_pass(settings.thresh, settings.box_thresh)

@@ -84,6 +84,8 @@ class EngineOptions:
     det_db_thresh: float | None = None
     det_db_box_thresh: float | None = None
     det_db_unclip_ratio: float | None = None
+    # Dilate the thresholded map before finding regions; None: the family's own choice.
+    det_db_use_dilation: bool | None = None
     drop_score: float = 0.5
     # A detected region whose mean text probability falls below the box threshold is
     # binarised again at a stricter pixel threshold and its confident parts kept: a label
@@ -189,6 +191,7 @@ def det_settings(options: EngineOptions) -> DetDefaults:
         box_thresh=own.box_thresh if options.det_db_box_thresh is None else options.det_db_box_thresh,
         unclip_ratio=own.unclip_ratio if options.det_db_unclip_ratio is None else options.det_db_unclip_ratio,
         max_candidates=own.max_candidates,
+        use_dilation=own.use_dilation if options.det_db_use_dilation is None else options.det_db_use_dilation,
     )
 
 
