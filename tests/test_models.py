@@ -746,10 +746,11 @@ def test_detector_settings_come_from_the_models_own_config() -> None:
     assert (v6.thresh, v6.box_thresh, v6.unclip_ratio) == (0.2, 0.45, 1.4)  # its inference.yml
     assert det_settings(EngineOptions(model="PP-OCRv6-tiny")).box_thresh == 0.4
     assert det_settings(EngineOptions(model="PP-OCRv6-small", det_db_box_thresh=0.6)).box_thresh == 0.6
-    # PaddleOCR's own choice per family: v5 mobile's map is not dilated (PaddleOCR never
+    # Per family: v5 mobile's map is not dilated (as PaddleOCR runs it, which never
     # does; with it, FUNSD faxes lost their small print), v4 and v6 keep it (measured better).
     assert det_settings(EngineOptions(model="PP-OCRv5")).use_dilation is False
-    assert det_settings(EngineOptions(model="PP-OCRv5", engine="paddle")).use_dilation is False  # its inference.yml
+    # The paddle backend reads v5's inference.yml, which does not say: the family's choice.
+    assert det_settings(EngineOptions(model="PP-OCRv5", engine="paddle")).use_dilation is False
     assert det_settings(EngineOptions(model="PP-OCRv4")).use_dilation is True
     assert v6.use_dilation is True
     plain = EngineOptions(model="PP-OCRv6-small", det_db_use_dilation=False)
