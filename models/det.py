@@ -621,21 +621,25 @@ def crop_box(img: np.ndarray, box: np.ndarray) -> np.ndarray:
     """Perspective-rectify one quadrilateral; tall crops are turned to horizontal."""
     w, h = _box_size(box)
     crop = _aligned_crop(img, box, w, h)
-    if crop is not None:
-        return np.ascontiguousarray(np.rot90(crop)) if h / w >= VERTICAL_RATIO else crop
-    dst = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
-    m = cv2.getPerspectiveTransform(box.astype(np.float32), dst)
-    if w <= WARP_PIECE and h <= WARP_PIECE:
-        crop = _warp_piece(img, m, 0, 0, w, h)
-    else:
-        crop = np.empty((h, w, *img.shape[2:]), dtype=img.dtype)
-        for top in range(0, h, WARP_PIECE):
-            for left in range(0, w, WARP_PIECE):
-                right, bottom = min(w, left + WARP_PIECE), min(h, top + WARP_PIECE)
-                crop[top:bottom, left:right] = _warp_piece(img, m, left, top, right, bottom)
+    if crop is None:
+        crop = _warped_crop(img, box, w, h)
     if h / w >= VERTICAL_RATIO:
         # Vertical text column: the recogniser reads left-to-right only.
         crop = np.ascontiguousarray(np.rot90(crop))
+    return crop
+
+
+def _warped_crop(img: np.ndarray, box: np.ndarray, w: int, h: int) -> np.ndarray:
+    """The quadrilateral `box` warped to a w x h rectangle, in pieces OpenCV can warp."""
+    dst = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
+    m = cv2.getPerspectiveTransform(box.astype(np.float32), dst)
+    if w <= WARP_PIECE and h <= WARP_PIECE:
+        return _warp_piece(img, m, 0, 0, w, h)
+    crop = np.empty((h, w, *img.shape[2:]), dtype=img.dtype)
+    for top in range(0, h, WARP_PIECE):
+        for left in range(0, w, WARP_PIECE):
+            right, bottom = min(w, left + WARP_PIECE), min(h, top + WARP_PIECE)
+            crop[top:bottom, left:right] = _warp_piece(img, m, left, top, right, bottom)
     return crop
 
 

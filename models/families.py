@@ -181,7 +181,7 @@ def det_defaults(family: str, engine: str) -> DetDefaults:
             unclip_ratio=float(post["unclip_ratio"]),
             max_candidates=int(post.get("max_candidates", 1000)),
             # No inference.yml says; PaddleOCR's published choice for the family, if any.
-            use_dilation=_PUBLISHED_DET[family].use_dilation if family in _PUBLISHED_DET else True,
+            use_dilation=_PUBLISHED_DET[family].use_dilation if family in _PUBLISHED_DET else DetDefaults.use_dilation,
         )
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
         raise ModelLoadError(f"cannot read detector settings from {path}: {exc}") from exc
