@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, TiffImagePlugin
 
 from .errors import ImageDecodeError, ImageError, ImageTooLargeError, ImageTooSmallError
+from .png_rows import missing_rows
 from .tiff import is_tiff, page_tags
 
 # The formats read here (for GIF and multi-page TIFF, the first frame), as people write them;
@@ -203,6 +204,12 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 8
             raise _bomb_error(exc, max_pixels) from exc
         except Exception as exc:  # OSError("image file is truncated"), zlib errors...
             raise ImageDecodeError(f"corrupt or truncated {img.format} image: {exc}") from exc
+        if img.format == "PNG" and _tail_unset(img):
+            short = missing_rows(data)
+            if short is not None:
+                raise ImageDecodeError(
+                    f"corrupt or truncated PNG image: its pixel data ends after {short[0]} of its {short[1]} rows"
+                )
         img = _upright(img)
         try:
             arr = _to_bgr(img)
@@ -212,6 +219,19 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 8
         img.close()
         src.close()
     return arr
+
+
+def _tail_unset(img: Image.Image) -> bool:
+    """Whether a decoded PNG ends in a pixel of all zeros, where pixel data that stops short
+    leaves the ones it never wrote (only then is it checked: that costs a second inflate).
+    Rows come in order, so the last pixel is the last one written; an interlaced image's
+    last pass fills every other row, so any pixel of its last two rows may be."""
+    w, h = img.size
+    if not img.info.get("interlace"):
+        pixel = img.getpixel((w - 1, h - 1))
+        return not any(pixel) if isinstance(pixel, tuple) else not pixel
+    tail = np.asarray(img.crop((0, max(0, h - 2), w, h)))
+    return bool((tail.reshape(tail.shape[0], w, -1) == 0).all(axis=2).any())
 
 
 def _page_error(data: bytes, frame: int, fmt: str | None, exc: Exception) -> ImageError:

@@ -8,8 +8,10 @@ test calls the models functions directly.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import tracemalloc
+import zlib
 from typing import Any
 
 import numpy as np
@@ -426,6 +428,64 @@ def test_decoding_errors_are_all_typed() -> None:
                 decode_image(damaged, frame=frame)
             except ImageError:
                 pass
+
+
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def png_by_hand(pixels: np.ndarray, interlaced: bool = False, rows_dropped: int = 0) -> bytes:
+    """An 8-bit RGB PNG of `pixels` written here (Pillow writes no interlaced PNG), rows
+    unfiltered, whose zlib stream leaves out the last `rows_dropped` rows of its pixel data
+    (of the last passes, interlaced) and ends cleanly there, as a writer that stopped early
+    leaves it. (Cut inside a row, Pillow itself finds the file truncated.)"""
+    passes = [pixels[y0::dy, x0::dx] for x0, y0, dx, dy in ADAM7] if interlaced else [pixels]
+    rows = [b"\0" + row.tobytes() for part in passes if part.size for row in part]
+    height, width = pixels.shape[:2]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, int(interlaced))
+    idat = zlib.compress(b"".join(rows[: len(rows) - rows_dropped]))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def page_pixels(text: str, size: tuple[int, int] = (241, 67)) -> np.ndarray:
+    return np.array(text_page(text, size))
+
+
+@pytest.mark.parametrize("interlaced", [False, True], ids=["rows in order", "interlaced"])
+def test_a_png_whose_pixel_data_stops_short_is_refused_not_padded_with_black(interlaced: bool) -> None:
+    # Pillow decodes such a file without a word: the rows never written come out black, and
+    # the text they held was silently missing from the answer.
+    pixels = page_pixels(random_word())
+    for dropped in (1, 33):
+        with pytest.raises(ImageDecodeError) as raised:
+            decode_image(png_by_hand(pixels, interlaced, dropped))
+        assert re.fullmatch(
+            r"corrupt or truncated PNG image: its pixel data ends after (\d+) of its 67 rows", str(raised.value)
+        ), str(raised.value)
+    whole = decode_image(png_by_hand(pixels, interlaced))
+    assert np.array_equal(whole, pixels[:, :, ::-1])
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "LA", "I;16", "interlaced RGB"])
+def test_a_whole_png_that_ends_in_black_is_read_as_it_is(mode: str) -> None:
+    # A black last pixel is what makes the decoder count the pixel data: every pixel format's
+    # rows (bits, bytes, samples) must add up to a whole image.
+    pixels = page_pixels(random_word())
+    pixels[-9:, -31:] = 0
+    if mode == "interlaced RGB":
+        data = png_by_hand(pixels, interlaced=True)
+    else:
+        image = Image.fromarray(pixels).convert(mode if mode != "I;16" else "L")
+        if mode == "I;16":
+            image = Image.fromarray(np.asarray(image).astype(np.uint16) * 257)
+        out = io.BytesIO()
+        image.save(out, "PNG")
+        data = out.getvalue()
+    decoded = decode_image(data)
+    assert decoded.shape == (67, 241, 3) and not decoded[-9:, -31:].any() and decoded[:9].any()
 
 
 # --- end to end -------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from tests.conftest import (
     text_image,
 )
 from tests.pdf_builder import image_pdf
+from tests.test_decoding import page_pixels, png_by_hand
 
 
 def error_code(response: requests.Response) -> str:
@@ -256,10 +257,13 @@ def test_a_fifo_swapped_in_after_the_check_is_refused_without_blocking(tmp_path:
 def _upload_cases() -> list[tuple[str, bytes, int, str]]:
     good_jpeg = encoded(Image.new("RGB", (200, 80), "white"), "JPEG")
     good_png = text_image("TRUNCATED")
+    page = page_pixels("HALF")
     return [
         ("zero bytes", b"", 400, "empty_file"),
         ("truncated jpeg", good_jpeg[: len(good_jpeg) // 3], 415, "unsupported_image"),
         ("truncated png", good_png[: len(good_png) // 2], 415, "unsupported_image"),
+        # Its zlib stream ends cleanly after half the rows: Pillow alone padded it with black.
+        ("png whose pixel data stops at a row", png_by_hand(page, rows_dropped=len(page) // 2), 415, "unsupported_image"),
         ("corrupt jpeg", good_jpeg[:200] + bytes(range(256)) * 4, 415, "unsupported_image"),
         ("text named .jpg", b"Dear team,\nplease find attached\n" * 20, 415, "unsupported_image"),
         ("decompression bomb", declared_png(30000, 30000), 413, "image_too_large"),
