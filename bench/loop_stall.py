@@ -10,12 +10,16 @@ the working tree):
    just under web_server.max_body_bytes, unique per upload, so each one is hashed, sent
    to a worker and read), --upload-concurrency at a time, while one client re-sends the
    cached small image in a loop (hit latency during the uploads);
-4. prints, per tree: the largest loop stall in the idle and upload windows, as seen, the
+4. then --layer-pages pages of a PDF whose text layers are at their bound (pdf_text=layer),
+   alone: a few KB that answer ~25 MB at 30 pages (the document's bound), built in the
+   workers; what the loop does with it is the measure;
+5. prints, per tree: the largest loop stall in the idle and upload windows, as seen, the
    server's own part (without the time the loop's thread waited for a CPU other processes
    held, see bench/loop_probe.py) and the CPU the loop's thread used during it (the work
    the server did; "own" beyond it is the thread blocked, e.g. a virtual CPU not running),
-   how many wake-ups were more than 5 ms late, hit latency p50/p99/max during the uploads, and
-   (when the server exports it) the server's own ocr_event_loop_lag_max_seconds.
+   how many wake-ups were more than 5 ms late, hit latency p50/p99/max during the uploads,
+   the largest stall while the text-layer PDF was answered, and (when the server exports
+   it) the server's own ocr_event_loop_lag_max_seconds.
 
     git archive <commit> | tar -x -C /tmp/before
     python bench/loop_stall.py --tree before=/tmp/before --tree after=.
@@ -44,6 +48,7 @@ if str(REPO) not in sys.path:
 
 import multirequest as mr
 from bench.launch import BenchServer, free_port, start_process
+from tests.pdf_builder import nested_text_forms_pdf
 
 SMALL_IMAGE = REPO / "imgs" / "sample_invoice.png"
 MAX_BODY_BYTES = 20 * 1024 * 1024
@@ -147,12 +152,16 @@ def measure(name: str, tree: Path, args: argparse.Namespace, workdir: Path) -> d
         done.set()
         hit_thread.join()
         upload_end = time.time()
+        layer_start = time.time()
+        layer_status, layer_s = layer_document(port, args.layer_pages) if args.layer_pages else (None, None)
+        layer_end = time.time()
         time.sleep(0.7)  # the probe flushes twice a second
         gauge = server_lag_gauge(server.url)
     finally:
         server.stop()
     idle, idle_own, idle_cpu = stalls(probe_file, idle_start, idle_end)
     busy, busy_own, busy_cpu = stalls(probe_file, upload_start, upload_end)
+    layer, layer_own, _ = stalls(probe_file, layer_start, layer_end)
     hit_ms.sort()
     return {
         "tree": name,
@@ -172,8 +181,24 @@ def measure(name: str, tree: Path, args: argparse.Namespace, workdir: Path) -> d
         "hit_p50_ms": mr.percentile(hit_ms, 50) if hit_ms else None,
         "hit_p99_ms": mr.percentile(hit_ms, 99) if hit_ms else None,
         "hit_max_ms": hit_ms[-1] if hit_ms else None,
+        "layer_status": layer_status,
+        "layer_answer_s": layer_s,
+        "layer_max_stall_ms": max(layer, default=0.0) if args.layer_pages else None,
+        "layer_max_own_ms": max(layer_own, default=0.0) if args.layer_pages else None,
         "server_lag_gauge_ms": None if gauge is None else gauge * 1000,
     }
+
+
+def layer_document(port: int, pages: int) -> tuple[int, float]:
+    """POST a PDF of `pages` pages whose text layers reach the per-page bound (10,000 runs
+    each; 30 pages: the document's bound of 300,000) with pdf_text=layer, alone; its status
+    and the seconds it took. A few KB of PDF, and ~25 MB of answer at 30 pages."""
+    pdf = nested_text_forms_pdf(pages, runs=10, fanout=10, levels=3) + uuid.uuid4().hex.encode()  # never cached
+    body, content_type = mr.build_multipart({"file_type": "file", "pdf_text": "layer"}, "file", "layer.pdf", pdf,
+                                            "lb" + uuid.uuid4().hex)  # fmt: skip
+    began = time.perf_counter()
+    status, _ = post(port, body, content_type)
+    return status, round(time.perf_counter() - began, 2)
 
 
 def report(rows: list[dict[str, Any]]) -> str:
@@ -183,7 +208,7 @@ def report(rows: list[dict[str, Any]]) -> str:
     cols = ["tree", "uploads", "upload_ok", "upload_s", "idle_max_stall_ms", "idle_max_own_ms", "idle_max_cpu_ms",
             "upload_max_stall_ms", "upload_max_own_ms", "upload_max_cpu_ms", "upload_stalls_over_goal",
             "upload_own_over_goal", "upload_cpu_over_goal", "hits", "hit_p50_ms", "hit_p99_ms", "hit_max_ms",
-            "server_lag_gauge_ms"]  # fmt: skip
+            "layer_status", "layer_answer_s", "layer_max_stall_ms", "layer_max_own_ms", "server_lag_gauge_ms"]  # fmt: skip
     lines = [" | ".join(cols)]
     lines += [" | ".join(fmt(row[c]) for c in cols) for row in rows]
     return "\n".join(lines)
@@ -196,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uploads", type=int, default=12)
     parser.add_argument("--upload-concurrency", type=int, default=2)
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of the idle window")
+    parser.add_argument("--layer-pages", type=int, default=30,
+                        help="then a PDF of this many pages of 10,000 text runs each, read from its text layer (0: none)")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     trees = [t.split("=", 1) for t in args.tree] or [["this", str(REPO)]]

@@ -26,11 +26,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from cache.previews import PreviewStore
 from cache.records import Result, TaskView
 from cache.remote_poll import poll_pauses
 from cache.service import OcrService
-from cache.single_flight import is_poison
+from cache.single_flight import is_poison, store_quietly
 from cache.task_store import TaskRecord
 from models.text_layers import bound_document_layers
 from ocr_pool import Job, PoolError, QueueFullError, TaskCancelledError, TaskFailedError
@@ -458,7 +460,7 @@ class DocumentService:
             del self._flights[flight.key]
 
     async def _store(self, key: str, result: dict[str, Any]) -> None:
-        await self.ocr.results.put(key, result)  # and into the shared store, when there is one
+        await store_quietly(self.ocr.results, key, result)  # and into the shared store, when there is one
 
     async def _probe(self, run: DocumentRun, doc: DocumentInput, spec: dict[str, Any]) -> dict[str, Any]:
         """The PDF's page count, and each page's size, text layer and identity: one task for
@@ -586,7 +588,9 @@ class DocumentService:
             if info["error"] is not None:
                 pages[index] = {"page": number, "image_size": info["image_size"], "error": info["error"]}
             elif info["layer"] is not None:
-                pages[index] = _page_body(number, info["image_size"], info["layer"], "layer", {}, False)
+                # The worker's bytes, spliced into the answer as they are (see EncodedLayer).
+                lines = orjson.Fragment(info["layer"].json)
+                pages[index] = _page_body(number, info["image_size"], lines, "layer", {}, False)
                 self.pages_layer += 1
             else:
                 key = keys[index]
@@ -751,7 +755,7 @@ def _unprobed_page(index: int, error: BaseException) -> dict[str, Any]:
 
 
 def _page_body(
-    number: int, size: Any, lines: list[dict[str, Any]], source: str, timing: dict[str, Any], cached: bool
+    number: int, size: Any, lines: list[dict[str, Any]] | orjson.Fragment, source: str, timing: dict[str, Any], cached: bool
 ) -> dict[str, Any]:
     return {
         "page": number,

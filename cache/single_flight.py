@@ -10,6 +10,7 @@ reads and writes results only through the ResultStore interface.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from typing import Any, Protocol
@@ -28,6 +29,18 @@ from ocr_pool import (
     WorkerPool,
 )
 from ocr_pool.pages import settle
+
+log = logging.getLogger("ocr_cache")
+
+
+async def store_quietly(results: ResultStore, key: str, result: Result) -> None:
+    """Store a result. Whatever the store raises costs the cache entry, never the answer:
+    the callers settle their waiters after this."""
+    try:
+        await results.put(key, result)
+    except Exception:  # an unsettled future would leave its key in flight forever
+        log.exception("storing the result of %s failed; answered without caching it", key)
+
 
 # Failed images remembered at once (a key and an error each); the oldest are forgotten first.
 FAILURE_CAPACITY = 1000
@@ -234,7 +247,7 @@ class SingleFlight:
             self.remember_failure(computation.key, error)
         _stop_keeping(computation)
         if error is None:
-            await self.results.put(computation.key, future.result())
+            await store_quietly(self.results, computation.key, future.result())
         if computation.claim is not None:
             await self.claims.release(computation.key, computation.claim)
         settle(computation.future, None if error is not None else future.result(), error)

@@ -28,7 +28,7 @@ from .pdf import (
     rendered_size,
     text_layer,
 )
-from .text_layers import LayerBudget
+from .text_layers import EncodedLayer, LayerBudget
 
 # (sha256, password, PdfDocument) of the last PDF read here. The password is part of the key:
 # a task with a wrong one must not read a document another task opened with the right one.
@@ -132,7 +132,7 @@ def probe_pdf(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
                     else:
                         if mode == "layer" or real:
                             info["layer"] = lines
-                            layer_budget.take(lines)
+                            layer_budget.take_lines(lines)
                 if info["layer"] is None and info["error"] is None:
                     info["fingerprint"] = _fingerprint(page, budget)
         finally:
@@ -203,7 +203,11 @@ def run_preview(data: bytes, spec: dict[str, Any], max_pixels: int, min_side: in
 
 
 def run_probe(data: bytes, spec: dict[str, Any]) -> dict[str, Any]:
+    """probe_pdf as a worker answers it: each page's text layer encoded (EncodedLayer)."""
     started = time.perf_counter()
     result = probe_pdf(data, spec)
+    for info in result["pages"]:
+        if info["layer"] is not None:
+            info["layer"] = EncodedLayer.of(info["layer"])
     result["timing"] = {"probe": round((time.perf_counter() - started) * 1000, 2)}
     return result

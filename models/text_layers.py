@@ -4,11 +4,18 @@ A text layer is bounded as OCR is (the detector keeps at most 1000 lines a page)
 nested forms drew 10^5 text runs a page, 8 MB of answer a page, encoded on the event loop.
 A dense real page has a few thousand runs (a spreadsheet of 3000 cells). Light (no PDFium,
 no numpy): the parent applies the document's bound to pages probed one task each.
+
+A worker sends each page's layer back already encoded (EncodedLayer): rebuilt as Python
+objects in the parent, the runs of a document at its bound (300,000, 9 KB of PDF) held the
+event loop for 1.5-3 s; as bytes they cost it a copy.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from .errors import TextLayerTooLargeError
 
@@ -18,6 +25,23 @@ MAX_LAYER_CHARS = 100_000
 # runs each) or of a 3000-cell spreadsheet fit; the answer stays within ~30 MB of JSON.
 MAX_DOCUMENT_LAYER_RUNS = 300_000
 MAX_DOCUMENT_LAYER_CHARS = 3_000_000
+
+
+@dataclass(frozen=True)
+class EncodedLayer:
+    """A page's text layer as its answer's `text_lines` JSON, with the counts its bounds need."""
+
+    json: bytes
+    runs: int
+    chars: int
+
+    @classmethod
+    def of(cls, lines: list[dict[str, Any]]) -> EncodedLayer:
+        return cls(orjson.dumps(lines), len(lines), _chars(lines))
+
+
+def _chars(lines: list[dict[str, Any]]) -> int:
+    return sum(len(line["text"]) for line in lines)
 
 
 class LayerBudget:
@@ -43,20 +67,22 @@ class LayerBudget:
             f"the page's text layer holds {count} {what}, {over}; pdf_text=auto or ocr reads such a page by OCR"
         )
 
-    def take(self, lines: list[dict[str, Any]]) -> None:
-        """Count a page's layer, as answered, against the document's."""
-        self.runs -= len(lines)
-        self.chars -= sum(len(line["text"]) for line in lines)
+    def take(self, runs: int, chars: int) -> None:
+        """Count a page's layer, as answered (its runs and characters), against the document's."""
+        self.runs -= runs
+        self.chars -= chars
 
-    def fits(self, lines: list[dict[str, Any]]) -> TextLayerTooLargeError | None:
+    def fits(self, runs: int, chars: int) -> TextLayerTooLargeError | None:
         """None when a page's layer, as answered, fits what is left; else why not."""
-        runs, chars = self.limits()
-        if len(lines) > runs:
-            return self.refusal("runs of text", len(lines), runs)
-        text = sum(len(line["text"]) for line in lines)
-        if text > chars:
-            return self.refusal("characters", text, chars)
+        runs_left, chars_left = self.limits()
+        if runs > runs_left:
+            return self.refusal("runs of text", runs, runs_left)
+        if chars > chars_left:
+            return self.refusal("characters", chars, chars_left)
         return None
+
+    def take_lines(self, lines: list[dict[str, Any]]) -> None:
+        self.take(len(lines), _chars(lines))
 
 
 def bound_document_layers(pages: list[dict[str, Any]], mode: str) -> None:
@@ -65,12 +91,12 @@ def bound_document_layers(pages: list[dict[str, Any]], mode: str) -> None:
     For pages probed one task each, where no task sees the others' layers."""
     budget = LayerBudget()
     for info in pages:
-        lines = info.get("layer")
-        if lines is None:
+        layer: EncodedLayer | None = info.get("layer")
+        if layer is None:
             continue
-        refused = budget.fits(lines)
+        refused = budget.fits(layer.runs, layer.chars)
         if refused is None:
-            budget.take(lines)
+            budget.take(layer.runs, layer.chars)
             continue
         info["layer"] = None
         if mode == "layer":

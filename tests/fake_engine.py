@@ -27,6 +27,7 @@ import time
 from multiprocessing import connection
 from typing import Any
 
+from models.text_layers import EncodedLayer
 from ocr_pool.worker import THREAD_ENV_VARS
 
 STALLED_REPLY_BYTES = 2_000_000
@@ -83,7 +84,7 @@ class FakeEngine:
                 os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(3600 if plan.get("probe_hang") == str(index) else float(plan.get("probe_sleep", 0)))
             layer = [{"text": f"layer {index + 1}", "confidence": 1.0, "box": [[0, 0], [9, 0], [9, 9], [0, 9]]}]
-            pages.append({"image_size": [10, 10], "layer": layer, "error": None, "fingerprint": None})
+            pages.append({"image_size": [10, 10], "layer": EncodedLayer.of(layer), "error": None, "fingerprint": None})
         return {"pages_total": count, "pages": pages, "protected": False, "timing": {"probe": 0.0}, "pid": os.getpid()}
 
 

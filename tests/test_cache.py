@@ -242,6 +242,26 @@ def test_an_image_that_crashes_workers_is_remembered_not_retried() -> None:
     run(check)
 
 
+def test_a_result_the_store_fails_to_keep_is_still_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A store that raised anything but a Redis error left the run's future unsettled: its
+    # clients waited until they gave up, and every later request for the image joined it.
+    async def check(pool: WorkerPool) -> None:
+        service = fake_service(pool)
+
+        async def failing_put(key: str, result: object) -> None:
+            raise TypeError("Type is not JSON serializable")
+
+        monkeypatch.setattr(service.results, "put", failing_put)
+        for _ in range(2):  # and the image is not left in flight
+            computation = await service.join("unstorable", b"unstorable", {})
+            result = await asyncio.wait_for(computation.future, timeout=10)
+            assert result["text_lines"][0]["text"] == "unstorable"
+            service.release(computation)
+        assert pool.tasks_run == 2  # nothing was cached
+
+    run(check)
+
+
 def test_failure_ttl_zero_retries_the_image_every_time() -> None:
     async def check(pool: WorkerPool) -> None:
         service = fake_service(pool, failure_ttl=0)

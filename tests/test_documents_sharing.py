@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 import requests
 from PIL import Image, ImageDraw
@@ -40,7 +41,10 @@ def tiff_input(name: str, prints: list[str], payload: bytes = b"pages:sleep=0.05
 
 
 def texts(result: dict[str, Any]) -> list[str]:
-    return [page["text_lines"][0]["text"] if "error" not in page else page["error"]["code"] for page in result["pages"]]
+    """Each page's first line, or its error's code, as a client reads the answer (a text
+    layer's lines are kept encoded until then)."""
+    pages = orjson.loads(orjson.dumps(result["pages"]))
+    return [page["text_lines"][0]["text"] if "error" not in page else page["error"]["code"] for page in pages]
 
 
 def queue_bound_waiting(documents: DocumentService) -> int:

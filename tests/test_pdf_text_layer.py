@@ -13,13 +13,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 import pytest
 from pypdfium2 import raw
 from pypdfium2._helpers.textpage import PdfTextPage
 
+from models.documents import _close_open_pdf, probe_pdf, run_probe
 from models.errors import TextLayerTooLargeError
 from models.pdf import RenderLimits, count_text_objects, has_real_text, open_pdf, rendered_size, text_layer
-from models.text_layers import MAX_DOCUMENT_LAYER_RUNS, MAX_LAYER_RUNS, LayerBudget, bound_document_layers
+from models.text_layers import (
+    MAX_DOCUMENT_LAYER_RUNS,
+    MAX_LAYER_RUNS,
+    EncodedLayer,
+    LayerBudget,
+    bound_document_layers,
+)
 from multirequest import write_pdf
 from tests.conftest import random_word
 from tests.pdf_builder import image_pdf, nested_text_forms_pdf, text_pdf
@@ -254,12 +262,32 @@ def _lines(count: int, text: str = "cell") -> list[dict[str, Any]]:
     return [{"text": text, "confidence": 1.0, "box": [[0, 0], [1, 0], [1, 1], [0, 1]]} for _ in range(count)]
 
 
+def test_a_worker_sends_each_text_layer_as_its_answers_json() -> None:
+    # Sent as Python objects, the layers of a document at its bound were rebuilt on the event
+    # loop (1.6 s); as bytes, the parent splices them into the answer.
+    words = [[random_word(), random_word()], [random_word()]]
+    spec = {"hash": random_word(), "op": "probe", "max_pages": 10, "pdf_text": "layer", "dpi": 72, "max_side": 2000,
+            "max_pixels": 50_000_000}  # fmt: skip
+    data = text_pdf(words)
+    try:
+        expected = [info["layer"] for info in probe_pdf(data, spec)["pages"]]
+        sent = [info["layer"] for info in run_probe(data, spec)["pages"]]
+    finally:
+        _close_open_pdf()
+    assert all(isinstance(layer, EncodedLayer) for layer in sent)
+    assert [orjson.loads(layer.json) for layer in sent] == expected
+    assert [[line["text"] for line in lines] for lines in expected] == words
+    assert [(layer.runs, layer.chars) for layer in sent] == [(len(ws), sum(map(len, ws))) for ws in words]
+
+
 @pytest.mark.parametrize("mode", ["auto", "layer"])
 def test_pages_probed_one_task_each_get_the_documents_bound_too(mode: str) -> None:
     # Each page's task sees only its own layer: every page of a full layer was answered when
     # the probe went page by page, past the document's bound that a whole probe keeps.
     count = MAX_DOCUMENT_LAYER_RUNS // MAX_LAYER_RUNS + 2
-    pages = [{"image_size": [10, 10], "layer": _lines(MAX_LAYER_RUNS), "error": None} for _ in range(count)]
+    pages = [
+        {"image_size": [10, 10], "layer": EncodedLayer.of(_lines(MAX_LAYER_RUNS)), "error": None} for _ in range(count)
+    ]
     bound_document_layers(pages, mode)
     kept = [page for page in pages if page["layer"] is not None]
     assert len(kept) * MAX_LAYER_RUNS == MAX_DOCUMENT_LAYER_RUNS

@@ -32,7 +32,7 @@ from cache.single_flight import SingleFlight
 from ocr_pool import QueueFullError, TaskCancelledError, WorkerPool
 from ocr_pool.pool import Job
 from tests.conftest import GT_DIR, REPO, RunningServer, base_config, gt_manifest, random_word, start_server, text_image
-from tests.pdf_builder import image_pdf
+from tests.pdf_builder import image_pdf, text_pdf
 from tests.test_cache import fake_service
 
 REDIS = shutil.which("redis-server")
@@ -225,6 +225,21 @@ def test_result_from_node_1_is_a_cache_hit_on_node_2(shared_cluster: Cluster) ->
     assert first.json()["cached"] is False and second.json()["cached"] is True
     assert second.json()["text_lines"] == first.json()["text_lines"]
     assert node2.health()["ocr_runs"] == node2_runs  # node 2 ran no OCR for it
+
+
+def test_a_pdfs_text_layer_from_node_1_is_a_cache_hit_on_node_2(shared_cluster: Cluster) -> None:
+    # A text layer travels from the worker as JSON bytes and is stored in Redis as they are.
+    node1, node2 = shared_cluster.nodes
+    words = [random_word(), random_word()]
+    pdf = text_pdf([[words[0]], [words[1], "second line"]])
+    first = upload(node1.url, pdf)
+    second = upload(node2.url, pdf)
+    assert first.status_code == second.status_code == 200, (first.text, second.text)
+    assert first.json()["cached"] is False and second.json()["cached"] is True
+    pages = first.json()["pages"]
+    assert [page["source"] for page in pages] == ["layer", "layer"]
+    assert [[line["text"] for line in page["text_lines"]] for page in pages] == [[words[0]], [words[1], "second line"]]
+    assert second.json()["pages"] == pages, second.json()["pages"]
 
 
 def test_task_submitted_to_node_1_is_polled_on_node_2(shared_cluster: Cluster) -> None:
