@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 import tornado
@@ -96,7 +96,38 @@ def refuse_unserved_method(handler: web.RequestHandler) -> None:
         served_methods(handler)
         served = _SERVED[type(handler)]
     if handler.request.method not in served:
-        raise web.HTTPError(405)
+        refuse_in_prepare(handler, web.HTTPError(405))
+
+
+def has_body(request: httputil.HTTPServerRequest) -> bool:
+    """Whether a request has a body still to come: a declared length other than 0, or chunked."""
+    declared = header_value(request.headers, "Content-Length")
+    chunked = header_value(request.headers, "Transfer-Encoding") is not None
+    return chunked or (declared is not None and declared.strip() != "0")
+
+
+def refuse_in_prepare(handler: web.RequestHandler, error: Exception) -> None:
+    """Refuse a request from prepare(), where nothing of its body has been read.
+
+    Tornado closes a connection whose request body was not read, after an answer that did not
+    say so: a client's next request on it was reset. A request without a body is answered
+    where its method would run, once its (empty) body is in, and the connection stays open;
+    one with a body is answered now, with Connection: close (see closes_connection)."""
+    if not has_body(handler.request):
+
+        def answer(*_args: Any, **_kwargs: Any) -> None:
+            raise error
+
+        setattr(handler, handler.request.method.lower(), answer)  # found before the class's method
+        return
+    refuse_with_close(handler, error)
+
+
+def refuse_with_close(handler: web.RequestHandler, error: Exception) -> NoReturn:
+    """Raise `error` from prepare() for a request whose body will not be read: the answer says
+    Connection: close (Tornado closes the connection after it)."""
+    handler.closes_connection = True  # type: ignore[attr-defined]
+    raise error
 
 
 def header_value(headers: httputil.HTTPHeaders, name: str) -> str | None:
@@ -137,7 +168,7 @@ def refuse_before_body(handler: web.RequestHandler) -> None:
     refuse_unserved_method(handler)
     declared = handler.request.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > NO_BODY_BYTES:
-        raise ApiError(413, "body_too_large", f"{handler.request.path} takes no request body")
+        refuse_with_close(handler, ApiError(413, "body_too_large", f"{handler.request.path} takes no request body"))
 
 
 # Streaming: prepare() runs as soon as the headers are in, so a body can be refused (with a
@@ -147,6 +178,8 @@ class JsonHandler(web.RequestHandler):
     # Extra fields for the access log line (request id, task id, cache hit).
     log_fields: dict[str, Any]
     request_id: str | None = None
+    # Refused before its body was read (refuse_with_close): the answer says Connection: close.
+    closes_connection = False
 
     def initialize(self, **kwargs: Any) -> None:
         OPEN_REQUESTS.add(self)
@@ -173,6 +206,8 @@ class JsonHandler(web.RequestHandler):
         self.request_id = clean_request_id(header_value(self.request.headers, REQUEST_ID_HEADER))
         if self.request_id:
             headers[REQUEST_ID_HEADER] = self.request_id
+        if self.closes_connection:
+            headers["Connection"] = "close"
         self._headers = httputil.HTTPHeaders(headers)
         self.set_default_headers()
         self._write_buffer = []
@@ -240,4 +275,4 @@ class NotFoundHandler(JsonHandler):
     SUPPORTED_METHODS = _EveryMethod()
 
     def prepare(self) -> None:
-        raise ApiError(404, "not_found", f"no such endpoint: {self.request.path}")
+        refuse_in_prepare(self, ApiError(404, "not_found", f"no such endpoint: {self.request.path}"))

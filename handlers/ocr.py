@@ -14,7 +14,7 @@ from cache import Computation, TaskRecord, TaskView
 from cache.documents import DocumentRun
 from cache.task_store import DroppedTask
 from handlers.answers import new_task_id, splices
-from handlers.base import JsonHandler, header_value, refuse_unserved_method
+from handlers.base import JsonHandler, header_value, refuse_unserved_method, refuse_with_close
 from handlers.context import AppContext
 from handlers.documents import DocumentAnswers, document_body, document_kind
 from handlers.errors import RETRY_AFTER_BY_CODE, STATUS_BY_CODE, ApiError, api_error_from_pool
@@ -140,19 +140,20 @@ class OcrHandler(DocumentAnswers, JsonHandler):
             try:
                 declared_bytes = int(declared)
             except ValueError:
-                raise ApiError(400, "malformed_body", "invalid Content-Length") from None
+                refuse_with_close(self, ApiError(400, "malformed_body", "invalid Content-Length"))
             if declared_bytes > self._drain_limit:
-                raise self._body_too_large()
+                refuse_with_close(self, self._body_too_large())
             self._too_large = declared_bytes > body_limit
             if (header_value(headers, "Expect") or "").lower() == "100-continue":
                 # The client waits for our go-ahead before sending: a request that will fail
                 # anyway is answered now, with no body to send and drain.
                 if self._too_large:
-                    raise self._body_too_large()
+                    refuse_with_close(self, self._body_too_large())
                 if self._parse_error is not None:
-                    raise self._parse_error
+                    refuse_with_close(self, self._parse_error)
                 if not self.ctx.upload_budget.fits(declared_bytes):
-                    raise ApiError(503, "server_busy", "too many uploads in progress; retry shortly", retry_after=1)
+                    busy = ApiError(503, "server_busy", "too many uploads in progress; retry shortly", retry_after=1)
+                    refuse_with_close(self, busy)
         if self.request.method == "POST":
             # Room above the drain limit so that a chunked body (no declared length) gets our
             # JSON 413 from data_received, not Tornado's bare 400, when it passes the limit.

@@ -33,6 +33,7 @@ class StaticHandler(web.StaticFileHandler):
 
     # Read by the access log and the metrics: one label for every static file.
     endpoint = "/static/{path}"
+    closes_connection = False  # see handlers.base.refuse_with_close
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -42,6 +43,8 @@ class StaticHandler(web.StaticFileHandler):
         if request_id:
             self.set_header(REQUEST_ID_HEADER, request_id)
             self.log_fields = {"request_id": request_id}
+        if self.closes_connection:
+            self.set_header("Connection", "close")
 
     def prepare(self) -> None:
         refuse_before_body(self)  # as on the API's endpoints

@@ -7,6 +7,7 @@ serves on afterwards.
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 
@@ -203,3 +204,49 @@ def test_a_content_length_repeated_with_one_value_is_that_value(ocr_server: Runn
     assert word in " ".join(line["text"] for line in json.loads(answer)["text_lines"]).replace(" ", "")
     different = b"Content-Type: multipart/form-data; boundary=b\r\n" + length + f"Content-Length: {len(body) + 1}\r\n".encode()
     assert _raw_post(ocr_server.url, different, body)[0] == 400
+
+
+def multipart_image(word: str) -> tuple[bytes, dict[str, str]]:
+    boundary = "b" + random_word()
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="w.png"\r\n\r\n'.encode()
+        + text_image(word)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_a_refusal_before_the_body_keeps_the_connection_or_says_it_closes(ocr_server: RunningServer) -> None:
+    # The next request on a connection refused this way was reset (http.client: 10 of 10):
+    # the server closed it after an answer that did not say so.
+    host, port = ocr_server.url.removeprefix("http://").split(":")
+    refusals = [
+        ("GET", "/favicon.ico", None, 404),  # no body: answered, the connection kept
+        ("POST", "/health", None, 405),
+        ("PUT", "/ocr_service/tasks/" + random_word(), None, 405),
+        ("GET", "/ocr_service", None, 405),
+        ("POST", "/health", b"0123456789", 405),  # a body it will not read: Connection: close
+        ("POST", "/no/such/path", b'{"a": 1}', 404),
+        ("POST", "/ocr_service", b"x" * 10, 400),  # (a Content-Length that is not a number)
+    ]
+    for method, path, body, status in refusals:
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            headers = {"Content-Length": "ten"} if status == 400 else {}
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            assert (response.status, "error" in answer) == (status, True), (method, path, answer)
+            closes = response.getheader("Connection") == "close"
+            assert closes == (body is not None), (method, path, response.getheaders())
+            first_socket = connection.sock  # None once http.client has closed it, as told
+            word = random_word()
+            image, image_headers = multipart_image(word)
+            connection.request("POST", "/ocr_service", body=image, headers=image_headers)  # reopened if it closed
+            following = connection.getresponse()
+            assert following.status == 200, (method, path, following.read()[:300])
+            assert word in " ".join(line["text"] for line in json.loads(following.read())["text_lines"])
+            if not closes:
+                assert first_socket is not None and connection.sock is first_socket  # one connection carried both
+        finally:
+            connection.close()
