@@ -228,11 +228,16 @@ def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return data
 
 
+def _refuse_constant(name: str) -> Any:
+    # NaN, Infinity and -Infinity: Python's json reads them, JSON (RFC 8259) has no such values.
+    raise ApiError(400, "malformed_body", f"the body is not valid JSON: {name} is not a JSON value")
+
+
 def parse_json_body(body: bytes) -> tuple[dict[str, Any], list[HTTPFile]]:
     try:
         # A repeated key is refused as a repeated form field is: json.loads keeps the last,
         # a proxy or filter in front may have read the first.
-        data = json.loads(body, object_pairs_hook=_refuse_repeated_keys)
+        data = json.loads(body, object_pairs_hook=_refuse_repeated_keys, parse_constant=_refuse_constant)
     except _RepeatedKey as exc:
         raise ApiError(400, "duplicate_field", f"the JSON body repeats the key {str(exc)[:100]!r}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -295,6 +300,11 @@ def build_ocr_request(fields: dict[str, Any], uploads: list[HTTPFile], query: di
     if file_type is None:
         file_type = "file" if uploads else "filename" if "filename" in fields else None
     if file_type not in ("filename", "file"):
+        if file_type is None and ("file" in fields or "image" in fields):
+            raise ApiError(
+                400, "invalid_field", "upload the image as a multipart/form-data file part named file: a JSON or"
+                " urlencoded body carries fields only"
+            )  # fmt: skip
         if file_type is None:
             raise ApiError(400, "missing_field", "file_type is required: filename or file")
         raise ApiError(400, "invalid_field", "file_type must be filename or file")
@@ -316,8 +326,12 @@ def build_ocr_request(fields: dict[str, Any], uploads: list[HTTPFile], query: di
     }
     if file_type == "filename":
         filename = fields.get("filename")
-        if not isinstance(filename, str) or not filename:
+        if filename is None or filename == "":
             raise ApiError(400, "missing_field", "filename is required when file_type is filename")
+        if not isinstance(filename, str):
+            raise ApiError(
+                400, "invalid_field", f"filename must be a string (a path on the server), got {describe_value(filename)}"
+            )
         return OcrRequest("filename", filename, None, block, det, **options)
     if not uploads:
         raise ApiError(400, "missing_field", "upload the image as a multipart file part named file")

@@ -80,6 +80,25 @@ def test_rejected_bodies(body: bytes | str, content_type: str, status: int, code
     assert (error.value.status, error.value.code) == (status, code)
 
 
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        ('{"filename": 5}', "invalid_field", "filename must be a string (a path on the server), got 5"),
+        ('{"file_type": "filename", "filename": ["a.png"]}', "invalid_field", "filename must be a string (a path on the server), got an array"),
+        ('{"filename": true}', "invalid_field", "filename must be a string (a path on the server), got true"),
+        ('{"filename": null}', "missing_field", "filename is required when file_type is filename"),
+        ('{"filename": NaN}', "malformed_body", "the body is not valid JSON: NaN is not a JSON value"),
+        ('{"filename": "a.png", "det": -Infinity}', "malformed_body", "the body is not valid JSON: -Infinity is not a JSON value"),
+        ('{"file": "aGVsbG8="}', "invalid_field", "upload the image as a multipart/form-data file part named file: a JSON or urlencoded body carries fields only"),
+    ],
+)  # fmt: skip
+def test_a_json_field_of_the_wrong_kind_is_named_as_such(body: str, code: str, message: str) -> None:
+    # A filename of another type was answered "filename is required", and NaN was read as a value.
+    with pytest.raises(ApiError) as error:
+        parse(body, "application/json")
+    assert (error.value.status, error.value.code, error.value.message) == (400, code, message)
+
+
 def test_query_string_fields_are_accepted_body_wins() -> None:
     request = parse("filename=a.png&block_flag=true", query={"block_flag": [b"false"], "det": [b"off"]})
     assert request.block is True and request.det == "off"
