@@ -6,11 +6,12 @@ the ResultStore interface, so they do not know which store they have.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from cache.records import Result
 from cache.redis_store import RedisStore
-from cache.ttl_lru import TTLLRUCache
+from cache.ttl_lru import DropReason, TTLLRUCache
 
 
 class ResultStore(Protocol):
@@ -31,7 +32,13 @@ class MemoryResultStore:
     can be megabytes: a count alone does not bound the memory)."""
 
     def __init__(self, capacity: int, ttl: float, max_bytes: int | None = None) -> None:
-        self.cache: TTLLRUCache[Result] = TTLLRUCache(capacity, ttl, max_bytes=max_bytes)
+        self.cache: TTLLRUCache[Result] = TTLLRUCache(capacity, ttl, max_bytes=max_bytes, on_drop=self._dropped)
+        # Called with the key of each result that expires or is evicted (what keeps it elsewhere lets go).
+        self.drop_listeners: list[Callable[[str], None]] = []
+
+    def _dropped(self, key: str, _result: Result, _reason: DropReason) -> None:
+        for listener in self.drop_listeners:
+            listener(key)
 
     async def get(self, key: str) -> Result | None:
         return self.cache.get(key)

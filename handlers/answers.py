@@ -14,13 +14,18 @@ from typing import Any
 
 from handlers.base import encode_json
 
-# Results kept encoded, most recently answered first out last; each holds its result alive.
+# Results kept encoded, most recently answered first out last, at most this many and this many
+# bytes of JSON. Each holds its result alive, so one leaves as soon as the result cache drops
+# its result (discard): the results this keeps are the cache's, within its budget.
 CAPACITY = 256
+MAX_BYTES = 16 * 1024 * 1024
 
 
 class EncodedAnswers:
-    def __init__(self, capacity: int = CAPACITY) -> None:
+    def __init__(self, capacity: int = CAPACITY, max_bytes: int = MAX_BYTES) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.bytes = 0
         # cache key -> (the result object, its lines/size/det as JSON members, its timing object unclosed)
         self._entries: OrderedDict[str, tuple[dict[str, Any], bytes, bytes]] = OrderedDict()
 
@@ -45,14 +50,28 @@ class EncodedAnswers:
         )[1:-1]
         timing = encode_json(dict(result.get("timing", {})))[:-1]
         entry = (result, members, timing)
+        self.discard(key)
+        size = len(members) + len(timing)
+        if size > self.max_bytes:
+            return entry  # answered, not kept
         self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        self.bytes += size
+        while len(self._entries) > self.capacity or self.bytes > self.max_bytes:
+            _, (_result, old_members, old_timing) = self._entries.popitem(last=False)
+            self.bytes -= len(old_members) + len(old_timing)
         return entry
+
+    def discard(self, key: str) -> None:
+        """Forget a key's answer (its result left the cache)."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= len(entry[1]) + len(entry[2])
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
 
 
 def new_task_id() -> str:

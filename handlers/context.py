@@ -36,3 +36,7 @@ class AppContext:
     answers: EncodedAnswers = field(default_factory=EncodedAnswers)
     # The sha256 of recent small uploads, reused when the same bytes come again.
     upload_hashes: RecentHashes = field(default_factory=RecentHashes)
+
+    def __post_init__(self) -> None:
+        # An encoded answer holds its result: it goes when the result cache lets the result go.
+        self.ocr.results.drop_listeners.append(self.answers.discard)

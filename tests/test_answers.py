@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import orjson
 import pytest
 import requests
 
+from cache.result_store import MemoryResultStore
 from handlers.answers import EncodedAnswers, new_task_id, splices
 from handlers.base import encode_json
 from handlers.ocr import result_body
@@ -59,6 +61,30 @@ def test_encoded_answers_are_bounded() -> None:
         result = {"text_lines": [], "image_size": [index, index], "timing": {}}
         answers.hit_answer(f"key{index}", result, "t" * 32, "h" * 64, 1.0)
     assert len(answers) == 3
+
+
+def test_encoded_answers_hold_no_result_the_cache_let_go_and_stay_within_their_bytes() -> None:
+    # They held the last 256 hits' results alive past the cache's byte budget (215 MB held
+    # with service.img_bytes at 2 MiB, none of it in /health).
+    async def check() -> None:
+        results = MemoryResultStore(capacity=100, ttl=60, max_bytes=200_000)
+        answers = EncodedAnswers(max_bytes=100_000)
+        results.drop_listeners.append(answers.discard)
+        big = LINES * 300  # ~74 KB of JSON a result: the cache holds 2, the answers 1
+        for index in range(20):
+            key = f"key{index}"
+            await results.put(key, {"text_lines": big, "image_size": [index, 1], "det_used": True, "timing": {}})
+            cached = await results.get(key)
+            assert cached is not None
+            answers.hit_answer(key, cached, "t" * 32, "h" * 64, 1.0)
+            assert all(f"key{i}" in results.cache for i in range(index + 1) if f"key{i}" in answers)
+            assert answers.bytes <= answers.max_bytes
+        assert 0 < len(answers) < len(results.cache) < 20
+        for key in [f"key{i}" for i in range(20)]:
+            answers.discard(key)
+        assert (len(answers), answers.bytes) == (0, 0)
+
+    asyncio.run(check())
 
 
 def test_documents_and_answers_with_a_request_time_take_the_general_path() -> None:
