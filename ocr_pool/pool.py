@@ -54,6 +54,12 @@ log = logging.getLogger("ocr_pool")
 MAX_ATTEMPTS = 2
 RETIRE_GRACE_S = 10.0
 MAX_RESTART_BACKOFF_S = 30.0
+# With no worker ready, work is refused (no_worker) at once when starting one is broken: the
+# engine said why it cannot load (or did not load in time), or the OS would not start a
+# process. A worker that dies while loading without a word (killed from outside, the OOM
+# killer) may well be followed by one that loads, seconds later: that takes this many such
+# starts in a row, and until then work waits in the queue (its deadline still holds).
+SILENT_START_FAILURES_TO_REFUSE = 3
 # Recent run times the dispatcher predicts a task's run from (their median).
 RUN_TIME_SAMPLES = 50
 # Messages up to this size are written on the event loop: they fit in the socket buffer of
@@ -196,6 +202,7 @@ class WorkerPool:
         self._changed = asyncio.Event()
         self._start_failures = 0
         self._last_start_error: str | None = None
+        self._start_broken = False  # see SILENT_START_FAILURES_TO_REFUSE
         # After a failed start, no process is started before this loop time but by the
         # back-off timer (_respawn): a recycle retried on every reply was a respawn storm.
         self._next_start = 0.0
@@ -295,7 +302,7 @@ class WorkerPool:
         assert self._loop is not None, "start() the pool first"
         if self._closing and (not accepted or self._drain_over):
             raise PoolClosedError("the server is shutting down")
-        if self.ready_count == 0 and self._start_failures > 0:
+        if self.ready_count == 0 and self._start_broken:
             raise NoWorkerError(f"no OCR worker could start: {self._last_start_error}")
         if len(self._queue) >= self.queue_size:
             raise QueueFullError(f"the OCR queue is full ({self.queue_size} tasks waiting)")
@@ -403,6 +410,7 @@ class WorkerPool:
         """The OS would not start a process: count it, and try again after a back-off."""
         assert self._loop is not None
         self._start_failures += 1
+        self._start_broken = True
         self._last_start_error = f"could not start a worker process: {type(exc).__name__}: {exc}"
         self.restarts["start_failed"] += 1
         delay = self._schedule_respawn()
@@ -479,6 +487,7 @@ class WorkerPool:
             self.identity = info.get("identity") or self.identity
             worker.state = "idle"
             self._start_failures = 0
+            self._start_broken = False
             log.info("worker %d ready (pid %s, loaded in %s ms)", worker.wid, worker.pid, worker.load_ms)
             for other in list(self._workers):
                 self._maybe_retire(other)
@@ -579,6 +588,11 @@ class WorkerPool:
             )
         if was_starting and reason == "start_failed":
             self._start_failures += 1
+            self._start_broken = (
+                self._start_broken
+                or worker.load_error is not None
+                or self._start_failures >= SILENT_START_FAILURES_TO_REFUSE
+            )
             self._last_start_error = worker.load_error or (
                 f"worker exited with code {worker.process.exitcode} while loading the engine"
             )
@@ -627,9 +641,9 @@ class WorkerPool:
                 self._on_reply(worker, message)
 
     def _fail_queue_if_unserved(self) -> None:
-        """Nothing can serve the queue now (no worker alive, the last start failed): fail
+        """Nothing can serve the queue now (no worker alive, starting one is broken): fail
         fast with no_worker rather than let the tasks time out."""
-        if self.ready_count == 0 and self._start_failures and not self._has_live_worker():
+        if self.ready_count == 0 and self._start_broken and not self._has_live_worker():
             while self._queue:
                 self._fail(self._queue.popleft(), NoWorkerError(f"no OCR worker could start: {self._last_start_error}"))
 

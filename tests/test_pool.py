@@ -35,6 +35,7 @@ from ocr_pool import (
     usable_cpus,
 )
 from ocr_pool.framing import MessageReader
+from ocr_pool.pool import SILENT_START_FAILURES_TO_REFUSE
 from tests.conftest import REPO
 
 
@@ -497,6 +498,38 @@ def test_a_task_whose_worker_died_fails_with_no_worker_when_no_replacement_can_s
         await wait_for(lambda: pool.ready_count == 1)
 
     run(check, size=1, task_timeout=3.0)
+
+
+def test_a_worker_killed_while_loading_does_not_turn_work_away() -> None:
+    # One replacement killed as it loaded (an operator, the OOM killer) made every request a
+    # 503 no_worker "no OCR worker could start", queued ones too, while the next was seconds
+    # from ready.
+    async def check(pool: WorkerPool) -> None:
+        first = pool.stats()["workers"][0]["pid"]
+        os.kill(first, signal.SIGKILL)
+        await wait_for(lambda: any(w["state"] == "starting" for w in pool.stats()["workers"]), timeout=10)
+        loading = next(w["pid"] for w in pool.stats()["workers"] if w["state"] == "starting")
+        os.kill(loading, signal.SIGKILL)
+        await wait_for(lambda: pool.restarts["start_failed"] == 1, timeout=10)
+        assert pool.ready_count == 0
+        job = pool.submit(b"waited", {})  # queued, not refused
+        result = await asyncio.wait_for(job.future, timeout=20)
+        assert result["text_lines"][0]["text"] == "waited"
+        # Starts that keep dying without a word: refused once SILENT_START_FAILURES_TO_REFUSE
+        # in a row have.
+        os.kill(pool.worker_pids()[0], signal.SIGKILL)
+        for failed in range(1, SILENT_START_FAILURES_TO_REFUSE + 1):
+            await wait_for(lambda: any(w["state"] == "starting" for w in pool.stats()["workers"]), timeout=20)
+            os.kill(pool.worker_pids()[0], signal.SIGKILL)
+            await wait_for(lambda failed=failed: pool.restarts["start_failed"] == 1 + failed, timeout=10)
+            if failed < SILENT_START_FAILURES_TO_REFUSE:
+                assert pool.cancel(pool.submit(b"queued", {}))  # taken, then withdrawn
+        with pytest.raises(NoWorkerError, match="while loading the engine"):
+            pool.submit(b"refused", {})
+        await wait_for(lambda: pool.ready_count == 1, timeout=40)  # left alone, it comes back
+        assert (await pool.submit(b"again", {}).future)["text_lines"][0]["text"] == "again"
+
+    run(check, size=1, engine_options={"load_delay": 1.0}, task_timeout=20.0)
 
 
 async def min_ready_while(pool: WorkerPool, work: Awaitable[None]) -> int:
