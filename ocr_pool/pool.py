@@ -22,6 +22,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import signal
 import statistics
 import time
 import uuid
@@ -78,6 +79,19 @@ def write_message(conn: Connection, message: Any, payload: bytes | bytearray | N
             conn.send_bytes(payload)
     except (BrokenPipeError, ConnectionResetError, OSError):
         pass  # the worker is gone; _on_exit will see to its task
+
+
+def _how_it_ended(worker: WorkerHandle) -> str:
+    """The worker's end in a few words: the signal that killed it (SIGKILL: the OOM killer or
+    someone's kill -9; SIGSEGV: a crash in native code) or its exit code."""
+    code = worker.process.exitcode
+    if code is None:
+        return "its end unknown"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _read_some(worker: WorkerHandle) -> list[Any] | None:
@@ -611,7 +625,7 @@ class WorkerPool:
                 job.timer = self._loop.call_later(self.task_timeout, self._on_timeout, job)
                 self._queue.appendleft(job)
             else:
-                self._fail(job, WorkerCrashedError("the OCR worker died while processing this image"))
+                self._fail(job, WorkerCrashedError(f"the OCR worker died while processing this image ({_how_it_ended(worker)})"))
         if reason not in ("recycled", "shutdown") and self._replacing():
             self._schedule_respawn()
         # Its two spawn pipes stay open until the process object is closed or collected, and

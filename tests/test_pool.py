@@ -98,9 +98,11 @@ def test_engine_errors_keep_their_code_and_the_worker() -> None:
 
 def test_crashed_worker_task_is_retried_once_then_fails_cleanly() -> None:
     async def check(pool: WorkerPool) -> None:
-        with pytest.raises(WorkerCrashedError):
+        with pytest.raises(WorkerCrashedError) as crashed:
             await pool.submit(b"crash", {}).future
         assert pool.restarts["crashed"] == 2
+        # How it died is said: a SIGKILL (the OOM killer, a kill -9) is not a segfault.
+        assert str(crashed.value).endswith("died while processing this image (killed by SIGKILL)")
         # The pool heals and keeps serving.
         result = await pool.submit(b"after", {}).future
         assert result["text_lines"][0]["text"] == "after"
