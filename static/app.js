@@ -134,13 +134,22 @@
 
     let response;
     let body = null;
+    // A document's upload is not given up when a newer one starts: the server may have made
+    // its task already, and only its 202 names it. A 202 that comes after a newer upload
+    // started is cancelled at once (aborted instead, the task read every page for nobody).
+    const postSignal = asTask ? new AbortController().signal : signal;
     try {
-      ({ response, body } = await fetchAnswer("/ocr_service", { method: "POST", body: form }, ANSWER_TIMEOUT_S, signal));
+      ({ response, body } = await fetchAnswer("/ocr_service", { method: "POST", body: form }, ANSWER_TIMEOUT_S, postSignal));
     } catch (err) {
       if (seq === uploadSeq) fail(`Cannot reach the OCR server (${err.message}).`);
       return;
     }
-    if (seq !== uploadSeq) return;
+    if (seq !== uploadSeq) {
+      if (asTask && response.status === 202 && body && body.status !== "done" && typeof body.status_url === "string") {
+        fetch(body.status_url, { method: "DELETE", keepalive: true }).catch(() => {});
+      }
+      return;
+    }
     if (asTask && response.status === 202 && body && body.status !== "done") {
       ({ response, body } = await followTask(body, file, seq, signal));
       if (seq !== uploadSeq || !response) return;

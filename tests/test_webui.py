@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -355,6 +356,49 @@ def test_a_document_replaced_by_a_new_upload_is_cancelled_on_the_server(webui: P
     status_url = f"{webui.base_url}{task['status_url']}"
     assert deletes == [status_url]
     view = requests.get(status_url, timeout=30).json()
+    assert view["status"] == "failed" and view["error"]["code"] == "cancelled", view
+    assert webui.page_errors == []
+
+
+def test_a_document_replaced_before_its_202_arrives_is_cancelled_on_the_server(webui: PageWatch) -> None:
+    # The page gave up the document's upload when a new file was chosen: when the server had
+    # made the task already (its 202 still on the way), the page never learnt its id, and the
+    # task read every page for nobody.
+    from tests.pdf_builder import image_pdf
+
+    page = webui.page
+    deletes: list[str] = []
+    page.on("request", lambda request: deletes.append(request.url) if request.method == "DELETE" else None)
+    held: list[tuple[Any, Any]] = []
+
+    def hold_the_first_answer(route: Any) -> None:
+        if route.request.method == "POST" and not held:
+            held.append((route, route.fetch()))  # the server has answered; the page has not seen it
+        else:
+            route.fallback()
+
+    page.route("**/ocr_service", hold_the_first_answer)
+    pages = [Image.open(io.BytesIO(text_image(f"PAGE {random_word()} {n}"))).resize((1200, 300)) for n in range(30)]
+    page.set_input_files("#file", {"name": "long.pdf", "mimeType": "application/pdf", "buffer": image_pdf(pages)})
+    deadline = time.monotonic() + 30
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the document's upload never reached the server"
+    route, answer = held[0]
+    task = answer.json()
+    assert answer.status == 202 and task["status"] != "done", task
+    word = random_word()
+    page.set_input_files("#file", {"name": "next.png", "mimeType": "image/png", "buffer": text_image(word)})
+    with contextlib.suppress(Exception):  # (a page that gave the upload up has no request to answer)
+        route.fulfill(response=answer)
+    page.wait_for_selector("body[data-state=done]", timeout=RESULT_TIMEOUT_MS)
+    assert word in " ".join(webui.shown_texts())
+    status_url = f"{webui.base_url}{task['status_url']}"
+    deadline = time.monotonic() + 10
+    while not deletes and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert deletes == [status_url]
+    view = requests.get(status_url, params={"wait": 30}, timeout=60).json()
     assert view["status"] == "failed" and view["error"]["code"] == "cancelled", view
     assert webui.page_errors == []
 
