@@ -94,6 +94,9 @@ class EngineOptions:
     # Where a shrunk image's text map shows text no box explains (print too small for the
     # detection size, lines run together), detection looks again there at twice the scale.
     det_look_closer: bool = True
+    # Light print on a dark, flat ground (a dark-mode screenshot, a negative scan) is read
+    # turned to dark on light (models/polarity.py).
+    invert_dark_ground: bool = True
     # Write a space where the recogniser expects one somewhere in the gap between two
     # letters, not only where one frame's best guess is a space (models/ctc.py).
     rec_gap_spaces: bool = True
@@ -325,6 +328,7 @@ _OUTPUT_FIELDS = (
     "drop_score",
     "det_rescue_low_score",
     "det_look_closer",
+    "invert_dark_ground",
     "rec_gap_spaces",
     "rec_lookalikes",
     "precision",
