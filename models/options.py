@@ -95,8 +95,11 @@ class EngineOptions:
     # detection size, lines run together), detection looks again there at twice the scale.
     det_look_closer: bool = True
     # Light print on a dark, flat ground (a dark-mode screenshot, a negative scan) is read
-    # turned to dark on light (models/polarity.py).
+    # turned to dark on light (models/tone.py).
     invert_dark_ground: bool = True
+    # Faint print on a washed-out page (its greys spanning 32-127 levels) is read with its
+    # greys stretched over the full range (models/tone.py).
+    stretch_faint: bool = True
     # Write a space where the recogniser expects one somewhere in the gap between two
     # letters, not only where one frame's best guess is a space (models/ctc.py).
     rec_gap_spaces: bool = True
@@ -329,6 +332,7 @@ _OUTPUT_FIELDS = (
     "det_rescue_low_score",
     "det_look_closer",
     "invert_dark_ground",
+    "stretch_faint",
     "rec_gap_spaces",
     "rec_lookalikes",
     "precision",

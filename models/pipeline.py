@@ -31,9 +31,9 @@ from .documents import jpeg_preview, page_pixels, run_preview, run_probe
 from .errors import ModelLoadError
 from .image_io import decode_image
 from .options import EngineOptions, check_model_files, det_settings, model_identity, resolve_model_paths
-from .polarity import on_dark_flat_ground
 from .rec import TextRecognizer, read_char_dict
 from .sessions import OrtSession, OvSession, PaddleSession, Session
+from .tone import readable_tone
 
 DET_MODES = ("on", "off", "auto")
 
@@ -199,10 +199,13 @@ class OcrEngine:
         use_det = det == "on" or (det == "auto" and not looks_like_single_line(w, h))
         # A blank page or strip: no model is asked (a 6000 x 8 blank strip read as a line
         # took seconds, in wide pieces and both ways up, to find nothing).
-        # Read as dark print on a light ground; boxes stay where they are (the preview, below,
-        # shows the page as it came).
-        view = cv2.bitwise_not(img) if self.options.invert_dark_ground and on_dark_flat_ground(img) else img
-        reading = _Reading([], use_det, 0.0, 0.0, 0.0) if is_blank(view) else self._read_auto(view, det, use_det)
+        # Read as dark print on a light ground, in good contrast; boxes stay where they are
+        # (the preview, below, shows the page as it came).
+        if is_blank(img):
+            reading = _Reading([], use_det, 0.0, 0.0, 0.0)
+        else:
+            view = readable_tone(img, self.options.invert_dark_ground, self.options.stretch_faint)
+            reading = self._read_auto(view, det, use_det)
         t_rec = time.perf_counter()
 
         preview = None
