@@ -54,9 +54,12 @@ def inflated_size(stream: bytes, enough: int) -> int:
     """How many bytes the zlib `stream` inflates to, counting no further than `enough`."""
     inflater, total = zlib.decompressobj(), 0
     try:
-        while stream and total < enough:
-            total += len(inflater.decompress(stream, _INFLATE_STEP))
+        while total < enough and not inflater.eof:
+            out = inflater.decompress(stream, _INFLATE_STEP)
             stream = inflater.unconsumed_tail
+            total += len(out)
+            if not out and not stream:
+                break  # all the input read, and nothing more held back
     except zlib.error:
         pass  # a broken stream is the decoder's to report; count what came out before it
     return total
