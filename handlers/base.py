@@ -171,10 +171,20 @@ def refuse_before_body(handler: web.RequestHandler) -> None:
         refuse_with_close(handler, ApiError(413, "body_too_large", f"{handler.request.path} takes no request body"))
 
 
+class AnyMethod(tuple):
+    """Methods listed (the ones a handler may serve), yet containing any method name: Tornado
+    lets every request reach prepare(), which answers one the handler does not serve with its
+    405 (Tornado's own check, before prepare, closed a connection without saying so)."""
+
+    def __contains__(self, method: object) -> bool:
+        return True
+
+
 # Streaming: prepare() runs as soon as the headers are in, so a body can be refused (with a
 # JSON 413) before any of it is read; what is sent anyway is dropped as it arrives.
 @web.stream_request_body
 class JsonHandler(web.RequestHandler):
+    SUPPORTED_METHODS = AnyMethod(web.RequestHandler.SUPPORTED_METHODS)
     # Extra fields for the access log line (request id, task id, cache hit).
     log_fields: dict[str, Any]
     request_id: str | None = None
@@ -263,16 +273,9 @@ class JsonHandler(web.RequestHandler):
         self.finish(encode_json(body))
 
 
-class _EveryMethod(tuple):
-    """Contains any method name."""
-
-    def __contains__(self, method: object) -> bool:
-        return True
-
-
 class NotFoundHandler(JsonHandler):
     # An unknown path is a 404 whatever the method, not a 405 with nothing to Allow.
-    SUPPORTED_METHODS = _EveryMethod()
+    SUPPORTED_METHODS = AnyMethod()
 
     def prepare(self) -> None:
         refuse_in_prepare(self, ApiError(404, "not_found", f"no such endpoint: {self.request.path}"))

@@ -12,7 +12,14 @@ from typing import Any
 
 from tornado import web
 
-from handlers.base import REQUEST_ID_HEADER, clean_request_id, header_value, method_not_allowed, refuse_before_body
+from handlers.base import (
+    REQUEST_ID_HEADER,
+    AnyMethod,
+    clean_request_id,
+    header_value,
+    method_not_allowed,
+    refuse_before_body,
+)
 from handlers.errors import ApiError, error_body
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
@@ -31,6 +38,7 @@ CONTENT_SECURITY_POLICY = (
 class StaticHandler(web.StaticFileHandler):
     """Static files with the API's JSON error bodies and a bounded metrics label."""
 
+    SUPPORTED_METHODS = AnyMethod(web.StaticFileHandler.SUPPORTED_METHODS)
     # Read by the access log and the metrics: one label for every static file.
     endpoint = "/static/{path}"
     closes_connection = False  # see handlers.base.refuse_with_close

@@ -225,6 +225,7 @@ def test_a_refusal_before_the_body_keeps_the_connection_or_says_it_closes(ocr_se
         ("POST", "/health", None, 405),
         ("PUT", "/ocr_service/tasks/" + random_word(), None, 405),
         ("GET", "/ocr_service", None, 405),
+        ("FOOBAR", "/health", None, 405),  # (a method Tornado does not know was refused before prepare)
         ("POST", "/health", b"0123456789", 405),  # a body it will not read: Connection: close
         ("POST", "/no/such/path", b'{"a": 1}', 404),
         ("POST", "/ocr_service", b"x" * 10, 400),  # (a Content-Length that is not a number)
