@@ -57,17 +57,19 @@ def faint_span(counts: np.ndarray) -> tuple[int, int] | None:
 
 
 def readable_tone(img: np.ndarray, invert_dark_ground: bool = True, stretch_faint: bool = True) -> np.ndarray:
-    """The image to read: `img` itself, or a copy turned and/or stretched (same size: boxes
-    found on it are the image's own)."""
-    counts = grey_counts(img) if invert_dark_ground or stretch_faint else None
-    if counts is None:
+    """The image to read: `img` itself, or a copy turned and/or stretched in one pass (same
+    size: boxes found on it are the image's own)."""
+    if not (invert_dark_ground or stretch_faint):
         return img
-    if invert_dark_ground and on_dark_flat_ground(counts):
-        img = cv2.bitwise_not(img)
-        counts = counts[::-1]
+    counts = grey_counts(img)
+    levels = np.arange(256, dtype=np.float32)  # each grey's new value
+    turned = invert_dark_ground and on_dark_flat_ground(counts)
+    if turned:
+        levels, counts = 255.0 - levels, counts[::-1]
     span = faint_span(counts) if stretch_faint else None
-    if span is None:
+    if span is not None:
+        low, high = span
+        levels = (levels - low) * (255.0 / (high - low))
+    if not turned and span is None:
         return img
-    low, high = span
-    levels = (np.arange(256, dtype=np.float32) - low) * (255.0 / (high - low))
     return cv2.LUT(img, np.clip(levels, 0, 255).round().astype(np.uint8))

@@ -441,13 +441,13 @@ def png_by_hand(pixels: np.ndarray, interlaced: bool = False, rows_dropped: int 
     passes = [pixels[y0::dy, x0::dx] for x0, y0, dx, dy in ADAM7] if interlaced else [pixels]
     rows = [b"\0" + row.tobytes() for part in passes if part.size for row in part]
     height, width = pixels.shape[:2]
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, int(interlaced))
     idat = zlib.compress(b"".join(rows[: len(rows) - rows_dropped]))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def page_pixels(text: str, size: tuple[int, int] = (241, 67)) -> np.ndarray:

@@ -42,7 +42,7 @@ from tests.conftest import (
     text_image,
 )
 from tests.pdf_builder import image_pdf
-from tests.test_decoding import page_pixels, png_by_hand
+from tests.test_decoding import page_pixels, png_by_hand, png_chunk
 
 
 def error_code(response: requests.Response) -> str:
@@ -52,10 +52,6 @@ def error_code(response: requests.Response) -> str:
 
 def post(server: RunningServer, timeout: float = 60, **kwargs: object) -> requests.Response:
     return requests.post(f"{server.url}/ocr_service", timeout=timeout, **kwargs)  # type: ignore[arg-type]
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def declared_png(width: int, height: int) -> bytes:

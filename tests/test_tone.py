@@ -4,6 +4,7 @@ read turned to dark on light, faint print on a washed-out page with its greys st
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -78,7 +79,7 @@ def default_engine():
     return create_engine(EngineOptions(cpu_threads=ENGINE_THREADS))
 
 
-def as_png(path: str, change) -> bytes:  # type: ignore[no-untyped-def]
+def as_png(path: str, change: Callable[[np.ndarray], np.ndarray]) -> bytes:
     """The shared image, changed by `change` (an RGB array in, one out), as a lossless PNG."""
     with Image.open(GT_DIR / path) as image:
         rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
